@@ -1,0 +1,232 @@
+"""Binary floating-point formats as data.
+
+A format is four numbers and two policies, in the style of CPFloat: the precision ``p``
+(significand bits including the hidden bit), the exponent range ``[emin, emax]`` of normal
+numbers ``m * 2**e`` with ``1 <= m < 2``, whether subnormals exist, and what happens on
+overflow.  Everything else (unit roundoff, largest finite value, ...) is derived.
+
+>>> from fpanalysis.formats import get_format
+>>> fp16 = get_format("fp16")
+>>> fp16.max, fp16.min_normal, fp16.min_subnormal, fp16.u
+(65504.0, 6.103515625e-05, 5.960464477539063e-08, 0.00048828125)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+
+__all__ = [
+    "FloatFormat",
+    "Overflow",
+    "FORMATS",
+    "get_format",
+    "format_names",
+    "FP16",
+    "BF16",
+    "TF32",
+    "FP32",
+    "FP8_E4M3FN",
+    "FP8_E5M2",
+]
+
+
+class Overflow(str, Enum):
+    """What a rounding whose result exceeds the largest finite value produces.
+
+    ``inf``: IEEE 754 behaviour (round-to-nearest gives +-inf, directed modes may give max).
+    ``saturate``: every overflow (and an infinite input) gives +-max.
+    ``nan``: overflow and infinite inputs give NaN (OCP fp8 E4M3FN without saturation).
+    """
+
+    INF = "inf"
+    SATURATE = "saturate"
+    NAN = "nan"
+
+    @classmethod
+    def parse(cls, value: "str | Overflow") -> "Overflow":
+        if isinstance(value, Overflow):
+            return value
+        try:
+            return cls(value)
+        except ValueError:
+            valid = ", ".join(m.value for m in cls)
+            raise ValueError(f"unknown overflow policy {value!r}; valid policies are: {valid}") from None
+
+
+@dataclass(frozen=True)
+class FloatFormat:
+    """A binary floating-point format ``(p, emin, emax)`` plus policies.
+
+    Parameters
+    ----------
+    name : str
+        A label used in reports.
+    p : int
+        Precision in bits, hidden bit included (fp16: 11).  ``2 <= p <= 53``.
+    emin, emax : int
+        Exponent range of normal numbers (fp16: -14 and 15).
+    subnormals : bool
+        Whether gradual underflow exists.  Without it, results below ``min_normal`` are
+        flushed to a signed zero.
+    overflow : Overflow or str
+        ``"inf"``, ``"saturate"`` or ``"nan"``.
+    max_significand : float or None
+        Largest significand at ``emax`` (in ``[1, 2)``) when it is smaller than
+        ``2 - 2**(1-p)`` because a bit pattern is reserved (E4M3FN: 1.75, since 1.875 encodes
+        NaN).  ``None`` means all significands are finite numbers.
+    exponent_bits : int or None
+        Width of the exponent field when the format has a standard bit encoding (needed only
+        by ``to_bits``/``from_bits``).
+
+    Examples
+    --------
+    >>> FloatFormat("my-fp12", p=7, emin=-14, emax=15).max
+    65024.0
+    """
+
+    name: str
+    p: int
+    emin: int
+    emax: int
+    subnormals: bool = True
+    overflow: Overflow = Overflow.INF
+    max_significand: float | None = None
+    exponent_bits: int | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "overflow", Overflow.parse(self.overflow))
+        if not isinstance(self.p, int) or not 2 <= self.p <= 53:
+            raise ValueError(f"format {self.name!r}: precision p must be an integer in [2, 53], got {self.p!r}")
+        if not (isinstance(self.emin, int) and isinstance(self.emax, int)):
+            raise ValueError(f"format {self.name!r}: emin and emax must be integers")
+        if not self.emin < 0 < self.emax:
+            raise ValueError(f"format {self.name!r}: need emin < 0 < emax, got emin={self.emin}, emax={self.emax}")
+        if self.emin - self.p + 1 < -1074 + 54 or self.emax > 1000:
+            raise ValueError(
+                f"format {self.name!r}: exponent range [{self.emin}, {self.emax}] with p={self.p} "
+                "does not fit inside float64 with room for exact products; "
+                "values are held in float64, so need emin - p + 1 >= -1020 and emax <= 1000"
+            )
+        if self.max_significand is not None:
+            top = 2.0 - 2.0 ** (1 - self.p)
+            q = 2.0 ** (1 - self.p)
+            ok = 1.0 <= self.max_significand <= top and (self.max_significand / q).is_integer()
+            if not ok:
+                raise ValueError(
+                    f"format {self.name!r}: max_significand must be a multiple of 2**(1-p) in [1, {top}]"
+                )
+
+    # --- derived constants -------------------------------------------------------------
+    @property
+    def u(self) -> float:
+        """Unit roundoff for round-to-nearest, ``2**-p``."""
+        return math.ldexp(1.0, -self.p)
+
+    @property
+    def eps(self) -> float:
+        """Machine epsilon: the gap between 1 and the next larger number, ``2**(1-p)``."""
+        return math.ldexp(1.0, 1 - self.p)
+
+    @property
+    def max(self) -> float:
+        """Largest finite value."""
+        sig = self.max_significand if self.max_significand is not None else 2.0 - self.eps
+        return math.ldexp(sig, self.emax)
+
+    @property
+    def min_normal(self) -> float:
+        """Smallest positive normal value, ``2**emin``."""
+        return math.ldexp(1.0, self.emin)
+
+    @property
+    def min_subnormal(self) -> float:
+        """Smallest positive value: ``2**(emin-p+1)`` with subnormals, else ``min_normal``."""
+        return math.ldexp(1.0, self.emin - self.p + 1) if self.subnormals else self.min_normal
+
+    @property
+    def has_inf(self) -> bool:
+        return self.overflow is Overflow.INF
+
+    def ulp(self, x: float) -> float:
+        """Spacing of the format's numbers at ``|x|`` (``2**(max(e, emin) - p + 1)``)."""
+        ax = abs(float(x))
+        if ax == 0.0 or not math.isfinite(ax):
+            return self.min_subnormal if ax == 0.0 else math.inf
+        e = max(math.frexp(ax)[1] - 1, self.emin)
+        return math.ldexp(1.0, e - self.p + 1)
+
+    @property
+    def total_bits(self) -> int | None:
+        """Storage width (sign + exponent + fraction) when the encoding is known."""
+        return None if self.exponent_bits is None else 1 + self.exponent_bits + self.p - 1
+
+    def with_(self, **changes: object) -> "FloatFormat":
+        """A copy with some fields changed (e.g. ``FP8_E4M3FN.with_(overflow="saturate")``)."""
+        from dataclasses import replace
+
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def describe(self) -> str:
+        return (
+            f"{self.name}: p={self.p}, emin={self.emin}, emax={self.emax}, "
+            f"subnormals={'on' if self.subnormals else 'off'}, overflow={self.overflow.value}, "
+            f"u={self.u:.3g}, max={self.max:.6g}, min normal={self.min_normal:.3g}, "
+            f"min subnormal={self.min_subnormal:.3g}"
+        )
+
+
+FP16 = FloatFormat("fp16", p=11, emin=-14, emax=15, exponent_bits=5)
+BF16 = FloatFormat("bf16", p=8, emin=-126, emax=127, exponent_bits=8)
+TF32 = FloatFormat("tf32", p=11, emin=-126, emax=127, exponent_bits=8)
+FP32 = FloatFormat("fp32", p=24, emin=-126, emax=127, exponent_bits=8)
+FP8_E4M3FN = FloatFormat(
+    "fp8_e4m3fn", p=4, emin=-6, emax=8, overflow=Overflow.NAN, max_significand=1.75, exponent_bits=4
+)
+FP8_E5M2 = FloatFormat("fp8_e5m2", p=3, emin=-14, emax=15, exponent_bits=5)
+
+FORMATS: dict[str, FloatFormat] = {
+    f.name: f for f in (FP16, BF16, TF32, FP32, FP8_E4M3FN, FP8_E5M2)
+}
+_ALIASES = {
+    "half": "fp16",
+    "float16": "fp16",
+    "binary16": "fp16",
+    "bfloat16": "bf16",
+    "float32": "fp32",
+    "single": "fp32",
+    "binary32": "fp32",
+    "e4m3": "fp8_e4m3fn",
+    "e4m3fn": "fp8_e4m3fn",
+    "fp8-e4m3fn": "fp8_e4m3fn",
+    "float8_e4m3fn": "fp8_e4m3fn",
+    "e5m2": "fp8_e5m2",
+    "fp8-e5m2": "fp8_e5m2",
+    "float8_e5m2": "fp8_e5m2",
+}
+
+
+def format_names() -> list[str]:
+    """Names of the preset formats."""
+    return list(FORMATS)
+
+
+def get_format(fmt: "str | FloatFormat") -> FloatFormat:
+    """Look a format up by name (``"fp16"``, ``"bf16"``, ...) or pass a ``FloatFormat`` through.
+
+    >>> get_format("half").name
+    'fp16'
+    """
+    if isinstance(fmt, FloatFormat):
+        return fmt
+    if not isinstance(fmt, str):
+        raise TypeError(f"a format is a name or a FloatFormat, got {type(fmt).__name__}")
+    key = fmt.strip().lower()
+    key = _ALIASES.get(key, key)
+    if key in FORMATS:
+        return FORMATS[key]
+    raise ValueError(
+        f"unknown format {fmt!r}; known formats are: {', '.join(FORMATS)} "
+        "(or build one with FloatFormat(name, p, emin, emax))"
+    )

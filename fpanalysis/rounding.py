@@ -1,0 +1,422 @@
+"""Rounding real numbers to a floating-point format, and the formats' bit encodings.
+
+>>> import numpy as np
+>>> from fpanalysis import round_to
+>>> round_to(np.array([1.0 + 2**-11, 65519.0, 65520.0, 1e-8]), "fp16").tolist()
+[1.0, 65504.0, inf, 0.0]
+>>> round_to(1.0 + 2**-11, "fp16", mode="up")
+1.0009765625
+
+Values are held in float32 or float64 arrays; a value "in fp16" is a float32/float64 number that
+fp16 can represent.  Every rounding is computed exactly (integer operations on the significand),
+for every mode, overflow policy and subnormal setting of the format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Union
+
+import numpy as np
+
+from ._bits import counter_random_numpy, stream_key
+from .formats import FloatFormat, Overflow, get_format
+
+__all__ = [
+    "RoundingMode",
+    "RoundingStats",
+    "round_to",
+    "to_bits",
+    "from_bits",
+    "fits_float32",
+]
+
+ArrayLike = Union[float, int, np.ndarray, list, tuple]
+
+
+class RoundingMode(str, Enum):
+    """The rounding modes: a closed, named set."""
+
+    NEAREST_EVEN = "nearest-even"
+    NEAREST_AWAY = "nearest-away"
+    TOWARD_ZERO = "toward-zero"
+    UP = "up"
+    DOWN = "down"
+    ODD = "odd"
+    STOCHASTIC = "stochastic"
+
+    @classmethod
+    def parse(cls, value: "str | RoundingMode") -> "RoundingMode":
+        if isinstance(value, RoundingMode):
+            return value
+        if isinstance(value, str):
+            key = value.strip().lower().replace("_", "-")
+            key = _MODE_ALIASES.get(key, key)
+            for m in cls:
+                if m.value == key:
+                    return m
+        valid = ", ".join(m.value for m in cls)
+        raise ValueError(f"unknown rounding mode {value!r}; valid modes are: {valid}")
+
+    @property
+    def code(self) -> int:
+        return _MODE_CODES[self]
+
+
+_MODE_ALIASES = {
+    "rne": "nearest-even",
+    "rn": "nearest-even",
+    "nearest": "nearest-even",
+    "rna": "nearest-away",
+    "rz": "toward-zero",
+    "rtz": "toward-zero",
+    "truncate": "toward-zero",
+    "ru": "up",
+    "toward-positive": "up",
+    "rd": "down",
+    "toward-negative": "down",
+    "rto": "odd",
+    "round-to-odd": "odd",
+    "sr": "stochastic",
+}
+# Codes shared with the private kernels (fpanalysis._round_kernels).
+_MODE_CODES = {
+    RoundingMode.NEAREST_EVEN: 0,
+    RoundingMode.NEAREST_AWAY: 1,
+    RoundingMode.TOWARD_ZERO: 2,
+    RoundingMode.UP: 3,
+    RoundingMode.DOWN: 4,
+    RoundingMode.ODD: 5,
+    RoundingMode.STOCHASTIC: 6,
+}
+_SRK = 7
+_OVF_CODES = {Overflow.INF: 0, Overflow.SATURATE: 1, Overflow.NAN: 2}
+
+
+@dataclass(frozen=True)
+class RoundingStats:
+    """What happened while rounding ``n`` values (IEEE 754 exception accounting).
+
+    ``overflow``: finite inputs whose rounded value exceeded the format's max (they became
+    inf, max or NaN per the format's policy).  ``subnormal``: nonzero results below the smallest
+    normal number.  ``flushed``: nonzero finite inputs that became zero (underflow to zero, or
+    flush-to-zero in formats without subnormals).  ``inexact``: results different from the input.
+    """
+
+    n: int
+    inexact: int
+    overflow: int
+    subnormal: int
+    flushed: int
+
+    def fraction(self, what: str) -> float:
+        return getattr(self, what) / self.n if self.n else 0.0
+
+    def __add__(self, other: "RoundingStats") -> "RoundingStats":
+        return RoundingStats(
+            self.n + other.n,
+            self.inexact + other.inexact,
+            self.overflow + other.overflow,
+            self.subnormal + other.subnormal,
+            self.flushed + other.flushed,
+        )
+
+
+def fits_float32(fmt: FloatFormat) -> bool:
+    """Whether every number of ``fmt`` is a float32 number (so float32 can hold its values)."""
+    return fmt.p <= 24 and fmt.emin - fmt.p + 1 >= -149 and fmt.emax <= 127
+
+
+def _kernel_args(fmt: FloatFormat, mode: RoundingMode, seed: Any, random_bits: int | None, stream: int):
+    """Validated plain-number arguments for the private kernels."""
+    code = mode.code
+    kbits = 0
+    key = np.uint64(0)
+    if mode is RoundingMode.STOCHASTIC:
+        if seed is None:
+            raise ValueError(
+                "stochastic rounding needs an explicit seed (an int or a numpy Generator), "
+                "e.g. round_to(x, 'fp16', mode='stochastic', seed=0)"
+            )
+        if isinstance(seed, np.random.Generator):
+            seed = int(seed.integers(0, 2**63))
+        if not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"seed must be an int or numpy Generator, got {type(seed).__name__}")
+        key = stream_key(int(seed), int(stream))
+        if random_bits is not None:
+            if not isinstance(random_bits, (int, np.integer)) or not 1 <= random_bits <= 63:
+                raise ValueError(f"random_bits must be an integer in [1, 63], got {random_bits!r}")
+            code = _SRK
+            kbits = int(random_bits)
+    elif random_bits is not None:
+        raise ValueError("random_bits applies only to mode='stochastic'")
+    return (
+        fmt.p,
+        fmt.emin,
+        fmt.min_normal,
+        fmt.max,
+        fmt.subnormals,
+        _OVF_CODES[fmt.overflow],
+        code,
+        key,
+        kbits,
+    )
+
+
+def _as_float_array(x: ArrayLike) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.dtype.kind == "f":
+        if arr.dtype.itemsize < 4:
+            arr = arr.astype(np.float32)
+        elif arr.dtype.itemsize > 8:
+            raise TypeError("float128/longdouble inputs are not supported; convert to float64")
+        return arr
+    if arr.dtype.kind in "iub":
+        return arr.astype(np.float64)
+    if arr.dtype.kind == "V" and arr.dtype.itemsize in (1, 2):  # ml_dtypes scalars
+        return arr.astype(np.float32)
+    try:
+        return arr.astype(np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"cannot round values of dtype {arr.dtype}; pass real numbers") from None
+
+
+def round_to(
+    x: ArrayLike,
+    fmt: "str | FloatFormat" = "fp16",
+    mode: "str | RoundingMode" = "nearest-even",
+    *,
+    seed: Any = None,
+    random_bits: int | None = None,
+    stream: int = 0,
+    dtype: Any = None,
+    return_stats: bool = False,
+) -> Any:
+    """Round real numbers to the format ``fmt``.
+
+    Parameters
+    ----------
+    x : array_like or scalar
+        Real values (float16/32/64 or integers).
+    fmt : str or FloatFormat
+        Target format (``"fp16"``, ``"bf16"``, ``"fp8_e4m3fn"``, a custom ``FloatFormat``, ...).
+    mode : str
+        ``"nearest-even"`` (default), ``"nearest-away"``, ``"toward-zero"``, ``"up"``,
+        ``"down"``, ``"odd"`` or ``"stochastic"``.
+    seed : int or numpy.random.Generator
+        Required for stochastic rounding.  The random bits for element ``i`` depend only on
+        ``(seed, stream, i)`` (a counter-based generator), so results are reproducible and do
+        not depend on the number of threads.
+    random_bits : int, optional
+        Stochastic rounding with only ``k`` random bits: round up when the top ``k`` dropped
+        bits plus a ``k``-bit random number carry.  ``None`` (default) rounds up with
+        probability exactly proportional to the distance (to 2**-64).
+    stream : int
+        Independent random stream under the same seed (e.g. one per training step).
+    dtype : numpy dtype, optional
+        Output dtype.  Default: float32 when the input is float32 (or float16) and the format's
+        numbers are all float32 numbers, else float64.
+    return_stats : bool
+        Also return a :class:`RoundingStats` with overflow/subnormal/flush/inexact counts.
+
+    Returns
+    -------
+    numpy.ndarray or float, and RoundingStats when ``return_stats``.
+
+    Examples
+    --------
+    >>> round_to([0.1, -0.1], "bf16", mode="toward-zero").tolist()
+    [0.099609375, -0.099609375]
+    >>> y, st = round_to([1e5, 1e-9, 3.0], "fp16", return_stats=True)
+    >>> st.overflow, st.flushed, st.inexact
+    (1, 1, 2)
+    """
+    from . import _round_kernels as K
+
+    f = get_format(fmt)
+    m = RoundingMode.parse(mode)
+    args = _kernel_args(f, m, seed, random_bits, stream)
+    arr = _as_float_array(x)
+    if dtype is None:
+        out_dtype = np.float32 if (arr.dtype == np.float32 and fits_float32(f)) else np.float64
+    else:
+        out_dtype = np.dtype(dtype).type
+        if out_dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
+        if out_dtype is np.float32 and not fits_float32(f):
+            raise ValueError(f"format {f.name} has numbers that float32 cannot hold; use dtype=float64")
+    flat = np.ascontiguousarray(arr).reshape(-1)
+    out = np.empty(flat.shape, dtype=out_dtype)
+    p, emin, minnorm, maxval, sub, ovf, code, key, kbits = args
+    if return_stats:
+        counts = K.round_array_stats(flat, out, p, emin, minnorm, maxval, sub, ovf, code, key, 0, kbits)
+        stats = RoundingStats(flat.size, *(int(c) for c in counts))
+    else:
+        K.round_array(flat, out, p, emin, minnorm, maxval, sub, ovf, code, key, 0, kbits)
+    result = out.reshape(arr.shape)
+    if result.ndim == 0:
+        result = result[()]
+        if isinstance(x, (float, int)):
+            result = float(result)
+    return (result, stats) if return_stats else result
+
+
+def _round_numpy(
+    x: np.ndarray,
+    fmt: FloatFormat,
+    mode: RoundingMode,
+    *,
+    key: np.uint64 = np.uint64(0),
+    kbits: int | None = None,
+) -> np.ndarray:
+    """Plain NumPy twin of the rounding kernel (the test oracle).  float64 in, float64 out.
+
+    Scales each value by its quantum ``q = 2**(max(e, emin) - p + 1)`` (exact), rounds the
+    scaled value to an integer with ``np.rint``/``np.floor``/``np.ceil``, and scales back.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    ax = np.abs(x)
+    finite = np.isfinite(x)
+    axf = np.where(finite, ax, 0.0)
+    _, ex = np.frexp(axf)
+    e = ex.astype(np.int64) - 1
+    lo = fmt.emin if fmt.subnormals else fmt.emin - 1
+    e_eff = np.maximum(e, lo)
+    q = np.ldexp(1.0, (e_eff - fmt.p + 1).astype(np.int64))
+    t = axf / q
+    fl = np.floor(t)
+    neg = np.signbit(x)
+    if mode is RoundingMode.NEAREST_EVEN:
+        r = np.rint(t)
+    elif mode is RoundingMode.NEAREST_AWAY:
+        r = np.floor(t + 0.5)
+    elif mode is RoundingMode.TOWARD_ZERO:
+        r = fl
+    elif mode is RoundingMode.UP:
+        r = np.where(neg, fl, np.ceil(t))
+    elif mode is RoundingMode.DOWN:
+        r = np.where(neg, np.ceil(t), fl)
+    elif mode is RoundingMode.ODD:
+        r = np.where((fl != t) & (np.fmod(fl, 2.0) == 0.0), fl + 1.0, fl)
+    else:
+        frac = t - fl
+        frac64 = np.floor(frac * 2.0**64)
+        frac64 = np.where(frac64 >= 2.0**64, 2.0**64 - 2048, frac64).astype(np.uint64)
+        rb = counter_random_numpy(key, np.arange(x.size, dtype=np.uint64)).reshape(x.shape)
+        if kbits is None:
+            up = rb < frac64
+        else:
+            sh = np.uint64(64 - kbits)
+            up = (frac64 >> sh) + (rb >> sh) >= np.uint64(1 << kbits)
+        r = fl + up
+    y = r * q
+    big = y > fmt.max
+    if big.any():
+        to_max = np.full(x.shape, fmt.overflow is Overflow.SATURATE)
+        if mode in (RoundingMode.TOWARD_ZERO, RoundingMode.ODD):
+            to_max[:] = True
+        elif mode is RoundingMode.UP:
+            to_max |= neg
+        elif mode is RoundingMode.DOWN:
+            to_max |= ~neg
+        over = np.where(to_max, fmt.max, np.nan if fmt.overflow is Overflow.NAN else np.inf)
+        y = np.where(big, over, y)
+    if not fmt.subnormals:
+        y = np.where(y < fmt.min_normal, 0.0, y)
+    y = np.copysign(y, np.where(neg, -1.0, 1.0))
+    inf_out = {Overflow.INF: np.inf, Overflow.SATURATE: fmt.max, Overflow.NAN: np.nan}[fmt.overflow]
+    y = np.where(np.isinf(x), np.copysign(inf_out, x), y)
+    return np.where(np.isnan(x), np.nan, y)
+
+
+# --- bit encodings -------------------------------------------------------------------------
+
+
+def _encoding(fmt: FloatFormat) -> tuple[int, int, int]:
+    """(exponent bits w, bias, total bits) for formats with a standard encoding."""
+    w = fmt.exponent_bits
+    if w is None:
+        raise ValueError(
+            f"format {fmt.name!r} has no bit encoding; give it exponent_bits "
+            "(IEEE-style layout: sign, exponent, fraction)"
+        )
+    bias = (1 << (w - 1)) - 1
+    top = (1 << w) - 1
+    ok_ieee = fmt.emin == 1 - bias and fmt.emax == bias and fmt.overflow is Overflow.INF
+    ok_fn = fmt.emin == 1 - bias and fmt.emax == top - bias and fmt.overflow is not Overflow.INF
+    if not (ok_ieee or ok_fn) or not fmt.subnormals:
+        raise ValueError(
+            f"format {fmt.name!r}: emin={fmt.emin}, emax={fmt.emax} with {w} exponent bits is "
+            "neither an IEEE layout nor an OCP 'FN' layout (top exponent finite, NaN = all ones)"
+        )
+    total = 1 + w + fmt.p - 1
+    if total > 32:
+        raise ValueError(f"format {fmt.name!r}: encodings wider than 32 bits are not supported")
+    return w, bias, total
+
+
+def _uint_dtype(total: int) -> type:
+    return np.uint8 if total <= 8 else np.uint16 if total <= 16 else np.uint32
+
+
+def from_bits(bits: ArrayLike, fmt: "str | FloatFormat") -> np.ndarray:
+    """Decode bit patterns of ``fmt`` to float64 values.
+
+    >>> from_bits([0x3C00, 0x7BFF, 0x0001, 0xFC00], "fp16").tolist()
+    [1.0, 65504.0, 5.960464477539063e-08, -inf]
+    """
+    f = get_format(fmt)
+    w, bias, total = _encoding(f)
+    b = np.asarray(bits)
+    if b.dtype.kind not in "iu":
+        raise TypeError(f"bit patterns must be integers, got dtype {b.dtype}")
+    if b.size and (b.min() < 0 or int(b.max()) >= (1 << total)):
+        raise ValueError(f"bit patterns of {f.name} are {total}-bit unsigned integers")
+    b = b.astype(np.int64)
+    fb = f.p - 1
+    sign = (b >> (total - 1)) & 1
+    E = (b >> fb) & ((1 << w) - 1)
+    F = b & ((1 << fb) - 1)
+    mag = np.where(
+        E == 0,
+        np.ldexp(F.astype(np.float64), f.emin - fb),
+        np.ldexp((F + (1 << fb)).astype(np.float64), (E - bias - fb).astype(np.int64)),
+    )
+    top = (1 << w) - 1
+    if f.overflow is Overflow.INF:
+        mag = np.where(E == top, np.where(F == 0, np.inf, np.nan), mag)
+    else:
+        mag = np.where((E == top) & (F == (1 << fb) - 1), np.nan, mag)
+    return np.where(sign == 1, -mag, mag)
+
+
+def to_bits(x: ArrayLike, fmt: "str | FloatFormat", mode: "str | RoundingMode" = "nearest-even") -> np.ndarray:
+    """Round ``x`` to ``fmt`` (with ``mode``) and encode as unsigned integers
+    (uint8 for fp8, uint16 for fp16/bf16, uint32 for wider).  NaN encodes as the canonical quiet NaN.
+
+    >>> [hex(b) for b in to_bits([1.0, -2.0, 65520.0], "fp16")]
+    ['0x3c00', '0xc000', '0x7c00']
+    """
+    f = get_format(fmt)
+    w, bias, total = _encoding(f)
+    y = np.asarray(round_to(np.asarray(x, dtype=np.float64), f, mode), dtype=np.float64)
+    fb = f.p - 1
+    neg = np.signbit(y) & ~np.isnan(y)
+    ay = np.abs(y)
+    finite = np.isfinite(ay)
+    ayf = np.where(finite, ay, 0.0)
+    _, ex = np.frexp(ayf)
+    e = ex.astype(np.int64) - 1
+    sub = ayf < f.min_normal
+    E = np.where(sub, 0, e + bias)
+    F = np.where(sub, ayf / f.min_subnormal, np.ldexp(ayf, (fb - e).astype(np.int64)) - (1 << fb))
+    code = (E << fb) | F.astype(np.int64)
+    top = (1 << w) - 1
+    if f.overflow is Overflow.INF:
+        code = np.where(np.isinf(ay), top << fb, code)
+        code = np.where(np.isnan(ay), (top << fb) | (1 << (fb - 1)), code)
+    else:
+        code = np.where(np.isnan(ay), (top << fb) | ((1 << fb) - 1), code)
+    code = code | (neg.astype(np.int64) << (total - 1))
+    return code.astype(_uint_dtype(total))
