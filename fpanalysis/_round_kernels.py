@@ -47,49 +47,51 @@ _HALF32 = U32(0x80000000)
 def round_scalar(x, p, emin, minnorm, maxval, subnormals, ovf, mode, rbits, kbits):  # type: ignore[no-untyped-def]
     """Round the float64 ``x`` to the format; returns ``(y, flags)``.
 
-    ``rbits`` is 64 random bits (used only by the stochastic modes), ``kbits`` the number of
-    random bits stochastic rounding with few bits uses (mode SRK).  Written with selects only
-    (no data-dependent branches) so that loops calling it vectorise.
+    ``|x|`` is scaled by ``1/q`` with ``q = 2**(max(e, emin) - p + 1)`` (exact: a power of two
+    built from the exponent bits), the scaled value ``t < 2**p`` is rounded to an integer
+    (``floor`` plus a mode-dependent carry decided from the exact fraction ``t - floor(t)``), and
+    scaled back.  ``rbits`` is 64 random bits for the stochastic modes, ``kbits`` the number of
+    random bits of mode SRK.  Selects only, no data-dependent branches: loops vectorise.
     """
     b = f64_to_u64(x)
     sign = b & SIGN64
     neg = sign != U64(0)
     a = b & ABS64
     E = np.int64(a >> U64(52))
-    M = (a & MANT64) | (HIDDEN64 if E != 0 else U64(0))
     e = (E if E > 1 else np.int64(1)) - 1023
     lo = emin if subnormals else emin - 1
     e_eff = e if e > lo else lo
-    s = 53 - p + (e_eff - e)  # number of significand bits to drop, >= 1
-    sc = s if s < 63 else 63
-    t = M >> U64(sc)
-    rem = M & ((_ONE << U64(sc)) - _ONE)
-    inexact = rem != U64(0)
-    # the dropped bits as a 64-bit binary fraction (exact when s <= 64, truncated beyond)
-    sh_far = s - 64
-    sh_far = 0 if sh_far < 0 else (63 if sh_far > 63 else sh_far)
-    frac = (rem << U64(64 - sc)) if s <= 63 else (M >> U64(sh_far))
-
+    qe = e_eff - p + 1
+    q = u64_to_f64(U64(qe + 1023) << U64(52))
+    iq = u64_to_f64(U64(1023 - qe) << U64(52))
+    t = u64_to_f64(a) * iq
+    fl = np.floor(t)
+    frac = t - fl
+    inexact = frac != 0.0
     if mode == RNE:
-        go = (frac > _HALF) | ((frac == _HALF) & ((t & _ONE) != U64(0)))
+        r = np.rint(t)
     elif mode == RNA:
-        go = frac >= _HALF
+        r = fl + (1.0 if frac >= 0.5 else 0.0)
     elif mode == RU:
-        go = inexact & (not neg)
+        r = fl + (1.0 if (inexact & (not neg)) else 0.0)
     elif mode == RD:
-        go = inexact & neg
+        r = fl + (1.0 if (inexact & neg) else 0.0)
     elif mode == RTO:
-        t = t | (_ONE if inexact else U64(0))
-        go = False
+        r = fl + (1.0 if (inexact & (np.floor(fl * 0.5) == fl * 0.5)) else 0.0)
     elif mode == SR:
-        go = rbits < frac
+        # P(up) = frac, exactly whenever frac is a multiple of 2**-53 (always for results that
+        # are normal, or subnormal within p binades of the normal range); else within 2**-53.
+        u = np.float64(rbits >> U64(11)) * 1.1102230246251565e-16
+        r = fl + (1.0 if u < frac else 0.0)
     elif mode == SRK:
-        shk = U64(64 - kbits)
-        go = ((frac >> shk) + (rbits >> shk)) >= (_ONE << U64(kbits))
+        # k random bits: carry when the top k dropped bits plus a k-bit random integer overflow
+        scale = np.float64(_ONE << U64(kbits))
+        top = np.floor(frac * scale)
+        rk = np.float64(rbits >> U64(64 - kbits))
+        r = fl + (1.0 if top + rk >= scale else 0.0)
     else:  # RZ
-        go = False
-    q = u64_to_f64(U64(e_eff - p + 1 + 1023) << U64(52))
-    y = np.float64(t + (_ONE if go else U64(0))) * q
+        r = fl
+    y = r * q
 
     over = y > maxval
     to_max = (ovf == OVF_SAT) | (mode == RZ) | (mode == RTO) | ((mode == RU) & neg) | ((mode == RD) & (not neg))
@@ -117,49 +119,57 @@ def round_scalar(x, p, emin, minnorm, maxval, subnormals, ovf, mode, rbits, kbit
 
 @njit(inline="always", cache=True)
 def round_scalar_f32(x, p, emin, minnorm, maxval, subnormals, ovf, mode):  # type: ignore[no-untyped-def]
-    """:func:`round_scalar` for a float32 ``x`` and a format whose numbers are float32 numbers,
-    in 32-bit integer arithmetic (twice the vector lanes).  Deterministic modes only."""
+    """:func:`round_scalar` in float32 arithmetic (twice the vector lanes), for a float32 ``x``,
+    deterministic modes, and formats whose quanta are normal float32 numbers
+    (``emin - p + 1 >= -126``, ``emax <= 127``: fp16 and the fp8 formats; see
+    :func:`f32_kernel_applies`).  ``minnorm`` and ``maxval`` are float32."""
     b = f32_to_u32(x)
-    sign = b & U32(0x80000000)
+    sign = U32(b & U32(0x80000000))
     neg = sign != U32(0)
-    a = b & U32(0x7FFFFFFF)
+    a = U32(b & U32(0x7FFFFFFF))
     E = np.int32(a >> U32(23))
-    M = (a & U32(0x007FFFFF)) | (U32(0x00800000) if E != 0 else U32(0))
     e = (E if E > 1 else np.int32(1)) - np.int32(127)
     lo = np.int32(emin if subnormals else emin - 1)
     e_eff = e if e > lo else lo
-    s = np.int32(24 - p) + (e_eff - e)
-    sc = s if s < 31 else np.int32(31)
-    t = M >> U32(sc)
-    rem = M & ((_ONE32 << U32(sc)) - _ONE32)
-    inexact = rem != U32(0)
-    frac = (rem << U32(32 - sc)) if s <= 31 else U32(0)
-    if mode == RNE:
-        go = (frac > _HALF32) | ((frac == _HALF32) & ((t & _ONE32) != U32(0)))
-    elif mode == RNA:
-        go = frac >= _HALF32
-    elif mode == RU:
-        go = inexact & (not neg)
-    elif mode == RD:
-        go = inexact & neg
-    elif mode == RTO:
-        t = t | (_ONE32 if inexact else U32(0))
-        go = False
-    else:  # RZ
-        go = False
     qe = e_eff - np.int32(p - 1)
-    qbits = U32((U32(qe + 127) << U32(23)) if qe >= -126 else (_ONE32 << U32(qe + 149 if qe > -149 else 0)))
-    y = np.float32(t + (_ONE32 if go else U32(0))) * u32_to_f32(qbits)
+    q = u32_to_f32(U32(U32(qe + 127) << U32(23)))
+    iq = u32_to_f32(U32(U32(127 - qe) << U32(23)))
+    t = u32_to_f32(a) * iq
+    fl = np.floor(t)
+    frac = t - fl
+    inexact = frac != np.float32(0.0)
+    one = np.float32(1.0)
+    zero = np.float32(0.0)
+    if mode == RNE:
+        r = np.rint(t)
+    elif mode == RNA:
+        r = fl + (one if frac >= np.float32(0.5) else zero)
+    elif mode == RU:
+        r = fl + (one if (inexact & (not neg)) else zero)
+    elif mode == RD:
+        r = fl + (one if (inexact & neg) else zero)
+    elif mode == RTO:
+        half = fl * np.float32(0.5)
+        r = fl + (one if (inexact & (np.floor(half) == half)) else zero)
+    else:  # RZ
+        r = fl
+    y = r * q
     over = y > maxval
     to_max = (ovf == OVF_SAT) | (mode == RZ) | (mode == RTO) | ((mode == RU) & neg) | ((mode == RD) & (not neg))
     big = maxval if to_max else (np.float32(np.nan) if ovf == OVF_NAN else np.float32(np.inf))
     y = big if over else y
-    y = np.float32(0.0) if ((not subnormals) & (y < minnorm)) else y
+    y = zero if ((not subnormals) & (y < minnorm)) else y
     out = u32_to_f32(U32(f32_to_u32(y) | sign))
     special = a >= U32(0x7F800000)
     keep = (a > U32(0x7F800000)) | (ovf == OVF_INF)
     spec = x if keep else (u32_to_f32(U32(f32_to_u32(maxval) | sign)) if ovf == OVF_SAT else np.float32(np.nan))
     return spec if special else out
+
+
+def f32_kernel_applies(p: int, emin: int, emax: int) -> bool:
+    """Whether :func:`round_scalar_f32` is exact for this format (its quanta and their
+    reciprocals are normal float32 numbers)."""
+    return p <= 24 and emin - p + 1 >= -126 and emax <= 127
 
 
 @njit(parallel=True, cache=True)
@@ -237,3 +247,47 @@ def round_array_stats(x, out, p, emin, minnorm, maxval, subnormals, ovf, mode, k
         n_subnormal += (f & F_SUBNORMAL) >> 2
         n_flushed += (f & F_FLUSHED) >> 3
     return n_inexact, n_overflow, n_subnormal, n_flushed
+
+
+@njit(inline="always", cache=True)
+def encode_scalar(y, fb, bias, minnorm, inv_min_sub, inf_code, nan_code):  # type: ignore[no-untyped-def]
+    """Bit pattern (as uint64) of ``y``, a float64 value of a format with ``fb`` fraction bits,
+    exponent ``bias``, smallest normal ``minnorm`` and ``inv_min_sub`` = 1 / smallest subnormal; ``inf_code``/``nan_code`` are the
+    patterns of +inf (unused when the format has none) and of the canonical NaN.  The sign
+    bit is added by the caller."""
+    b = f64_to_u64(y)
+    a = b & ABS64
+    normal = (a >> U64(52 - fb)) - (U64(1023 - bias) << U64(fb))
+    sub = U64(u64_to_f64(a) * inv_min_sub)
+    code = sub if u64_to_f64(a) < minnorm else normal
+    code = inf_code if a == EXP64 else code
+    return nan_code if a > EXP64 else code
+
+
+@njit(parallel=True, cache=True)
+def round_array_bits(x, out, p, emin, minnorm, maxval, subnormals, ovf, mode, key, offset, kbits,  # type: ignore[no-untyped-def]
+                     fb, bias, inv_min_sub, inf_code, nan_code, sign_shift, use_f32):
+    """Round ``x`` and write the format's bit patterns into the unsigned array ``out``
+    (uint8 or uint16): one pass, no float64 intermediate array."""
+    n = x.shape[0]
+    if use_f32 and mode == RNE:
+        mn = np.float32(minnorm)
+        mx = np.float32(maxval)
+        for i in prange(n):
+            y = np.float64(round_scalar_f32(np.float32(x[i]), p, emin, mn, mx, subnormals, ovf, RNE))
+            c = encode_scalar(y, fb, bias, minnorm, inv_min_sub, inf_code, nan_code)
+            s = (f64_to_u64(y) >> U64(63)) & (U64(0) if y != y else U64(1))
+            out[i] = c | (s << U64(sign_shift))
+    elif mode == RNE:
+        for i in prange(n):
+            y = round_scalar(np.float64(x[i]), p, emin, minnorm, maxval, subnormals, ovf, RNE, U64(0), 0)[0]
+            c = encode_scalar(y, fb, bias, minnorm, inv_min_sub, inf_code, nan_code)
+            s = (f64_to_u64(y) >> U64(63)) & (U64(0) if y != y else U64(1))
+            out[i] = c | (s << U64(sign_shift))
+    else:
+        for i in prange(n):
+            r = counter_random(key, U64(offset + i)) if mode >= SR else U64(0)
+            y = round_scalar(np.float64(x[i]), p, emin, minnorm, maxval, subnormals, ovf, mode, r, kbits)[0]
+            c = encode_scalar(y, fb, bias, minnorm, inv_min_sub, inf_code, nan_code)
+            s = (f64_to_u64(y) >> U64(63)) & (U64(0) if y != y else U64(1))
+            out[i] = c | (s << U64(sign_shift))

@@ -191,6 +191,7 @@ def round_to(
     random_bits: int | None = None,
     stream: int = 0,
     dtype: Any = None,
+    out: np.ndarray | None = None,
     return_stats: bool = False,
 ) -> Any:
     """Round real numbers to the format ``fmt``.
@@ -216,7 +217,12 @@ def round_to(
         Independent random stream under the same seed (e.g. one per training step).
     dtype : numpy dtype, optional
         Output dtype.  Default: float32 when the input is float32 (or float16) and the format's
-        numbers are all float32 numbers, else float64.
+        numbers are all float32 numbers, else float64.  ``numpy.float16`` (for fp16) and the
+        ml_dtypes types ``bfloat16``, ``float8_e4m3fn``, ``float8_e5m2`` (for the matching
+        formats) give the format's native storage, written in one pass.
+    out : numpy.ndarray, optional
+        A C-contiguous float32/float64 array of the input's shape to write the result into
+        (may be ``x`` itself: rounding in place); it is returned.
     return_stats : bool
         Also return a :class:`RoundingStats` with overflow/subnormal/flush/inexact counts.
 
@@ -238,28 +244,90 @@ def round_to(
     m = RoundingMode.parse(mode)
     args = _kernel_args(f, m, seed, random_bits, stream)
     arr = _as_float_array(x)
+    if dtype is not None and _storage_name(dtype) in _NATIVE_STORAGE:
+        if out is not None or return_stats:
+            raise ValueError("out= and return_stats are not supported with a native low-precision dtype")
+        return _round_to_native(arr, f, _storage_name(dtype), np.dtype(dtype), args, x)
     if dtype is None:
         out_dtype = np.float32 if (arr.dtype == np.float32 and fits_float32(f)) else np.float64
     else:
         out_dtype = np.dtype(dtype).type
         if out_dtype not in (np.float32, np.float64):
-            raise ValueError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
+            raise ValueError(
+                f"dtype must be float32, float64 or a native storage type of the format "
+                f"({', '.join(_NATIVE_STORAGE)}); got {np.dtype(dtype)}"
+            )
         if out_dtype is np.float32 and not fits_float32(f):
             raise ValueError(f"format {f.name} has numbers that float32 cannot hold; use dtype=float64")
     flat = np.ascontiguousarray(arr).reshape(-1)
-    out = np.empty(flat.shape, dtype=out_dtype)
+    if out is None:
+        dest = np.empty(flat.shape, dtype=out_dtype)
+    else:
+        if not isinstance(out, np.ndarray) or out.shape != arr.shape or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous array of shape {arr.shape}")
+        if out.dtype.type not in (np.float32, np.float64) or (out.dtype == np.float32 and not fits_float32(f)):
+            raise ValueError(f"out must be float64, or float32 for formats whose numbers float32 holds; got {out.dtype}")
+        dest = out.reshape(-1)
     p, emin, minnorm, maxval, sub, ovf, code, key, kbits = args
     if return_stats:
-        counts = K.round_array_stats(flat, out, p, emin, minnorm, maxval, sub, ovf, code, key, 0, kbits)
+        counts = K.round_array_stats(flat, dest, p, emin, minnorm, maxval, sub, ovf, code, key, 0, kbits)
         stats = RoundingStats(flat.size, *(int(c) for c in counts))
+    elif flat.dtype == np.float32 and dest.dtype == np.float32 and code < 6 and K.f32_kernel_applies(
+        f.p, f.emin, f.emax
+    ):
+        K.round_array_f32(flat, dest, p, emin, minnorm, maxval, sub, ovf, code)
     else:
-        K.round_array(flat, out, p, emin, minnorm, maxval, sub, ovf, code, key, 0, kbits)
-    result = out.reshape(arr.shape)
-    if result.ndim == 0:
+        K.round_array(flat, dest, p, emin, minnorm, maxval, sub, ovf, code, key, 0, kbits)
+    result = dest.reshape(arr.shape) if out is None else out
+    if result.ndim == 0 and out is None:
         result = result[()]
         if isinstance(x, (float, int)):
             result = float(result)
     return (result, stats) if return_stats else result
+
+
+# numpy/ml_dtypes storage types and the format each one stores
+_NATIVE_STORAGE = {
+    "float16": "fp16",
+    "bfloat16": "bf16",
+    "float8_e4m3fn": "fp8_e4m3fn",
+    "float8_e5m2": "fp8_e5m2",
+}
+
+
+def _storage_name(dtype: Any) -> str:
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        return str(dtype)
+
+
+def _round_to_native(
+    arr: np.ndarray, f: FloatFormat, name: str, dt: np.dtype, args: tuple, x: ArrayLike
+) -> Any:
+    from . import _round_kernels as K
+
+    native = get_format(_NATIVE_STORAGE[name])
+    same = (native.p, native.emin, native.emax, native.subnormals, native.overflow, native.max) == (
+        f.p, f.emin, f.emax, f.subnormals, f.overflow, f.max
+    )
+    if not same:
+        raise ValueError(f"dtype {name} stores format {native.name}, not {f.name}")
+    w, bias, total = _encoding(f)
+    fb = f.p - 1
+    top = (1 << w) - 1
+    inf_code = top << fb
+    nan_code = (top << fb) | ((1 << (fb - 1)) if f.overflow is Overflow.INF else ((1 << fb) - 1))
+    p, emin, minnorm, maxval, sub, ovf, code, key, kbits = args
+    flat = np.ascontiguousarray(arr).reshape(-1)
+    bits = np.empty(flat.shape, dtype=_uint_dtype(total))
+    K.round_array_bits(
+        flat, bits, p, emin, minnorm, maxval, sub, ovf, code, key, 0, kbits,
+        fb, bias, 1.0 / f.min_subnormal, np.uint64(inf_code), np.uint64(nan_code), total - 1,
+        flat.dtype == np.float32 and K.f32_kernel_applies(f.p, f.emin, f.emax),
+    )
+    result = bits.view(dt).reshape(arr.shape)
+    return result[()] if result.ndim == 0 else result
 
 
 def _round_numpy(
@@ -301,14 +369,11 @@ def _round_numpy(
         r = np.where((fl != t) & (np.fmod(fl, 2.0) == 0.0), fl + 1.0, fl)
     else:
         frac = t - fl
-        frac64 = np.floor(frac * 2.0**64)
-        frac64 = np.where(frac64 >= 2.0**64, 2.0**64 - 2048, frac64).astype(np.uint64)
         rb = counter_random_numpy(key, np.arange(x.size, dtype=np.uint64)).reshape(x.shape)
         if kbits is None:
-            up = rb < frac64
+            up = (rb >> np.uint64(11)).astype(np.float64) * 2.0**-53 < frac
         else:
-            sh = np.uint64(64 - kbits)
-            up = (frac64 >> sh) + (rb >> sh) >= np.uint64(1 << kbits)
+            up = np.floor(frac * 2.0**kbits) + (rb >> np.uint64(64 - kbits)).astype(np.float64) >= 2.0**kbits
         r = fl + up
     y = r * q
     big = y > fmt.max

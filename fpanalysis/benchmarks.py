@@ -1,0 +1,94 @@
+"""Speed benchmarks of the emulator against named baselines measured in the same run.
+
+Each function returns a dict of timings and ratios; ``experiments/bench_emulator.py`` and
+``fpanalysis bench`` print them and write JSON.  Timings are best-of-``repeats`` wall times
+(machines are noisy: compare ratios, not absolute numbers).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["best_time", "bench_rounding", "run_benchmarks"]
+
+
+def best_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:
+    """Best wall time of ``fn()`` over ``repeats`` runs, after ``warmup`` untimed runs."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def bench_rounding(n: int = 10**7, repeats: int = 5, seed: int = 0) -> dict[str, Any]:
+    """float32 -> fp16 rounding of ``n`` standard-normal values.
+
+    Baselines: numpy ``astype(float16)``, torch ``.half()`` (when torch is installed) and pychop's
+    torch backend (when pychop is installed; it is a speed baseline only: its overflow handling
+    is wrong, see semantics.md).  Both allocating (a new output array per call) and
+    preallocated-output (``out=`` / ``np.copyto``) variants are timed.
+    """
+    from .rounding import round_to
+
+    x = np.random.default_rng(seed).standard_normal(n).astype(np.float32)
+    out32 = np.empty_like(x)
+    out16 = np.empty(n, dtype=np.float16)
+    t: dict[str, float] = {}
+    t["fpanalysis_rne"] = best_time(lambda: round_to(x, "fp16"), repeats)
+    t["fpanalysis_rne_out"] = best_time(lambda: round_to(x, "fp16", out=out32), repeats)
+    t["fpanalysis_stochastic"] = best_time(lambda: round_to(x, "fp16", "stochastic", seed=1), repeats)
+    t["fpanalysis_stochastic_out"] = best_time(
+        lambda: round_to(x, "fp16", "stochastic", seed=1, out=out32), repeats
+    )
+    t["numpy_astype"] = best_time(lambda: x.astype(np.float16), repeats)
+    t["numpy_copyto_out"] = best_time(lambda: np.copyto(out16, x, casting="unsafe"), repeats)
+    notes = []
+    try:
+        import torch
+
+        xt = torch.from_numpy(x)
+        t["torch_half"] = best_time(lambda: xt.half(), repeats)
+    except ImportError:
+        notes.append("torch not installed: torch baseline skipped")
+    try:
+        import pychop
+        import torch
+
+        pychop.backend("torch")
+        chop = pychop.Chop(exp_bits=5, sig_bits=10, rmode=1)
+        xt = torch.from_numpy(x)
+        t["pychop_torch"] = best_time(lambda: chop(xt), max(1, repeats // 2))
+    except ImportError:
+        notes.append("pychop not installed (pip install pychop): pychop baseline skipped")
+    ratios = {
+        "vs_numpy_astype": t["numpy_astype"] / t["fpanalysis_rne"],
+        "vs_numpy_copyto_out": t["numpy_copyto_out"] / t["fpanalysis_rne_out"],
+        "stochastic_cost_vs_rne": t["fpanalysis_stochastic"] / t["fpanalysis_rne"],
+        "stochastic_cost_vs_rne_out": t["fpanalysis_stochastic_out"] / t["fpanalysis_rne_out"],
+    }
+    if "torch_half" in t:
+        ratios["vs_torch_half"] = t["torch_half"] / t["fpanalysis_rne"]
+    if "pychop_torch" in t:
+        ratios["vs_pychop_torch"] = t["pychop_torch"] / t["fpanalysis_rne"]
+    return {
+        "benchmark": "round float32 -> fp16",
+        "n": n,
+        "seconds": t,
+        "values_per_second": {k: n / v for k, v in t.items()},
+        "ratios": ratios,
+        "goals": {"vs_numpy_astype": 5.0, "vs_pychop_torch": 50.0, "stochastic_cost_vs_rne_max": 3.0},
+        "notes": notes,
+    }
+
+
+def run_benchmarks(quick: bool = False) -> list[dict[str, Any]]:
+    """All benchmarks (``quick``: smaller sizes, for smoke tests)."""
+    results = [bench_rounding(n=10**5 if quick else 10**7, repeats=2 if quick else 5)]
+    return results
