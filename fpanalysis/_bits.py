@@ -11,6 +11,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
+from ._rng import counter_random_numpy, stream_key  # noqa: F401  (re-exported)
+
 U64 = np.uint64
 SIGN64 = U64(0x8000000000000000)
 ABS64 = U64(0x7FFFFFFFFFFFFFFF)
@@ -80,24 +82,3 @@ def counter_random(key, index):  # type: ignore[no-untyped-def]
     """64 random bits for element ``index`` of the stream ``key``; depends on nothing else,
     so results do not change with the number of threads or the chunking of the work."""
     return mix64(key + (index + U64(1)) * _GOLDEN)
-
-
-def stream_key(seed: int, stream: int = 0) -> np.uint64:
-    """Key of the random stream ``(seed, stream)``, computed in plain Python."""
-    mask = (1 << 64) - 1
-
-    def mix(z: int) -> int:
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
-        return z ^ (z >> 31)
-
-    return np.uint64(mix((mix(seed & mask) + (stream & mask) * 0x9E3779B97F4A7C15) & mask))
-
-
-def counter_random_numpy(key: np.uint64, index: np.ndarray) -> np.ndarray:
-    """NumPy twin of :func:`counter_random` (uint64 arithmetic wraps modulo 2**64)."""
-    with np.errstate(over="ignore"):
-        z = np.uint64(key) + (index.astype(np.uint64) + np.uint64(1)) * _GOLDEN
-        z = (z ^ (z >> np.uint64(30))) * _MIX1
-        z = (z ^ (z >> np.uint64(27))) * _MIX2
-        return z ^ (z >> np.uint64(31))

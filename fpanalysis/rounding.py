@@ -20,7 +20,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from ._bits import counter_random_numpy, stream_key
+from ._rng import counter_random_numpy, stream_key
 from .formats import FloatFormat, Overflow, get_format
 
 __all__ = [

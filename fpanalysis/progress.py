@@ -1,0 +1,47 @@
+"""Progress bars for long work (tqdm on stderr; silent when ``FPANALYSIS_NO_PROGRESS`` is set)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+
+class _Bar:
+    def __init__(self, bar: Any) -> None:
+        self._bar = bar
+
+    def callback(self, done: int, total: int | None = None, desc: str | None = None) -> None:
+        """Progress callback ``(done, total, desc)`` that library functions accept."""
+        if self._bar is None:
+            return
+        if total is not None and self._bar.total != total:
+            self._bar.total = total
+        if desc:
+            self._bar.set_postfix_str(desc, refresh=False)
+        self._bar.n = done
+        self._bar.refresh()
+
+    def update(self, k: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(k)
+
+
+def progress_enabled() -> bool:
+    return not os.environ.get("FPANALYSIS_NO_PROGRESS")
+
+
+@contextmanager
+def progress_bar(desc: str, total: int | None = None, unit: str = "it") -> Iterator[_Bar]:
+    """A tqdm bar on stderr as a context manager; yields an object with ``callback``/``update``."""
+    if not progress_enabled():
+        yield _Bar(None)
+        return
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True)
+    try:
+        yield _Bar(bar)
+    finally:
+        bar.close()
