@@ -289,7 +289,8 @@ def findings_from_measurements(m: dict[str, Any], fmt: FloatFormat) -> list[Find
         out.append(Finding(
             "second-moment underflow", st, vu, T["adam_v_underflow_frac"], ">" if st != "ok" else "<=",
             f"(1-beta2)*g^2 rounds to zero for {100 * vu:.2f}% of parameters",
-            fix=f"raise Adam eps to {fix_eps:g} (or keep optimizer state in fp32)",
+            fix=(f"raise Adam eps to {fix_eps:g} (or keep optimizer state in fp32)" if eps_r == 0.0
+                 else "keep the optimizer state (m, v) in fp32"),
         ))
         nf = float(o.get("step_nonfinite_frac", 0.0))
         st = "fail" if nf > T["adam_step_error_frac"] else "ok"
