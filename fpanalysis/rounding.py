@@ -275,9 +275,11 @@ def round_to(
     elif flat.dtype == np.float32 and dest.dtype == np.float32 and code < 6 and K.f32_kernel_applies(
         f.p, f.emin, f.emax
     ):
-        K.round_array_f32(flat, dest, p, emin, minnorm, maxval, sub, ovf, code)
+        kern = K.round_array_f32 if flat.size >= K.SERIAL_BELOW else K.round_array_f32_serial
+        kern(flat, dest, p, emin, minnorm, maxval, sub, ovf, code)
     else:
-        K.round_array(flat, dest, p, emin, minnorm, maxval, sub, ovf, code, key, 0, kbits)
+        kern = K.round_array if flat.size >= K.SERIAL_BELOW else K.round_array_serial
+        kern(flat, dest, p, emin, minnorm, maxval, sub, ovf, code, key, 0, kbits)
     result = dest.reshape(arr.shape) if out is None else out
     if result.ndim == 0 and out is None:
         result = result[()]
