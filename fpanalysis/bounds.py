@@ -139,7 +139,7 @@ class Bound:
     @property
     def vacuous(self) -> bool:
         """True when some component is ``inf`` or the bound holds with probability 0."""
-        return bool(is_vacuous(self.value).any()) or self.failure_probability >= 1.0
+        return bool(np.any(is_vacuous(self.value))) or self.failure_probability >= 1.0
 
     def max(self) -> float:
         return float(np.max(self.value)) if np.size(self.value) else 0.0
@@ -341,7 +341,30 @@ def rounding_depth(n: int, order: str = "recursive", block: int | None = None, p
 # --------------------------------------------------------------------------------------------
 def _times(g: float, a: np.ndarray) -> np.ndarray:
     """``g * a`` with ``inf * 0 = 0`` (a zero magnitude means exact zeros, whatever g is)."""
-    return np.where(a > 0, g * a, 0.0) if math.isinf(g) else g * a
+    return np.where(a > 0, math.inf, 0.0) if math.isinf(g) else g * a
+
+
+def _growth(u: float, k: int) -> float:
+    """``(1 + u)^k``, the largest factor the later roundings can multiply an error by."""
+    e = k * math.log1p(u)
+    return math.exp(e) if e < 700 else math.inf
+
+
+def _underflow(A: np.ndarray, n_mul: int, n_add: int, eta: float, nearest: bool) -> np.ndarray:
+    """Sum of the absolute (underflow) errors of ``n_mul`` products and ``n_add`` flushed sums.
+
+    Each is at most ``eta``; under round-to-nearest a product's is also at most its own
+    magnitude (0 is a candidate), so the products contribute at most ``min(n_mul eta, A)``.
+    All terms zero (``A = 0``) means an exact zero result.
+    """
+    prod = np.minimum(n_mul * eta, A) if nearest else np.where(A > 0, n_mul * eta, 0.0)
+    return prod + np.where(A > 0, n_add * eta, 0.0)
+
+
+def _final_rounding(R: np.ndarray, u: float, eta: float, nearest: bool) -> np.ndarray:
+    """Error of rounding a value of magnitude at most ``R`` once: ``u R + eta``; under
+    round-to-nearest also at most ``R`` (0 is a candidate), and 0 when ``R = 0``."""
+    return np.minimum(u * R + eta, R) if nearest else np.where(R > 0, u * R + eta, 0.0)
 
 
 def _gamma_for(k: int, events: int, u: float, method: str, failure_prob: float | None,
@@ -450,31 +473,30 @@ def accumulation_bound(
     n = int(n)
     u = unit_roundoff(f, mode)
     eta = underflow_unit(f, mode)
+    nearest = u == f.u
     fail = 0.0
     if prof == "exact":
-        err = u * R + eta
+        err = _final_rounding(R, u, eta, nearest)
         ok = R <= f.max
         note = "u|s| + eta"
     elif prof == "ieee":
         k = rounding_depth(n, order, block, products)
         g, fail = _gamma_for(k, n, u, meth, failure_prob, lam, union)
-        n_eta = (n if products else 0) + (0 if f.subnormals else max(n - 1, 0))
-        under = n_eta * eta * (1.0 + u) ** k if n_eta else 0.0
-        err = _times(g, A) + under
+        under = _underflow(A, n if products else 0, 0 if f.subnormals else max(n - 1, 0), eta, nearest)
+        err = _times(g, A) + _times(_growth(u, k), under)
         ok = A + err <= f.max
-        note = f"gamma_{k}(u) |x|^T|y| + {n_eta} eta"
+        note = f"gamma_{k}(u) |x|^T|y| + underflow"
     else:
         _choice(order, ORDERS, "order", _ORDER_ALIASES)  # validated; the bound holds for every order
         a = get_format(accumulator)
         ua = a.u
         k = n - 1 + int(bool(products)) if n else 0
         g, fail = _gamma_for(k, n, ua, meth, failure_prob, lam, union)
-        n_eta = (n if products else 0) + (0 if a.subnormals else max(n - 1, 0))
-        under = n_eta * underflow_unit(a) * (1.0 + ua) ** k if n_eta else 0.0
-        t_err = _times(g, A) + under
-        err = u * R + (1.0 + u) * t_err + eta
+        under = _underflow(A, n if products else 0, 0 if a.subnormals else max(n - 1, 0), underflow_unit(a), True)
+        t_err = _times(g, A) + _times(_growth(ua, k), under)
+        err = _final_rounding(R + t_err, u, eta, nearest) + t_err
         ok = (A + t_err <= a.max) & (R + t_err <= f.max)
-        note = f"u|s| + (1+u)(gamma_{k}(u_acc) |x|^T|y| + {n_eta} eta_acc) + eta"
+        note = f"u|s| + (1+u)(gamma_{k}(u_acc) |x|^T|y| + underflow_acc) + eta"
     value = np.where(ok, err * _PAD, np.inf)
     kind = "probabilistic" if (meth == "probabilistic" and prof != "exact") else "deterministic"
     return Bound(value, kind, fail if kind == "probabilistic" else 0.0, f"{prof}: {note}")
@@ -504,12 +526,13 @@ def rounding_error_bound(x: ArrayLike, fmt: Fmt = "fp16", mode: "str | RoundingM
     The input-rounding term of a layer (fp32 weights or activations stored in fp16).  Values
     beyond the format's range overflow: ``inf``.
 
-    >>> rounding_error_bound([1.0, 1e-9, 1e6], "fp16").value.tolist()   # u|x| + 2**-25
-    [0.0004883110523223877, 2.9802810668945314e-08, inf]
+    >>> rounding_error_bound([1.0, 1e-9, 1e6], "fp16").value.tolist()   # min(u|x| + 2**-25, |x|)
+    [0.0004883110523223877, 1e-09, inf]
     """
     f = get_format(fmt)
     xa = np.abs(np.asarray(x, dtype=np.float64))
-    err = unit_roundoff(f, mode) * xa + underflow_unit(f, mode)
+    u = unit_roundoff(f, mode)
+    err = _final_rounding(xa, u, underflow_unit(f, mode), u == f.u)
     return Bound(np.where(xa <= f.max, err, np.inf), note="u|x| + eta")
 
 
