@@ -66,6 +66,7 @@ __all__ = [
     "matvec_bound",
     "conv2d",
     "conv2d_bound",
+    "matmul_bound",
     "rounding_error_bound",
     "propagate_linear",
     "propagate_conv2d",
@@ -539,6 +540,13 @@ def rounding_error_bound(x: ArrayLike, fmt: Fmt = "fp16", mode: "str | RoundingM
 # --------------------------------------------------------------------------------------------
 # Linear layers: inner products, matrix-vector products, convolutions
 # --------------------------------------------------------------------------------------------
+def _radius(r: "ArrayLike | Bound | None", shape: tuple) -> "tuple[np.ndarray | None, Bound | None]":
+    if r is None:
+        return None, None
+    rb = _as_bound(r)
+    return np.broadcast_to(np.asarray(rb.value, dtype=np.float64), shape), rb
+
+
 def _linear_bound(
     op: Callable[[np.ndarray, np.ndarray], np.ndarray],
     W: ArrayLike,
@@ -552,32 +560,31 @@ def _linear_bound(
     round_weights: bool,
     round_inputs: bool,
     mode: "str | RoundingMode",
+    w_radius: "ArrayLike | Bound | None" = None,
     **kwargs: Any,
 ) -> Bound:
     """Error of ``y^ = fl(op(W^, x^))`` against ``op(W, x)`` for a bilinear ``op``.
 
-    ``W^ = fl(W)`` if ``round_weights`` else ``W``; ``x^`` within ``x_radius`` of ``x`` (then
-    rounded to ``fmt`` if ``round_inputs``).  With ``e_W``, ``e_x`` bounds on ``|W^ - W|``,
-    ``|x^ - x|``::
+    ``W^`` within ``w_radius`` of ``W``, ``x^`` within ``x_radius`` of ``x``, each then rounded
+    to ``fmt`` if ``round_weights`` / ``round_inputs``.  With ``e_W``, ``e_x`` the resulting
+    bounds on ``|W^ - W|``, ``|x^ - x|`` (a rounding adds ``u (|v| + r) + eta``)::
 
-        |y^ - y| <= local(|W^||x^|, |W^ x^|) + P,   P = e_W |x| + |W| e_x + e_W e_x,
+        |y^ - y| <= local(|W^||x^|, |W^ x^|) + P,   P = e_W |x| + (|W| + e_W) e_x,
 
-    with ``|W^||x^| <= (|W| + e_W)(|x| + e_x)`` and ``|W^ x^| <= |W x| + P``.  Every product
-    ``op`` is evaluated in float64 and inflated by ``(n + 2) 2**-52`` relative to cover that.
+    with ``|W^||x^| <= (|W| + e_W)(|x| + e_x)`` and ``|W^ x^| <= |W x| + P``.  Every ``op`` is
+    evaluated in float64 and inflated by ``2 (n + 2) 2**-53`` relative to cover that.
     """
     f = get_format(fmt)
     Wf = np.asarray(W, dtype=np.float64)
     xf = np.asarray(x, dtype=np.float64)
     Wa, xa = np.abs(Wf), np.abs(xf)
-    radius = _as_bound(x_radius) if x_radius is not None else None
     u, eta = unit_roundoff(f, mode), underflow_unit(f, mode)
-    eW = u * Wa + eta if round_weights else None
-    ex = None
-    if radius is not None:
-        ex = np.broadcast_to(np.asarray(radius.value, dtype=np.float64), xa.shape)
+    eW, wb = _radius(w_radius, Wa.shape)
+    ex, xb = _radius(x_radius, xa.shape)
+    if round_weights:
+        eW = u * (Wa if eW is None else Wa + eW) + eta + (0.0 if eW is None else eW)
     if round_inputs:
-        base = xa if ex is None else xa + ex
-        ex = u * base + eta + (0.0 if ex is None else ex)
+        ex = u * (xa if ex is None else xa + ex) + eta + (0.0 if ex is None else ex)
     c = 1.0 + 2.0 * (n + 2) * _U64
     WaU = Wa if eW is None else Wa + eW
     xaU = xa if ex is None else xa + ex
@@ -591,7 +598,8 @@ def _linear_bound(
     R = np.abs(op(Wf, xf)) + 2.0 * (n + 2) * _U64 * A + P
     local = accumulation_bound(A, n, f, profile, abs_result=R, mode=mode, union=union, **kwargs)
     value = np.where(np.isfinite(local.value), np.asarray(local.value) + P, np.inf)
-    return _combine(value, local, radius, note=local.note + (" + perturbation" if (eW is not None or ex is not None) else ""))
+    perturbed = eW is not None or ex is not None
+    return _combine(value, local, wb, xb, note=local.note + (" + perturbation" if perturbed else ""))
 
 
 def dot_bound(x: ArrayLike, y: ArrayLike, fmt: Fmt = "fp16", profile: str = "ieee", *,
@@ -731,6 +739,32 @@ def conv2d_bound(w: ArrayLike, x: ArrayLike, fmt: Fmt = "fp16", profile: str = "
     union = int(probe.size)
     return _linear_bound(op, wf, xf, n, fmt, profile, union, x_radius=x_radius, round_weights=round_weights,
                          round_inputs=round_inputs, mode=mode, **kwargs)
+
+
+def matmul_bound(A: ArrayLike, B: ArrayLike, fmt: Fmt = "fp16", profile: str = "ieee", *,
+                 a_radius: "ArrayLike | Bound | None" = None, b_radius: "ArrayLike | Bound | None" = None,
+                 round_inputs: bool = False, mode: "str | RoundingMode" = "nearest-even", **kwargs: Any) -> Bound:
+    """Componentwise bound on ``|fl(A^ B^) - A B|`` for a (batched) matrix product.
+
+    ``A``: (..., m, k), ``B``: (..., k, n) as ``numpy.matmul``; ``A^``, ``B^`` within
+    ``a_radius``, ``b_radius`` of ``A``, ``B`` (then rounded to ``fmt`` if ``round_inputs``).
+    Inner products of length ``k``: :func:`accumulation_bound` with ``|A^||B^|`` plus the
+    exact perturbation term ``e_A |B| + (|A| + e_A) e_B``.  For ``A`` with 3 or more axes the
+    first is the sample axis of probabilistic bounds.  Used for attention (``Q K^T``, ``P V``).
+
+    >>> b = matmul_bound(np.ones((2, 4, 64)), np.ones((2, 64, 4)), "fp16", "fp32-accumulate")
+    >>> b.value.shape, round(b.max(), 4)
+    ((2, 4, 4), 0.0315)
+    """
+    Af = np.asarray(A, dtype=np.float64)
+    Bf = np.asarray(B, dtype=np.float64)
+    k = Af.shape[-1]
+    if Bf.shape[-2] != k:
+        raise ValueError(f"matmul_bound: shapes {Af.shape} and {Bf.shape} do not multiply")
+    out_shape = np.broadcast_shapes(Af.shape[:-2], Bf.shape[:-2]) + (Af.shape[-2], Bf.shape[-1])
+    union = int(np.prod(out_shape[1:])) if len(out_shape) >= 3 else int(np.prod(out_shape))
+    return _linear_bound(np.matmul, Af, Bf, k, fmt, profile, union, x_radius=b_radius, w_radius=a_radius,
+                         round_weights=round_inputs, round_inputs=round_inputs, mode=mode, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
