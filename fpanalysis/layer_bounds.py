@@ -80,6 +80,9 @@ ACTIVATIONS = ("identity", "relu", "gelu", "gelu_tanh", "tanh", "sigmoid", "silu
 OPMATH_ULPS = 8
 _U32 = 2.0**-24
 _ETA32 = 2.0**-150
+_FP32_MAX = float(np.finfo(np.float32).max)
+_FP32_MIN = 2.0**-126
+_FP32_LOG_MIN = math.log(2.0**-126)  # -87.34: below it sigmoid is subnormal or 0 in fp32
 _K = math.sqrt(2.0 / math.pi)
 _C = 0.044715
 
@@ -231,10 +234,15 @@ def activation_local_bound(name: str, z: ArrayLike, fmt: Fmt = "fp16", *, radius
         E32 = c u32 (sup|phi| + a (|z| + r)) + c eta32
 
     over ``z^`` in ``[z - r, z + r]``.  Model of the fp32 function (an assumption, checked
-    exhaustively over fp16 inputs against torch 2.13 CPU in the tests): relative error at most
-    ``c = opmath_ulps`` fp32 roundoffs, except GELU (both forms), computed as
+    exhaustively over fp16 and bf16 inputs against torch 2.13 CPU in the tests): relative error
+    at most ``c = opmath_ulps`` fp32 roundoffs, except (i) GELU (both forms), computed as
     ``0.5 x (1 + erf(..))``: the cancellation in ``1 + erf`` for ``x < 0`` makes the error
-    absolute, ``a = 1`` times ``|x|``.  ReLU and identity are exact (``0``).
+    absolute, ``a = 1`` times ``|x|``; (ii) sigmoid and SiLU below ``log(2**-126)`` (only
+    reachable in bf16), where fp32 ``exp(-x)`` overflows and the result is 0 or subnormal: the
+    error is then up to ``|phi|`` itself; (iii) fp32 subnormal inputs or results may be flushed
+    to zero (torch's bf16 GELU does): error up to ``|phi|`` where the input or the result is
+    below ``2**-126``.  ReLU and identity are exact (``0``).  GELU's fp32
+    intermediate ``x (1 + erf)`` overflows for ``|x| >= 2**127`` (bf16 only): ``inf`` there.
 
     >>> activation_local_bound("relu", [-1.0, 3.0]).value.tolist()
     [0.0, 0.0]
@@ -250,10 +258,22 @@ def activation_local_bound(name: str, z: ArrayLike, fmt: Fmt = "fp16", *, radius
     sup_phi = _sup_abs_on_interval(lambda v: activation(n, v), lo, hi, pts) * _PAD
     absorb = 1.0 if n in ("gelu", "gelu_tanh") else 0.0
     c = float(opmath_ulps)
-    e32 = c * _U32 * (sup_phi + absorb * np.maximum(np.abs(lo), np.abs(hi))) + c * _ETA32
+    zmax = np.maximum(np.abs(lo), np.abs(hi))
+    e32 = c * _U32 * (sup_phi + absorb * zmax) + c * _ETA32
+    # fp32 subnormal inputs or results may be flushed to zero (torch's bf16 GELU does): the error
+    # is then at most |phi| <= 1.13 * 2**-126 there (every phi here has phi(0) = 0 or slope < 1.13).
+    tiny = (np.minimum(np.abs(lo), np.abs(hi)) * (lo * hi > 0) < _FP32_MIN) | (sup_phi < 1.13 * _FP32_MIN)
+    e32 = e32 + np.where(tiny, np.minimum(sup_phi, 1.13 * _FP32_MIN), 0.0)
+    if n in ("sigmoid", "silu"):  # exp(-x) overflows / sigmoid underflows in fp32 below -87.33:
+        below = lo < _FP32_LOG_MIN  # the fp32 result is 0 or subnormal, off by up to |phi| itself
+        tail = np.abs(activation(n, np.minimum(hi, _FP32_LOG_MIN))) * _PAD + c * _ETA32 * (1.0 + zmax)
+        e32 = e32 + np.where(below, tail, 0.0)
     u, eta = unit_roundoff(f, mode), underflow_unit(f, mode)
     val = _final_rounding(sup_phi + e32, u, eta, u == f.u) + e32
-    val = np.where(sup_phi + e32 <= f.max, val * _PAD, np.inf)
+    ok = sup_phi + e32 <= f.max
+    if absorb:  # 0.5 * x * (1 + erf): x (1 + erf) reaches 2|x| in fp32 (torch overflows there)
+        ok &= 2.0 * zmax <= _FP32_MAX
+    val = np.where(ok, val * _PAD, np.inf)
     return _combine(val, rb, note=f"{n}: u|phi| + fp32 opmath")
 
 
@@ -569,34 +589,41 @@ def softmax_local_bound(x: ArrayLike, fmt: Fmt = "fp16", *, axis: int = -1, radi
 
 def log_softmax_local_bound(x: ArrayLike, fmt: Fmt = "fp16", *, axis: int = -1,
                             radius: "ArrayLike | Bound | None" = None, exp_ulps: int = OPMATH_ULPS,
+                            fmt_intermediates: bool = True,
                             mode: "str | RoundingMode" = "nearest-even") -> Bound:
-    """Local error of log-softmax ``y_i = (x_i - max) - log S`` in fp32, rounded once to ``fmt``.
+    """Local error of log-softmax ``y_i = (x_i - max) - log S`` in fp32, rounded to ``fmt``.
 
-    With ``rho_S`` as in :func:`softmax_local_bound`, ``lam_S = -log(1 - rho_S)`` bounds the
-    error of ``log S^``; ``L = log n + lam_S`` bounds ``log S^``.  Covering both evaluation
-    orders ``(x - max) - log S`` and ``x - (max + log S)``::
+    With ``rho_S`` as in :func:`softmax_local_bound`: ``S^`` has relative error ``rho_S``, or
+    ``(1 + rho_S)(1 + u) - 1`` when it is stored in ``fmt`` (``fmt_intermediates``: torch's CPU
+    kernel keeps the sum and its log in the input dtype, measured on torch 2.13); so
+    ``lam_S = -log(1 - rho_S')`` bounds ``|log S^ - log S|`` and ``L = log n + lam_S`` bounds
+    ``log S^``.  The log costs ``c u32 L``, storing it in ``fmt`` ``u L + eta``: ``E_L``.
+    Covering both evaluation orders ``(x - max) - log S`` and ``x - (max + log S)``::
 
-        E32_i = (1+u32)^2 (u32 (|d_i| + |max| + L) + lam_S + c u32 L) + u32 Y_i
+        E32_i = (1+u32)^2 (u32 (|d_i| + |max| + L) + E_L) + u32 Y_i
 
     then ``min(u Y + eta, Y) + E32``, ``Y_i = |y_i| + r_i + max r``.
 
     >>> b = log_softmax_local_bound(np.array([[0.0, 1.0, 2.0]]), "fp16")
-    >>> bool(np.all(b.value <= 2**-11 * 2.41 * 1.01))
-    True
+    >>> np.round(b.value / 2**-11, 2).tolist()      # u |y| + u log S + u + ...
+    [[4.51, 3.51, 2.51]]
     """
     f = get_format(fmt)
     xf, y, y_up, d, Dabs, R, m, n, rho_s, rb, r_e, c, r = _softmax_parts(x, axis, radius, exp_ulps)
+    u, eta = unit_roundoff(f, mode), underflow_unit(f, mode)
+    if fmt_intermediates:
+        rho_s = (1 + rho_s) * (1 + u) - 1
     ok = rho_s < 1
     lam_s = -np.log1p(-np.where(ok, rho_s, 0.0))
     L = math.log(n) + lam_s
+    E_L = lam_s + c * _U32 * L + ((u * L * (1 + c * _U32) + eta) if fmt_intermediates else 0.0)
     logsm = d - np.log(np.exp(d).sum(axis=axis, keepdims=True))
     Y = np.abs(logsm) * _PAD + R
     Mabs = np.abs(m) + r.max(axis=axis, keepdims=True)
-    E32 = (1 + _U32) ** 2 * (_U32 * (Dabs + Mabs + L) + lam_s + c * _U32 * L) + _U32 * Y
+    E32 = (1 + _U32) ** 2 * (_U32 * (Dabs + Mabs + L) + E_L) + _U32 * Y
     Y = Y + E32
-    u, eta = unit_roundoff(f, mode), underflow_unit(f, mode)
     val = np.where(ok & (Y <= f.max), (_final_rounding(Y, u, eta, u == f.u) + E32) * _PAD, np.inf)
-    return _combine(val, rb, note="log-softmax: u|y| + fp32 opmath")
+    return _combine(val, rb, note="log-softmax: u|y| + u log S + fp32 opmath")
 
 
 def propagate_softmax(e_in: "ArrayLike | Bound", y: ArrayLike, *, axis: int = -1) -> Bound:
