@@ -31,15 +31,15 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import optimize, special
 
 from .bounds import (
     _PAD,
-    Bound,
     ArrayLike,
+    Bound,
     Fmt,
     _as_bound,
     _combine,
@@ -47,7 +47,6 @@ from .bounds import (
     _radius,
     gamma,
     matmul_bound,
-    propagate_matmul,
     underflow_unit,
     unit_roundoff,
 )
@@ -59,19 +58,19 @@ __all__ = [
     "OPMATH_ULPS",
     "activation",
     "activation_derivative",
-    "activation_slope",
     "activation_local_bound",
+    "activation_slope",
     "add_local_bound",
+    "attention_bound",
     "avgpool_local_bound",
     "batchnorm_local_bound",
     "batchnorm_param_error",
     "layernorm_local_bound",
-    "propagate_layernorm",
-    "softmax_local_bound",
     "log_softmax_local_bound",
-    "propagate_softmax",
+    "propagate_layernorm",
     "propagate_log_softmax",
-    "attention_bound",
+    "propagate_softmax",
+    "softmax_local_bound",
 ]
 
 ACTIVATIONS = ("identity", "relu", "gelu", "gelu_tanh", "tanh", "sigmoid", "silu")
@@ -164,7 +163,7 @@ def _second_derivative(n: str, t: float) -> float:
     return sg * (1 - sg) * (2.0 + t * (1 - 2 * sg))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _critical_points(n: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(minimisers of phi, zeros of phi'') for the non-monotone activations.
 
@@ -174,7 +173,7 @@ def _critical_points(n: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """
     if n not in ("gelu", "gelu_tanh", "silu"):
         return (), ()
-    d1 = lambda t: float(activation_derivative(n, t))  # noqa: E731
+    d1 = lambda t: float(activation_derivative(n, t))
     tmin = optimize.brentq(d1, -3.0, -0.1, xtol=1e-15, rtol=4 * np.finfo(float).eps)
     t2 = optimize.brentq(lambda t: _second_derivative(n, t), 0.5, 4.0, xtol=1e-15, rtol=4 * np.finfo(float).eps)
     return (tmin,), (-t2, t2)
@@ -190,14 +189,14 @@ def _sup_abs_on_interval(f, lo: np.ndarray, hi: np.ndarray, points: tuple[float,
     return out
 
 
-def _interval(z: ArrayLike, radius: "ArrayLike | Bound | None") -> tuple[np.ndarray, np.ndarray, np.ndarray, Bound | None]:
+def _interval(z: ArrayLike, radius: ArrayLike | Bound | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, Bound | None]:
     t = np.asarray(z, dtype=np.float64)
     r, rb = _radius(radius, t.shape)
     r = np.zeros_like(t) if r is None else r
     return t, t - r, t + r, rb
 
 
-def activation_slope(name: str, z: ArrayLike, radius: "ArrayLike | Bound | None" = None) -> np.ndarray:
+def activation_slope(name: str, z: ArrayLike, radius: ArrayLike | Bound | None = None) -> np.ndarray:
     """``sup |phi'|`` over ``[z - radius, z + radius]`` (``|phi'(z)|`` for ``radius=None``).
 
     With the propagated error as radius, ``|phi(z^) - phi(z)| <= slope * |z^ - z|`` holds
@@ -223,8 +222,8 @@ def activation_slope(name: str, z: ArrayLike, radius: "ArrayLike | Bound | None"
     return _sup_abs_on_interval(lambda v: activation_derivative(n, v), lo, hi, pts) * _PAD
 
 
-def activation_local_bound(name: str, z: ArrayLike, fmt: Fmt = "fp16", *, radius: "ArrayLike | Bound | None" = None,
-                           mode: "str | RoundingMode" = "nearest-even", opmath_ulps: int = OPMATH_ULPS) -> Bound:
+def activation_local_bound(name: str, z: ArrayLike, fmt: Fmt = "fp16", *, radius: ArrayLike | Bound | None = None,
+                           mode: str | RoundingMode = "nearest-even", opmath_ulps: int = OPMATH_ULPS) -> Bound:
     """Local error of ``a^ = fl(phi32(z^))``: an activation of an ``fmt`` input computed in fp32
     and rounded once to ``fmt``.
 
@@ -280,8 +279,8 @@ def activation_local_bound(name: str, z: ArrayLike, fmt: Fmt = "fp16", *, radius
 # --------------------------------------------------------------------------------------------
 # Additions, pooling, batch norm
 # --------------------------------------------------------------------------------------------
-def add_local_bound(a: ArrayLike, b: ArrayLike, fmt: Fmt = "fp16", *, radius: "ArrayLike | Bound | None" = None,
-                    mode: "str | RoundingMode" = "nearest-even") -> Bound:
+def add_local_bound(a: ArrayLike, b: ArrayLike, fmt: Fmt = "fp16", *, radius: ArrayLike | Bound | None = None,
+                    mode: str | RoundingMode = "nearest-even") -> Bound:
     """Local error of ``fl(a^ + b^)`` for ``fmt`` inputs (bias add, residual add): ``u |a + b|``.
 
     One correctly rounded addition (fp32 opmath then one rounding is correctly rounded, since
@@ -303,7 +302,7 @@ def add_local_bound(a: ArrayLike, b: ArrayLike, fmt: Fmt = "fp16", *, radius: "A
 
 
 def avgpool_local_bound(mean: ArrayLike, mean_abs: ArrayLike, k: int, fmt: Fmt = "fp16", *,
-                        radius: "ArrayLike | Bound | None" = None, mode: "str | RoundingMode" = "nearest-even") -> Bound:
+                        radius: ArrayLike | Bound | None = None, mode: str | RoundingMode = "nearest-even") -> Bound:
     """Local error of average pooling over ``k`` values (fp32 sum, scaled by ``1/k``, rounded).
 
     ``mean`` and ``mean_abs`` are the pooled values of ``x`` and ``|x|`` (any pooling
@@ -343,8 +342,8 @@ def _channel(p: ArrayLike | None, ndim: int, axis: int, default: float) -> np.nd
 
 def batchnorm_local_bound(x: ArrayLike, mean: ArrayLike, var: ArrayLike, weight: ArrayLike | None = None,
                           bias: ArrayLike | None = None, eps: float = 1e-5, fmt: Fmt = "fp16", *, axis: int = 1,
-                          radius: "ArrayLike | Bound | None" = None,
-                          mode: "str | RoundingMode" = "nearest-even") -> Bound:
+                          radius: ArrayLike | Bound | None = None,
+                          mode: str | RoundingMode = "nearest-even") -> Bound:
     """Local error of inference batch norm ``y = alpha x + beta``, ``alpha = w / sqrt(var + eps)``,
     ``beta = b - mean alpha``, computed in fp32 from ``fmt`` inputs and parameters, rounded once.
 
@@ -377,7 +376,7 @@ def batchnorm_local_bound(x: ArrayLike, mean: ArrayLike, var: ArrayLike, weight:
 
 def batchnorm_param_error(x: ArrayLike, mean: ArrayLike, var: ArrayLike, weight: ArrayLike | None = None,
                           bias: ArrayLike | None = None, eps: float = 1e-5, fmt: Fmt = "fp16", *, axis: int = 1,
-                          mode: "str | RoundingMode" = "nearest-even") -> Bound:
+                          mode: str | RoundingMode = "nearest-even") -> Bound:
     """Change of the exact batch-norm output when its fp32 parameters are rounded to ``fmt``
     (``model.half()`` rounds weight, bias and the running statistics).
 
@@ -397,7 +396,7 @@ def batchnorm_param_error(x: ArrayLike, mean: ArrayLike, var: ArrayLike, weight:
     m, v = _channel(mean, nd, axis, 0.0), _channel(var, nd, axis, 1.0)
     w, b = _channel(weight, nd, axis, 1.0), _channel(bias, nd, axis, 0.0)
     u, eta = unit_roundoff(f, mode), underflow_unit(f, mode)
-    e = lambda p, given: (u * np.abs(p) + eta) if given is not None else 0.0 * p  # noqa: E731
+    e = lambda p, given: (u * np.abs(p) + eta) if given is not None else 0.0 * p
     ew, eb, em, ev = e(w, weight), e(b, bias), e(m, mean), e(v, var)
     s = np.sqrt(v + eps)
     s_lo = np.sqrt(np.maximum(v - ev, 0.0) + eps)
@@ -426,7 +425,7 @@ def _ln_stats(xf: np.ndarray, axes: tuple[int, ...], eps: float):
     return mu, c, var, np.sqrt(var + eps)
 
 
-def propagate_layernorm(e_in: "ArrayLike | Bound", x: ArrayLike, weight: ArrayLike | None = None, eps: float = 1e-5, *,
+def propagate_layernorm(e_in: ArrayLike | Bound, x: ArrayLike, weight: ArrayLike | None = None, eps: float = 1e-5, *,
                         normalized_ndim: int = 1) -> Bound:
     """Bound on ``|LN(x^) - LN(x)|`` for ``|x^ - x| <= e`` (exact layer norm, rigorous).
 
@@ -458,8 +457,8 @@ def propagate_layernorm(e_in: "ArrayLike | Bound", x: ArrayLike, weight: ArrayLi
 
 def layernorm_local_bound(x: ArrayLike, weight: ArrayLike | None = None, bias: ArrayLike | None = None,
                           eps: float = 1e-5, fmt: Fmt = "fp16", *, normalized_ndim: int = 1,
-                          radius: "ArrayLike | Bound | None" = None,
-                          mode: "str | RoundingMode" = "nearest-even") -> Bound:
+                          radius: ArrayLike | Bound | None = None,
+                          mode: str | RoundingMode = "nearest-even") -> Bound:
     """Local error of layer norm computed in fp32 from ``fmt`` inputs, rounded once to ``fmt``.
 
     Model of the fp32 part (n = number of normalised elements; ``M`` = mean|x|, ``v`` the
@@ -531,7 +530,21 @@ def layernorm_local_bound(x: ArrayLike, weight: ArrayLike | None = None, bias: A
 # --------------------------------------------------------------------------------------------
 # Softmax and log-softmax
 # --------------------------------------------------------------------------------------------
-def _softmax_parts(x: ArrayLike, axis: int, radius: "ArrayLike | Bound | None", exp_ulps: int):
+class _SoftmaxParts(NamedTuple):
+    y_up: np.ndarray  # upper bound on softmax(x^)
+    d: np.ndarray  # x - max x
+    Dabs: np.ndarray  # upper bound on |x^ - max x^|
+    R: np.ndarray  # r_i + max r
+    m: np.ndarray  # max x
+    n: int
+    rho_s: np.ndarray  # relative error bound of the fp32 sum S^ (S >= 1)
+    rb: Bound | None
+    r_e: np.ndarray  # relative error bound of exp32(d^)
+    c: float
+    r: np.ndarray  # radius
+
+
+def _softmax_parts(x: ArrayLike, axis: int, radius: ArrayLike | Bound | None, exp_ulps: int) -> _SoftmaxParts:
     xf = np.asarray(x, dtype=np.float64)
     if not np.isfinite(xf).all():
         raise ValueError("softmax bounds need finite inputs (masking with -inf is not supported)")
@@ -552,11 +565,11 @@ def _softmax_parts(x: ArrayLike, axis: int, radius: "ArrayLike | Bound | None", 
     with np.errstate(invalid="ignore"):
         ssum = np.where(y_up > 0, y_up * r_e, 0.0).sum(axis=axis, keepdims=True)
     rho_s = (1 + g) * (ssum + n * c * _ETA32) + g  # |S^ - S| / S, S >= 1
-    return xf, y, y_up, d, Dabs, R, m, n, rho_s, rb, r_e, c, r
+    return _SoftmaxParts(y_up, d, Dabs, R, m, n, rho_s, rb, r_e, c, r)
 
 
-def softmax_local_bound(x: ArrayLike, fmt: Fmt = "fp16", *, axis: int = -1, radius: "ArrayLike | Bound | None" = None,
-                        exp_ulps: int = OPMATH_ULPS, mode: "str | RoundingMode" = "nearest-even") -> Bound:
+def softmax_local_bound(x: ArrayLike, fmt: Fmt = "fp16", *, axis: int = -1, radius: ArrayLike | Bound | None = None,
+                        exp_ulps: int = OPMATH_ULPS, mode: str | RoundingMode = "nearest-even") -> Bound:
     """Local error of softmax computed in fp32 from ``fmt`` inputs, rounded once to ``fmt``.
 
     fp32 model: ``d = fl(x - max)`` (relative ``u32``, so ``exp`` gains a factor
@@ -575,7 +588,8 @@ def softmax_local_bound(x: ArrayLike, fmt: Fmt = "fp16", *, axis: int = -1, radi
     True
     """
     f = get_format(fmt)
-    xf, y, y_up, d, Dabs, R, m, n, rho_s, rb, r_e, c, _ = _softmax_parts(x, axis, radius, exp_ulps)
+    sp = _softmax_parts(x, axis, radius, exp_ulps)
+    y_up, rho_s, rb, r_e, c = sp.y_up, sp.rho_s, sp.rb, sp.r_e, sp.c
     ok = rho_s < 1
     den = np.where(ok, 1 - rho_s, 1.0)
     with np.errstate(invalid="ignore", over="ignore"):
@@ -588,9 +602,9 @@ def softmax_local_bound(x: ArrayLike, fmt: Fmt = "fp16", *, axis: int = -1, radi
 
 
 def log_softmax_local_bound(x: ArrayLike, fmt: Fmt = "fp16", *, axis: int = -1,
-                            radius: "ArrayLike | Bound | None" = None, exp_ulps: int = OPMATH_ULPS,
+                            radius: ArrayLike | Bound | None = None, exp_ulps: int = OPMATH_ULPS,
                             fmt_intermediates: bool = True,
-                            mode: "str | RoundingMode" = "nearest-even") -> Bound:
+                            mode: str | RoundingMode = "nearest-even") -> Bound:
     """Local error of log-softmax ``y_i = (x_i - max) - log S`` in fp32, rounded to ``fmt``.
 
     With ``rho_S`` as in :func:`softmax_local_bound`: ``S^`` has relative error ``rho_S``, or
@@ -609,7 +623,8 @@ def log_softmax_local_bound(x: ArrayLike, fmt: Fmt = "fp16", *, axis: int = -1,
     [[4.51, 3.51, 2.51]]
     """
     f = get_format(fmt)
-    xf, y, y_up, d, Dabs, R, m, n, rho_s, rb, r_e, c, r = _softmax_parts(x, axis, radius, exp_ulps)
+    sp = _softmax_parts(x, axis, radius, exp_ulps)
+    d, Dabs, R, m, n, rho_s, rb, c, r = sp.d, sp.Dabs, sp.R, sp.m, sp.n, sp.rho_s, sp.rb, sp.c, sp.r
     u, eta = unit_roundoff(f, mode), underflow_unit(f, mode)
     if fmt_intermediates:
         rho_s = (1 + rho_s) * (1 + u) - 1
@@ -626,7 +641,7 @@ def log_softmax_local_bound(x: ArrayLike, fmt: Fmt = "fp16", *, axis: int = -1,
     return _combine(val, rb, note="log-softmax: u|y| + u log S + fp32 opmath")
 
 
-def propagate_softmax(e_in: "ArrayLike | Bound", y: ArrayLike, *, axis: int = -1) -> Bound:
+def propagate_softmax(e_in: ArrayLike | Bound, y: ArrayLike, *, axis: int = -1) -> Bound:
     """Bound on ``|softmax(x^) - softmax(x)|`` for ``|x^ - x| <= e``, ``y = softmax(x)``.
 
     ``log y_i = x_i - logsumexp(x)`` and logsumexp is 1-Lipschitz in the max-norm, so
@@ -644,7 +659,7 @@ def propagate_softmax(e_in: "ArrayLike | Bound", y: ArrayLike, *, axis: int = -1
     return _combine(val, e, note="softmax propagation")
 
 
-def propagate_log_softmax(e_in: "ArrayLike | Bound", *, axis: int = -1) -> Bound:
+def propagate_log_softmax(e_in: ArrayLike | Bound, *, axis: int = -1) -> Bound:
     """Bound on ``|log_softmax(x^) - log_softmax(x)|``: ``e_i + max_j e_j`` (exact).
 
     >>> propagate_log_softmax([[1e-3, 2e-3]]).value.tolist()
@@ -662,8 +677,8 @@ def propagate_log_softmax(e_in: "ArrayLike | Bound", *, axis: int = -1) -> Bound
 # --------------------------------------------------------------------------------------------
 def attention_bound(q: ArrayLike, k: ArrayLike, v: ArrayLike, fmt: Fmt = "fp16", profile: str = "fp32-accumulate", *,
                     scale: float | None = None, scale_mode: str = "scores",
-                    e_q: "ArrayLike | Bound | None" = None, e_k: "ArrayLike | Bound | None" = None,
-                    e_v: "ArrayLike | Bound | None" = None, mode: "str | RoundingMode" = "nearest-even",
+                    e_q: ArrayLike | Bound | None = None, e_k: ArrayLike | Bound | None = None,
+                    e_v: ArrayLike | Bound | None = None, mode: str | RoundingMode = "nearest-even",
                     **kwargs: Any) -> Bound:
     """Bound on the total error of unfused attention ``O = softmax(scale Q K^T) V`` against the
     exact result, for inputs within ``e_q``, ``e_k``, ``e_v`` of ``q``, ``k``, ``v``.

@@ -6,6 +6,7 @@ a small MLP and CNN end to end.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import mpmath
@@ -83,12 +84,12 @@ ACTS = ("relu", "gelu", "gelu_tanh", "tanh", "sigmoid", "silu")
 
 def test_critical_points_against_mpmath():
     mpmath.mp.dps = 30
-    pdf = lambda t: mpmath.exp(-t * t / 2) / mpmath.sqrt(2 * mpmath.pi)  # noqa: E731
-    gelu_d1 = lambda t: mpmath.ncdf(t) + t * pdf(t)  # noqa: E731
-    sig = lambda t: 1 / (1 + mpmath.exp(-t))  # noqa: E731
-    silu_d1 = lambda t: sig(t) * (1 + t * (1 - sig(t)))  # noqa: E731
+    pdf = lambda t: mpmath.exp(-t * t / 2) / mpmath.sqrt(2 * mpmath.pi)
+    gelu_d1 = lambda t: mpmath.ncdf(t) + t * pdf(t)
+    sig = lambda t: 1 / (1 + mpmath.exp(-t))
+    silu_d1 = lambda t: sig(t) * (1 + t * (1 - sig(t)))
     k, c = mpmath.sqrt(2 / mpmath.pi), mpmath.mpf("0.044715")
-    gt = lambda t: t / 2 * (1 + mpmath.tanh(k * (t + c * t**3)))  # noqa: E731
+    gt = lambda t: t / 2 * (1 + mpmath.tanh(k * (t + c * t**3)))
     expected = {
         "gelu": (mpmath.findroot(gelu_d1, -0.75), mpmath.sqrt(2)),
         "silu": (mpmath.findroot(silu_d1, -1.3), mpmath.findroot(lambda t: t * mpmath.tanh(t / 2) - 2, 2.4)),
@@ -244,8 +245,8 @@ def test_batchnorm_local_bound_emulated_and_torch():
         bound = L.batchnorm_local_bound(x, m16, v16, w16, b16, eps, "fp16").value
         check(np.abs(y - ref), bound, "bn emulated")
         torch = pytest.importorskip("torch")
-        T = lambda a: torch.tensor(a).half()  # noqa: E731
-        yt = torch.nn.functional.batch_norm(T(x), T(m16), T(v16), T(w16), T(b16), False, 0.0, eps).double().numpy()
+        h = [torch.tensor(a).half() for a in (x, m16, v16, w16, b16)]
+        yt = torch.nn.functional.batch_norm(*h, False, 0.0, eps).double().numpy()
         check(np.abs(yt - ref), bound, "bn torch")
         # rounding the fp32 parameters to fp16 (model.half())
         ref32 = (x - mean.reshape(sh)) * (w / np.sqrt(var + eps)).reshape(sh) + b.reshape(sh)
@@ -402,7 +403,7 @@ def test_attention_bound(scale_mode):
         q, k, v = r16(q32), r16(k32), r16(v32)
         out = _attention_emulated(q, k, v, scale, scale_mode)
 
-        def exact(q_, k_, v_):
+        def exact(q_, k_, v_, scale=scale):
             Z = scale * q_ @ np.swapaxes(k_, -1, -2)
             return _softmax64(Z)[0] @ v_
 
@@ -422,7 +423,7 @@ def test_attention_bound(scale_mode):
 # End to end: a small MLP and a small CNN
 # ---------------------------------------------------------------------------------------------
 def _mlp(rng, sizes):
-    Ws = [rng.standard_normal((o, i)) / math.sqrt(i) for i, o in zip(sizes[:-1], sizes[1:])]
+    Ws = [rng.standard_normal((o, i)) / math.sqrt(i) for i, o in itertools.pairwise(sizes)]
     bs = [rng.standard_normal(o) * 0.1 for o in sizes[1:]]
     return Ws, bs
 
@@ -478,7 +479,7 @@ def test_mlp_bound_end_to_end(act):
 def _conv_emulated(x16, w16, stride, padding, groups):
     """fp32-accumulate convolution by explicit shifted-slice loops (exact fp16 products)."""
     f = np.float32
-    N, C, H, W = x16.shape
+    N, _, H, W = x16.shape
     O, Cg, kh, kw = w16.shape
     xp = np.pad(x16, ((0, 0), (0, 0), (padding, padding), (padding, padding))).astype(f)
     Ho = (H + 2 * padding - kh) // stride + 1
@@ -497,7 +498,7 @@ def _conv_emulated(x16, w16, stride, padding, groups):
 
 def _conv_exact(x, w, stride, padding, groups):
     """float64 conv by the same loops; products of fp16 numbers are exact, sums nearly."""
-    N, C, H, W = x.shape
+    N, _, H, W = x.shape
     O, Cg, kh, kw = w.shape
     xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     Ho = (H + 2 * padding - kh) // stride + 1
