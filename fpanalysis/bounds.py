@@ -417,21 +417,28 @@ def accumulation_bound(
     profile : str
         ``"ieee"``: every product and addition rounded to ``fmt`` in the given ``order``::
 
-            |s^ - s| <= gamma_k(u) A + N eta (1 + u)^k,   k = rounding_depth(n, order, block)
+            |s^ - s| <= gamma_k(u) A + U (1 + u)^k,   k = rounding_depth(n, order, block)
 
-        (Higham 2002, eq. (3.5) and Lemma 3.1; pairwise: section 4.2; ``N = n`` products may
-        underflow, plus ``n - 1`` additions under flush-to-zero).  ``order='recursive'`` is
+        (Higham 2002, eq. (3.5) and Lemma 3.1; pairwise: section 4.2).  ``U`` bounds the
+        absolute (underflow) errors: each of the ``n`` products errs by at most ``eta``, and
+        under round-to-nearest also by at most ``|t_i|`` (0 is a candidate), so
+        ``U = min(n eta, A)`` (``n eta`` for the other modes), plus ``(n - 1) eta`` for the
+        additions under flush-to-zero (with gradual underflow they are exact there); later
+        roundings multiply these errors by at most ``(1 + u)^k``.  ``order='recursive'`` is
         valid for every summation order.
 
         ``"fp32-accumulate"``: exact products, accumulation in ``accumulator`` (any order),
         one final rounding to ``fmt`` (cuBLAS/cuDNN, torch CPU half matmul)::
 
-            |s^ - s| <= u |s| + (1 + u) (gamma_n(u_acc) A + n eta_acc (1 + u_acc)^n) + eta
+            |s^ - s| <= u |s| + (1 + u) T + eta,   T = gamma_n(u_acc) A + U_acc (1 + u_acc)^n
 
         (theory.md section 3; ``gamma_n`` rather than ``gamma_{n-1}`` also covers products
-        rounded in the accumulator or fused multiply-adds).
+        rounded in the accumulator or fused multiply-adds; ``U_acc = min(n eta_acc, A)`` covers
+        products that underflow there, as bf16 products can in fp32).  Under round-to-nearest
+        the final rounding also errs by at most ``|s| + T``, so ``u |s| + u T + eta`` is
+        replaced by ``min(u (|s| + T) + eta, |s| + T)``.
 
-        ``"exact"``: one rounding of the exact result, ``|s^ - s| <= u |s| + eta``.
+        ``"exact"``: one rounding of the exact result, ``|s^ - s| <= min(u |s| + eta, |s|)``.
     abs_result : array_like, optional
         Upper bound on ``|s|`` (needed by the profiles with a final rounding); default ``A``.
     order, block : str, int

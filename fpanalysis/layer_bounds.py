@@ -18,7 +18,27 @@ constants), not linearisations, except where a slope is taken at a point (``radi
 :func:`activation_slope`).  Combine them with :func:`fpanalysis.bounds.propagate_elementwise`
 and friends.
 
+Recipe: one fp16 layer ``a = phi(W x + b)`` in the fp32-accumulate profile, with fp32 weights
+rounded to fp16 and the error ``e_x`` of the incoming activations (rigorous flavour; for the
+first-order one, drop the ``radius``/``x_radius`` arguments and add
+:func:`fpanalysis.bounds.propagate_linear` for ``|W| e_x``):
+
 >>> import numpy as np
+>>> from fpanalysis.bounds import matvec_bound, propagate_add, propagate_elementwise, rounding_error_bound
+>>> rng = np.random.default_rng(0)
+>>> W, b, x = rng.standard_normal((4, 8)), rng.standard_normal(4), rng.standard_normal(8)
+>>> e_x = rounding_error_bound(x, "fp16")                        # the input is rounded too
+>>> h, z = W @ x, W @ x + b
+>>> e_lin = matvec_bound(W, x, "fp16", "fp32-accumulate", x_radius=e_x, round_weights=True)
+>>> e_pre = propagate_add(e_lin, rounding_error_bound(b, "fp16"))
+>>> e_z = propagate_add(e_pre, local=add_local_bound(h, b, "fp16", radius=e_pre))
+>>> e_a = propagate_elementwise(e_z, activation_slope("gelu", z, radius=e_z),
+...                             activation_local_bound("gelu", z, "fp16", radius=e_z))
+>>> e_a.kind, e_a.value.shape, bool(e_a.max() < 0.05)
+('deterministic', (4,), True)
+
+Local bounds and slopes on their own:
+
 >>> from fpanalysis.layer_bounds import activation_local_bound, activation_slope
 >>> z = np.array([-3.0, 0.0, 2.0])
 >>> np.round(activation_local_bound("gelu", z, "fp16").value, 7).tolist()
@@ -34,7 +54,7 @@ import math
 from typing import Any, NamedTuple
 
 import numpy as np
-from scipy import optimize, special
+from scipy import special
 
 from .bounds import (
     _PAD,
@@ -173,6 +193,8 @@ def _critical_points(n: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """
     if n not in ("gelu", "gelu_tanh", "silu"):
         return (), ()
+    from scipy import optimize
+
     d1 = lambda t: float(activation_derivative(n, t))
     tmin = optimize.brentq(d1, -3.0, -0.1, xtol=1e-15, rtol=4 * np.finfo(float).eps)
     t2 = optimize.brentq(lambda t: _second_derivative(n, t), 0.5, 4.0, xtol=1e-15, rtol=4 * np.finfo(float).eps)
