@@ -10,12 +10,14 @@ from _verify_helpers import failures
 from scipy.stats import binom
 
 from fpanalysis import round_to
+from fpanalysis import rounding as R
+from fpanalysis._verify_modes import _SR_CASES
 from fpanalysis import verify as V
 
 
 def test_verify_stochastic_ci_size() -> None:
     rows = V.verify_stochastic(seed=1, n=200_000)
-    assert len(rows) >= len(V._SR_CASES) + 5
+    assert len(rows) >= len(_SR_CASES) + 5
     assert not failures(rows)
 
 
@@ -27,18 +29,18 @@ def test_verify_stochastic_full_size() -> None:
 def test_biased_rounding_is_detected(monkeypatch: pytest.MonkeyPatch) -> None:
     """Deterministic rounding posing as stochastic, and stochastic rounding with a
     probability off by 1%, both fail the statistical rows."""
-    real = V.round_to
+    real = R.round_to
 
     def nearest(x, fmt="fp16", mode="nearest-even", **kw):  # type: ignore[no-untyped-def]
         kw.pop("seed", None), kw.pop("random_bits", None), kw.pop("stream", None)
-        return real(x, fmt, "nearest-even" if V.RoundingMode.parse(mode) is V.RoundingMode.STOCHASTIC else mode, **kw)
+        return real(x, fmt, "nearest-even" if R.RoundingMode.parse(mode) is R.RoundingMode.STOCHASTIC else mode, **kw)
 
-    monkeypatch.setattr(V, "round_to", nearest)
+    monkeypatch.setattr(R, "round_to", nearest)
     rows = [r for r in V.verify_stochastic(seed=0, n=100_000) if "P(away)" in r["check"]]
     assert sum(r["mismatches"] > 0 for r in rows) >= len(rows) - 3  # frac exactly 0.5 / 0 / 1 may pass
 
     def biased(x, fmt="fp16", mode="nearest-even", **kw):  # type: ignore[no-untyped-def]
-        if V.RoundingMode.parse(mode) is not V.RoundingMode.STOCHASTIC or kw.get("random_bits"):
+        if R.RoundingMode.parse(mode) is not R.RoundingMode.STOCHASTIC or kw.get("random_bits"):
             return real(x, fmt, mode, **kw)
         # round away with probability frac + 0.01: move the input by 1% of the gap, away from 0
         xa = np.asarray(x, dtype=np.float64)
@@ -48,7 +50,7 @@ def test_biased_rounding_is_detected(monkeypatch: pytest.MonkeyPatch) -> None:
             shift = np.where(np.isfinite(hi), 0.01 * (hi - lo), 0.0)
             return real(xa + shift, fmt, mode, **kw).astype(np.asarray(x).dtype)
 
-    monkeypatch.setattr(V, "round_to", biased)
+    monkeypatch.setattr(R, "round_to", biased)
     rows = V.verify_stochastic(seed=0, n=400_000)
     prob_rows = [r for r in rows if r["check"].startswith("stochastic P(away)")]
     assert sum(r["mismatches"] > 0 for r in prob_rows) >= len(prob_rows) // 2
