@@ -274,8 +274,12 @@ def _odd_last_bit(r: np.ndarray, fmt: FloatFormat) -> np.ndarray:
     return (a != 0) & (np.fmod(k, 2.0) == 1.0)
 
 
-def _derive(mode: RoundingMode, x: np.ndarray, res: dict[str, np.ndarray], fmt: FloatFormat) -> np.ndarray:
-    """Result of ``mode`` from MPFR results: n, z, a, u, d = nearest, toward zero, away, up, down."""
+def _derive(mode: RoundingMode, x: np.ndarray, res: dict[str, np.ndarray], fmt: FloatFormat,
+            op: str = "round") -> np.ndarray:
+    """Result of ``mode`` from MPFR results ``res``: n, z, a, u, d = nearest, toward zero, away
+    from zero, up, down.  ``op`` says what the exact value is: ``"round"`` (``x`` itself) or
+    ``"sqrt"`` (``sqrt(x)``, compared through exact squares: ``z*z`` and ``mid*mid`` have at
+    most ``2p + 2`` bits, exact in float64 for ``p <= 25``)."""
     if mode is RoundingMode.NEAREST_EVEN:
         return res["n"]
     if mode is RoundingMode.TOWARD_ZERO:
@@ -285,13 +289,18 @@ def _derive(mode: RoundingMode, x: np.ndarray, res: dict[str, np.ndarray], fmt: 
     if mode is RoundingMode.DOWN:
         return res["d"]
     z, a = res["z"], res["a"]
-    if fmt.p > 52:
-        raise ValueError("the midpoint test is exact only for p <= 52")
-    with np.errstate(invalid="ignore"):
+    if fmt.p > (52 if op == "round" else 25):
+        raise ValueError(f"the exact midpoint test for {op} needs a smaller precision than p={fmt.p}")
+    with np.errstate(invalid="ignore", over="ignore"):
+        mid = (z + a) / 2.0  # exact: the midpoint of neighbours with p <= 52 bits
+        if op == "round":
+            at_or_above_mid = np.abs(x) >= np.abs(mid)
+            inexact = z != x
+        else:
+            at_or_above_mid = x >= mid * mid
+            inexact = z * z != x
         if mode is RoundingMode.NEAREST_AWAY:
-            mid = (z + a) / 2.0  # exact: neighbours with p <= 52 bits
-            return np.where(np.abs(x) >= np.abs(mid), a, z)
-        inexact = z != x
+            return np.where(at_or_above_mid, a, z)
         return np.where(inexact & ~_odd_last_bit(z, fmt), a, z)
 
 

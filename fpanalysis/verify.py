@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import importlib
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -204,15 +205,20 @@ def _verify_sqrt(h: np.ndarray) -> list[Row]:
         for m in DETERMINISTIC_MODES:
             label = {RoundingMode.NEAREST_AWAY: "gmpy2 ieee(16) RZ/RA + exact midpoint",
                      RoundingMode.ODD: "gmpy2 ieee(16) RZ/RA + odd last bit"}.get(m, "gmpy2 ieee(16)")
-            refs[(m, label)] = _derive(m, np.array(xs), res, FP16)
+            refs[(m, label)] = _derive(m, np.array(xs), res, FP16, op="sqrt")
+    warned: list[str] = []
     for m in DETERMINISTIC_MODES:
         t0 = time.perf_counter()
         try:
-            ours = _call_sqrt(fn, x, "fp16", m.value)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                ours = _call_sqrt(fn, x, "fp16", m.value)
         except Exception as exc:  # noqa: BLE001 - reported as a failed row, not hidden
             rows.append(_row("sqrt all fp16 values", "fp16", m.value, "-", 0, 1,
                              f"fpanalysis.ops.sqrt(x, 'fp16', mode=...) raised {exc!r}"))
             continue
+        if caught:
+            warned.append(f"{m.value}: {caught[0].category.__name__}: {caught[0].message}")
         for (mm, label), ref in refs.items():
             if mm is not m:
                 continue
@@ -221,6 +227,8 @@ def _verify_sqrt(h: np.ndarray) -> list[Row]:
             else:
                 rows.append(_row("sqrt all fp16 values", "fp16", m.value, label, *_compare(x, ours, ref),
                                  time.perf_counter() - t0))
+    rows.append(_row("sqrt all fp16 values: no warnings", "fp16", "all", "warnings module",
+                     len(DETERMINISTIC_MODES), len(warned), "; ".join(warned[:1])))
     return rows
 
 
