@@ -195,8 +195,8 @@ def directed_inputs(fmt: str | FloatFormat, n: int, seed: int = 0) -> np.ndarray
     rng = np.random.default_rng(seed)
     p, emin, emax = f.p, f.emin, f.emax
     specials = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, f.max, -f.max, f.min_normal,
-                         f.min_subnormal, -f.min_subnormal, f.min_subnormal / 2, f.max * (1 + 2.0**-p),
-                         -f.max * (1 + 2.0**-p), 1.0, -1.0, 5e-324, 1.7976931348623157e308, 1e300])
+                         f.min_subnormal, -f.min_subnormal, f.min_subnormal / 2, f.max + f.ulp(f.max) / 2,
+                         -(f.max + f.ulp(f.max) / 2), 1.0, -1.0, 5e-324, 1.7976931348623157e308, 1e300])
     k = max(n - specials.size, 0)
     counts = np.array([0.35, 0.10, 0.15, 0.15, 0.10, 0.05, 0.05, 0.05]) * k
     c = np.floor(counts).astype(int)
@@ -212,7 +212,8 @@ def directed_inputs(fmt: str | FloatFormat, n: int, seed: int = 0) -> np.ndarray
         ee = rng.integers(emin, emax + 1, size=m)
         ii = rng.integers(1 << (p - 1), 1 << p, size=m).astype(np.float64)
         sub = rng.random(m) < 0.1
-        ii = np.where(sub, np.floor(ii / 2) if f.subnormals else ii, ii)
+        if f.subnormals:  # subnormal significands: all of [0, 2**(p-1))
+            ii = np.where(sub, rng.integers(0, 1 << (p - 1), size=m).astype(np.float64), ii)
         ee = np.where(sub, emin, ee)
         v = np.ldexp(ii, (ee - p + 1).astype(np.int64))
         return np.minimum(v, f.max)

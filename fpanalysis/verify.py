@@ -245,15 +245,31 @@ def _softfloat_sqrt(sf: Any, m: RoundingMode) -> np.ndarray:
 # --- float32 -> fp16 -------------------------------------------------------------------------
 
 
+def _native_bits_mismatch(ours: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Indices where two arrays of a native storage dtype differ, NaNs compared as NaNs."""
+    u = np.dtype(f"u{ref.dtype.itemsize}")
+    idx = np.flatnonzero(ours.view(u) != ref.view(u))
+    if idx.size:
+        with np.errstate(invalid="ignore"):
+            both_nan = np.isnan(ours[idx].astype(np.float32)) & np.isnan(ref[idx].astype(np.float32))
+        idx = idx[~both_nan]
+    return idx
+
+
 def _sweep(lo: int, hi: int, fmt: FloatFormat, oracle: Callable[[np.ndarray, np.ndarray], None],
-           label: str, progress: ProgressFn | None) -> tuple[int, int, str]:
-    """Compare round_to(x, fmt) with ``oracle(x, out)`` for every float32 pattern in [lo, hi)."""
+           native: Any, label: str, progress: ProgressFn | None) -> dict[str, tuple[int, int, str]]:
+    """Every float32 pattern in ``[lo, hi)``, in chunks of 2**24: ``oracle(x, out)`` writes the
+    correctly rounded values into ``out`` of the storage dtype ``native`` (float16, an ml_dtypes
+    type); compared with ``round_to(x, fmt)`` (values) and, where ``round_to`` supports it,
+    ``round_to(x, fmt, dtype=native)`` (bit patterns).  Returns ``{"float32": (n, mismatches,
+    first), "native": ...}``; ``"native"`` is absent when that output is not supported."""
     total = hi - lo
-    n = bad = 0
-    first = ""
+    res = {"float32": [0, 0, ""], "native": [0, 0, ""]}
+    use_native = True
     base = np.arange(min(_CHUNK, total), dtype=np.uint32)
     xbuf = np.empty(base.size, dtype=np.uint32)
-    rbuf = np.empty(base.size, dtype=np.float32)
+    rbuf = np.empty(base.size, dtype=native)
+    r32buf = np.empty(base.size, dtype=np.float32)
     for start in range(lo, hi, _CHUNK):
         m = min(_CHUNK, hi - start)
         xb = xbuf[:m]
@@ -261,25 +277,76 @@ def _sweep(lo: int, hi: int, fmt: FloatFormat, oracle: Callable[[np.ndarray, np.
         x = xb.view(np.float32)
         ref = rbuf[:m]
         oracle(x, ref)
+        ref32 = r32buf[:m]
+        with np.errstate(invalid="ignore"):
+            ref32[...] = ref  # exact: every value of the format is a float32 number
         ours = _rounding.round_to(x, fmt)
         if ours.dtype == np.float32:
-            neq = ours.view(np.uint32) != ref.view(np.uint32)
+            neq = ours.view(np.uint32) != ref32.view(np.uint32)
         else:
-            neq = ours.view(np.uint64) != _wide(ref, np.float64).view(np.uint64)
+            neq = ours.view(np.uint64) != _wide(ref32, np.float64).view(np.uint64)
+        acc = res["float32"]
         if neq.any():
             idx = np.flatnonzero(neq)
-            idx = idx[~(np.isnan(ours[idx]) & np.isnan(ref[idx]))]
-            if idx.size and not first:
+            idx = idx[~(np.isnan(ours[idx]) & np.isnan(ref32[idx]))]
+            if idx.size and not acc[2]:
                 i = int(idx[0])
-                first = f"input {_fmt_value(x[i])}: ours {_fmt_value(ours[i])}, oracle {_fmt_value(ref[i])}"
-            bad += idx.size
-        n += m
+                acc[2] = f"input {_fmt_value(x[i])}: ours {_fmt_value(ours[i])}, oracle {_fmt_value(ref32[i])}"
+            acc[1] += idx.size
+        acc[0] += m
+        if use_native:
+            try:
+                ours_n = _rounding.round_to(x, fmt, dtype=native)
+            except (ValueError, TypeError):
+                use_native = False
+            else:
+                acc = res["native"]
+                if np.asarray(ours_n).dtype != ref.dtype:
+                    acc[1] += m
+                    acc[2] = acc[2] or f"result dtype {np.asarray(ours_n).dtype}, not {ref.dtype}"
+                else:
+                    idx = _native_bits_mismatch(ours_n, ref)
+                    if idx.size and not acc[2]:
+                        i = int(idx[0])
+                        u = np.dtype(f"u{ref.dtype.itemsize}")
+                        acc[2] = (f"input {_fmt_value(x[i])}: ours {int(ours_n.view(u)[i]):#x}, "
+                                  f"oracle {int(ref.view(u)[i]):#x}")
+                    acc[1] += idx.size
+                acc[0] += m
         if progress:
             progress(start + m - lo, total, label)
-    return n, bad, first
+    out = {k: (int(v[0]), int(v[1]), str(v[2])) for k, v in res.items()}
+    if not use_native:
+        del out["native"]
+    return out
+
+
+def _sweep_rows(check: str, fmt: FloatFormat, oracle_name: str, native: Any, ranges: list[tuple[int, int]],
+                oracle: Callable[[np.ndarray, np.ndarray], None], progress: ProgressFn | None) -> list[Row]:
+    """Rows for a sweep over several pattern ranges: the float32 path and the native dtype path."""
+    t0 = time.perf_counter()
+    tot = {"float32": [0, 0, ""], "native": [0, 0, ""]}
+    has_native = True
+    for lo, hi in ranges:
+        got = _sweep(lo, hi, fmt, oracle, native, f"{check} [{fmt.name}]", progress)
+        has_native = has_native and "native" in got
+        for k, (n, bad, first) in got.items():
+            tot[k][0] += n
+            tot[k][1] += bad
+            tot[k][2] = tot[k][2] or first
+    dt = time.perf_counter() - t0
+    rows = [_row(check, fmt.name, "nearest-even", oracle_name, *tot["float32"], dt)]
+    name = f"{check}, dtype={np.dtype(native).name}"
+    if has_native:
+        rows.append(_row(name, fmt.name, "nearest-even", oracle_name, *tot["native"], dt))
+    else:
+        rows.append(_unavailable(name, fmt.name, "nearest-even", oracle_name,
+                                 f"round_to(..., dtype={np.dtype(native).name}) is not supported"))
+    return rows
 
 
 def _torch_half_oracle() -> Any:
+    """``oracle(x, out)``: torch ``.half()`` of float32 ``x`` into ``out`` (float16 or float32)."""
     torch = _optional("torch")
     if isinstance(torch, str):
         return torch
@@ -337,9 +404,20 @@ def verify_f32_to_fp16(exhaustive: bool = False, sample: int = 1 << 20, seed: in
         oracle(x[s:s + _CHUNK], ref_t[s:s + _CHUNK])
     rows.append(_row("f32 -> fp16 stratified", "fp16", "nearest-even", "torch .half()",
                      *_timed(lambda: _compare(x, ours, ref_t))))
+    try:
+        nat = _rounding.round_to(x, "fp16", dtype=np.float16)
+    except (ValueError, TypeError) as exc:
+        rows.append(_unavailable("f32 -> fp16 stratified, dtype=float16", "fp16", "nearest-even",
+                                 "numpy astype(float16)", f"round_to(..., dtype=float16): {exc}"))
+    else:
+        idx = _native_bits_mismatch(np.asarray(nat, dtype=np.float16), ref_np)
+        first = f"input {_fmt_value(x[idx[0]])}: ours {_fmt_value(nat[idx[0]])}, oracle {_fmt_value(ref_np[idx[0]])}" if idx.size else ""
+        bad = idx.size + (0 if np.asarray(nat).dtype == np.float16 else 1)
+        rows.append(_row("f32 -> fp16 stratified, dtype=float16", "fp16", "nearest-even",
+                         "numpy astype(float16)", x.size, bad, first))
     if exhaustive:
-        rows.append(_row("f32 -> fp16 all 2^32", "fp16", "nearest-even", "torch .half()",
-                         *_timed(lambda: _sweep(0, 1 << 32, FP16, oracle, "f32->fp16 2^32", progress))))
+        rows += _sweep_rows("f32 -> fp16 all 2^32", FP16, "torch .half()", np.float16, [(0, 1 << 32)],
+                            oracle, progress)
     return rows
 
 
@@ -349,9 +427,10 @@ _ML_NAMES = {"bf16": "bfloat16", "fp8_e4m3fn": "float8_e4m3fn", "fp8_e5m2": "flo
 
 
 def _ml_oracle(dt: Any) -> Callable[[np.ndarray, np.ndarray], None]:
+    """``oracle(x, out)``: ml_dtypes ``astype`` of float32 ``x`` into ``out`` (of type ``dt``)."""
     def oracle(x: np.ndarray, out: np.ndarray) -> None:
         with np.errstate(all="ignore"):
-            out[...] = x.astype(dt).astype(np.float32)
+            out[...] = x.astype(dt)
 
     return oracle
 
@@ -410,21 +489,27 @@ def _check_ml_format(md: Any, f: FloatFormat, exhaustive: bool, sample: int, see
         return ok.size, bad.size, first
 
     rows.append(_row("to_bits(f32) stratified", f.name, "nearest-even", "ml_dtypes bit pattern", *_timed(enc)))
+    try:
+        nat = _rounding.round_to(x, f, dtype=dt)
+    except (ValueError, TypeError) as exc:
+        rows.append(_unavailable(f"f32 -> fmt stratified, dtype={np.dtype(dt).name}", f.name, "nearest-even",
+                                 "ml_dtypes astype", f"round_to(..., dtype={np.dtype(dt).name}): {exc}"))
+    else:
+        ok_dtype = np.asarray(nat).dtype == np.dtype(dt)
+        idx = _native_bits_mismatch(np.asarray(nat).astype(dt), ref)
+        first = (f"input {_fmt_value(x[idx[0]])}: ours {_fmt_value(float(nat[idx[0]]))}, "
+                 f"oracle {_fmt_value(float(ref[idx[0]]))}") if idx.size else ""
+        rows.append(_row(f"f32 -> fmt stratified, dtype={np.dtype(dt).name}", f.name, "nearest-even",
+                         "ml_dtypes astype", x.size, idx.size + (0 if ok_dtype else 1), first))
     if f is not BF16 and fp8_sweep:
         lo_e = f.emin - f.p - 2 + 127
         hi_e = f.emax + 3 + 127
-        n = bad = 0
-        first = ""
-        t0 = time.perf_counter()
-        for s in (0, 0x80000000):
-            nn, bb, ff = _sweep(s + (lo_e << 23), s + (hi_e << 23), f, _ml_oracle(dt),
-                                f"f32->{f.name} range", progress)
-            n, bad, first = n + nn, bad + bb, first or ff
-        rows.append(_row("f32 -> fmt all float32 in range", f.name, "nearest-even", "ml_dtypes astype",
-                         n, bad, first, time.perf_counter() - t0))
+        ranges = [(s + (lo_e << 23), s + (hi_e << 23)) for s in (0, 0x80000000)]
+        rows += _sweep_rows("f32 -> fmt all float32 in range", f, "ml_dtypes astype", dt, ranges,
+                            _ml_oracle(dt), progress)
     if f is BF16 and exhaustive:
-        rows.append(_row("f32 -> bf16 all 2^32", f.name, "nearest-even", "ml_dtypes astype",
-                         *_timed(lambda: _sweep(0, 1 << 32, BF16, _ml_oracle(dt), "f32->bf16 2^32", progress))))
+        rows += _sweep_rows("f32 -> bf16 all 2^32", f, "ml_dtypes astype", dt, [(0, 1 << 32)],
+                            _ml_oracle(dt), progress)
     return rows
 
 

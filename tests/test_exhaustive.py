@@ -36,8 +36,8 @@ def test_f32_to_fp16_stratified() -> None:
 @pytest.mark.slow
 def test_f32_to_fp16_all_2_32() -> None:
     rows = V.verify_f32_to_fp16(exhaustive=True, sample=1 << 20)
-    sweep = [r for r in rows if r["check"] == "f32 -> fp16 all 2^32"]
-    assert sweep and sweep[0]["n"] == 1 << 32
+    sweep = [r for r in rows if r["check"].startswith("f32 -> fp16 all 2^32")]
+    assert len(sweep) == 2 and all(r["n"] == 1 << 32 for r in sweep)
     assert not failures(rows)
 
 
@@ -50,7 +50,7 @@ def test_bf16_fp8_patterns_and_stratified() -> None:
 @pytest.mark.slow
 def test_fp8_all_float32_in_range_and_bf16_all_2_32() -> None:
     rows = V.verify_bf16_fp8(exhaustive=True, fp8_sweep=True)
-    assert any(r["check"] == "f32 -> bf16 all 2^32" and r["n"] == 1 << 32 for r in rows)
+    assert sum(r["check"].startswith("f32 -> bf16 all 2^32") and r["n"] == 1 << 32 for r in rows) == 2
     assert not failures(rows)
 
 
@@ -60,13 +60,14 @@ def test_sweep_finds_injected_bugs(monkeypatch: pytest.MonkeyPatch) -> None:
     oracle = V._torch_half_oracle()
     lo = int(np.float32(65000.0).view(np.uint32))
     hi = int(np.float32(70000.0).view(np.uint32))
-    assert V._sweep(lo, hi, FP16, oracle, "t", None)[1] == 0
+    got = V._sweep(lo, hi, FP16, oracle, np.float16, "t", None)
+    assert got["float32"][1] == 0 and got["native"][1] == 0 and got["native"][0] == hi - lo
     monkeypatch.setattr(R, "round_to", buggy_round_to("saturate"))
-    n, bad, first = V._sweep(lo, hi, FP16, oracle, "t", None)
+    n, bad, first = V._sweep(lo, hi, FP16, oracle, np.float16, "t", None)["float32"]
     assert n == hi - lo and bad > 0 and first.startswith("input 65520.0")
     monkeypatch.setattr(R, "round_to", buggy_round_to("flush-subnormals"))
     lo, hi = (int(np.float32(v).view(np.uint32)) for v in (2.0**-20, 2.0**-19))
-    n, bad, first = V._sweep(lo, hi, FP16, oracle, "t", None)
+    n, bad, first = V._sweep(lo, hi, FP16, oracle, np.float16, "t", None)["float32"]
     assert bad > 0
 
 
