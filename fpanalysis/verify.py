@@ -106,7 +106,7 @@ def verify_fp16_patterns(progress: ProgressFn | None = None) -> list[Row]:
     """All 65,536 fp16 bit patterns through every unary path.
 
     Decode (``from_bits`` vs the numpy float16 view), encode (``to_bits`` of numpy's values
-    gives the pattern back; NaNs as NaNs), the round trip ``_rounding.to_bits(_rounding.from_bits(b))``, rounding
+    gives the pattern back; NaNs as NaNs), the round trip ``to_bits(from_bits(b))``, rounding
     an fp16 value to fp16 is the identity in every mode and input dtype, fp16 -> fp32 (vs
     numpy and torch), and sqrt in every deterministic mode (vs softfloatpy ``f16_sqrt``, gmpy2
     ``ieee(16)`` and numpy float16 sqrt), when ``fpanalysis.ops.sqrt`` exists.
