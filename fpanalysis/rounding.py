@@ -467,7 +467,8 @@ def to_bits(x: ArrayLike, fmt: "str | FloatFormat", mode: "str | RoundingMode" =
     """
     f = get_format(fmt)
     w, bias, total = _encoding(f)
-    y = np.asarray(round_to(np.asarray(x, dtype=np.float64), f, mode), dtype=np.float64)
+    with np.errstate(invalid="ignore"):  # widening a signalling NaN warns; it encodes as NaN
+        y = np.asarray(round_to(np.asarray(x, dtype=np.float64), f, mode), dtype=np.float64)
     fb = f.p - 1
     neg = np.signbit(y) & ~np.isnan(y)
     ay = np.abs(y)
