@@ -3,41 +3,33 @@
 The exact value of ``sum_i x_i * y_i`` is accumulated in a *Kulisch accumulator*: an array of
 ``NLIMB`` signed 64-bit limbs, limb ``j`` holding a 32-bit digit of weight ``2**(32*j + BASE)``
 (Kulisch & Miranker, "The arithmetic of the digital computer", IEEE Trans. Computers, 1986).
-Each digit added is below ``2**33`` in magnitude, so a limb absorbs ``2**30`` additions before a
-carry pass is needed.  The accumulator spans ``2**-2200 .. 2**2280``: every product of two
-finite float64 numbers and any sum of up to ``2**64`` of them.
+Each digit added is below ``2**33`` in magnitude, so a limb absorbs ``2**30`` additions between
+carry passes.  The accumulator spans ``2**-2200 .. 2**2280``: every product of two finite
+float64 numbers and any sum of up to ``2**64`` of them.  Two extra slots record the range of
+limbs touched, so that the final carry pass and rounding only visit those.
 
-Three ways to fill it, chosen per call:
+The products are processed in blocks of ``BLOCK``; each block takes one of two paths, decided
+exactly (not heuristically) from statistics gathered while its products are computed:
 
-* **levels** (products exact in float64 and, together, spanning at most ``4*51`` bits: every
-  format with ``p <= 26`` on data of moderate dynamic range): each product ``v`` is cut into
-  at most four pieces ``k_l * 2**B_l`` with integers ``|k_l| <= 2**50`` by the error-free
-  extraction ``t = fl(sigma + v)``, ``k = bits(t) - bits(sigma)``, ``v <- v - (t - sigma)``
-  with ``sigma = 1.5 * 2**(B + 52)`` (exact when ``|v| <= 2**(B+50)``; Rump, Ogita & Oishi,
-  "Accurate floating-point summation part I: faithful rounding", SIAM J. Sci. Comput. 31(1),
-  2008, Lemma 3.3 / ExtractVector).  The integers ``k_l`` are summed in int64 (4096 terms at
-  most between flushes), so the loops have no floating-point reduction and vectorise.
-* **bins** (products exact in float64, any exponent range):
-  each product ``x_i*y_i`` is computed in float64 (exact) and added to a float64 *bin* chosen
-  by its binary exponent.  If every product has at most ``w`` significant bits, a bin holding
-  terms of exponent ``k`` sees only multiples of ``2**(k-w+1)`` below ``2**(k+1)``; ``N`` of them
-  sum exactly in float64 while ``N <= 2**(53-w)``.  After at most that many products the bins are
-  flushed into the accumulator.  When ``w > 30`` (e.g. fp32 inputs, ``w = 48``) each product is
-  split into a high and a low part of at most ``ceil(w/2)`` bits first, so that bins still take
-  ``>= 2**26`` terms between flushes.  (The exponent-indexed bins follow the idea of
-  Malcolm, "On accurate floating-point summation", CACM 1971, and Zhu & Hayes' OnlineExactSum,
-  SIAM J. Sci. Comput. 2010.)  Four interleaved bin sets break the store-to-load dependency
-  between consecutive products with equal exponents.
-* **general path** (any float64 inputs, including float64 subnormals and products that over-
-  or underflow float64): the 53-bit integer significands are multiplied exactly in 32-bit
-  halves and the partial products added to the accumulator.
+* **levels** (the products are exact in float64: the inputs' significands together have at most
+  53 bits, as for any two formats with ``p <= 26``, and no product over- or underflows):
+  every product ``v`` of the block is split into pieces ``k_l * 2**B_l`` with integers
+  ``|k_l| <= 2**50`` by the error-free extraction ``t = fl(sigma + v)``,
+  ``k = bits(t) - bits(sigma)``, ``v <- v - (t - sigma)`` with ``sigma = 1.5 * 2**(B + 52)``,
+  exact whenever ``|v| <= 2**(B + 50)`` (Rump, Ogita & Oishi, "Accurate floating-point summation
+  part I: faithful rounding", SIAM J. Sci. Comput. 31(1), 2008, Lemma 3.3).  ``B_1`` is set by
+  the block's largest product and each level takes 51 more bits, down to the unit ``2**Q`` that
+  divides every product of the block (from its smallest product and the OR of the
+  significands), after which nothing is left.  The ``k`` of a level are summed in int64, so the
+  loops have no floating-point reduction and vectorise; a typical fp16 block needs one level,
+  fp32 two, and the widest possible range 41.
+* **general** (anything else: inexact products, float64 subnormal or over/underflowing products,
+  infinities and NaNs): the 53-bit integer significands are multiplied exactly in 32-bit halves
+  and the partial products added to the accumulator; inf/nan products are summed in IEEE
+  arithmetic on the side (their sum, if any, is the result).
 
-Whether the first two paths apply is decided from one scan of the inputs (the bitwise OR of the
-significands gives the widest significand; the exponent range bounds every product), so the
-decision is exact, not heuristic.  The exact sum is then rounded once, correctly, by
-:func:`round_exact` from its 64 leading bits and a sticky bit.
-
-The test oracles are the pure-Python twins in :mod:`fpanalysis.reference`
+The exact sum is then rounded once, correctly, by :func:`round_exact` from its 64 leading bits
+and a sticky bit.  The test oracles are the pure-Python twins in :mod:`fpanalysis.reference`
 (``_exact_dot_python``, a ``fractions.Fraction`` sum, and ``_round_fraction``).
 """
 
@@ -48,28 +40,20 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._bits import ABS64, EXP64, HIDDEN64, MANT64, U64, f64_to_u64, u64_to_f64
-from ._round_kernels import OVF_NAN, OVF_SAT, RD, RNA, RNE, RTO, RU, RZ, round_scalar
+from ._bits import ABS64, EXP64, HIDDEN64, MANT64, U64, f64_to_u64
+from ._round_kernels import OVF_INF, OVF_NAN, OVF_SAT, RD, RNA, RNE, RTO, RU, RZ, round_scalar
 
 I64 = np.int64
-I32 = np.int32
-NLIMB = 140  # limbs of the accumulator
+NLIMB = 140  # limbs of the accumulator (plus two slots: lowest and highest limb touched)
 BASE = -2200  # weight of bit 0 of limb 0 is 2**BASE
-F64_OFF = 1125  # bit offset of the last significand bit of a float64 with biased exponent E: max(E,1) + F64_OFF
-PROD_OFF = 50  # same for the product of two significands: max(Ex,1) + max(Ey,1) + PROD_OFF
-SPECIAL = 2047  # bin of inf/nan products
-NSETS = 4  # interleaved bin sets
-MAX_CHUNK = 1 << 30
+PROD_OFF = 50  # offset of the last bit of the product of two significands: max(Ex,1) + max(Ey,1) + PROD_OFF
+BLOCK = 512  # products per block
 LEVEL_BITS = 50  # |k| <= 2**LEVEL_BITS per extracted piece
-LEVEL_CHUNK = 1 << 12  # pieces summed in int64 between flushes: 2**12 * 2**50 <= 2**62
-MAX_LEVELS = 4
-BLOCK = 256  # products buffered per block in the levels path
-LEVELS, BINS, GENERAL = 0, 1, 2  # plan kinds
+CARRY_EVERY = 1 << 13  # blocks between carry passes: 2**13 * 512 * 9 limb additions < 2**30
 _M32 = U64(0xFFFFFFFF)
 _TOP = U64(0x8000000000000000)
-
-
-# --- scanning and planning --------------------------------------------------------------
+_MINNORM_BITS = U64(0x0010000000000000)
+_I64MAX = I64(0x7FFFFFFFFFFFFFFF)
 
 
 @njit(inline="always", cache=True)
@@ -78,86 +62,23 @@ def _bitlen_u64(v):  # type: ignore[no-untyped-def]
     return I64(f64_to_u64(np.float64(v)) >> U64(52)) - 1022 if v != U64(0) else I64(0)
 
 
-@njit(cache=True)
-def scan(x):  # type: ignore[no-untyped-def]
-    """One pass over the 1-D array ``x``: ``(or_sig, emax, emin, special)``.
-
-    ``or_sig`` is the OR of the 53-bit significands of the finite values, ``emax`` and ``emin``
-    the extreme biased exponents of the finite nonzero values (``emin == 0``: there are float64
-    subnormals; ``0`` and ``2047`` when there are no such values), ``special`` nonzero when
-    there are infs or NaNs.  Branch-free selects on 32-bit exponents, so that it vectorises
-    (AVX2 has no 64-bit integer min/max).
-    """
-    orm = U64(0)
-    emax = I32(0)
-    emin = I32(2047)
-    spec = I32(0)
-    for i in range(x.shape[0]):
-        a = f64_to_u64(np.float64(x[i])) & ABS64
-        E = I32(a >> U64(52))
-        fin = E != I32(2047)
-        nz = fin & (a != U64(0))
-        M = (a & MANT64) | (HIDDEN64 if E != I32(0) else U64(0))
-        orm |= M if fin else U64(0)
-        En = E if fin else I32(0)
-        emax = En if En > emax else emax
-        Em = E if nz else I32(2047)
-        emin = Em if Em < emin else emin
-        spec |= I32(0) if fin else I32(1)
-    return orm, I64(emax), I64(emin), I64(spec)
-
-
-@njit(cache=True)
-def make_plan(sx, sy, chunk_cap, force):  # type: ignore[no-untyped-def]
-    """Choose the path for the products of values scanned as ``sx`` and ``sy``.
-
-    ``force``: 0 automatic, 1 bins whenever products are exact, 2 the general path.
-    Returns ``(kind, split, hmask, chunk, elo, ehi, jlo, jtop, nlev, b1, special)``: the path,
-    whether products are split for the bins (and the mask keeping the high part), how many
-    products are taken between flushes, the range of bins used, the range of accumulator limbs
-    used, the number of levels and the exponent of the first level's unit, and whether the
-    inputs hold infs or NaNs.
-    """
-    orx, emaxx, eminx, spx = sx
-    ory, emaxy, eminy, spy = sy
-    special = (spx | spy) != 0
-    if ((orx == U64(0)) | (ory == U64(0))) and force != 2:
-        # every finite product is zero (or there are none): only inf/nan products matter
-        return LEVELS, False, U64(0), I64(1), I64(1), I64(0), I64(0), I64(2), I64(0), I64(0), special
-    wx = 53 - (_bitlen_u64(orx & (~orx + U64(1))) - 1) if orx != U64(0) else I64(0)
-    wy = 53 - (_bitlen_u64(ory & (~ory + U64(1))) - 1) if ory != U64(0) else I64(0)
-    w = wx + wy
-    exact = (eminx != 0) & (eminy != 0) & (w <= 53) & (emaxx + emaxy <= 3030) & (eminx + eminy >= 1024 + w)
-    if (not exact) or force == 2:
-        return GENERAL, False, U64(0), I64(0), I64(1), I64(0), I64(0), I64(NLIMB - 1), I64(0), I64(0), special
-    # levels: |product| < 2**H, every product a multiple of 2**Q
-    H = emaxx + emaxy - 2046 + 2
-    Q = eminx + eminy - 2046 - w + 2
-    b1 = H - LEVEL_BITS
-    B = b1
-    nlev = I64(1)
-    while B > Q:
-        B -= LEVEL_BITS + 1
-        nlev += 1
-    if force == 0 and nlev <= MAX_LEVELS and b1 + 52 <= 1023 and B >= -1074:
-        chunk = min(I64(LEVEL_CHUNK), I64(chunk_cap))
-        jlo = (B - BASE) >> 5
-        jtop = min(I64(NLIMB - 1), ((b1 + LEVEL_BITS + 64 - BASE) >> 5) + 2)
-        return LEVELS, False, U64(0), chunk, I64(1), I64(0), jlo, jtop, nlev, b1, special
-    # bins
-    split = w > 30
-    h = (w + 1) // 2
-    wb = h if split else w
-    hmask = ~((U64(1) << U64(53 - h)) - U64(1)) if split else ~U64(0)
-    chunk = min(I64(1) << I64(53 - wb), I64(chunk_cap))
-    elo = eminx + eminy - 1023 - w
-    ehi = emaxx + emaxy - 1023 + 1
-    jlo = (max(elo - 53, I64(1)) + F64_OFF) >> 5
-    jtop = min(I64(NLIMB - 1), ((ehi + F64_OFF + 96) >> 5) + 2)
-    return BINS, split, hmask, chunk, elo, ehi, jlo, jtop, I64(0), I64(0), special
+@njit(inline="always", cache=True)
+def _width(orbits):  # type: ignore[no-untyped-def]
+    """Largest significand width (bits from the leading to the last nonzero bit) of float64
+    numbers whose bit patterns OR to ``orbits``."""
+    m = (orbits & MANT64) | HIDDEN64
+    return 53 - (_bitlen_u64(m & (~m + U64(1))) - 1)
 
 
 # --- the accumulator ----------------------------------------------------------------------
+
+
+@njit(inline="always", cache=True)
+def new_acc():  # type: ignore[no-untyped-def]
+    acc = np.zeros(NLIMB + 2, dtype=np.int64)
+    acc[NLIMB] = NLIMB  # lowest limb touched
+    acc[NLIMB + 1] = 0  # highest limb touched
+    return acc
 
 
 @njit(inline="always", cache=True)
@@ -174,15 +95,8 @@ def acc_add(acc, M, o, neg):  # type: ignore[no-untyped-def]
     acc[j] += s * d0
     acc[j + 1] += s * d1
     acc[j + 2] += s * d2
-
-
-@njit(inline="always", cache=True)
-def acc_add_f64(acc, v):  # type: ignore[no-untyped-def]
-    """Add the finite float64 ``v`` to the accumulator."""
-    b = f64_to_u64(v)
-    E = I64((b >> U64(52)) & U64(0x7FF))
-    M = (b & MANT64) | (HIDDEN64 if E != 0 else U64(0))
-    acc_add(acc, M, max(E, I64(1)) + F64_OFF, (b >> U64(63)) != U64(0))
+    acc[NLIMB] = min(acc[NLIMB], j)
+    acc[NLIMB + 1] = max(acc[NLIMB + 1], j + 2)
 
 
 @njit(inline="always", cache=True)
@@ -198,6 +112,21 @@ def carry(acc, jlo, jtop):  # type: ignore[no-untyped-def]
         c = acc[j] >> 32
         acc[j] -= c << 32
         acc[j + 1] += c
+
+
+@njit(inline="always", cache=True)
+def touched(acc):  # type: ignore[no-untyped-def]
+    """``(jlo, jtop)``: the limbs that can be nonzero, with room for carries above."""
+    jlo = min(acc[NLIMB], I64(NLIMB - 1))
+    return jlo, max(jlo, min(acc[NLIMB + 1] + 2, I64(NLIMB - 1)))
+
+
+@njit(cache=True)
+def clear(acc, jlo, jtop):  # type: ignore[no-untyped-def]
+    for j in range(jlo, jtop + 1):
+        acc[j] = 0
+    acc[NLIMB] = NLIMB
+    acc[NLIMB + 1] = 0
 
 
 @njit(cache=True)
@@ -285,139 +214,100 @@ def round_exact(neg, T, L, sticky, p, emin, minnorm, maxval, subnormals, ovf, mo
     return -y if neg else y
 
 
-# --- path 1: levels -----------------------------------------------------------------------
+# --- path 1: levels (loops run over range(len) of slices: a run-time start stops vectorising)
 
 
 @njit(cache=True)
-def _accumulate_levels(x, y, plan, buf, acc):  # type: ignore[no-untyped-def]
-    chunk = plan[3]
-    nlev = plan[8]
-    b1 = plan[9]
-    n = x.shape[0]
-    special = 0.0
-    if plan[10]:
-        for i in range(n):
-            v = np.float64(x[i]) * np.float64(y[i])
-            if (f64_to_u64(v) & EXP64) == EXP64:  # products of finite values are finite here
-                special += v
-    if nlev == 0:
-        return special
-    sums = np.zeros(MAX_LEVELS, dtype=np.int64)
-    start = 0
-    while start < n:
-        cend = min(n, start + chunk)
-        b0 = start
-        while b0 < cend:
-            m = min(cend - b0, BLOCK)
-            for i in range(m):
-                v = np.float64(x[b0 + i]) * np.float64(y[b0 + i])
-                buf[i] = v if (f64_to_u64(v) & EXP64) != EXP64 else 0.0
-            for lev in range(nlev):
-                sg = math.ldexp(1.5, b1 - (LEVEL_BITS + 1) * lev + 52)
-                sb = I64(f64_to_u64(sg))
-                s = I64(0)
-                for i in range(m):
-                    t = sg + buf[i]
-                    s += I64(f64_to_u64(t)) - sb
-                    buf[i] = buf[i] - (t - sg)
-                sums[lev] += s
-            b0 += m
-        for lev in range(nlev):
-            acc_add_i64(acc, sums[lev], b1 - (LEVEL_BITS + 1) * lev - BASE)
-            sums[lev] = 0
-        start = cend
-    return special
-
-
-# --- path 2: bins -------------------------------------------------------------------------
+def _block_stats(x, y, buf):  # type: ignore[no-untyped-def]
+    """Products into ``buf``; returns ``(or_x, or_y, or_p, pmax, pmin, xmin, ymin)``: ORs of the
+    bit patterns of the inputs and of the products' magnitudes, the largest product magnitude
+    and (minus one, so that zeros wrap around and drop out of the unsigned minimum) the
+    smallest nonzero magnitudes of the products and of each input, all as bit patterns.
+    Min/max only, no branches: vectorises."""
+    orx = U64(0)
+    ory = U64(0)
+    orp = U64(0)
+    pmax = U64(0)
+    pmin = ~U64(0)
+    xmin = ~U64(0)
+    ymin = ~U64(0)
+    one = U64(1)
+    for i in range(x.shape[0]):
+        xv = np.float64(x[i])
+        yv = np.float64(y[i])
+        p = xv * yv
+        buf[i] = p
+        bx = f64_to_u64(xv)
+        by = f64_to_u64(yv)
+        b = f64_to_u64(p) & ABS64
+        orx |= bx
+        ory |= by
+        orp |= b
+        pmax = max(pmax, b)
+        pmin = min(pmin, b - one)
+        xmin = min(xmin, (bx & ABS64) - one)
+        ymin = min(ymin, (by & ABS64) - one)
+    return orx, ory, orp, pmax, pmin, xmin, ymin
 
 
 @njit(inline="always", cache=True)
-def _bin(p):  # type: ignore[no-untyped-def]
-    return I64((f64_to_u64(p) >> U64(52)) & U64(0x7FF)) * NSETS
+def _exp_lower(bits_minus_one):  # type: ignore[no-untyped-def]
+    """A lower bound on log2 of the positive float64 with bit pattern ``bits_minus_one + 1``."""
+    E = I64((bits_minus_one + U64(1)) >> U64(52))
+    return E - 1023 if E != 0 else I64(-1074)
 
 
 @njit(cache=True)
-def _fill_bins(x, y, start, end, bins):  # type: ignore[no-untyped-def]
-    i = start
-    while i + 3 < end:
-        p0 = np.float64(x[i]) * np.float64(y[i])
-        p1 = np.float64(x[i + 1]) * np.float64(y[i + 1])
-        p2 = np.float64(x[i + 2]) * np.float64(y[i + 2])
-        p3 = np.float64(x[i + 3]) * np.float64(y[i + 3])
-        bins[_bin(p0)] += p0
-        bins[_bin(p1) + 1] += p1
-        bins[_bin(p2) + 2] += p2
-        bins[_bin(p3) + 3] += p3
-        i += 4
-    while i < end:
-        p0 = np.float64(x[i]) * np.float64(y[i])
-        bins[_bin(p0)] += p0
-        i += 1
-
-
-@njit(inline="always", cache=True)
-def _split(p, hmask):  # type: ignore[no-untyped-def]
-    b = f64_to_u64(p)
-    hi = u64_to_f64(b & hmask)
-    lo = p - hi if (b & EXP64) != EXP64 else 0.0  # inf/nan products go whole into the high part
-    return hi, lo
+def _extract(buf, m, sg):  # type: ignore[no-untyped-def]
+    """One level: returns sum of k_i = round(buf_i / 2**B) for ``sg = 1.5 * 2**(B+52)`` and
+    leaves the exact remainders ``buf_i - k_i * 2**B`` in ``buf``."""
+    sb = I64(f64_to_u64(sg))
+    s = I64(0)
+    for i in range(m):
+        t = sg + buf[i]
+        s += I64(f64_to_u64(t)) - sb
+        buf[i] = buf[i] - (t - sg)
+    return s
 
 
 @njit(cache=True)
-def _fill_bins_split(x, y, start, end, bins, hmask):  # type: ignore[no-untyped-def]
-    i = start
-    while i + 1 < end:
-        h0, l0 = _split(np.float64(x[i]) * np.float64(y[i]), hmask)
-        h1, l1 = _split(np.float64(x[i + 1]) * np.float64(y[i + 1]), hmask)
-        bins[_bin(h0)] += h0
-        bins[_bin(l0) + 1] += l0
-        bins[_bin(h1) + 2] += h1
-        bins[_bin(l1) + 3] += l1
-        i += 2
-    while i < end:
-        h0, l0 = _split(np.float64(x[i]) * np.float64(y[i]), hmask)
-        bins[_bin(h0)] += h0
-        bins[_bin(l0) + 1] += l0
-        i += 1
+def _extract_last(buf, m, sg):  # type: ignore[no-untyped-def]
+    """The last level: the sum of the k_i only (the remainders are zero)."""
+    sb = I64(f64_to_u64(sg))
+    s = I64(0)
+    for i in range(m):
+        s += I64(f64_to_u64(sg + buf[i])) - sb
+    return s
 
 
 @njit(cache=True)
-def _flush(bins, acc, elo, ehi):  # type: ignore[no-untyped-def]
-    for e in range(elo, ehi + 1):
-        k = e * NSETS
-        v = (bins[k] + bins[k + 1]) + (bins[k + 2] + bins[k + 3])  # exact: at most `chunk` terms
-        bins[k] = 0.0
-        bins[k + 1] = 0.0
-        bins[k + 2] = 0.0
-        bins[k + 3] = 0.0
-        if v != 0.0:
-            acc_add_f64(acc, v)
-
-
-@njit(cache=True)
-def _accumulate_bins(x, y, plan, bins, acc):  # type: ignore[no-untyped-def]
-    split = plan[1]
-    hmask = plan[2]
-    chunk = plan[3]
-    elo = plan[4]
-    ehi = plan[5]
-    for k in range(elo * NSETS, (ehi + 1) * NSETS):
-        bins[k] = 0.0
-    for k in range(SPECIAL * NSETS, (SPECIAL + 1) * NSETS):
-        bins[k] = 0.0
-    n = x.shape[0]
-    start = 0
-    while start < n:
-        end = min(n, start + chunk)
-        if split:
-            _fill_bins_split(x, y, start, end, bins, hmask)
-        else:
-            _fill_bins(x, y, start, end, bins)
-        _flush(bins, acc, elo, ehi)
-        start = end
-    k = SPECIAL * NSETS
-    return (bins[k] + bins[k + 1]) + (bins[k + 2] + bins[k + 3])
+def _block(x, y, buf, acc, force_general):  # type: ignore[no-untyped-def]
+    """Add the block's products to ``acc``; returns the IEEE sum of its inf/nan products."""
+    m = x.shape[0]
+    orx, ory, orp, pmax, pmin, xmin, ymin = _block_stats(x, y, buf)
+    if (pmax == U64(0)) & ((xmin == ~U64(0)) | (ymin == ~U64(0))):
+        return 0.0  # one side is all zeros: every product is an exact zero
+    exact = (
+        (not force_general)
+        & (pmax < EXP64)  # no inf/nan product, no overflow
+        & (_width(orx) + _width(ory) <= 53)  # products of finite values are exact ...
+        & (_exp_lower(xmin) + _exp_lower(ymin) >= -1022)  # ... and normal (or exact zeros)
+    )
+    hi = I64(pmax >> U64(52)) - 1023  # every product < 2**(hi + 1)
+    lo = I64((pmin + U64(1)) >> U64(52)) - 1023  # the smallest nonzero product >= 2**lo
+    if not (exact and hi <= 1020):
+        return _accumulate_general(x, y, acc)
+    if pmax == U64(0):
+        return 0.0
+    Q = lo - _width(orp) + 1  # every product is a multiple of 2**Q >= 2**-1074
+    B = hi + 1 - LEVEL_BITS
+    while True:
+        sg = math.ldexp(1.5, B + 52)
+        if B <= Q:
+            acc_add_i64(acc, _extract_last(buf, m, sg), B - BASE)
+            return 0.0
+        acc_add_i64(acc, _extract(buf, m, sg), B - BASE)
+        B = max(B - (LEVEL_BITS + 1), Q)
 
 
 # --- path 3: general ----------------------------------------------------------------------
@@ -426,7 +316,6 @@ def _accumulate_bins(x, y, plan, bins, acc):  # type: ignore[no-untyped-def]
 @njit(cache=True)
 def _accumulate_general(x, y, acc):  # type: ignore[no-untyped-def]
     special = 0.0
-    count = 0
     for i in range(x.shape[0]):
         xv = np.float64(x[i])
         yv = np.float64(y[i])
@@ -450,81 +339,97 @@ def _accumulate_general(x, y, acc):  # type: ignore[no-untyped-def]
         acc_add(acc, xl * yl, o, neg)
         acc_add(acc, xl * yh + xh * yl, o + 32, neg)
         acc_add(acc, xh * yh, o + 64, neg)
-        count += 1
-        if count == 1 << 24:
-            carry(acc, 0, NLIMB - 1)
-            count = 0
     return special
 
 
 # --- entry points -------------------------------------------------------------------------
 
 
-@njit(inline="always", cache=True)
-def accumulate(x, y, plan, work, acc):  # type: ignore[no-untyped-def]
-    """Add ``sum x_i*y_i`` to ``acc``; returns the IEEE sum of the inf/nan products (else 0)."""
-    if plan[0] == LEVELS:
-        return _accumulate_levels(x, y, plan, work, acc)
-    if plan[0] == BINS:
-        return _accumulate_bins(x, y, plan, work, acc)
-    return _accumulate_general(x, y, acc)
-
-
-@njit(inline="always", cache=True)
-def workspace(plan):  # type: ignore[no-untyped-def]
-    return np.empty(BLOCK if plan[0] == LEVELS else (2048 * NSETS if plan[0] == BINS else 0), dtype=np.float64)
+@njit(cache=True)
+def accumulate(x, y, buf, acc, force_general, carry_every):  # type: ignore[no-untyped-def]
+    """Add ``sum x_i*y_i`` to ``acc`` block by block; returns the IEEE sum of the inf/nan
+    products (0.0 when there are none)."""
+    n = x.shape[0]
+    special = 0.0
+    nblocks = (n + BLOCK - 1) // BLOCK
+    for c in range(nblocks):
+        start = c * BLOCK
+        end = min(n, start + BLOCK)
+        special += _block(x[start:end], y[start:end], buf, acc, force_general)
+        if (c + 1) % carry_every == 0:
+            jlo, jtop = touched(acc)
+            carry(acc, jlo, jtop)
+    return special
 
 
 @njit(cache=True)
-def finish(special, acc, plan, p, emin, minnorm, maxval, subnormals, ovf, mode):  # type: ignore[no-untyped-def]
-    """Round the accumulated sum (or the special value) and clear the used limbs."""
-    jlo = plan[6]
-    jtop = plan[7]
+def finish(special, acc, p, emin, minnorm, maxval, subnormals, ovf, mode):  # type: ignore[no-untyped-def]
+    """Round the accumulated sum (or the special value) and clear the accumulator."""
+    jlo, jtop = touched(acc)
     if special != 0.0:  # inf or nan
-        for j in range(jlo, jtop + 1):
-            acc[j] = 0
+        clear(acc, jlo, jtop)
+        if ovf == OVF_INF:
+            return special
         return round_scalar(special, p, emin, minnorm, maxval, subnormals, ovf, mode, U64(0), 0)[0]
     neg = normalize(acc, jlo, jtop)
     T, L, sticky = leading_bits(acc, jlo, jtop)
-    for j in range(jlo, jtop + 1):
-        acc[j] = 0
+    clear(acc, jlo, jtop)
     return round_exact(neg, T, L, sticky, p, emin, minnorm, maxval, subnormals, ovf, mode)
 
 
-@njit(cache=True)
-def dot(x, y, p, emin, minnorm, maxval, subnormals, ovf, mode, chunk_cap, force):  # type: ignore[no-untyped-def]
-    """Correctly rounded ``sum x_i*y_i`` (1-D arrays of equal length and dtype)."""
-    plan = make_plan(scan(x), scan(y), chunk_cap, force)
-    acc = np.zeros(NLIMB, dtype=np.int64)
-    special = accumulate(x, y, plan, workspace(plan), acc)
-    return finish(special, acc, plan, p, emin, minnorm, maxval, subnormals, ovf, mode)
+@njit(inline="always", cache=True)
+def _unpack(params):  # type: ignore[no-untyped-def]
+    """``params`` = float64 [p, emin, minnorm, maxval, subnormals, ovf, mode, carry_every, force_general]
+    (one array argument: calls from Python dispatch faster than with nine scalars)."""
+    return (
+        I64(params[0]),
+        I64(params[1]),
+        params[2],
+        params[3],
+        params[4] != 0.0,
+        I64(params[5]),
+        I64(params[6]),
+        I64(params[7]),
+        I64(params[8]),
+    )
 
 
 @njit(cache=True)
-def dot_digits(x, y, chunk_cap, force):  # type: ignore[no-untyped-def]
-    """The exact sum as ``(negative, digits, special, kind)``: the value is
+def dot(x, y, params):  # type: ignore[no-untyped-def]
+    """Correctly rounded ``sum x_i*y_i`` (contiguous 1-D arrays of equal length and dtype)."""
+    p, emin, minnorm, maxval, subnormals, ovf, mode, carry_every, force = _unpack(params)
+    acc = new_acc()
+    special = accumulate(x, y, np.empty(BLOCK), acc, force != 0, carry_every)
+    return finish(special, acc, p, emin, minnorm, maxval, subnormals, ovf, mode)
+
+
+@njit(cache=True)
+def dot_digits(x, y, params):  # type: ignore[no-untyped-def]
+    """The exact sum as ``(negative, digits, special)``: the value is
     ``+-sum_j digits[j] * 2**(32*j + BASE)`` unless ``special`` (inf or nan) is nonzero."""
-    plan = make_plan(scan(x), scan(y), chunk_cap, force)
-    acc = np.zeros(NLIMB, dtype=np.int64)
-    special = accumulate(x, y, plan, workspace(plan), acc)
-    neg = normalize(acc, plan[6], plan[7])
-    return neg, acc, special, plan[0]
+    carry_every = I64(params[7])
+    force = params[8] != 0.0
+    acc = new_acc()
+    special = accumulate(x, y, np.empty(BLOCK), acc, force, carry_every)
+    jlo, jtop = touched(acc)
+    neg = normalize(acc, jlo, jtop)
+    return neg, acc[:NLIMB].copy(), special
 
 
 @njit(parallel=True, cache=True)
-def matmul(A, Bt, out, p, emin, minnorm, maxval, subnormals, ovf, mode):  # type: ignore[no-untyped-def]
+def matmul(A, Bt, out, params):  # type: ignore[no-untyped-def]
     """``out[i, j]`` = correctly rounded ``sum_k A[i, k] * Bt[j, k]`` (C-contiguous inputs)."""
+    p, emin, minnorm, maxval, subnormals, ovf, mode, carry_every, force = _unpack(params)
     m = A.shape[0]
     n = Bt.shape[0]
-    plan = make_plan(scan(A.reshape(-1)), scan(Bt.reshape(-1)), MAX_CHUNK, 0)
     total = m * n
     tile = 16
     ntiles = (total + tile - 1) // tile
     for c in prange(ntiles):
-        work = workspace(plan)
-        acc = np.zeros(NLIMB, dtype=np.int64)
+        buf = np.empty(BLOCK)
+        acc = new_acc()
         for t in range(c * tile, min(total, (c + 1) * tile)):
             i = t // n
             j = t - i * n
-            special = accumulate(A[i], Bt[j], plan, work, acc)
-            out[i, j] = finish(special, acc, plan, p, emin, minnorm, maxval, subnormals, ovf, mode)
+            special = accumulate(A[i], Bt[j], buf, acc, force != 0, carry_every)
+            out[i, j] = finish(special, acc, p, emin, minnorm, maxval, subnormals, ovf, mode)
