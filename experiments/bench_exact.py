@@ -20,7 +20,8 @@ import platform
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +33,7 @@ CALLS = 2000  # exact_dot calls per timing
 MP_CALLS = 3  # mp_dot calls per timing
 MATMUL = 256  # exact_matmul size (m = k = n)
 SEED = 0
-SMOKE = dict(PAIRS=3, REPEATS=2, CALLS=200, MP_CALLS=1, MATMUL=32)
+SMOKE = {"PAIRS": 3, "REPEATS": 2, "CALLS": 200, "MP_CALLS": 1, "MATMUL": 32}
 
 
 def best(fn: Callable[[], Any], calls: int, repeats: int) -> tuple[float, float]:
@@ -53,7 +54,9 @@ def environment() -> dict[str, Any]:
     import numba
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
     except OSError:
         commit = ""
     return {
@@ -75,7 +78,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", help="write the JSON result to this file")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
     args = ap.parse_args(argv)
-    cfg = dict(N=N, PAIRS=PAIRS, REPEATS=REPEATS, CALLS=CALLS, MP_CALLS=MP_CALLS, MATMUL=MATMUL, SEED=SEED)
+    cfg = {
+        "N": N,
+        "PAIRS": PAIRS,
+        "REPEATS": REPEATS,
+        "CALLS": CALLS,
+        "MP_CALLS": MP_CALLS,
+        "MATMUL": MATMUL,
+        "SEED": SEED,
+    }
     if args.smoke:
         cfg.update(SMOKE)
 
@@ -91,8 +102,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         r_exact = exact_dot(x, y)
         r_mp = mp_dot(x, y, prec)
         mismatches += int(r_exact != r_mp)
-        te, _ = best(lambda: exact_dot(x, y), cfg["CALLS"], cfg["REPEATS"])
-        tm, _ = best(lambda: mp_dot(x, y, prec), cfg["MP_CALLS"], cfg["REPEATS"])
+        te, _ = best(lambda x=x, y=y: exact_dot(x, y), cfg["CALLS"], cfg["REPEATS"])
+        tm, _ = best(lambda x=x, y=y, prec=prec: mp_dot(x, y, prec), cfg["MP_CALLS"], cfg["REPEATS"])
         exact_cpu.append(te)
         mp_cpu.append(tm)
         ratios.append(tm / te)
@@ -101,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     A = rng.standard_normal((m, m)).astype(np.float16).astype(np.float32)
     B = rng.standard_normal((m, m)).astype(np.float16).astype(np.float32)
     t_mm, t_mm_wall = best(lambda: exact_matmul(A, B, "fp16"), 1, cfg["REPEATS"])
-    t_np, t_np_wall = best(lambda: A @ B, 5, cfg["REPEATS"])
+    _, t_np_wall = best(lambda: A @ B, 5, cfg["REPEATS"])
 
     result = {
         "experiment": "bench_exact",

@@ -207,7 +207,13 @@ def round_exact(neg, T, L, sticky, p, emin, minnorm, maxval, subnormals, ovf, mo
         go = False
     y = math.ldexp(np.float64(t + (U64(1) if go else U64(0))), qe)
     if y > maxval:
-        to_max = (ovf == OVF_SAT) | (mode == RZ) | (mode == RTO) | ((mode == RU) & neg) | ((mode == RD) & (not neg))
+        to_max = (
+            (ovf == OVF_SAT)
+            | (mode == RZ)
+            | (mode == RTO)
+            | ((mode == RU) & neg)
+            | ((mode == RD) & (not neg))
+        )
         y = maxval if to_max else (np.nan if ovf == OVF_NAN else np.inf)
     if (not subnormals) and y < minnorm:
         y = 0.0
