@@ -223,6 +223,7 @@ def test_exact_value_mixed_and_wide_inputs(rng: np.random.Generator) -> None:
             format_values(rng, 600, "fp16").astype(np.float16),
         ),
         (np.array([2.0**-1074, 2.0**-1060, 5e-324]), np.array([0.5, 2.0**-20, 3.0])),  # underflowing products
+        (np.array([3 * 2.0**-600, 5 * 2.0**-590, 2.0**-1]), np.array([7 * 2.0**-475, 2.0**-470, 1.0])),  # underflow
         (np.array([1e308, 1e308, -1e308]), np.array([10.0, 1.0, 10.0])),  # overflowing products
         (
             np.array([2.0**127, 2.0**-133, -(2.0**127)], dtype=np.float32),
@@ -233,7 +234,7 @@ def test_exact_value_mixed_and_wide_inputs(rng: np.random.Generator) -> None:
     for bits_x, bits_y in [(26, 27), (27, 27), (27, 26), (1, 53), (2, 52)]:  # products of 53 and 54 bits
         mx = rng.integers(1 << (bits_x - 1), 1 << bits_x, 700) | 1
         my = rng.integers(1 << (bits_y - 1), 1 << bits_y, 700) | 1
-        sx = rng.integers(-40, 40, 700).astype(float)
+        sx = rng.integers(-40, 40, 700)
         cases.append(
             (np.ldexp(mx.astype(float), sx) * rng.choice([-1, 1], 700), np.ldexp(my.astype(float), -sx))
         )
