@@ -14,7 +14,7 @@ what an IEEE 754 unit working natively in that format would return.
 The known case where double rounding through binary32 goes wrong (theory.md §1):
 
 >>> float.hex(fma(float.fromhex("0x1.eacp+7"), float.fromhex("0x1.3f4p+4"), float.fromhex("0x1.c04p+14")))
-'0x1.064p+15'
+'0x1.0640000000000p+15'
 
 How: the exact result is computed with error-free transformations in float64, rounded to odd
 at 53 bits, and then rounded to the format (see :mod:`fpanalysis._ops_kernels` for the method and
@@ -81,10 +81,11 @@ def _prepare(
     m = RoundingMode.parse(mode)
     kargs = _kernel_args(f, m, seed, random_bits, stream)
     arrays = [_as_float_array(x) for x in args]
-    scalar_in = all(isinstance(x, (float, int)) for x in args) or all(np.ndim(x) == 0 for x in args)
+    weak = [type(x) in (float, int, bool) for x in args]
+    scalar_in = all(weak)
     if dtype is None:
         # Python scalars are "weak" (as in NumPy 2): they do not widen float32 arrays.
-        strong = [a for x, a in zip(args, arrays) if not isinstance(x, (float, int))]
+        strong = [a for w, a in zip(weak, arrays) if not w]
         narrow = bool(strong) and all(a.dtype == np.float32 for a in strong)
         out_dtype = np.float32 if (narrow and fits_float32(f)) else np.float64
     else:

@@ -316,7 +316,7 @@ def exact_op(
 
     >>> exact_op("fma", [float.fromhex("0x1.eacp+7"), float.fromhex("0x1.3f4p+4"),
     ...                  float.fromhex("0x1.c04p+14")], "fp16", "nearest-even").hex()
-    '0x1.064p+15'
+    '0x1.0640000000000p+15'
     """
     f = get_format(fmt)
     m = RoundingMode.parse(mode)
