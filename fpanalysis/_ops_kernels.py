@@ -31,7 +31,13 @@ Range: all intermediates stay exact as long as the format satisfies ``p <= 26``,
 ``emax <= 509`` and ``emin - p + 1 >= -509`` (checked by the public wrappers in
 :mod:`fpanalysis.ops`).
 
-The NumPy twin used as the test oracle is :func:`fpanalysis.ops._ops_numpy`.
+Compile time: the per-element helpers (``exact_pair``, ``round_pair``, ``frac64``, ...) are
+ordinary (not ``inline="always"``) numba functions, so ``round_scalar`` is inlined a handful of
+times instead of once per call site; this cut the first-call compile time of each kernel from
+about 60 s to about 6 s at no measurable cost in speed (the loops do not vectorise either way).
+
+The NumPy twin used as the test oracle is :func:`fpanalysis.ops._ops_numpy` (deterministic
+modes); stochastic rounding is checked against Python integers in :mod:`fpanalysis.verify_ops`.
 """
 
 from __future__ import annotations
