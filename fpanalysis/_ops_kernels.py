@@ -145,6 +145,11 @@ def frac64(hi, lo, sg, xo, p, emin, subnormals):  # type: ignore[no-untyped-def]
     sm = -sg if neg else sg
     li = np.int64(np.floor(lm * scale))
     li = np.int64(-1) if ((sm < 0) & (li >= 0)) else li
+    # hi is a multiple of the quantum only when none of its significand bits lies below it; when
+    # it is not, its fraction (>= one ulp of hi) outweighs |lo| <= ulp(hi)/2, so a fraction that
+    # was truncated to zero (hi far below the quantum) must not borrow from the integer part.
+    multiple = (sh <= 0) | ((sh < 53) & ((mh & ((_ONE << U64(shc)) - _ONE)) == U64(0)))
+    li = np.int64(0) if ((li < 0) & (hf == U64(0)) & (not multiple)) else li
     return hf + U64(li)
 
 

@@ -101,7 +101,8 @@ def _prepare(
         raise ValueError(f"{name}: operands with shapes {shapes} cannot be broadcast together") from None
     flat = []
     for a in arrays:
-        a64 = np.broadcast_to(a.astype(np.float64, copy=False), shape).reshape(-1)
+        with np.errstate(invalid="ignore"):  # float32 signalling NaNs stay NaNs, without a warning
+            a64 = np.broadcast_to(a.astype(np.float64, copy=False), shape).reshape(-1)
         if round_inputs:
             a64 = np.asarray(round_to(a64, f, "nearest-even"), dtype=np.float64)
         flat.append(np.ascontiguousarray(a64))
@@ -131,7 +132,8 @@ def _finish(
                 f"{f.name} numbers (first: {first!r}); round them first with "
                 f"round_to(x, {f.name!r}) or pass round_inputs=True"
             )
-    result = out.reshape(shape).astype(out_dtype, copy=False)
+    with np.errstate(invalid="ignore"):
+        result = out.reshape(shape).astype(out_dtype, copy=False)
     if result.ndim == 0:
         result = result[()]
         if scalar_in:

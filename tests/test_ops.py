@@ -440,3 +440,14 @@ def test_verify_ops_million(fmt):
         k = {"sqrt": 1, "fma": 3}.get(r["op"], 2)
         assert r["n"] == min(100_000 if r["oracle"] == "exact" else 1_000_000, n_values**k), r
     assert _bad_rows(rows) == []
+
+
+def test_stochastic_tiny_negative_quotient_does_not_round_up() -> None:
+    # |a / b| is about 2**-230, 2**-97 of bf16's smallest subnormal: it rounds up with
+    # probability 2**-97, so 10^4 draws must all give -0.  (A truncated fraction once borrowed
+    # from the integer part here and rounded every draw up to -2**-133.)
+    a = np.full(10_000, -float.fromhex("0x1.96p-105"))
+    b = np.full(10_000, float.fromhex("0x1.fap+125"))
+    for random_bits in (None, 6):
+        y = ops.div(a, b, "bf16", "stochastic", seed=0, random_bits=random_bits)
+        assert np.all(y == 0.0) and np.all(np.signbit(y))
