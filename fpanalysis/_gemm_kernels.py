@@ -35,7 +35,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from ._bits import EXP64, U64, counter_random, f64_to_u64, u64_to_f64
-from ._round_kernels import RD, SR, round_scalar
+from ._round_kernels import RD, RNA, RNE, RTO, RU, RZ, SR, SRK, round_scalar
 
 SEQUENTIAL, PAIRWISE, BLOCKED = 0, 1, 2
 # Kinds of rounding, for the counters of stochastic rounding (index = (entry*K + k)*4 + kind).
@@ -483,109 +483,154 @@ def _round_mul(a, b, p, emin, minnorm, maxval, subnormals, ovf, mode, key, idx, 
     return round_scalar(a * b, p, emin, minnorm, maxval, subnormals, ovf, mode, r, kbits)[0]
 
 
+# Row operations of the general kernel.  ``fmt`` is the tuple (p, emin, minnorm, maxval,
+# subnormals, ovf, kbits); element j draws the random counter ``base + j*stride``.  Each one
+# dispatches once on the mode to a loop compiled for that mode (so the loop vectorises).
+
+
+@njit(inline="always", cache=True)
+def _prod_loop(t, b, a, fmt, mode, key, base, stride):  # type: ignore[no-untyped-def]
+    p, emin, minnorm, maxval, sub, ovf, kbits = fmt
+    for j in range(t.shape[0]):
+        t[j] = _round_mul(
+            a, b[j], p, emin, minnorm, maxval, sub, ovf, mode, key, base + U64(j) * stride, kbits
+        )
+
+
+@njit(inline="always", cache=True)
+def _add_loop(u, v, fmt, mode, key, base, stride):  # type: ignore[no-untyped-def]
+    p, emin, minnorm, maxval, sub, ovf, kbits = fmt
+    for j in range(u.shape[0]):
+        u[j] = _round_add(
+            u[j], v[j], p, emin, minnorm, maxval, sub, ovf, mode, key, base + U64(j) * stride, kbits
+        )
+
+
+@njit(inline="always", cache=True)
+def _fma_loop(s, b, a, fmt, mode, key, base, stride):  # type: ignore[no-untyped-def]
+    p, emin, minnorm, maxval, sub, ovf, kbits = fmt
+    for j in range(s.shape[0]):
+        s[j] = _round_add(
+            a * b[j], s[j], p, emin, minnorm, maxval, sub, ovf, mode, key, base + U64(j) * stride, kbits
+        )
+
+
+@njit(cache=True)
+def _prod_row(t, b, a, fmt, mode, key, base, stride):  # type: ignore[no-untyped-def]
+    """t[j] = fl(a * b[j])."""
+    if mode == RNE:
+        _prod_loop(t, b, a, fmt, RNE, key, base, stride)
+    elif mode == RNA:
+        _prod_loop(t, b, a, fmt, RNA, key, base, stride)
+    elif mode == RZ:
+        _prod_loop(t, b, a, fmt, RZ, key, base, stride)
+    elif mode == RU:
+        _prod_loop(t, b, a, fmt, RU, key, base, stride)
+    elif mode == RD:
+        _prod_loop(t, b, a, fmt, RD, key, base, stride)
+    elif mode == RTO:
+        _prod_loop(t, b, a, fmt, RTO, key, base, stride)
+    elif mode == SR:
+        _prod_loop(t, b, a, fmt, SR, key, base, stride)
+    else:
+        _prod_loop(t, b, a, fmt, SRK, key, base, stride)
+
+
+@njit(cache=True)
+def _add_row(u, v, fmt, mode, key, base, stride):  # type: ignore[no-untyped-def]
+    """u[j] = fl(u[j] + v[j])."""
+    if mode == RNE:
+        _add_loop(u, v, fmt, RNE, key, base, stride)
+    elif mode == RNA:
+        _add_loop(u, v, fmt, RNA, key, base, stride)
+    elif mode == RZ:
+        _add_loop(u, v, fmt, RZ, key, base, stride)
+    elif mode == RU:
+        _add_loop(u, v, fmt, RU, key, base, stride)
+    elif mode == RD:
+        _add_loop(u, v, fmt, RD, key, base, stride)
+    elif mode == RTO:
+        _add_loop(u, v, fmt, RTO, key, base, stride)
+    elif mode == SR:
+        _add_loop(u, v, fmt, SR, key, base, stride)
+    else:
+        _add_loop(u, v, fmt, SRK, key, base, stride)
+
+
+@njit(cache=True)
+def _fma_row(s, b, a, fmt, mode, key, base, stride):  # type: ignore[no-untyped-def]
+    """s[j] = fl(a * b[j] + s[j]) with one rounding."""
+    if mode == RNE:
+        _fma_loop(s, b, a, fmt, RNE, key, base, stride)
+    elif mode == RNA:
+        _fma_loop(s, b, a, fmt, RNA, key, base, stride)
+    elif mode == RZ:
+        _fma_loop(s, b, a, fmt, RZ, key, base, stride)
+    elif mode == RU:
+        _fma_loop(s, b, a, fmt, RU, key, base, stride)
+    elif mode == RD:
+        _fma_loop(s, b, a, fmt, RD, key, base, stride)
+    elif mode == RTO:
+        _fma_loop(s, b, a, fmt, RTO, key, base, stride)
+    elif mode == SR:
+        _fma_loop(s, b, a, fmt, SR, key, base, stride)
+    else:
+        _fma_loop(s, b, a, fmt, SRK, key, base, stride)
+
+
 @njit(cache=True)
 def _ieee_general_rows(
     A, B, C, order, block, fma, p, emin, minnorm, maxval, subnormals, ovf, mode, key, offset, kbits, r0, r1
 ):  # type: ignore[no-untyped-def]
     """The ``ieee`` profile in float64 for any format (``p <= 26``) and rounding mode.
 
-    Stochastic rounding of the rounding of ``kind`` for term ``k`` of entry ``(i, j)`` uses the
-    counter ``offset + ((i*N + j)*K + k)*4 + kind`` (a pairwise addition uses the ``k`` of the first term of its right operand), so results do not depend on threads.
+    The rounding of ``kind`` (0 product, 1 addition, 2 addition of a block sum) for term ``k``
+    of entry ``(i, j)`` draws its random bits from counter ``offset + ((i*N + j)*K + k)*4 +
+    kind``; a pairwise addition uses the ``k`` of the first term of its right operand, a block
+    addition the block's number.  So results do not depend on threads.
     """
     K = A.shape[1]
     N = B.shape[1]
-    KK = U64(K)
-    NN = U64(N)
-    off = U64(offset)
+    fmt = (p, emin, minnorm, maxval, subnormals, ovf, kbits)
+    stride = U64(K) * U64(4)
+    t = np.empty(N, dtype=np.float64)
+    s = np.empty(N, dtype=np.float64)
+    S = np.empty((66, N), dtype=np.float64)
+    lo = np.empty(66, dtype=np.int64)
     for i in range(r0, r1):
         c = C[i]
-        ii = U64(i)
+        row = U64(offset) + U64(i) * U64(N) * stride  # counter of (i, j=0, k=0, kind 0)
         if order == PAIRWISE:
-            # stack of partial sums as in h16_pairwise; lo[l] = first term of stack entry l.
-            # The addition merging terms [lo, s) and [s, hi) uses the counter of term s.
-            S = np.empty((66, N), dtype=np.float64)
-            lo = np.empty(66, dtype=np.int64)
+            # the stack of partial sums of h16_pairwise; lo[l] = first term of stack entry l
             top = -1
             for k in range(K):
                 top += 1
                 lo[top] = k
-                a = A[i, k]
-                b = B[k]
-                t = S[top]
-                for j in range(N):
-                    base = off + ((ii * NN + U64(j)) * KK + U64(k)) * U64(4)
-                    t[j] = _round_mul(
-                        a, b[j], p, emin, minnorm, maxval, subnormals, ovf, mode, key, base, kbits
-                    )
+                _prod_row(S[top], B[k], A[i, k], fmt, mode, key, row + U64(k) * U64(4), stride)
                 cnt = k + 1
                 while cnt % 2 == 0 or (k == K - 1 and top > 0):
-                    u = S[top - 1]
-                    v = S[top]
                     split = U64(lo[top])
-                    for j in range(N):
-                        base = off + ((ii * NN + U64(j)) * KK + split) * U64(4) + U64(_K_ADD)
-                        u[j] = _round_add(
-                            u[j], v[j], p, emin, minnorm, maxval, subnormals, ovf, mode, key, base, kbits
-                        )
+                    _add_row(S[top - 1], S[top], fmt, mode, key, row + split * U64(4) + U64(_K_ADD), stride)
                     top -= 1
                     cnt //= 2
             for j in range(N):
                 c[j] = S[0, j] if K > 0 else 0.0
         else:
             blk = block if order == BLOCKED else max(K, 1)
-            s = np.empty(N, dtype=np.float64)
-            for j in range(N):
-                c[j] = 0.0
+            c[:] = 0.0
             for k0 in range(0, K, blk):
-                for j in range(N):
-                    s[j] = 0.0
+                s[:] = 0.0
                 for k in range(k0, min(K, k0 + blk)):
-                    a = A[i, k]
-                    b = B[k]
-                    for j in range(N):
-                        base = off + ((ii * NN + U64(j)) * KK + U64(k)) * U64(4)
-                        if fma:
-                            s[j] = _round_add(
-                                a * b[j],
-                                s[j],
-                                p,
-                                emin,
-                                minnorm,
-                                maxval,
-                                subnormals,
-                                ovf,
-                                mode,
-                                key,
-                                base + U64(_K_ADD),
-                                kbits,
-                            )
-                        else:
-                            t = _round_mul(
-                                a, b[j], p, emin, minnorm, maxval, subnormals, ovf, mode, key, base, kbits
-                            )
-                            s[j] = _round_add(
-                                s[j],
-                                t,
-                                p,
-                                emin,
-                                minnorm,
-                                maxval,
-                                subnormals,
-                                ovf,
-                                mode,
-                                key,
-                                base + U64(_K_ADD),
-                                kbits,
-                            )
+                    base = row + U64(k) * U64(4)
+                    if fma:
+                        _fma_row(s, B[k], A[i, k], fmt, mode, key, base + U64(_K_ADD), stride)
+                    else:
+                        _prod_row(t, B[k], A[i, k], fmt, mode, key, base, stride)
+                        _add_row(s, t, fmt, mode, key, base + U64(_K_ADD), stride)
                 if order == BLOCKED:
-                    for j in range(N):
-                        base = off + ((ii * NN + U64(j)) * KK + U64(k0 // blk)) * U64(4) + U64(_K_BLOCK)
-                        c[j] = _round_add(
-                            c[j], s[j], p, emin, minnorm, maxval, subnormals, ovf, mode, key, base, kbits
-                        )
+                    _add_row(c, s, fmt, mode, key, row + U64(k0 // blk) * U64(4) + U64(_K_BLOCK), stride)
                 else:
-                    for j in range(N):
-                        c[j] = s[j]
+                    c[:] = s
 
 
 # --- parallel and one-thread entry points ----------------------------------------------------

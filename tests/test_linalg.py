@@ -577,8 +577,11 @@ def test_exact_profile_matches_fraction_oracle() -> None:
     for A, B in cases(FP16, seed=11):
         for mode in ("nearest-even", "down", "odd"):
             assert same(matmul(A, B, "fp16", "exact", mode=mode), oracle_exact(A, B, FP16, mode))
-    x = np.array([1.0] + [2.0**-11] * 2048)
+    x = np.array([1.0] + [2.0**-11] * 2049)  # exactly 2 + 2**-11: a quarter of the way up
     assert dot(x, np.ones_like(x), "fp16", "exact") == 2.0
+    sr = np.array([dot(x, np.ones_like(x), "fp16", "exact", mode="stochastic", seed=s) for s in range(100)])
+    assert set(sr) <= {2.0, 2.001953125}
+    assert 10 <= np.sum(sr > 2) <= 40  # binomial(100, 1/4): mean 25, sd 4.3
 
 
 # --- conv2d -------------------------------------------------------------------------------------
