@@ -654,3 +654,32 @@ def test_conv2d_fp32acc_equals_torch_half() -> None:
         rates[(stride, padding, groups, dil, with_bias)] = _bitwise_match_rate(got, ref)
     print("bitwise match with torch CPU half conv2d:", rates)
     assert min(rates.values()) >= 0.99, rates
+
+
+@pytest.mark.slow
+def test_binary16_kernels_without_native_fp16(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """On CPUs without AVX512-FP16, LLVM lowers the binary16 operations through float32 (with a
+    rounding after each one).  Recompile with that feature switched off and rerun the checks."""
+    import os
+    import subprocess
+    import sys
+
+    ll = pytest.importorskip("llvmlite.binding")
+    feats = ll.get_host_cpu_features()
+    if not feats.get("avx512fp16", False):
+        pytest.skip("this CPU has no AVX512-FP16: the default run already tests the float32 lowering")
+    feats["avx512fp16"] = False
+    env = dict(os.environ, NUMBA_CPU_FEATURES=feats.flatten(), NUMBA_CACHE_DIR=str(tmp_path))
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        __file__,
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-k",
+        "ieee_fp16_rne or torch or parallel",
+    ]
+    res = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=1800)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
