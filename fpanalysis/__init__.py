@@ -6,12 +6,18 @@ imported only by the modules that need them (``fpanalysis.nn``, plotting functio
 
 from . import bounds, ops
 from .formats import FORMATS, FloatFormat, get_format
+from .linalg import Order, Profile, conv2d, dot, matmul
 from .reference import exact_dot, exact_dot_fraction, exact_matmul, exact_sum
 from .rounding import RoundingMode, RoundingStats, from_bits, round_to, to_bits
 
 __all__ = [
     "FORMATS",
     "FloatFormat",
+    "Order",
+    "Profile",
+    "conv2d",
+    "dot",
+    "matmul",
     "RoundingMode",
     "RoundingStats",
     "bounds",
