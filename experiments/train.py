@@ -255,6 +255,10 @@ def prepare(cfg: Config, input_shape: tuple[int, ...], num_classes: int) -> Trai
     kwargs = {"width": cfg.width} if cfg.width else {}
     model = policy.prepare_model(build_model(cfg.model, input_shape=input_shape, num_classes=num_classes, **kwargs))
     lr = cfg.lr or DEFAULT_LR[cfg.optimizer]
+    finfo = torch.finfo(policy.param_dtype)
+    if not lr < finfo.max:
+        raise ValueError(f"lr={lr:g} is not a finite {cfg.mode} number (max {finfo.max:g}): torch's optimizers "
+                         f"apply it in the parameters' dtype")
     params = model.parameters()
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
