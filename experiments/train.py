@@ -158,11 +158,11 @@ def _rss_bytes() -> int:
 def _git_commit() -> dict[str, Any]:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                timeout=10).stdout.strip() or None
+                                timeout=10, check=False).stdout.strip() or None
         dirty = None
         if commit:
             st = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                capture_output=True, text=True, timeout=10).stdout
+                                capture_output=True, text=True, timeout=10, check=False).stdout
             dirty = bool(st.strip())
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None

@@ -185,7 +185,7 @@ def test_cifar_python_batches_read_exactly(tmp_path, str_keys):
     lab = "labels" if str_keys else b"labels"
     want = np.concatenate([rows_to_hwc(b[key]) for b in batches]).transpose(0, 3, 1, 2)
     np.testing.assert_array_equal(np.rint(ds.x_train * 255).astype(np.uint8), want)
-    np.testing.assert_array_equal(ds.y_train, sum((b[lab] for b in batches), []))
+    np.testing.assert_array_equal(ds.y_train, [v for b in batches for v in b[lab]])
     np.testing.assert_array_equal(np.rint(ds.x_test * 255).astype(np.uint8),
                                   rows_to_hwc(test[key]).transpose(0, 3, 1, 2))
 
