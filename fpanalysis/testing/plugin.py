@@ -108,34 +108,41 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     marker = metafunc.definition.get_closest_marker("formats")
     if "fp_format" not in metafunc.fixturenames:
         if marker is not None:
-            raise pytest.UsageError(
+            pytest.fail(
                 f"{metafunc.definition.nodeid}: the formats marker parametrises the fp_format fixture, "
-                "but the test does not use fp_format; add it to the test's arguments"
+                "but the test does not use fp_format; add it to the test's arguments",
+                pytrace=False,
             )
         return
     if marker is not None:
         names = _marker_names(marker)
         where = "the formats marker"
         if not names:
-            raise pytest.UsageError(f"{metafunc.definition.nodeid}: the formats marker needs at least one format name")
+            pytest.fail(f"{metafunc.definition.nodeid}: the formats marker needs at least one format name", pytrace=False)
     else:
         opt = metafunc.config.getoption("--fp-formats", None)
         names = [s.strip() for s in opt.split(",") if s.strip()] if opt else list(DEFAULT_FORMATS)
         where = "--fp-formats"
     from fpanalysis.formats import get_format  # cheap (numpy only), deferred anyway
 
-    fmts = []
+    fmts, problem = [], None
     for n in names:
         try:
             fmts.append(get_format(n))
         except (ValueError, TypeError) as exc:
-            raise pytest.UsageError(f"{metafunc.definition.nodeid}: {where}: {exc}") from None
+            problem = f"{metafunc.definition.nodeid}: {where}: {exc}"
+            break
+    if problem:  # outside the except block: one clean message, no chained traceback
+        pytest.fail(problem, pytrace=False)
     metafunc.parametrize("fp_format", fmts, ids=[f.name for f in fmts], indirect=True)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def fp_format(request: pytest.FixtureRequest) -> Any:
-    """The format this test runs under (see the ``formats`` marker and ``--fp-formats``)."""
+    """The format this test runs under (see the ``formats`` marker and ``--fp-formats``).
+
+    Session-scoped (a format is immutable), so Hypothesis ``@given`` tests may use it.
+    """
     param = getattr(request, "param", None)
     if param is None:  # requested in a way pytest_generate_tests could not see
         from fpanalysis.formats import get_format
