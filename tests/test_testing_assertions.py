@@ -433,12 +433,12 @@ def tiny_model_data():
 
 def test_check_verdict_on_both_sides(tiny_model_data) -> None:
     model, data = tiny_model_data
-    kw = dict(steps=2, warmup_steps=2, certify=False)
+    kw = {"steps": 2, "warmup_steps": 2, "certify": False}
     report = assert_check_verdict(model, data, "SAFE", **kw)
     assert report.verdict == "SAFE"
     with pytest.raises(AssertionError, match="fpanalysis check says SAFE, expected UNSAFE"):
         assert_check_verdict(model, data, "unsafe", **kw)
-    adam = dict(kw, optimizer="adam", eps=1e-8)
+    adam = {**kw, "optimizer": "adam", "eps": 1e-8}
     assert_check_verdict(model, data, ["safe_with_changes", "UNSAFE"], **adam)
     with pytest.raises(AssertionError) as e:
         assert_check_verdict(model, data, "SAFE", **adam)

@@ -13,8 +13,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, find, given, settings
-from hypothesis.errors import NoSuchExample
 from hypothesis import strategies as st
+from hypothesis.errors import NoSuchExample
 
 from fpanalysis.formats import FloatFormat
 from fpanalysis.testing import strategies as fst
@@ -47,7 +47,7 @@ def representable(x: float, name: str) -> bool:
     if name in DTYPES:
         with np.errstate(over="ignore", invalid="ignore"):
             return float(DTYPES[name](x)) == x
-    p, emin, emax, subn, mx = SPECS[name]
+    p, emin, _emax, subn, mx = SPECS[name]
     if x == 0:
         return True
     m, e = math.frexp(abs(x))  # |x| = m 2**e, 0.5 <= m < 1: exponent e - 1
@@ -63,7 +63,7 @@ def is_tie(x: float, name: str) -> bool:
     between the largest finite number and the next power-of-two step above it)."""
     if not math.isfinite(x) or representable(x, name):
         return False
-    p, emin, emax, subn, mx = spec(name)
+    p, emin, _emax, subn, mx = spec(name)
     a = abs(x)
     if a > mx:
         step = mx - _below(mx, name)
@@ -85,12 +85,12 @@ def _below(v: float, name: str) -> float:
     if name in DTYPES:
         dt = DTYPES[name]
         return float(np.nextafter(np.array([v], dtype=dt), np.array([0.0], dtype=dt))[0])
-    p, emin, *_ = spec(name)
+    p = spec(name)[0]
     return v - 2.0 ** (math.frexp(v)[1] - 1 - p + 1)
 
 
 def classify(x: float, name: str) -> set[str]:
-    p, emin, emax, subn, mx = spec(name)
+    _p, emin, emax, _subn, _mx = spec(name)
     if math.isnan(x):
         return {"nan"}
     if math.isinf(x):
@@ -112,7 +112,7 @@ def classify(x: float, name: str) -> set[str]:
 FORMAT_NAMES = ["fp16", "bf16", "fp8_e4m3fn", "fp8_e5m2", "fp32", "tf32", "fp12-ftz"]
 
 
-def fmt_of(name: str) -> "str | FloatFormat":
+def fmt_of(name: str) -> str | FloatFormat:
     return CUSTOM if name == "fp12-ftz" else name
 
 
@@ -148,6 +148,18 @@ def test_sign_option(sign: str) -> None:
     check()
 
 
+def _collect(strategy: st.SearchStrategy[float]) -> set[float]:
+    seen: set[float] = set()
+
+    @settings(max_examples=2000, derandomize=True, database=None, deadline=None)
+    @given(strategy)
+    def collect(v: float) -> None:
+        seen.add(v)
+
+    collect()
+    return seen
+
+
 @pytest.mark.parametrize("name", ["fp8_e5m2", "fp8_e4m3fn"])
 def test_values_cover_every_member_of_small_formats(name: str) -> None:
     """Every positive normal, subnormal and tie of an 8-bit format is produced (enumerated
@@ -164,14 +176,7 @@ def test_values_cover_every_member_of_small_formats(name: str) -> None:
         "tie": set(((nonneg[:-1] + nonneg[1:]) / 2).tolist()) | {float(fi.max) + (pos[-1] - pos[-2]) / 2},
     }
     for cls, want in expected.items():
-        seen: set[float] = set()
-
-        @settings(max_examples=2000, derandomize=True, database=None, deadline=None)
-        @given(fst.values(name, classes=(cls,), sign="positive"))
-        def collect(v: float) -> None:
-            seen.add(v)
-
-        collect()
+        seen = _collect(fst.values(name, classes=(cls,), sign="positive"))
         assert seen == want, f"{cls}: missing {sorted(want - seen)[:5]}, extra {sorted(seen - want)[:5]}"
 
 
@@ -179,7 +184,7 @@ def test_default_classes_cover_every_class_of_the_format() -> None:
     cfg = settings(max_examples=3000, derandomize=True, database=None)
     for name in ("fp8_e5m2", "fp8_e4m3fn"):
         for cls in _available(name):
-            find(fst.values(name), lambda v, c=cls: c in classify(v, name), settings=cfg)
+            find(fst.values(name), lambda v, c=cls, fmt=name: c in classify(v, fmt), settings=cfg)
     with pytest.raises(NoSuchExample):  # E4M3FN has no infinities: the default never produces one
         find(fst.values("fp8_e4m3fn"), lambda v: math.isinf(v), settings=settings(max_examples=300, database=None))
 
@@ -225,7 +230,7 @@ VEC_FORMATS = ["fp16", "bf16", "fp8_e4m3fn", "fp8_e5m2"]
 
 @pytest.mark.parametrize("name", VEC_FORMATS)
 def test_same_sign_vectors(name: str) -> None:
-    p, emin, emax, _, mx = spec(name)
+    emax = spec(name)[2]
 
     @FAST
     @given(fst.same_sign_vectors(name, max_n=40))
@@ -258,7 +263,7 @@ def test_cancellation_vectors(name: str) -> None:
 
 @pytest.mark.parametrize("name", VEC_FORMATS)
 def test_wide_range_vectors(name: str) -> None:
-    p, emin, emax, _, mx = spec(name)
+    p, emin, emax, _, _ = spec(name)
     S = emax - math.ceil(math.log2(40)) - 2
 
     @FAST

@@ -47,7 +47,27 @@ _EXPORTS = {
     "VALUE_CLASSES": "strategies",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "VALUE_CLASSES",
+    "BoundCheck",
+    "CertificateCheck",
+    "EmulationCheck",
+    "Emulator",
+    "FailureRate",
+    "arrays_of",
+    "assert_certificates_hold",
+    "assert_certified_agreement",
+    "assert_check_verdict",
+    "assert_emulated_close",
+    "assert_within_bound",
+    "assert_within_probabilistic_bound",
+    "cancellation_vectors",
+    "check_failure_rate",
+    "reference_arithmetic",
+    "same_sign_vectors",
+    "values",
+    "wide_range_vectors",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -19,8 +19,9 @@ AssertionError: assert_within_bound: |computed - reference| exceeds the bound at
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -28,16 +29,16 @@ from ..formats import FloatFormat, get_format
 
 __all__ = [
     "BoundCheck",
-    "FailureRate",
-    "EmulationCheck",
     "CertificateCheck",
-    "assert_within_bound",
-    "assert_within_probabilistic_bound",
-    "check_failure_rate",
-    "assert_emulated_close",
+    "EmulationCheck",
+    "FailureRate",
     "assert_certificates_hold",
     "assert_certified_agreement",
     "assert_check_verdict",
+    "assert_emulated_close",
+    "assert_within_bound",
+    "assert_within_probabilistic_bound",
+    "check_failure_rate",
 ]
 
 _LISTED = 5  # violations listed in a message besides the worst one
@@ -129,6 +130,12 @@ def _short(v: float) -> str:
     return f"{v:.4g}" if math.isfinite(v) and v != 0 else repr(v)
 
 
+def _ratio(v: float) -> str:
+    """A ratio to the bound, with enough digits to show that it exceeds 1."""
+    v = float(v)
+    return f"{v:.4g}" if not (1.0 <= v < 1.001) else f"{v:.12g}"
+
+
 def _index(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(int(i) for i in np.unravel_index(int(flat), shape)) if shape else ()
 
@@ -204,7 +211,7 @@ def _check_against(c: np.ndarray, r: np.ndarray, b: np.ndarray, what: str, bound
             cv, rv, ev, bv = c.reshape(-1)[k], r.reshape(-1)[k], err.reshape(-1)[k], b.reshape(-1)[k]
             if np.isnan(ev):
                 return f"index {i}: computed {_num(cv)}, reference {_num(rv)}: NaN on one side only (bound {_num(bv)})"
-            over = f" ({_short(ev / bv)}x the bound, exceeds it by {_short(ev - bv)})" if bv > 0 else " (the bound is 0)"
+            over = f" ({_ratio(ev / bv)}x the bound, exceeds it by {_short(ev - bv)})" if bv > 0 else " (the bound is 0)"
             return f"index {i}: computed {_num(cv)}, reference {_num(rv)}, |error| {_num(ev)} > bound {_num(bv)}{over}"
 
         lines.append("  worst at " + entry(worst_flat))
@@ -268,7 +275,7 @@ def assert_within_bound(computed: Any, reference: Any, bound: Any, *, allow_vacu
 def assert_within_probabilistic_bound(
     computed: Any,
     reference: Any,
-    bound: "Any | Callable[[float], Any]",
+    bound: Any | Callable[[float], Any],
     *,
     confidence: float | None = None,
     allow_vacuous: bool = False,
@@ -423,8 +430,8 @@ def check_failure_rate(
     result = FailureRate(n, k, p, float(alpha), pval, kmax, tuple(failed))
     if pval < alpha:
         lines = [
-            f"check_failure_rate: the bound failed in {k} of {n} trials (rate {k / n:.4g}), more often than its "
-            f"stated failure probability {p:.4g} allows",
+            (f"check_failure_rate: the bound failed in {k} of {n} trials (rate {k / n:.4g}), more often than its "
+             f"stated failure probability {p:.4g} allows"),
             f"  expected about {n * p:.4g} failures; at most {kmax} would pass at alpha = {alpha:.3g}",
             f"  one-sided binomial test: P(X >= {k} | n={n}, p={p:.4g}) = {pval:.3g} < alpha = {alpha:.3g}",
             f"  failing trials (first 10): {failed[:10]}",
@@ -472,6 +479,21 @@ def _as_outputs(y: Any, ar: Any) -> list[np.ndarray]:
     return [np.asarray(ar.to_float(v), dtype=np.float64) for v in items]
 
 
+def _emulation_entry(k: int, shape: tuple[int, ...], cols: tuple, f: FloatFormat) -> str:
+    cv, rv, ev, ulps_k, units_k, tol_k = (a[k] for a in cols)
+    i = _index(k, shape)
+    if not np.isfinite(ev):
+        if np.isnan(ev):
+            why = "NaN on one side only"
+        elif np.isinf(cv):
+            why = f"overflow: {f.name}'s largest finite number is {_num(f.max)}"
+        else:
+            why = "non-finite difference"
+        return f"index {i}: emulated {_num(cv)}, reference {_num(rv)} ({why})"
+    return (f"index {i}: emulated {_num(cv)}, reference {_num(rv)}, |difference| {_num(ev)} = "
+            f"{_short(ulps_k)} ulp = {_short(units_k)} u|ref| (allowed {_short(tol_k)})")
+
+
 def _ulp_at(f: FloatFormat, r: np.ndarray) -> np.ndarray:
     a = np.abs(r)
     _, ex = np.frexp(np.where(np.isfinite(a), a, 1.0))
@@ -483,7 +505,7 @@ def _ulp_at(f: FloatFormat, r: np.ndarray) -> np.ndarray:
 def assert_emulated_close(
     fn: Callable[..., Any],
     args: Sequence[Any],
-    fmt: "str | FloatFormat" = "fp16",
+    fmt: str | FloatFormat = "fp16",
     *,
     mode: str = "nearest-even",
     profile: str = "fp32-accumulate",
@@ -584,19 +606,14 @@ def assert_emulated_close(
             score = np.where(np.isfinite(err), err / np.maximum(tol, np.finfo(float).tiny), np.inf).reshape(-1)
             worst = int(flat_bad[np.argmax(score[flat_bad])])
 
-            def entry(k: int) -> str:
-                i = _index(k, c.shape)
-                cv, rv, ev = c.reshape(-1)[k], r.reshape(-1)[k], err.reshape(-1)[k]
-                if not np.isfinite(ev):
-                    why = "NaN on one side only" if np.isnan(ev) else (
-                        f"overflow: {f.name}'s largest finite number is {_num(f.max)}" if np.isinf(cv) else "non-finite difference")
-                    return f"index {i}: emulated {_num(cv)}, reference {_num(rv)} ({why})"
-                return (f"index {i}: emulated {_num(cv)}, reference {_num(rv)}, |difference| {_num(ev)} = "
-                        f"{_short(in_ulps.reshape(-1)[k])} ulp = {_short(in_units.reshape(-1)[k])} u|ref| "
-                        f"(allowed {_short(tol.reshape(-1)[k])})")
+            cols = (c.reshape(-1), r.reshape(-1), err.reshape(-1), in_ulps.reshape(-1), in_units.reshape(-1),
+                    tol.reshape(-1))
 
-            lines = [f"assert_emulated_close: {fname} {where}run in {em.name} differs from its {ref.name} reference "
-                     f"by more than {tol_text} at {flat_bad.size} of {c.size} entries",
+            def entry(k: int, shape: tuple[int, ...] = c.shape, cols: tuple = cols) -> str:
+                return _emulation_entry(k, shape, cols, f)
+
+            lines = [(f"assert_emulated_close: {fname} {where}run in {em.name} differs from its {ref.name} reference "
+                      f"by more than {tol_text} at {flat_bad.size} of {c.size} entries"),
                      "  worst at " + entry(worst)]
             others = [int(k) for k in flat_bad[: _LISTED + 1] if k != worst][:_LISTED]
             if others:
@@ -642,8 +659,8 @@ def assert_certificates_hold(
 
     Examples
     --------
-    >>> ref = np.array([[3.0, 1.0], [1.0, 1.1]]); low = np.array([[2.9, 1.05], [1.1, 1.0]])
-    >>> r = assert_certificates_hold(ref, low, [0.1, 0.1])
+    >>> ref = np.array([[3.0, 1.0], [1.0, 1.25]]); low = np.array([[2.875, 1.125], [1.125, 1.0]])
+    >>> r = assert_certificates_hold(ref, low, [0.125, 0.25])   # input 1: not certified, flips
     >>> r.certified, r.flips
     (1, 1)
     """
@@ -667,12 +684,12 @@ def assert_certificates_hold(
     delta = np.where(nan_low, np.inf, delta)
     a, b = names
     kind = f"{bound.kind} bound" + (f", probability >= {bound.probability:.10g}" if bound.kind != "deterministic" else "") \
-        if isinstance(bound, Bound) else "bound"
+        if isinstance(bound, Bound) else "the given bound"
     bad = cert & flips
     if bad.any():
         idx = np.flatnonzero(bad)
-        lines = [f"assert_certificates_hold: {idx.size} of {int(cert.sum())} certified inputs changed class in {b} "
-                 f"(Gamma > 2B promised the {a} argmax; {kind})"]
+        lines = [(f"assert_certificates_hold: {idx.size} of {int(cert.sum())} certified inputs changed class in {b} "
+                  f"(Gamma > 2B promised the {a} argmax; {kind})")]
         for i in idx[:_LISTED + 1]:
             lines.append(f"  input {i}: Gamma = {_short(gamma[i])} > 2B = {_short(2 * B[i])}, but {b} argmax "
                          f"{c_low[i]} != {a} argmax {c_ref[i]}; delta = {_short(delta[i])} > B = {_short(B[i])}")
@@ -681,10 +698,10 @@ def assert_certificates_hold(
     viol = fin & ~(delta <= B)
     if check_bound and viol.any():
         idx = np.flatnonzero(viol)
-        lines = [f"assert_certificates_hold: delta = ||{b} - {a}||_inf exceeds the bound B at {idx.size} of {N} inputs "
-                 f"({kind})"]
+        lines = [(f"assert_certificates_hold: delta = ||{b} - {a}||_inf exceeds the bound B at {idx.size} of {N} "
+                  f"inputs ({kind})")]
         for i in idx[:_LISTED + 1]:
-            lines.append(f"  input {i}: delta = {_num(delta[i])} > B = {_num(B[i])} ({_short(delta[i] / B[i]) if B[i] > 0 else 'inf'}x)")
+            lines.append(f"  input {i}: delta = {_num(delta[i])} > B = {_num(B[i])} ({_ratio(delta[i] / B[i]) if B[i] > 0 else 'inf'}x)")
         raise AssertionError("\n".join(lines))
     ncert = int(cert.sum())
     if min_certified is not None and ncert < float(min_certified) * N:
@@ -714,7 +731,7 @@ def _certificate_arrays(report: Any, method: str, run: str) -> tuple[Any, Any, A
 def assert_certified_agreement(
     model: Any,
     inputs: Any,
-    fmt: "str | FloatFormat" = "fp16",
+    fmt: str | FloatFormat = "fp16",
     *,
     profile: str = "fp32-accumulate",
     method: str = "deterministic",
@@ -751,7 +768,7 @@ def assert_certified_agreement(
                                     names=("fp32", f"{f.name} ({run}, {profile})"))
 
 
-def _verdicts(verdict: "str | Iterable[str]") -> tuple[str, ...]:
+def _verdicts(verdict: str | Iterable[str]) -> tuple[str, ...]:
     items = [verdict] if isinstance(verdict, str) else list(verdict)
     out = []
     for v in items:
@@ -764,7 +781,7 @@ def _verdicts(verdict: "str | Iterable[str]") -> tuple[str, ...]:
     return tuple(out)
 
 
-def assert_check_verdict(model: Any, data: Any, verdict: "str | Iterable[str]", **kwargs: Any) -> Any:
+def assert_check_verdict(model: Any, data: Any, verdict: str | Iterable[str], **kwargs: Any) -> Any:
     """Assert that ``fpanalysis check`` gives ``model`` on ``data`` the expected verdict.
 
     Parameters

@@ -46,16 +46,24 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from fractions import Fraction
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from ..formats import FloatFormat, get_format
 from ..rounding import RoundingMode
 
-__all__ = ["Arithmetic", "Emulator", "Float64Arithmetic", "ExactArithmetic", "reference_arithmetic",
-           "PROFILES", "REFERENCES"]
+__all__ = [
+    "PROFILES",
+    "REFERENCES",
+    "Arithmetic",
+    "Emulator",
+    "ExactArithmetic",
+    "Float64Arithmetic",
+    "reference_arithmetic",
+]
 
 PROFILES = ("ieee", "fp32-accumulate", "exact")
 REFERENCES = ("float64", "exact")
@@ -186,7 +194,7 @@ class Emulator(Arithmetic):
     (0.33203125, 2.703125)
     """
 
-    def __init__(self, fmt: "str | FloatFormat" = "fp16", mode: "str | RoundingMode" = "nearest-even",
+    def __init__(self, fmt: str | FloatFormat = "fp16", mode: str | RoundingMode = "nearest-even",
                  profile: str = "fp32-accumulate", *, order: str = "sequential", block: int = 32,
                  fma: bool = False, seed: Any = None) -> None:
         self.fmt = get_format(fmt)

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-__all__ = ["DEFAULT_SEED", "DEFAULT_FORMATS", "fp_rng", "fp_format"]
+__all__ = ["DEFAULT_FORMATS", "DEFAULT_SEED", "fp_format", "fp_rng"]
 
 DEFAULT_SEED = 0
 DEFAULT_FORMATS = ("fp16",)

@@ -36,7 +36,8 @@ Value classes
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from hypothesis import strategies as st
@@ -46,10 +47,10 @@ from ..formats import FloatFormat, get_format
 
 __all__ = [
     "VALUE_CLASSES",
-    "values",
     "arrays_of",
-    "same_sign_vectors",
     "cancellation_vectors",
+    "same_sign_vectors",
+    "values",
     "wide_range_vectors",
 ]
 
@@ -164,8 +165,8 @@ def _class_strategy(f: FloatFormat, c: str, sign: str) -> st.SearchStrategy[floa
 # Public strategies
 # --------------------------------------------------------------------------------------------
 def values(
-    fmt: "str | FloatFormat" = "fp16",
-    classes: "Iterable[str] | str | None" = None,
+    fmt: str | FloatFormat = "fp16",
+    classes: Iterable[str] | str | None = None,
     *,
     sign: str = "any",
 ) -> st.SearchStrategy[float]:
@@ -197,9 +198,9 @@ def values(
 
 
 def arrays_of(
-    fmt: "str | FloatFormat" = "fp16",
-    shape: Any = st.integers(1, 16),
-    classes: "Iterable[str] | str | None" = ("normal", "subnormal", "zero"),
+    fmt: str | FloatFormat = "fp16",
+    shape: Any = None,
+    classes: Iterable[str] | str | None = ("normal", "subnormal", "zero"),
     *,
     sign: str = "any",
     dtype: Any = np.float64,
@@ -208,7 +209,7 @@ def arrays_of(
 
     Parameters
     ----------
-    shape : int, tuple or strategy
+    shape : int, tuple or strategy, optional
         As in ``hypothesis.extra.numpy.arrays`` (default: 1-D, length 1 to 16).
     classes : iterable of str
         Default: finite numbers of the format (normal, subnormal, zero).
@@ -238,7 +239,9 @@ def arrays_of(
             raise ValueError(f"float32 cannot hold every value of format {f.name!r} for classes {chosen}; use float64")
     elif dt != np.float64:
         raise ValueError(f"dtype must be float64, float32 or float16, got {dt}")
-    if isinstance(shape, (int, np.integer)):
+    if shape is None:
+        shape = st.integers(1, 16)
+    elif isinstance(shape, (int, np.integer)):
         shape = (int(shape),)
     return hnp.arrays(dt, shape, elements=values(f, chosen, sign=sign))
 
@@ -270,7 +273,7 @@ def _moderate_range(f: FloatFormat, n_max: int) -> tuple[int, int]:
 
 
 def same_sign_vectors(
-    fmt: "str | FloatFormat" = "fp16", n: int | None = None, *, min_n: int = 1, max_n: int = 64
+    fmt: str | FloatFormat = "fp16", n: int | None = None, *, min_n: int = 1, max_n: int = 64
 ) -> st.SearchStrategy[tuple[np.ndarray, np.ndarray]]:
     """Pairs ``(x, y)`` of positive vectors of ``fmt``: nothing cancels in ``x^T y``.
 
@@ -326,7 +329,7 @@ def _cancelling(draw: Any, f: FloatFormat, k: int, lo: int, hi: int) -> tuple[np
 
 
 def cancellation_vectors(
-    fmt: "str | FloatFormat" = "fp16", n: int | None = None, *, min_n: int = 2, max_n: int = 64
+    fmt: str | FloatFormat = "fp16", n: int | None = None, *, min_n: int = 2, max_n: int = 64
 ) -> st.SearchStrategy[tuple[np.ndarray, np.ndarray]]:
     """Pairs ``(x, y)`` of even length whose exact ``x^T y`` nearly cancels.
 
@@ -374,7 +377,7 @@ def _wide(draw: Any, f: FloatFormat, k: int, S: int) -> tuple[np.ndarray, np.nda
 
 
 def wide_range_vectors(
-    fmt: "str | FloatFormat" = "fp16", n: int | None = None, *, min_n: int = 2, max_n: int = 64
+    fmt: str | FloatFormat = "fp16", n: int | None = None, *, min_n: int = 2, max_n: int = 64
 ) -> st.SearchStrategy[tuple[np.ndarray, np.ndarray]]:
     """Pairs ``(x, y)`` with entries across the whole exponent range of ``fmt``, mixed signs.
 
