@@ -312,6 +312,20 @@ def test_emulated_close_special_values_and_inputs() -> None:
         return ar.add(x, x)
 
     assert_emulated_close(double, (np.array([40000.0, 30000.0]),), "fp16", ulps=0.5)  # 80000 -> inf agrees
+    def plus16(ar, x):
+        return ar.add(x, 16.0)
+
+    big = np.array([65504.0])
+    assert_emulated_close(plus16, (big,), "fp16", ulps=0.5)  # 65520: RN gives inf, which agrees
+    assert_emulated_close(plus16, (big,), "fp16", mode="toward-zero", ulps=0.5)  # 65504, half an ulp off
+
+    def overshoot(ar, x):  # an intermediate overflows although the result (65510) rounds to 65504
+        return ar.sub(ar.add(x, 32.0), 26.0)
+
+    with pytest.raises(AssertionError, match=r"emulated inf, reference 65510.0 \(overflow"):
+        assert_emulated_close(overshoot, (big,), "fp16", ulps=100)
+    with pytest.raises(ValueError, match="argument 0 is a list of floats; pass a numpy array"):
+        assert_emulated_close(double, ([0.1, 0.2],), "fp16", ulps=1)
     with pytest.raises(AssertionError, match=r"emulated inf, reference 40000.0 \(overflow: fp16's largest finite"):
         assert_emulated_close(lambda ar, x: ar.mul(ar.add(x, x), 0.5), (np.array([40000.0]),), "fp16", ulps=1)
 

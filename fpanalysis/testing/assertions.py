@@ -457,6 +457,9 @@ def _prepare_args(args: Sequence[Any], f: FloatFormat, round_inputs: bool) -> tu
 
     out = []
     for k, a in enumerate(args):
+        if isinstance(a, (list, tuple)) and a and all(isinstance(v, (float, np.floating)) for v in a):
+            raise ValueError(f"argument {k} is a {type(a).__name__} of floats; pass a numpy array so that it "
+                             "can be rounded to the format (and the reference sees the same values)")
         if not _is_float_value(a):
             out.append(a)
             continue
@@ -477,6 +480,19 @@ def _prepare_args(args: Sequence[Any], f: FloatFormat, round_inputs: bool) -> tu
 def _as_outputs(y: Any, ar: Any) -> list[np.ndarray]:
     items = list(y) if isinstance(y, (tuple, list)) else [y]
     return [np.asarray(ar.to_float(v), dtype=np.float64) for v in items]
+
+
+def _overflow_agrees(c: np.ndarray, r: np.ndarray, f: FloatFormat, mode: Any) -> np.ndarray:
+    """Where an emulated infinity is the format's rounding of a finite reference beyond its range
+    (for stochastic rounding: any reference beyond the largest finite number, same sign)."""
+    cand = np.isinf(c) & np.isfinite(r) & (np.abs(r) > f.max) & (np.sign(c) == np.sign(r))
+    if not cand.any() or str(getattr(mode, "value", mode)) == "stochastic":
+        return cand
+    from ..rounding import round_to
+
+    ok = np.zeros(c.shape, dtype=bool)
+    ok[cand] = np.asarray(round_to(r[cand], f, mode), dtype=np.float64) == c[cand]
+    return ok
 
 
 def _emulation_entry(k: int, shape: tuple[int, ...], cols: tuple, f: FloatFormat) -> str:
@@ -544,8 +560,9 @@ def assert_emulated_close(
         The emulated arithmetic (see :class:`~fpanalysis.testing.emulator.Emulator`).
 
     Special values: NaN agrees with NaN; equal infinities agree; an emulated ``+-inf`` agrees
-    with a reference of the same sign beyond the format's largest finite number (the format
-    cannot hold it).  Any other non-finite difference is a violation.
+    with a finite reference that the format rounds (with ``mode``) to that infinity, e.g. fp16
+    ``inf`` with a reference of at least 65520 under round-to-nearest.  Any other non-finite
+    difference is a violation.
 
     Returns
     -------
@@ -591,8 +608,7 @@ def assert_emulated_close(
         ulp = _ulp_at(f, r)
         tol = (ulps or 0.0) * ulp + (units_of_roundoff or 0.0) * f.u * np.abs(r) + float(atol)
         err = _abs_error(c, r)
-        overflow_ok = np.isinf(c) & np.isfinite(r) & (np.abs(r) > f.max) & (np.sign(c) == np.sign(r))
-        err = np.where(overflow_ok, 0.0, err)
+        err = np.where(_overflow_agrees(c, r, f, em.mode), 0.0, err)
         bad = ~(err <= tol)
         with np.errstate(divide="ignore", invalid="ignore"):
             in_ulps = err / ulp
