@@ -38,8 +38,9 @@ intermediate values exceeds the format's largest finite number.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import Any
 
 import numpy as np
 
@@ -47,32 +48,32 @@ from .formats import FloatFormat, get_format
 from .rounding import RoundingMode
 
 __all__ = [
-    "Bound",
-    "PROFILES",
-    "ORDERS",
     "METHODS",
-    "is_vacuous",
-    "unit_roundoff",
-    "underflow_unit",
-    "gamma",
-    "gamma_tilde",
-    "probability_P",
-    "probability_Q",
-    "choose_lambda",
-    "rounding_depth",
+    "ORDERS",
+    "PROFILES",
+    "Bound",
     "accumulation_bound",
-    "sum_bound",
-    "dot_bound",
-    "matvec_bound",
+    "choose_lambda",
     "conv2d",
     "conv2d_bound",
+    "dot_bound",
+    "gamma",
+    "gamma_tilde",
+    "is_vacuous",
     "matmul_bound",
-    "rounding_error_bound",
-    "propagate_linear",
-    "propagate_conv2d",
-    "propagate_matmul",
-    "propagate_elementwise",
+    "matvec_bound",
+    "probability_P",
+    "probability_Q",
     "propagate_add",
+    "propagate_conv2d",
+    "propagate_elementwise",
+    "propagate_linear",
+    "propagate_matmul",
+    "rounding_depth",
+    "rounding_error_bound",
+    "sum_bound",
+    "underflow_unit",
+    "unit_roundoff",
 ]
 
 PROFILES = ("ieee", "fp32-accumulate", "exact")
@@ -83,7 +84,7 @@ _U64 = 2.0**-53
 # Relative slack for evaluating a bound formula in float64 (a few dozen roundings at most).
 _PAD = 1.0 + 2.0**-44
 
-Fmt = Union[str, FloatFormat]
+Fmt = str | FloatFormat
 ArrayLike = Any
 
 
@@ -152,7 +153,7 @@ class Bound:
         return f"Bound({self.kind}, {body}{prob})"
 
 
-def is_vacuous(x: "ArrayLike | Bound") -> Any:
+def is_vacuous(x: ArrayLike | Bound) -> Any:
     """Whether a bound (a number, an array or a :class:`Bound`) says nothing: ``inf`` entries.
 
     >>> is_vacuous(gamma(4096, 2**-11)), is_vacuous(0.5)
@@ -164,13 +165,13 @@ def is_vacuous(x: "ArrayLike | Bound") -> Any:
     return bool(arr) if arr.ndim == 0 else arr
 
 
-def _as_bound(x: "ArrayLike | Bound | None") -> Bound:
+def _as_bound(x: ArrayLike | Bound | None) -> Bound:
     if x is None:
         return Bound(0.0)
     return x if isinstance(x, Bound) else Bound(np.asarray(x, dtype=np.float64))
 
 
-def _combine(value: Any, *parts: "Bound | None", note: str = "") -> Bound:
+def _combine(value: Any, *parts: Bound | None, note: str = "") -> Bound:
     """A bound holding when all ``parts`` hold: failure probabilities add (union bound)."""
     bs = [p for p in parts if p is not None]
     fail = min(1.0, sum(b.failure_probability for b in bs))
@@ -189,7 +190,7 @@ def _choice(value: Any, valid: tuple, what: str, aliases: dict | None = None) ->
 # --------------------------------------------------------------------------------------------
 # Constants
 # --------------------------------------------------------------------------------------------
-def unit_roundoff(fmt: Fmt = "fp16", mode: "str | RoundingMode" = "nearest-even") -> float:
+def unit_roundoff(fmt: Fmt = "fp16", mode: str | RoundingMode = "nearest-even") -> float:
     """Bound on the relative error ``|d|`` of one rounding (no underflow).
 
     ``2**-p`` for round-to-nearest (Higham 2002, Thm 2.2); ``2**(1-p)`` (machine epsilon) for
@@ -203,7 +204,7 @@ def unit_roundoff(fmt: Fmt = "fp16", mode: "str | RoundingMode" = "nearest-even"
     return f.u if m in (RoundingMode.NEAREST_EVEN, RoundingMode.NEAREST_AWAY) else f.eps
 
 
-def underflow_unit(fmt: Fmt = "fp16", mode: "str | RoundingMode" = "nearest-even") -> float:
+def underflow_unit(fmt: Fmt = "fp16", mode: str | RoundingMode = "nearest-even") -> float:
     """Bound ``eta`` on the absolute error of one rounding in the underflow range.
 
     With subnormals the spacing below ``min_normal`` is ``min_subnormal``, so round-to-nearest
@@ -396,7 +397,7 @@ def accumulation_bound(
     order: str = "recursive",
     block: int | None = None,
     products: bool = True,
-    mode: "str | RoundingMode" = "nearest-even",
+    mode: str | RoundingMode = "nearest-even",
     accumulator: Fmt = "fp32",
     method: str = "deterministic",
     failure_prob: float | None = None,
@@ -416,21 +417,28 @@ def accumulation_bound(
     profile : str
         ``"ieee"``: every product and addition rounded to ``fmt`` in the given ``order``::
 
-            |s^ - s| <= gamma_k(u) A + N eta (1 + u)^k,   k = rounding_depth(n, order, block)
+            |s^ - s| <= gamma_k(u) A + U (1 + u)^k,   k = rounding_depth(n, order, block)
 
-        (Higham 2002, eq. (3.5) and Lemma 3.1; pairwise: section 4.2; ``N = n`` products may
-        underflow, plus ``n - 1`` additions under flush-to-zero).  ``order='recursive'`` is
+        (Higham 2002, eq. (3.5) and Lemma 3.1; pairwise: section 4.2).  ``U`` bounds the
+        absolute (underflow) errors: each of the ``n`` products errs by at most ``eta``, and
+        under round-to-nearest also by at most ``|t_i|`` (0 is a candidate), so
+        ``U = min(n eta, A)`` (``n eta`` for the other modes), plus ``(n - 1) eta`` for the
+        additions under flush-to-zero (with gradual underflow they are exact there); later
+        roundings multiply these errors by at most ``(1 + u)^k``.  ``order='recursive'`` is
         valid for every summation order.
 
         ``"fp32-accumulate"``: exact products, accumulation in ``accumulator`` (any order),
         one final rounding to ``fmt`` (cuBLAS/cuDNN, torch CPU half matmul)::
 
-            |s^ - s| <= u |s| + (1 + u) (gamma_n(u_acc) A + n eta_acc (1 + u_acc)^n) + eta
+            |s^ - s| <= u |s| + (1 + u) T + eta,   T = gamma_n(u_acc) A + U_acc (1 + u_acc)^n
 
         (theory.md section 3; ``gamma_n`` rather than ``gamma_{n-1}`` also covers products
-        rounded in the accumulator or fused multiply-adds).
+        rounded in the accumulator or fused multiply-adds; ``U_acc = min(n eta_acc, A)`` covers
+        products that underflow there, as bf16 products can in fp32).  Under round-to-nearest
+        the final rounding also errs by at most ``|s| + T``, so ``u |s| + u T + eta`` is
+        replaced by ``min(u (|s| + T) + eta, |s| + T)``.
 
-        ``"exact"``: one rounding of the exact result, ``|s^ - s| <= u |s| + eta``.
+        ``"exact"``: one rounding of the exact result, ``|s^ - s| <= min(u |s| + eta, |s|)``.
     abs_result : array_like, optional
         Upper bound on ``|s|`` (needed by the profiles with a final rounding); default ``A``.
     order, block : str, int
@@ -521,7 +529,7 @@ def sum_bound(x: ArrayLike, fmt: Fmt = "fp16", profile: str = "ieee", *, axis: i
     return accumulation_bound(A * (1 + (n + 2) * _U64), n, fmt, profile, abs_result=R, products=False, **kwargs)
 
 
-def rounding_error_bound(x: ArrayLike, fmt: Fmt = "fp16", mode: "str | RoundingMode" = "nearest-even") -> Bound:
+def rounding_error_bound(x: ArrayLike, fmt: Fmt = "fp16", mode: str | RoundingMode = "nearest-even") -> Bound:
     """Bound on ``|fl(x) - x|`` for rounding ``x`` to ``fmt`` once: ``u |x| + eta``.
 
     The input-rounding term of a layer (fp32 weights or activations stored in fp16).  Values
@@ -540,7 +548,7 @@ def rounding_error_bound(x: ArrayLike, fmt: Fmt = "fp16", mode: "str | RoundingM
 # --------------------------------------------------------------------------------------------
 # Linear layers: inner products, matrix-vector products, convolutions
 # --------------------------------------------------------------------------------------------
-def _radius(r: "ArrayLike | Bound | None", shape: tuple) -> "tuple[np.ndarray | None, Bound | None]":
+def _radius(r: ArrayLike | Bound | None, shape: tuple) -> tuple[np.ndarray | None, Bound | None]:
     if r is None:
         return None, None
     rb = _as_bound(r)
@@ -556,11 +564,11 @@ def _linear_bound(
     profile: str,
     union: int,
     *,
-    x_radius: "ArrayLike | Bound | None",
+    x_radius: ArrayLike | Bound | None,
     round_weights: bool,
     round_inputs: bool,
-    mode: "str | RoundingMode",
-    w_radius: "ArrayLike | Bound | None" = None,
+    mode: str | RoundingMode,
+    w_radius: ArrayLike | Bound | None = None,
     **kwargs: Any,
 ) -> Bound:
     """Error of ``y^ = fl(op(W^, x^))`` against ``op(W, x)`` for a bilinear ``op``.
@@ -603,8 +611,8 @@ def _linear_bound(
 
 
 def dot_bound(x: ArrayLike, y: ArrayLike, fmt: Fmt = "fp16", profile: str = "ieee", *,
-              x_radius: "ArrayLike | Bound | None" = None, round_inputs: bool = False,
-              mode: "str | RoundingMode" = "nearest-even", **kwargs: Any) -> Bound:
+              x_radius: ArrayLike | Bound | None = None, round_inputs: bool = False,
+              mode: str | RoundingMode = "nearest-even", **kwargs: Any) -> Bound:
     """Bound on ``|fl(x^T y) - x^T y|`` along the last axis (leading axes broadcast).
 
     Formulas: :func:`accumulation_bound` with ``A = |x|^T |y|``, ``|s| = |x^T y|``.
@@ -629,8 +637,8 @@ def dot_bound(x: ArrayLike, y: ArrayLike, fmt: Fmt = "fp16", profile: str = "iee
 
 
 def matvec_bound(W: ArrayLike, x: ArrayLike, fmt: Fmt = "fp16", profile: str = "ieee", *,
-                 x_radius: "ArrayLike | Bound | None" = None, round_weights: bool = False,
-                 round_inputs: bool = False, mode: "str | RoundingMode" = "nearest-even",
+                 x_radius: ArrayLike | Bound | None = None, round_weights: bool = False,
+                 round_inputs: bool = False, mode: str | RoundingMode = "nearest-even",
                  **kwargs: Any) -> Bound:
     """Componentwise bound on ``|fl(W x) - W x|`` in the ``|W| |x|`` form.
 
@@ -677,7 +685,7 @@ def matvec_bound(W: ArrayLike, x: ArrayLike, fmt: Fmt = "fp16", profile: str = "
                          round_weights=round_weights, round_inputs=round_inputs, mode=mode, **kwargs)
 
 
-def _pair(v: "int | tuple[int, int]") -> tuple[int, int]:
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
     return (int(v), int(v)) if np.isscalar(v) else (int(v[0]), int(v[1]))
 
 
@@ -695,7 +703,7 @@ def conv2d(x: ArrayLike, w: ArrayLike, stride: Any = 1, padding: Any = 0, dilati
     squeeze = xf.ndim == 3
     if squeeze:
         xf = xf[None]
-    N, C, H, Wd = xf.shape
+    N, C = xf.shape[:2]
     O, Cg, kh, kw = wf.shape
     g = int(groups)
     if C != Cg * g or O % g:
@@ -713,8 +721,8 @@ def conv2d(x: ArrayLike, w: ArrayLike, stride: Any = 1, padding: Any = 0, dilati
 
 def conv2d_bound(w: ArrayLike, x: ArrayLike, fmt: Fmt = "fp16", profile: str = "ieee", *,
                  stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1,
-                 x_radius: "ArrayLike | Bound | None" = None, round_weights: bool = False,
-                 round_inputs: bool = False, mode: "str | RoundingMode" = "nearest-even",
+                 x_radius: ArrayLike | Bound | None = None, round_weights: bool = False,
+                 round_inputs: bool = False, mode: str | RoundingMode = "nearest-even",
                  **kwargs: Any) -> Bound:
     """Componentwise bound on the error of a 2-D convolution, in the ``|W| * |x|`` form.
 
@@ -742,8 +750,8 @@ def conv2d_bound(w: ArrayLike, x: ArrayLike, fmt: Fmt = "fp16", profile: str = "
 
 
 def matmul_bound(A: ArrayLike, B: ArrayLike, fmt: Fmt = "fp16", profile: str = "ieee", *,
-                 a_radius: "ArrayLike | Bound | None" = None, b_radius: "ArrayLike | Bound | None" = None,
-                 round_inputs: bool = False, mode: "str | RoundingMode" = "nearest-even", **kwargs: Any) -> Bound:
+                 a_radius: ArrayLike | Bound | None = None, b_radius: ArrayLike | Bound | None = None,
+                 round_inputs: bool = False, mode: str | RoundingMode = "nearest-even", **kwargs: Any) -> Bound:
     """Componentwise bound on ``|fl(A^ B^) - A B|`` for a (batched) matrix product.
 
     ``A``: (..., m, k), ``B``: (..., k, n) as ``numpy.matmul``; ``A^``, ``B^`` within
@@ -781,8 +789,8 @@ def _safe_sum(*arrays: np.ndarray) -> np.ndarray:
     return out
 
 
-def propagate_linear(e_in: "ArrayLike | Bound", W: "ArrayLike | Callable[[np.ndarray], np.ndarray]",
-                     local: "ArrayLike | Bound | None" = None) -> Bound:
+def propagate_linear(e_in: ArrayLike | Bound, W: ArrayLike | Callable[[np.ndarray], np.ndarray],
+                     local: ArrayLike | Bound | None = None) -> Bound:
     """Error after a linear layer: ``|W| e_in + local``.
 
     ``W`` is a matrix of shape (m, n) (applied as ``e_in @ |W|^T``, batch axes allowed) or a
@@ -802,7 +810,7 @@ def propagate_linear(e_in: "ArrayLike | Bound", W: "ArrayLike | Callable[[np.nda
     return _combine(_safe_sum(prop * _PAD, _val(loc)), e, loc, note="|W| e + local")
 
 
-def propagate_conv2d(e_in: "ArrayLike | Bound", w: ArrayLike, local: "ArrayLike | Bound | None" = None, *,
+def propagate_conv2d(e_in: ArrayLike | Bound, w: ArrayLike, local: ArrayLike | Bound | None = None, *,
                      stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1) -> Bound:
     """Error after a convolution: ``conv(e_in, |w|) + local`` (see :func:`propagate_linear`).
 
@@ -813,8 +821,8 @@ def propagate_conv2d(e_in: "ArrayLike | Bound", w: ArrayLike, local: "ArrayLike 
     return propagate_linear(e_in, lambda v: conv2d(v, wa, stride, padding, dilation, groups), local)
 
 
-def propagate_matmul(A: ArrayLike, B: ArrayLike, e_A: "ArrayLike | Bound | None", e_B: "ArrayLike | Bound | None",
-                     local: "ArrayLike | Bound | None" = None) -> Bound:
+def propagate_matmul(A: ArrayLike, B: ArrayLike, e_A: ArrayLike | Bound | None, e_B: ArrayLike | Bound | None,
+                     local: ArrayLike | Bound | None = None) -> Bound:
     """Error of a product of two perturbed operands: ``e_A |B| + |A| e_B + e_A e_B + local``.
 
     Exact (not first order): ``A^ B^ - A B = dA B + A dB + dA dB``.  ``A``: (..., m, k),
@@ -833,7 +841,7 @@ def propagate_matmul(A: ArrayLike, B: ArrayLike, e_A: "ArrayLike | Bound | None"
     return _combine(_safe_sum(val, _val(loc)), ea, eb, loc, note="e_A|B| + |A|e_B + e_A e_B + local")
 
 
-def propagate_elementwise(e_in: "ArrayLike | Bound", slope: ArrayLike, local: "ArrayLike | Bound | None" = None) -> Bound:
+def propagate_elementwise(e_in: ArrayLike | Bound, slope: ArrayLike, local: ArrayLike | Bound | None = None) -> Bound:
     """Error after an elementwise map: ``slope (.) e_in + local``.
 
     ``slope`` bounds ``|phi'|``: at the reference point for the first-order bound of
@@ -849,7 +857,7 @@ def propagate_elementwise(e_in: "ArrayLike | Bound", slope: ArrayLike, local: "A
     return _combine(_safe_sum(val, _val(loc)), e, loc, note="|phi'| e + local")
 
 
-def propagate_add(*errors: "ArrayLike | Bound | None", local: "ArrayLike | Bound | None" = None) -> Bound:
+def propagate_add(*errors: ArrayLike | Bound | None, local: ArrayLike | Bound | None = None) -> Bound:
     """Error of a sum of perturbed tensors (residual connection): ``sum_i e_i + local``.
 
     >>> np.round(propagate_add([1e-3], [2e-3], local=[1e-4]).value, 9).tolist()

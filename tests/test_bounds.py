@@ -430,3 +430,64 @@ def test_probabilistic_bound_combines_failure_probabilities():
         B.Bound(np.array([-1.0]))
     with pytest.raises(ValueError):
         B.Bound(np.array([np.nan]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Sums, input rounding, matrix-vector products
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", ["fp16", "bf16"])
+def test_sum_bound_never_violated(fmt):
+    rng = np.random.default_rng(20)
+    for n in (2, 5, 33, 256, 2000):
+        for kind in ("uniform", "positive", "stagnation", "wide", "subnormal"):
+            X = make_cases(kind, 200 if n < 1000 else 20, n, fmt, rng)[0]
+            exact = exact_sum(X)
+            for order, summer in (("recursive", sum_recursive), ("pairwise", sum_pairwise),
+                                  ("blocked", lambda A, r: sum_blocked(A, r, 8))):
+                with np.errstate(over="ignore", invalid="ignore"):
+                    s_hat = summer(X, Rounder(fmt))
+                kw = {"block": 8} if order == "blocked" else {}
+                b = np.asarray(B.sum_bound(X, fmt, order=order, **kw).value)
+                fin = np.isfinite(s_hat)
+                assert np.all(np.isinf(b[~fin]))
+                d = np.abs(s_hat[fin] - exact[fin])
+                assert np.all(d + 2.0**-52 * (d + np.abs(exact[fin])) <= b[fin]), (fmt, n, kind, order)
+
+
+def test_dot_bound_with_rounded_inputs():
+    """fp32 data rounded to fp16 first: the bound covers |fl(x16^T y16) - x^T y| (exact, Fractions)."""
+    rng = np.random.default_rng(21)
+    for n in (3, 50, 700):
+        X = rng.standard_normal((100, n)).astype(np.float32).astype(np.float64)
+        Y = rng.uniform(-2, 2, (100, n)).astype(np.float32).astype(np.float64)
+        X16, Y16 = Rounder("fp16")(X), Rounder("fp16")(Y)
+        for profile in ("ieee", "fp32-accumulate"):
+            s_hat = emulate_dot(X16, Y16, "fp16", profile)
+            b = np.asarray(B.dot_bound(X, Y, "fp16", profile, round_inputs=True).value)
+            for i in range(0, 100, 7):  # exact reference with Fractions on a subset
+                exact = sum(Fraction(a) * Fraction(c) for a, c in zip(X[i], Y[i]))
+                assert abs(Fraction(s_hat[i]) - exact) <= Fraction(b[i])
+            r = exact_sum(X * Y)  # X*Y of fp32 numbers is exact in float64
+            d = np.abs(s_hat - r)
+            assert np.all(d + 2.0**-52 * (d + np.abs(r)) <= b)
+            assert np.all(b > np.asarray(B.dot_bound(X16, Y16, "fp16", profile).value))
+
+
+def test_matvec_bound_against_blas_fp32_accumulation():
+    """fp16 matrix and vectors, products exact in float32, float32 BLAS accumulation in any
+    order (the fp32-accumulate profile, as torch CPU half matmul), one rounding to fp16."""
+    rng = np.random.default_rng(22)
+    for m, n in [(16, 64), (64, 1000), (8, 5000)]:
+        W = Rounder("fp16")(rng.standard_normal((m, n)) * rng.choice([1e-4, 1, 30], (m, 1)))
+        x = Rounder("fp16")(rng.standard_normal((40, n)))
+        y = Rounder("fp16")((x.astype(np.float32) @ W.T.astype(np.float32)).astype(np.float64))
+        exact = np.array([[math.fsum(W[i] * x[b]) for i in range(m)] for b in range(40)])
+        bound = B.matvec_bound(W, x, "fp16", "fp32-accumulate")
+        d = np.abs(y - exact)
+        assert np.all(d + 2.0**-52 * (d + np.abs(exact)) <= np.asarray(bound.value))
+        pb = B.matvec_bound(W, x, "fp16", "fp32-accumulate", method="probabilistic", failure_prob=1e-6)
+        assert pb.failure_probability <= 1e-6 * (1 + 1e-9) and np.all(np.asarray(pb.value) <= bound.value)
+        # the failure probability covers the m outputs of each sample (lambda from m n events)
+        lam = B.choose_lambda(1e-6, n, U32, m)
+        same = B.matvec_bound(W, x, "fp16", "fp32-accumulate", method="probabilistic", lam=lam)
+        assert np.array_equal(np.asarray(same.value), np.asarray(pb.value))
