@@ -1,0 +1,84 @@
+"""Turning what a user types (``lenet5``, ``models.py:make_net``, a checkpoint path) into a model."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["load_model", "load_checkpoint"]
+
+
+def _builtin_names() -> list[str]:
+    try:
+        from .models import model_names
+
+        return list(model_names())
+    except ImportError:  # pragma: no cover
+        return []
+
+
+def load_model(spec: str, **kwargs: Any) -> nn.Module:
+    """A built-in model name (see ``fpanalysis.nn.models``) or ``path/to/file.py:factory``, where
+    ``factory(**kwargs)`` returns an ``nn.Module``."""
+    if ":" in spec and spec.split(":", 1)[0].endswith(".py"):
+        path_s, func = spec.rsplit(":", 1)
+        path = Path(path_s)
+        if not path.is_file():
+            raise ValueError(f"model file {path} does not exist (expected 'path/to/file.py:factory')")
+        mod_name = f"_fpanalysis_user_model_{abs(hash(str(path.resolve())))}"
+        try:
+            sp = importlib.util.spec_from_file_location(mod_name, path)
+            assert sp is not None and sp.loader is not None
+            module = importlib.util.module_from_spec(sp)
+            sys.modules[mod_name] = module
+            sp.loader.exec_module(module)
+        except Exception as exc:
+            raise ValueError(f"could not import {path}: {type(exc).__name__}: {exc}") from None
+        factory = getattr(module, func, None)
+        if factory is None or not callable(factory):
+            names = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
+            raise ValueError(f"{path} has no callable {func!r}; callables there: {', '.join(names) or 'none'}")
+        try:
+            model = factory(**kwargs)
+        except Exception as exc:
+            raise ValueError(f"{path}:{func}() failed: {type(exc).__name__}: {exc}") from None
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"{path}:{func}() returned {type(model).__name__}, not a torch.nn.Module")
+        return model
+    names = _builtin_names()
+    if spec not in names:
+        raise ValueError(
+            f"unknown model {spec!r}; built-in models are: {', '.join(names) or '(none)'}; "
+            "or give 'path/to/file.py:factory' for your own"
+        )
+    from .models import build_model
+
+    return build_model(spec, **kwargs)
+
+
+def load_checkpoint(model: nn.Module, path: str) -> nn.Module:
+    """Load a ``state_dict`` saved with ``torch.save`` (read with ``weights_only=True``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"checkpoint {p} does not exist")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"could not read checkpoint {p} (expected a torch.save'd state_dict): {exc}") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {p} does not hold a state_dict (found {type(state).__name__})")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise ValueError(
+            f"checkpoint {p} does not match the model: " + "; ".join(line.strip() for line in first[:4])
+        ) from None
+    return model
