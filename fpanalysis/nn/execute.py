@@ -157,11 +157,11 @@ def _affine(x: torch.Tensor, a: dict) -> torch.Tensor:
     return a["shift"] - x  # scale == -1: a constant minus a tensor
 
 
-def _mean(x: torch.Tensor, a: dict) -> torch.Tensor:
+def _reduce(x: torch.Tensor, a: dict, kind: str) -> torch.Tensor:
     dims = a["dim"]
     if dims is None or any((d % x.ndim) == 0 for d in dims):
-        raise ValueError("a mean over the batch dimension mixes inputs; only per-sample means are supported")
-    return x.mean(dim=dims, keepdim=a["keepdim"])
+        raise ValueError(f"a {kind} over the batch dimension mixes inputs; only per-sample reductions are supported")
+    return x.mean(dim=dims, keepdim=a["keepdim"]) if kind == "mean" else x.sum(dim=dims, keepdim=a["keepdim"])
 
 
 def torch_step(step: Step, ins: list[Any], dtype: torch.dtype, cache: ParamCache, values: dict | None = None) -> Any:
@@ -213,8 +213,8 @@ def torch_step(step: Step, ins: list[Any], dtype: torch.dtype, cache: ParamCache
         return F.avg_pool2d(x, a["kernel_size"], a["stride"], a["padding"], a["ceil_mode"], a["count_include_pad"])
     if k == "adaptive_avgpool2d":
         return F.adaptive_avg_pool2d(x, a["output_size"])
-    if k == "mean":
-        return _mean(x, a)
+    if k in ("mean", "sum"):
+        return _reduce(x, a, k)
     if k == "softmax":
         return torch.softmax(x, a["dim"])
     if k == "add":

@@ -190,12 +190,6 @@ def _bound_value(b: Bd.Bound, shape: tuple) -> torch.Tensor:
     return _t(b.value, shape)
 
 
-def _per_sample_max(t: torch.Tensor) -> torch.Tensor:
-    if t.ndim == 0:
-        return t
-    return t.reshape(t.shape[0], -1).amax(dim=1).reshape((t.shape[0],) + (1,) * (t.ndim - 1))
-
-
 # ------------------------------------------------------------------------------------------
 # probabilistic budget
 # ------------------------------------------------------------------------------------------
@@ -212,7 +206,7 @@ def _reduction_length(step: Step, in_shapes: list[tuple]) -> int | None:
         return int(a["kernel_size"][0] * a["kernel_size"][1])
     if k == "adaptive_avgpool2d":
         return _adaptive_window(in_shapes[0], a["output_size"])
-    if k == "mean":
+    if k in ("mean", "sum"):
         shp = in_shapes[0]
         return int(np.prod([shp[d] for d in a["dim"]]))
     if k in ("layernorm",):
@@ -313,10 +307,12 @@ def _mag(step: Step, X: torch.Tensor, Wabs: torch.Tensor, W32: torch.Tensor, wma
 
 def _linear_like(step: Step, x: StepBound, out32: torch.Tensor, cfg: BoundConfig, cache: ParamCache,
                  run32: bool) -> StepBound:
+    """Linear / Conv2d.  Non-finite inputs need no special care: ``|W| inf`` is inf (NaN from
+    ``0 * inf`` becomes inf), so every output that reads them is unbounded."""
     w = _weights(step, cfg, cache)
     K = int(step.attrs["weight"][0].numel())
     nt = K + ("bh" in w)
-    xa, bad = _clean(x.ref.abs())
+    xa = x.ref.abs()
     G, Gp = x.G, x.Gp
     B = xa.shape[0]
     shape = out32.shape
@@ -338,15 +334,13 @@ def _linear_like(step: Step, x: StepBound, out32: torch.Tensor, cfg: BoundConfig
 
     acc_kw = dict(order=cfg.order, block=cfg.block, mode=cfg.mode, accumulator="fp32")
     if run32:  # fp32's own error: every product and sum rounded to binary32, bias included (n + 1 terms)
-        A32 = _fix(WX + DX + bias("ba"))
-        acc32 = _bound_value(Bd.accumulation_bound(_np(A32), nt + 1, "fp32", "ieee"), shape)
+        acc32 = _bound_value(Bd.accumulation_bound(_np(WX + DX + bias("ba")), nt + 1, "fp32", "ieee"), shape)
     else:
         acc32 = torch.zeros((), dtype=torch.float64)
-    mid = _fix(WG + DX + bias("db"))    # |W^ x^ + b^ - (W x~ + b)|
-    midp = _fix(WGp + DX + bias("db"))
-    A = _fix(WX + WG + bias("bh"))      # >= |W^||x^| + |b^|
-    y32 = _clean(out32.abs())[0]
-    R = _fix(y32 + acc32 + mid)         # >= |W^ x^ + b^|
+    mid = WG + DX + bias("db")          # |W^ x^ + b^ - (W x~ + b)|
+    midp = WGp + DX + bias("db")
+    A = WX + WG + bias("bh")            # >= |W^||x^| + |b^|
+    R = _fix(out32.abs() + acc32 + mid)  # >= |W^ x^ + b^|
     A_np, R_np = _np(A), _np(R)
     loc = _bound_value(Bd.accumulation_bound(A_np, nt, cfg.fmt, cfg.profile, abs_result=R_np, **acc_kw), shape)
     m = int(np.prod(shape[1:]))
@@ -356,23 +350,7 @@ def _linear_like(step: Step, x: StepBound, out32: torch.Tensor, cfg: BoundConfig
         locp, fail = _bound_value(bp, shape), bp.failure_probability
     else:
         locp, fail = loc, 0.0
-    Gout = _fix(loc + mid + acc32)
-    Gpout = _fix(locp + midp + acc32)
-    if bad.any():
-        Gout, Gpout = _taint_like(Gout, bad, step), _taint_like(Gpout, bad, step)
-    return StepBound(out32, Gout, Gpout, fail=fail, n=nt)
-
-
-def _taint_like(out: torch.Tensor, bad_in: torch.Tensor, step: Step) -> torch.Tensor:
-    """Set to inf the outputs of a linear/conv step that read a non-finite input."""
-    badf = bad_in.double()
-    if step.kind == "linear":
-        reach = F.linear(badf, torch.ones_like(step.attrs["weight"], dtype=torch.float64))
-    else:
-        a = step.attrs
-        reach = F.conv2d(badf, torch.ones_like(step.attrs["weight"], dtype=torch.float64), None, a["stride"],
-                         a["padding"], a["dilation"], a["groups"])
-    return torch.where(reach > 0, torch.full_like(out, math.inf), out)
+    return StepBound(out32, loc + mid + acc32, locp + midp + acc32, fail=fail, n=nt)
 
 
 def _matmul(step: Step, a: StepBound, b: StepBound, out32: torch.Tensor, cfg: BoundConfig, run32: bool) -> StepBound:
@@ -597,6 +575,8 @@ def _pool_op(step: Step) -> Any:
                                       a["count_include_pad"])
     if k == "adaptive_avgpool2d":
         return lambda t: F.adaptive_avg_pool2d(t, a["output_size"])
+    if k == "sum":
+        return lambda t: t.sum(dim=a["dim"], keepdim=a["keepdim"])
     return lambda t: t.mean(dim=a["dim"], keepdim=a["keepdim"])
 
 
@@ -739,7 +719,7 @@ def _dispatch(step: Step, ins: list[Any], o: Any, cfg: BoundConfig, cache: Param
         return _layernorm(step, x, o, cfg, cache, run32)
     if k == "softmax":
         return _softmax(step, x, o, cfg, run32)
-    if k in ("avgpool2d", "adaptive_avgpool2d", "mean"):
+    if k in ("avgpool2d", "adaptive_avgpool2d", "mean", "sum"):
         return _average(step, x, o, cfg, run32)
     if k in ("add", "sub"):
         return _add(step, ins[0], ins[1], o, cfg, run32)

@@ -22,7 +22,7 @@ import torch
 from ..formats import FloatFormat
 from ..report import LayerReport
 from ..rounding import RoundingStats
-from .execute import Emulator, ParamCache, emulate_step, torch_step
+from .execute import EXACT_KINDS, Emulator, ParamCache, emulate_step, torch_step
 from .layer_bounds import BoundConfig, StepBound, local_bound, rounding_events, step_bound
 from .trace import Step, TracedModel
 
@@ -31,106 +31,67 @@ __all__ = ["LayerStats", "OutputRecord", "shapes_and_events", "stream_batches"]
 _BOUND_TOL = 1e-6  # relative slack for comparing errors measured against the float64 reference
 
 
-def _err(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    d = (a.double() - b.double()).abs()
-    return torch.nan_to_num(d, nan=math.inf)
-
-
 class LayerStats:
     """Running statistics of one step over batches (see :class:`fpanalysis.report.LayerReport`)."""
 
     def __init__(self, step: Step, fmt: FloatFormat, shape: tuple, n: int | None) -> None:
+        from .._stats_kernels import FLOAT_FIELDS, INT_FIELDS
+
         self.step, self.fmt, self.shape, self.n = step, fmt, shape, n
         self.count = 0
-        self.s: dict[str, float] = {k: 0.0 for k in (
-            "err_max", "err_sum", "ref_max", "err_exact_max", "fp32_err_max", "half_err_max", "local_err_max",
-            "local_err_sum", "local_signed_sum", "bound_max", "bound_sum", "bound_prob_max", "bound_prob_sum",
-            "local_bound_max", "local_bound_prob_max", "abs_max")}
-        self.i: dict[str, int] = {k: 0 for k in (
-            "violations", "violations_prob", "local_violations", "local_violations_prob", "half_violations",
-            "n_subnormal", "n_flushed", "n_overflow", "n_nan", "half_match", "half_match_n", "chain_match",
-            "chain_match_n", "n_zero")}
+        self.F = np.zeros(len(FLOAT_FIELDS))
+        self.I = np.zeros(len(INT_FIELDS), dtype=np.int64)
+        self.fields = {k: j for j, k in enumerate(FLOAT_FIELDS)}
+        self.ifields = {k: j for j, k in enumerate(INT_FIELDS)}
         self.exp_lo = fmt.emin - fmt.p - 15
         self.exp_hi = fmt.emax + 16
         self.hist = np.zeros(self.exp_hi - self.exp_lo + 1, dtype=np.int64)
         self.fail = 0.0
-        self.has_ref = self.has_half = False
-
-    def _max(self, key: str, t: torch.Tensor) -> None:
-        if t.numel():
-            self.s[key] = max(self.s[key], float(t.max()))
+        self.flushed = self.overflow = 0
+        self.n_local = self.n_half = self.n_local_half = 0
+        self.has_ref = False
 
     def update(self, *, v32: torch.Tensor, ve: torch.Tensor, b: StepBound, v64: torch.Tensor | None,
                vh: torch.Tensor | None, local_exact: torch.Tensor | None, local_half: torch.Tensor | None,
                lb: StepBound | None, st: RoundingStats | None) -> None:
-        err = _err(ve, v32)
-        self.count += err.numel()
-        self._max("err_max", err)
-        self.s["err_sum"] += float(err.sum()) if torch.isfinite(err).all() else math.inf
-        ref = torch.nan_to_num(v32.double().abs(), nan=0.0, posinf=0.0)
-        self._max("ref_max", ref)
-        G, Gp = b.G, b.Gp
-        self._max("bound_max", G)
-        self._max("bound_prob_max", Gp)
-        self.s["bound_sum"] += float(G.sum())
-        self.s["bound_prob_sum"] += float(Gp.sum())
-        self.i["violations"] += int((err > G).sum())
-        self.i["violations_prob"] += int((err > Gp).sum())
-        self.fail = max(self.fail, b.fail)
-        if v64 is not None:
-            self.has_ref = True
-            self._max("err_exact_max", _err(ve, v64))
-            self._max("fp32_err_max", _err(v32, v64))
-        if vh is not None:
-            self.has_half = True
-            he = _err(vh.cpu(), v32)
-            self._max("half_err_max", he)
-            self.i["half_violations"] += int((he > G).sum())
-            eq = (vh.float().cpu() == ve) | (torch.isnan(vh.float().cpu()) & torch.isnan(ve))
-            self.i["chain_match"] += int(eq.sum())
-            self.i["chain_match_n"] += eq.numel()
-        if local_exact is not None and lb is not None:
-            le = _err(ve, local_exact)
-            self._max("local_err_max", le)
-            self.s["local_err_sum"] += float(le.sum()) if torch.isfinite(le).all() else math.inf
-            signed = (ve.double() - local_exact.double())
-            fin = torch.isfinite(signed)
-            self.s["local_signed_sum"] += float(signed[fin].sum())
-            L, Lp = lb.G, lb.Gp
-            self._max("local_bound_max", L)
-            self._max("local_bound_prob_max", Lp)
-            tol = _BOUND_TOL * L
-            self.i["local_violations"] += int((le > L + tol).sum())
-            self.i["local_violations_prob"] += int((le > Lp + _BOUND_TOL * Lp).sum())
-        if local_half is not None:
-            lh = local_half.float().cpu()
-            eq = (lh == ve) | (torch.isnan(lh) & torch.isnan(ve))
-            self.i["half_match"] += int(eq.sum())
-            self.i["half_match_n"] += eq.numel()
-        # ranges of the emulated values
-        a = ve.abs()
-        fin = torch.isfinite(ve)
-        if fin.any():
-            self.s["abs_max"] = max(self.s["abs_max"], float(a[fin].max()))
-        self.i["n_subnormal"] += int(((a > 0) & (a < self.fmt.min_normal)).sum())
-        self.i["n_nan"] += int(torch.isnan(ve).sum())
+        from .._stats_kernels import run_layer_stats
+
+        def a(t: torch.Tensor | None, dtype: torch.dtype) -> np.ndarray | None:
+            if t is None:
+                return None
+            return t.detach().to("cpu", dtype).contiguous().numpy()
+
+        loc = local_exact is not None and lb is not None
+        F, I, H = run_layer_stats(
+            a(ve, torch.float32), a(v32, torch.float32), a(b.G.expand(ve.shape), torch.float64),
+            a(b.Gp.expand(ve.shape), torch.float64), a(v64, torch.float64), a(vh, torch.float32),
+            a(local_exact, torch.float64) if loc else None, a(local_half, torch.float32),
+            a(lb.G.expand(ve.shape), torch.float64) if loc else None,
+            a(lb.Gp.expand(ve.shape), torch.float64) if loc else None,
+            min_normal=self.fmt.min_normal, tol=_BOUND_TOL, exp_lo=self.exp_lo, nbins=self.hist.size)
+        m = ve.numel()
+        self.count += m
+        maxes = ("err_max", "ref_max", "bound_max", "bound_prob_max", "err_exact_max", "fp32_err_max", "half_err_max",
+                 "local_err_max", "local_bound_max", "local_bound_prob_max", "abs_max")
+        for k, j in self.fields.items():
+            self.F[j] = max(self.F[j], F[j]) if k in maxes else self.F[j] + F[j]
+        self.I += I
+        self.hist += H
+        self.fail = max(self.fail, float(b.fail or 0.0))
+        self.has_ref |= v64 is not None
+        self.n_half += m if vh is not None else 0
+        self.n_local += m if loc else 0
+        self.n_local_half += m if local_half is not None else 0
         if st is not None:
-            self.i["n_flushed"] += st.flushed
-            self.i["n_overflow"] += st.overflow
+            self.flushed += st.flushed
+            self.overflow += st.overflow
         else:
-            self.i["n_overflow"] += int(torch.isinf(ve).sum())
-        # exponent histogram of the fp32 values
-        x = v32.detach().float().reshape(-1)
-        x = x[torch.isfinite(x)]
-        nz = x[x != 0]
-        self.i["n_zero"] += int(x.numel() - nz.numel())
-        if nz.numel():
-            e = torch.frexp(nz)[1].to(torch.int64) - 1
-            e = torch.clamp(e, self.exp_lo, self.exp_hi) - self.exp_lo
-            self.hist += np.bincount(e.numpy(), minlength=self.hist.size)
+            self.overflow += int(I[self.ifields["n_inf"]])
 
     def report(self) -> LayerReport:
-        s, i, c = self.s, self.i, max(self.count, 1)
+        F = {k: float(self.F[j]) for k, j in self.fields.items()}
+        I = {k: int(self.I[j]) for k, j in self.ifields.items()}
+        c = max(self.count, 1)
         nan = float("nan")
 
         def ratio(num: float, den: float) -> float:
@@ -138,29 +99,30 @@ class LayerStats:
                 return num / den
             return nan if num == 0 else math.inf
 
-        abs_local = s["local_err_sum"] / c
+        nl = max(self.n_local, 1)
+        abs_local = F["local_err_sum"] / nl
         st = self.step
         return LayerReport(
             name=st.name, kind=st.kind, path=st.path, origin=st.origin, shape=tuple(self.shape), n=self.n,
-            count=self.count, err_max=s["err_max"], err_mean=s["err_sum"] / c, err_rel=ratio(s["err_max"], s["ref_max"]),
-            err_exact_max=s["err_exact_max"] if self.has_ref else nan,
-            fp32_err_max=s["fp32_err_max"] if self.has_ref else nan,
-            half_err_max=s["half_err_max"] if self.has_half else nan,
-            local_err_max=s["local_err_max"], local_err_mean=abs_local, local_signed_mean=s["local_signed_sum"] / c,
-            local_bias=(s["local_signed_sum"] / c) / abs_local if abs_local > 0 else nan,
-            bound_max=s["bound_max"], bound_mean=s["bound_sum"] / c, bound_prob_max=s["bound_prob_max"],
-            bound_prob_mean=s["bound_prob_sum"] / c, local_bound_max=s["local_bound_max"],
-            local_bound_prob_max=s["local_bound_prob_max"],
-            tightness=ratio(s["bound_max"], s["err_max"]), tightness_prob=ratio(s["bound_prob_max"], s["err_max"]),
-            local_tightness=ratio(s["local_bound_max"], s["local_err_max"]),
-            local_tightness_prob=ratio(s["local_bound_prob_max"], s["local_err_max"]),
-            violations=i["violations"], violations_prob=i["violations_prob"], local_violations=i["local_violations"],
-            local_violations_prob=i["local_violations_prob"], half_violations=i["half_violations"],
-            failure_prob=self.fail, abs_max=s["abs_max"], fmt_max=self.fmt.max,
-            frac_subnormal=i["n_subnormal"] / c, frac_flushed=i["n_flushed"] / c, n_overflow=i["n_overflow"],
-            n_nan=i["n_nan"], half_match=i["half_match"] / i["half_match_n"] if i["half_match_n"] else nan,
-            half_match_chained=i["chain_match"] / i["chain_match_n"] if i["chain_match_n"] else nan,
-            exp_lo=self.exp_lo, exp_hist=self.hist.tolist(), n_zero=i["n_zero"])
+            count=self.count, err_max=F["err_max"], err_mean=F["err_sum"] / c, err_rel=ratio(F["err_max"], F["ref_max"]),
+            err_exact_max=F["err_exact_max"] if self.has_ref else nan,
+            fp32_err_max=F["fp32_err_max"] if self.has_ref else nan,
+            half_err_max=F["half_err_max"] if self.n_half else nan,
+            local_err_max=F["local_err_max"], local_err_mean=abs_local, local_signed_mean=F["local_signed_sum"] / nl,
+            local_bias=(F["local_signed_sum"] / nl) / abs_local if abs_local > 0 else nan,
+            bound_max=F["bound_max"], bound_mean=F["bound_sum"] / c, bound_prob_max=F["bound_prob_max"],
+            bound_prob_mean=F["bound_prob_sum"] / c, local_bound_max=F["local_bound_max"],
+            local_bound_prob_max=F["local_bound_prob_max"],
+            tightness=ratio(F["bound_max"], F["err_max"]), tightness_prob=ratio(F["bound_prob_max"], F["err_max"]),
+            local_tightness=ratio(F["local_bound_max"], F["local_err_max"]),
+            local_tightness_prob=ratio(F["local_bound_prob_max"], F["local_err_max"]),
+            violations=I["violations"], violations_prob=I["violations_prob"], local_violations=I["local_violations"],
+            local_violations_prob=I["local_violations_prob"], half_violations=I["half_violations"],
+            failure_prob=self.fail, abs_max=F["abs_max"], fmt_max=self.fmt.max,
+            frac_subnormal=I["n_subnormal"] / c, frac_flushed=self.flushed / c, n_overflow=self.overflow,
+            n_nan=I["n_nan"], half_match=I["half_match"] / self.n_local_half if self.n_local_half else nan,
+            half_match_chained=I["chain_match"] / self.n_half if self.n_half else nan,
+            exp_lo=self.exp_lo, exp_hist=self.hist.tolist(), n_zero=I["n_zero"])
 
 
 @dataclass
@@ -255,7 +217,11 @@ def stream_batches(traced: TracedModel, batches: Any, emu: Emulator, cfg: BoundC
                     lx = lh = lb = None
                     bins = [st[n]["b"] for n in s.inputs]
                     rec["b"] = timed("bounds", lambda: step_bound(s, bins, rec["v32"], cfg, cache, vals))
-                    if local:
+                    if local and s.kind in EXACT_KINDS:  # exact on fmt inputs: no error of its own
+                        lx = rec["ve"].double()
+                        lb = StepBound(lx, torch.zeros(lx.shape, dtype=torch.float64),
+                                       torch.zeros(lx.shape, dtype=torch.float64))
+                    elif local:
                         if s.kind == "param":
                             lx = s.attrs["value"].double()
                             lh = s.attrs["value"].half()

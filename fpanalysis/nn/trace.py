@@ -41,7 +41,7 @@ STEP_KINDS = (
     "linear", "conv2d", "matmul",
     "batchnorm", "layernorm",
     "relu", "gelu", "tanh", "sigmoid", "silu",
-    "maxpool2d", "avgpool2d", "adaptive_avgpool2d", "mean",
+    "maxpool2d", "avgpool2d", "adaptive_avgpool2d", "mean", "sum",
     "softmax", "add", "sub", "mul", "affine",
     "shape", "cat", "identity",
 )
@@ -73,9 +73,10 @@ SUPPORTED_LAYERS = tuple(sorted({f"nn.{t.__name__}" for t in _MODULE_KINDS}))
 
 _FUNCTIONS_TEXT = (
     "functions F.relu/gelu/silu/softmax/linear/conv2d/max_pool2d/avg_pool2d/adaptive_avg_pool2d/dropout, "
-    "torch.relu/tanh/sigmoid/softmax/flatten/cat/matmul/mean/add/mul/transpose/permute/reshape, "
+    "torch.relu/tanh/sigmoid/softmax/flatten/cat/matmul/mean/sum/add/mul/transpose/permute/reshape, "
     "operators + - * / @ (tensors, or a tensor and a constant), indexing, and the tensor methods "
-    "view/reshape/flatten/unflatten/permute/transpose/contiguous/mean/softmax/size/relu/tanh/sigmoid"
+    "view/reshape/flatten/unflatten/permute/transpose/contiguous/squeeze/unsqueeze/mean/sum/softmax/size/"
+    "relu/tanh/sigmoid"
 )
 
 
@@ -451,8 +452,8 @@ class _Builder:
                 raise _unsupported_call(where, fname, "needs two tensors")
             self.alias[n.name] = self.add(Step(name, "matmul", (args[0].name, args[1].name), {}, path, fname))
             return
-        if t is torch.mean:
-            self.mean_step(n, args, kwargs, path, fname)
+        if t in (torch.mean, torch.sum):
+            self.mean_step(n, args, kwargs, path, fname, "mean" if t is torch.mean else "sum")
             return
         if t is F.linear:
             self.functional_param(n, "linear", args, kwargs, path, fname)
@@ -486,8 +487,8 @@ class _Builder:
             self.alias[n.name] = self.shape_step(n.name, x, fn, tuple(args[1:]), kwargs, path, origin)
         elif m in _ACTIVATION_METHODS:
             self.alias[n.name] = self.add(Step(n.name, _ACTIVATION_METHODS[m], (x.name,), {}, path, origin))
-        elif m == "mean":
-            self.mean_step(n, args, kwargs, path, origin)
+        elif m in ("mean", "sum"):
+            self.mean_step(n, args, kwargs, path, origin, m)
         elif m == "softmax":
             dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
             if dim is None:
@@ -500,14 +501,16 @@ class _Builder:
             raise _unsupported_call(scope, f"method .{m}()")
 
     # -- composite helpers ---------------------------------------------------------------------
-    def mean_step(self, n: fx.Node, args: list, kwargs: dict, path: str, origin: str) -> None:
+    def mean_step(self, n: fx.Node, args: list, kwargs: dict, path: str, origin: str, kind: str = "mean") -> None:
         x = args[0]
         dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
         keepdim = bool(kwargs.get("keepdim", args[2] if len(args) > 2 else False))
         if kwargs.get("dtype") is not None:
             raise _unsupported_call(path, origin, "dtype argument")
         dims = None if dim is None else ((int(dim),) if isinstance(dim, int) else tuple(int(d) for d in dim))
-        self.alias[n.name] = self.add(Step(n.name, "mean", (x.name,), {"dim": dims, "keepdim": keepdim}, path, origin))
+        if dims is None:
+            raise _unsupported_call(path, origin, "a reduction over all dimensions mixes the inputs of a batch")
+        self.alias[n.name] = self.add(Step(n.name, kind, (x.name,), {"dim": dims, "keepdim": keepdim}, path, origin))
 
     def functional_param(self, n: fx.Node, kind: str, args: list, kwargs: dict, path: str, origin: str) -> None:
         names = ["input", "weight", "bias", "stride", "padding", "dilation", "groups"]
