@@ -7,8 +7,6 @@ binomial tails, hand-computed errors.
 from __future__ import annotations
 
 import math
-import sys
-import types
 from fractions import Fraction
 
 import numpy as np
@@ -408,31 +406,66 @@ def test_certificates_check_the_bound_itself() -> None:
                                  Bound(np.array([0.25, 0.5]), "probabilistic", 0.01))
 
 
-def test_certified_agreement_uses_the_analysis_report(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Wiring only (fpanalysis.analysis is another module): a stand-in analyze() returns the
-    arrays; the assertion must ask for the right method/run and check them."""
+def test_certified_agreement_reads_the_analysis_certificates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-input arrays of fpanalysis.analysis (stand-in report): the assertion must pick
+    the requested method, run and space, and fail on a certified flip or a violated bound."""
+    from fpanalysis import analysis
+
     calls: list[tuple] = []
+    per = {"gamma": [2.0, 0.5], "B": [0.5, 0.5], "B_prob": [0.25, 0.25], "certified": [True, False],
+           "certified_prob": [True, True], "class_fp32": [0, 1], "delta_emulator": [0.25, 0.25],
+           "class_emulator": [0, 1], "delta_torch-half": [0.25, 0.75], "class_torch-half": [0, 0]}
 
     class Report:
-        def __init__(self, low: np.ndarray) -> None:
-            self.low = low
+        probability = 0.999
 
-        def certificate_arrays(self, method: str, run: str):
-            calls.append((method, run))
-            return np.array([[2.0, 0.0]]), self.low, np.array([0.5])
+        def __init__(self) -> None:
+            self.per_input = {"logits": per, "probs": per}
 
-    def analyze(model, inputs, fmt, profile, **kw):
-        calls.append((model, fmt.name, profile, kw))
-        return Report(model)
+    def fake_analyze(model, inputs, fmt, profile, **kw):
+        calls.append((fmt.name, profile, kw))
+        return Report()
 
-    mod = types.ModuleType("fpanalysis.analysis")
-    mod.analyze = analyze  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "fpanalysis.analysis", mod)
-    r = assert_certified_agreement(np.array([[1.6, 0.1]]), None, "fp16", method="probabilistic", run="torch", batch=3)
-    assert r.certified == 1
-    assert calls[1] == ("probabilistic", "torch") and calls[0][1:] == ("fp16", "fp32-accumulate", {"batch": 3})
-    with pytest.raises(AssertionError, match=r"fp16 \(torch, fp32-accumulate\) argmax 1 != fp32 argmax 0"):
-        assert_certified_agreement(np.array([[0.0, 1.0]]), None, "fp16", run="torch", check_bound=False)
+    monkeypatch.setattr(analysis, "analyze", fake_analyze)
+    r = assert_certified_agreement(None, None, "bf16", run="emulator", failure_prob=1e-3)
+    assert (r.n, r.certified, r.flips) == (2, 1, 0) and isinstance(r.report, Report)
+    assert calls[0] == ("bf16", "fp32-accumulate", {"failure_prob": 1e-3, "progress": False, "keep_per_input": True})
+    # torch-half flips input 1, which the deterministic certificate does not cover ...
+    assert assert_certified_agreement(None, None, run="torch-half", check_bound=False).flips == 1
+    with pytest.raises(AssertionError, match=r"input 1: delta = 0.75 > B = 0.5 \(1.5x\)"):
+        assert_certified_agreement(None, None, run="torch-half")
+    # ... but the probabilistic one does
+    with pytest.raises(AssertionError) as e:
+        assert_certified_agreement(None, None, run="torch-half", method="probabilistic", space="probs")
+    msg = str(e.value)
+    assert "1 of 2 certified inputs changed class in fp16 (torch-half, fp32-accumulate)" in msg
+    assert "probs, probabilistic bound, probability >= 0.999 per input" in msg
+    assert "input 1: Gamma = 0.5 > 2B = 0.5, but fp16 (torch-half, fp32-accumulate) argmax 0 != fp32 argmax 1" in msg
+    with pytest.raises(ValueError, match="runs available: emulator, torch-half"):
+        assert_certified_agreement(None, None, run="cuda-half")
+    with pytest.raises(ValueError, match="valid methods are: deterministic, probabilistic"):
+        assert_certified_agreement(None, None, method="sound")
+
+
+def test_certified_agreement_on_a_real_model() -> None:
+    torch = pytest.importorskip("torch")
+    from fpanalysis.tolerance import certify, classification_tolerance
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 24), torch.nn.ReLU(), torch.nn.Linear(24, 4))
+    X = torch.randn(48, 12)
+    r = assert_certified_agreement(model, X, "fp16", run="torch-half", min_certified=0.5)
+    # independent recomputation of what was certified: fp32 logits and the report's bound
+    with torch.no_grad():
+        ref = model(X).double().numpy()
+    B = np.asarray(r.report.per_input["logits"]["B"])
+    assert np.array_equal(r.certified_mask, certify(ref, B))
+    with torch.no_grad():
+        half = model.half()(X.half()).double().numpy()
+    same = np.argmax(half, 1) == np.argmax(ref, 1)
+    assert same[r.certified_mask].all() and r.agreement == pytest.approx(same.mean())
+    assert np.all(np.max(np.abs(half - ref), axis=1) <= B)
+    assert classification_tolerance(ref).shape == (48,)
 
 
 @pytest.fixture(scope="module")

@@ -102,7 +102,8 @@ class EmulationCheck:
 
 @dataclass(frozen=True)
 class CertificateCheck:
-    """Outcome of :func:`assert_certificates_hold`."""
+    """Outcome of :func:`assert_certificates_hold` / :func:`assert_certified_agreement`
+    (``report``: the :class:`~fpanalysis.report.AnalysisReport` of the latter)."""
 
     n: int
     certified: int
@@ -110,6 +111,7 @@ class CertificateCheck:
     flips: int
     max_delta_over_bound: float
     certified_mask: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, bool))
+    report: Any = field(repr=False, default=None)
 
     @property
     def certified_fraction(self) -> float:
@@ -645,6 +647,42 @@ def assert_emulated_close(
 # --------------------------------------------------------------------------------------------
 # Models: certificates and the check verdict
 # --------------------------------------------------------------------------------------------
+def _check_certificates(gamma: np.ndarray, B: np.ndarray, cert: np.ndarray, cls_ref: np.ndarray,
+                        cls_low: np.ndarray, delta: np.ndarray, *, check_bound: bool, min_certified: float | None,
+                        names: tuple[str, str], kind: str, what: str) -> CertificateCheck:
+    """The certificate checks on per-input arrays (Gamma, B, certified, classes, delta)."""
+    N = int(gamma.shape[0])
+    flips = (cls_ref != cls_low) | np.isnan(delta)
+    a, b = names
+    bad = cert & flips
+    if bad.any():
+        idx = np.flatnonzero(bad)
+        lines = [(f"{what}: {idx.size} of {int(cert.sum())} certified inputs changed class in {b} "
+                  f"(Gamma > 2B promised the {a} argmax; {kind})")]
+        for i in idx[:_LISTED + 1]:
+            lines.append(f"  input {i}: Gamma = {_short(gamma[i])} > 2B = {_short(2 * B[i])}, but {b} argmax "
+                         f"{cls_low[i]} != {a} argmax {cls_ref[i]}; delta = {_short(delta[i])} > B = {_short(B[i])}")
+        raise AssertionError("\n".join(lines))
+    fin = np.isfinite(B)
+    viol = fin & ~(delta <= B)
+    if check_bound and viol.any():
+        idx = np.flatnonzero(viol)
+        lines = [(f"{what}: delta = ||{b} - {a}||_inf exceeds the bound B at {idx.size} of {N} "
+                  f"inputs ({kind})")]
+        for i in idx[:_LISTED + 1]:
+            lines.append(f"  input {i}: delta = {_num(delta[i])} > B = {_num(B[i])} "
+                         f"({_ratio(delta[i] / B[i]) if B[i] > 0 else 'inf'}x)")
+        raise AssertionError("\n".join(lines))
+    ncert = int(cert.sum())
+    if min_certified is not None and ncert < float(min_certified) * N:
+        raise AssertionError(f"{what}: only {ncert} of {N} inputs ({ncert / max(N, 1):.1%}) are "
+                             f"certified (Gamma > 2B); expected at least {float(min_certified):.1%}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(delta == 0, 0.0, delta / B)
+    mx = float(np.max(ratio[fin])) if fin.any() else 0.0
+    return CertificateCheck(N, ncert, float(np.mean(~flips)) if N else 1.0, int(flips.sum()), mx, cert)
+
+
 def assert_certificates_hold(
     reference_outputs: Any,
     lowp_outputs: Any,
@@ -657,6 +695,9 @@ def assert_certificates_hold(
     """Assert the tolerance certificate on a batch: wherever ``Gamma(x) > 2 B(x)``, the
     low-precision outputs keep the reference argmax (theory.md section 2; Yun et al.,
     arXiv:2305.10947, the lemma: ``Gamma > 2 delta`` implies equal argmax).
+
+    ``Gamma > 2B`` is evaluated as :func:`fpanalysis.tolerance.certify` does (float64 rounding
+    can only make it say "not certified").
 
     Parameters
     ----------
@@ -681,67 +722,26 @@ def assert_certificates_hold(
     (1, 1)
     """
     from ..bounds import Bound
+    from ..tolerance import certify, classification_tolerance, output_error
 
     R = np.asarray(reference_outputs, dtype=np.float64)
     L = np.asarray(lowp_outputs, dtype=np.float64)
     if R.ndim != 2 or R.shape != L.shape or R.shape[1] < 2:
         raise ValueError(f"outputs must both have shape (N, K) with K >= 2; got {R.shape} and {L.shape}")
     N = R.shape[0]
-    B = _bound_values(bound.value if isinstance(bound, Bound) else bound, (N,))
-    top2 = np.sort(R, axis=1)[:, -2:]
-    gamma = top2[:, 1] - top2[:, 0]
-    cert = np.isfinite(B) & (gamma > 2 * B)
-    c_ref = np.argmax(R, axis=1)
-    c_low = np.argmax(L, axis=1)
-    nan_low = np.isnan(L).any(axis=1)
-    flips = (c_ref != c_low) | nan_low
-    with np.errstate(invalid="ignore"):
-        delta = np.max(np.abs(L - R), axis=1)
-    delta = np.where(nan_low, np.inf, delta)
-    a, b = names
-    kind = f"{bound.kind} bound" + (f", probability >= {bound.probability:.10g}" if bound.kind != "deterministic" else "") \
-        if isinstance(bound, Bound) else "the given bound"
-    bad = cert & flips
-    if bad.any():
-        idx = np.flatnonzero(bad)
-        lines = [(f"assert_certificates_hold: {idx.size} of {int(cert.sum())} certified inputs changed class in {b} "
-                  f"(Gamma > 2B promised the {a} argmax; {kind})")]
-        for i in idx[:_LISTED + 1]:
-            lines.append(f"  input {i}: Gamma = {_short(gamma[i])} > 2B = {_short(2 * B[i])}, but {b} argmax "
-                         f"{c_low[i]} != {a} argmax {c_ref[i]}; delta = {_short(delta[i])} > B = {_short(B[i])}")
-        raise AssertionError("\n".join(lines))
-    fin = np.isfinite(B)
-    viol = fin & ~(delta <= B)
-    if check_bound and viol.any():
-        idx = np.flatnonzero(viol)
-        lines = [(f"assert_certificates_hold: delta = ||{b} - {a}||_inf exceeds the bound B at {idx.size} of {N} "
-                  f"inputs ({kind})")]
-        for i in idx[:_LISTED + 1]:
-            lines.append(f"  input {i}: delta = {_num(delta[i])} > B = {_num(B[i])} ({_ratio(delta[i] / B[i]) if B[i] > 0 else 'inf'}x)")
-        raise AssertionError("\n".join(lines))
-    ncert = int(cert.sum())
-    if min_certified is not None and ncert < float(min_certified) * N:
-        raise AssertionError(f"assert_certificates_hold: only {ncert} of {N} inputs ({ncert / max(N, 1):.1%}) are "
-                             f"certified (Gamma > 2B); expected at least {float(min_certified):.1%}")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(delta == 0, 0.0, delta / B)
-    mx = float(np.max(ratio[fin])) if fin.any() else 0.0
-    return CertificateCheck(N, ncert, float(np.mean(~flips)) if N else 1.0, int(flips.sum()), mx, cert)
+    B = np.array(_bound_values(bound.value if isinstance(bound, Bound) else bound, (N,)))
+    cert = np.isfinite(B) & certify(R, B)
+    delta = output_error(R, L)
+    cls_low = np.where(np.isnan(L).any(axis=1), -1, np.argmax(L, axis=1))
+    kind = (f"{bound.kind} bound" + (f", probability >= {bound.probability:.10g}" if bound.kind != "deterministic" else "")
+            if isinstance(bound, Bound) else "the given bound")
+    return _check_certificates(classification_tolerance(R), B, cert, np.argmax(R, axis=1), cls_low, delta,
+                               check_bound=check_bound, min_certified=min_certified, names=names, kind=kind,
+                               what="assert_certificates_hold")
 
 
-def _certificate_arrays(report: Any, method: str, run: str) -> tuple[Any, Any, Any]:
-    """(fp32 outputs, low-precision outputs, B) from an analysis report.
-
-    Contract with :mod:`fpanalysis.analysis` (see the module's ``analyze``): the report has a
-    method ``certificate_arrays(method=..., run=...)`` returning the three arrays.
-    """
-    getter = getattr(report, "certificate_arrays", None)
-    if getter is None:
-        raise TypeError(
-            f"the analysis report ({type(report).__name__}) has no certificate_arrays(method, run) method; "
-            "assert_certified_agreement needs (fp32 outputs (N, K), low-precision outputs (N, K), B (N,)) from it"
-        )
-    return getter(method=method, run=run)
+_METHODS = ("deterministic", "probabilistic")
+_SPACES = ("logits", "probs")
 
 
 def assert_certified_agreement(
@@ -751,7 +751,8 @@ def assert_certified_agreement(
     *,
     profile: str = "fp32-accumulate",
     method: str = "deterministic",
-    run: str = "emulated",
+    run: str = "emulator",
+    space: str = "logits",
     check_bound: bool = True,
     min_certified: float | None = None,
     **analyze_kwargs: Any,
@@ -759,29 +760,78 @@ def assert_certified_agreement(
     """Assert that ``model``'s low-precision outputs keep the fp32 argmax wherever the
     certificate ``Gamma(x) > 2 B(x)`` of :func:`fpanalysis.analysis.analyze` says they must.
 
+    Runs ``analyze(model, inputs, fmt, profile, **analyze_kwargs)`` and checks its per-input
+    certificates (:mod:`fpanalysis.tolerance`) against one of its low-precision runs.
+
     Parameters
     ----------
     model, inputs :
-        As for :func:`fpanalysis.analysis.analyze` (a torch ``nn.Module`` and an input batch).
+        A torch ``nn.Module`` (of the layers ``analyze`` supports) and an input batch.
     method : str
-        ``"deterministic"`` (sound) or ``"probabilistic"`` bound ``B``.
+        ``"deterministic"`` (sound bound ``B``) or ``"probabilistic"`` (Higham-Mary, holding with
+        the probability ``1 - failure_prob`` per input; ``failure_prob`` is an ``analyze``
+        argument).
     run : str
-        Which low-precision outputs: ``"emulated"`` (the emulator under ``profile``) or
-        ``"torch"`` (``model.half()``).
+        Which low-precision outputs: ``"emulator"`` (the emulator under ``profile``),
+        ``"torch-half"`` (``model.half()`` on the CPU, layer by layer), or another run
+        ``analyze`` recorded (``"cuda-half"`` when CUDA is present).
+    space : str
+        ``"logits"`` or ``"probs"`` (softmax probabilities, with the bound mapped through it).
     check_bound, min_certified :
         See :func:`assert_certificates_hold`.
     **analyze_kwargs :
-        Passed to ``analyze``.
+        Passed to ``analyze`` (``mode``, ``failure_prob``, ``batch_size``, ``seed``, ...);
+        ``progress`` defaults to False.
+
+    Returns
+    -------
+    CertificateCheck
+        With the analysis report as ``.report``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Linear(20, 32), torch.nn.ReLU(), torch.nn.Linear(32, 5))
+    >>> r = assert_certified_agreement(model, torch.randn(64, 20), "fp16", run="torch-half", min_certified=0.5)
+    >>> r.flips <= r.n - r.certified
+    True
     """
-    try:
-        from ..analysis import analyze
-    except ImportError as exc:  # pragma: no cover - depends on the installation
-        raise ImportError(f"assert_certified_agreement needs fpanalysis.analysis, which failed to import: {exc}") from exc
+    import warnings
+
+    meth = _choice(method, _METHODS, "method")
+    sp = _choice(space, _SPACES, "space")
+    from ..analysis import analyze
+    from ..tolerance import BoundViolationWarning
+
     f = get_format(fmt)
-    report = analyze(model, inputs, fmt=f, profile=profile, **analyze_kwargs)
-    ref, low, B = _certificate_arrays(report, method, run)
-    return assert_certificates_hold(ref, low, B, check_bound=check_bound, min_certified=min_certified,
-                                    names=("fp32", f"{f.name} ({run}, {profile})"))
+    analyze_kwargs.setdefault("progress", False)
+    analyze_kwargs["keep_per_input"] = True
+    with warnings.catch_warnings():  # a bound violation is reported below, as an assertion
+        warnings.simplefilter("ignore", BoundViolationWarning)
+        report = analyze(model, inputs, f, profile, **analyze_kwargs)
+    per = report.per_input.get(sp, {})
+    runs = sorted(k[len("delta_"):] for k in per if k.startswith("delta_"))
+    if run not in runs:
+        raise ValueError(f"analyze recorded no run {run!r}; runs available: {', '.join(runs) or 'none'}")
+    suffix = "" if meth == "deterministic" else "_prob"
+    arr = {k: np.asarray(v) for k, v in per.items()}
+    kind = ("deterministic bound" if meth == "deterministic"
+            else f"probabilistic bound, probability >= {report.probability:.10g} per input")
+    check = _check_certificates(
+        arr["gamma"].astype(np.float64), arr["B" + suffix].astype(np.float64), arr["certified" + suffix].astype(bool),
+        arr["class_fp32"], arr[f"class_{run}"], arr[f"delta_{run}"].astype(np.float64), check_bound=check_bound,
+        min_certified=min_certified, names=("fp32", f"{f.name} ({run}, {profile})"), kind=f"{sp}, {kind}",
+        what="assert_certified_agreement")
+    return CertificateCheck(check.n, check.certified, check.agreement, check.flips, check.max_delta_over_bound,
+                            check.certified_mask, report)
+
+
+def _choice(value: Any, valid: tuple[str, ...], what: str) -> str:
+    key = str(value).strip().lower()
+    if key not in valid:
+        raise ValueError(f"unknown {what} {value!r}; valid {what}s are: {', '.join(valid)}")
+    return key
 
 
 def _verdicts(verdict: str | Iterable[str]) -> tuple[str, ...]:
