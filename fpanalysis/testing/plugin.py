@@ -23,7 +23,9 @@ Marker
     Run the test under each listed format (a parameterisation of ``fp_format``, test ids
     ``[fp16]``, ``[bf16]``).  Names are those of :func:`fpanalysis.formats.get_format`; an
     unknown name is a collection error listing the valid ones.  The marker can decorate a test,
-    a class or a module (``pytestmark``); the closest one wins.
+    a class or a module (``pytestmark``); the closest one wins.  ``fp_format`` is
+    session-scoped (a format is immutable, and Hypothesis ``@given`` tests may use it), so
+    pytest groups the tests that use it by format.
 
 Example (a test module of yours)::
 
