@@ -231,7 +231,7 @@ def _exact_value(
     """The exact sum as a Fraction, or the inf/nan float when there are inf/nan products.
     ``carry_every``/``force_general`` let the tests exercise the carry passes and the general path."""
     K = _kernels()
-    a, b = (v.astype(np.float64, copy=False) for v in _pair(x, y))
+    a, b = _pair(x, y)
     neg, digits, special = K.dot_digits(
         a, b, _params(None, "nearest-even", int(carry_every), bool(force_general))
     )
