@@ -1,0 +1,518 @@
+"""Private numba kernels for emulated matrix products ``C = A @ B`` (see fpanalysis.linalg).
+
+Three families, all computing every output entry with the summation order documented in
+:mod:`fpanalysis.linalg` (sums start from +0 for the sequential and blocked orders; pairwise is
+Higham's recursive pairing of the terms):
+
+* ``h16_*`` -- the ``ieee`` profile for IEEE binary16 with round-to-nearest-even, on ``uint16``
+  bit patterns.  Each product and each sum is one LLVM ``half`` operation (``fmul``/``fadd``),
+  which LLVM defines as the correctly rounded IEEE binary16 operation: on CPUs with
+  AVX512-FP16 it becomes ``vmulph``/``vaddph`` (32 lanes); elsewhere LLVM promotes to float32
+  and rounds back after every operation, which is also exact (an fp16 product is exact in
+  float32, and float32 is wide enough, 24 >= 2*11 + 2, for double rounding of a sum of two
+  fp16 numbers to be innocuous; Figueroa, ACM SIGNUM 1995).
+* ``f32_*`` -- the ``fp32-accumulate`` profile on float32 values: products rounded to float32
+  (exact for fp16 operands) and float32 additions, both IEEE round-to-nearest-even.  When the
+  products are exact the kernels use a float32 fused multiply-add, which then gives the same
+  bits as a multiply followed by an add.
+* ``ieee_general`` -- the ``ieee`` profile for any format with ``p <= 26`` and any rounding mode,
+  in float64: products are exact in float64 and rounded with ``round_scalar``; a sum (or an
+  ``fma``) is computed exactly as ``z + err`` (TwoSum, Knuth), turned into the float64 number
+  rounded to odd, and rounded to the format.  Rounding to odd at 53 bits followed by rounding to
+  ``p <= 51`` bits is a correct single rounding for every mode (Boldo & Melquiond, IEEE Trans.
+  Computers 57(4), 2008).
+
+The loops are written so that LLVM vectorises the innermost ``j`` loop; ``_wide_vectors`` asks
+LLVM for 512-bit vectors (its default on recent Intel server cores is 256 bits).  The test
+oracle for all of them is the exact-rational twin in ``tests/test_linalg.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+from ._bits import EXP64, U64, counter_random, f64_to_u64, u64_to_f64
+from ._round_kernels import RD, SR, round_scalar
+
+SEQUENTIAL, PAIRWISE, BLOCKED = 0, 1, 2
+# Kinds of rounding, for the counters of stochastic rounding (index = (entry*K + k)*4 + kind).
+_K_PROD, _K_ADD, _K_BLOCK = 0, 1, 2
+_PAIR_WIDTH = 64  # columns per pairwise work buffer
+
+
+@intrinsic
+def _wide_vectors(typingctx):  # type: ignore[no-untyped-def]
+    """Mark the enclosing function with LLVM's ``"prefer-vector-width"="512"``.
+
+    A code-generation hint only (results do not change).  llvmlite has no API for string
+    function attributes, so the attribute is added to the set it prints verbatim.
+    """
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        set.add(builder.function.attributes, '"prefer-vector-width"="512"')
+        return context.get_dummy_value()
+
+    return types.none(), codegen
+
+
+@intrinsic
+def _fma32(typingctx, a, b, c):  # type: ignore[no-untyped-def]
+    """float32 fused multiply-add ``a*b + c`` with a single rounding (``llvm.fma.f32``)."""
+    if not (a == types.float32 and b == types.float32 and c == types.float32):
+        return None
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        f = ir.FloatType()
+        fn = builder.module.declare_intrinsic("llvm.fma", [f], ir.FunctionType(f, [f, f, f]))
+        return builder.call(fn, args)
+
+    return types.float32(types.float32, types.float32, types.float32), codegen
+
+
+def _half_binop(op: str):  # type: ignore[no-untyped-def]
+    @intrinsic
+    def impl(typingctx, a, b):  # type: ignore[no-untyped-def]
+        if not (a == types.uint16 and b == types.uint16):
+            return None
+
+        def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+            h = ir.HalfType()
+            x, y = (builder.bitcast(v, h) for v in args)
+            r = builder.fmul(x, y) if op == "mul" else builder.fadd(x, y)
+            return builder.bitcast(r, ir.IntType(16))
+
+        return types.uint16(types.uint16, types.uint16), codegen
+
+    return impl
+
+
+_h16_mul = _half_binop("mul")
+_h16_add = _half_binop("add")
+
+
+@intrinsic
+def _f32_to_h16(typingctx, x):  # type: ignore[no-untyped-def]
+    """float32 -> binary16 bit pattern, round to nearest even (LLVM ``fptrunc``)."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+
+    return types.uint16(types.float32), codegen
+
+
+@intrinsic
+def _h16_to_f32(typingctx, b):  # type: ignore[no-untyped-def]
+    """binary16 bit pattern -> float32 (exact)."""
+    if b != types.uint16:
+        return None
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(types.uint16), codegen
+
+
+# --- conversions ----------------------------------------------------------------------------
+
+
+@njit(parallel=True, cache=True)
+def f32_to_h16_checked(x, out):  # type: ignore[no-untyped-def]
+    """Convert float32 ``x`` (1-D) to binary16 bits; return the first index whose value is not
+    a binary16 number (NaNs count as binary16 numbers), or -1."""
+    n = x.shape[0]
+    nchunk = 64
+    bad = np.full(nchunk, n, dtype=np.int64)
+    for c in prange(nchunk):
+        _wide_vectors()
+        lo = c * n // nchunk
+        hi = (c + 1) * n // nchunk
+        first = n
+        for i in range(lo, hi):
+            h = _f32_to_h16(x[i])
+            out[i] = h
+            v = x[i]
+            ok = (_h16_to_f32(h) == v) | (v != v)
+            first = first if (ok or first < n) else i
+        bad[c] = first
+    m = bad.min()
+    return -1 if m == n else m
+
+
+@njit(parallel=True, cache=True)
+def h16_to_f32(b, out):  # type: ignore[no-untyped-def]
+    """Convert binary16 bit patterns (1-D) to float32."""
+    for i in prange(b.shape[0]):
+        out[i] = _h16_to_f32(b[i])
+
+
+# --- ieee profile, binary16, round to nearest even -------------------------------------------
+
+
+@njit(parallel=True, cache=True)
+def h16_sequential(A, B, C):  # type: ignore[no-untyped-def]
+    """C[i,j] = (((0 + a_i0 b_0j) + a_i1 b_1j) + ...), every product and sum rounded (RNE)."""
+    M, K = A.shape
+    N = B.shape[1]
+    for i in prange(M):
+        _wide_vectors()
+        c = C[i]
+        for j in range(N):
+            c[j] = np.uint16(0)
+        for k in range(K):
+            a = A[i, k]
+            b = B[k]
+            for j in range(N):
+                c[j] = _h16_add(c[j], _h16_mul(a, b[j]))
+
+
+@njit(parallel=True, cache=True)
+def h16_blocked(A, B, C, block):  # type: ignore[no-untyped-def]
+    """Blocked order: each block of ``block`` terms summed sequentially from +0, then the block
+    sums added sequentially to a total that starts at +0."""
+    M, K = A.shape
+    N = B.shape[1]
+    for i in prange(M):
+        _wide_vectors()
+        c = C[i]
+        s = np.zeros(N, dtype=np.uint16)
+        for j in range(N):
+            c[j] = np.uint16(0)
+        for k0 in range(0, K, block):
+            for j in range(N):
+                s[j] = np.uint16(0)
+            for k in range(k0, min(K, k0 + block)):
+                a = A[i, k]
+                b = B[k]
+                for j in range(N):
+                    s[j] = _h16_add(s[j], _h16_mul(a, b[j]))
+            for j in range(N):
+                c[j] = _h16_add(c[j], s[j])
+
+
+@njit(parallel=True, cache=True)
+def h16_pairwise(A, B, C):  # type: ignore[no-untyped-def]
+    """Pairwise order (Higham 2002, sec. 4.1): the rounded products are added in adjacent pairs,
+    an odd last term passes to the next level unchanged, and this repeats until one is left."""
+    M, K = A.shape
+    N = B.shape[1]
+    W = _PAIR_WIDTH
+    for i in prange(M):
+        _wide_vectors()
+        T = np.empty((max(K, 1), W), dtype=np.uint16)
+        for j0 in range(0, N, W):
+            w = min(W, N - j0)
+            for k in range(K):
+                a = A[i, k]
+                b = B[k]
+                t = T[k]
+                for jj in range(w):
+                    t[jj] = _h16_mul(a, b[j0 + jj])
+            n = K
+            while n > 1:
+                h = n // 2
+                for m in range(h):
+                    t = T[m]
+                    u = T[2 * m]
+                    v = T[2 * m + 1]
+                    for jj in range(w):
+                        t[jj] = _h16_add(u[jj], v[jj])
+                if n % 2 == 1:
+                    T[h, :w] = T[n - 1, :w]
+                n = h + n % 2
+            for jj in range(w):
+                C[i, j0 + jj] = T[0, jj] if K > 0 else np.uint16(0)
+
+
+# --- fp32-accumulate profile -----------------------------------------------------------------
+
+
+@njit(inline="always", cache=True)
+def _madd32(a, b, c, fma):  # type: ignore[no-untyped-def]
+    return _fma32(a, b, c) if fma else c + a * b
+
+
+@njit(parallel=True, cache=True)
+def f32_sequential_fma(A, B, C):  # type: ignore[no-untyped-def]
+    """float32 C = 0 + a_i0 b_0j + a_i1 b_1j + ... in k order, each step one float32 FMA.
+
+    Register-blocked: 8 rows of C and 4 consecutive k at a time, so that one load of B feeds 8
+    FMAs; each C entry still receives its terms one at a time in increasing k.
+    """
+    M, K = A.shape
+    N = B.shape[1]
+    R = 8
+    nb = (M + R - 1) // R
+    for ib in prange(nb):
+        _wide_vectors()
+        i0 = ib * R
+        if i0 + R <= M:
+            c0 = C[i0]
+            c1 = C[i0 + 1]
+            c2 = C[i0 + 2]
+            c3 = C[i0 + 3]
+            c4 = C[i0 + 4]
+            c5 = C[i0 + 5]
+            c6 = C[i0 + 6]
+            c7 = C[i0 + 7]
+            for j in range(N):
+                c0[j] = 0.0
+                c1[j] = 0.0
+                c2[j] = 0.0
+                c3[j] = 0.0
+                c4[j] = 0.0
+                c5[j] = 0.0
+                c6[j] = 0.0
+                c7[j] = 0.0
+            k = 0
+            while k + 4 <= K:
+                b0 = B[k]
+                b1 = B[k + 1]
+                b2 = B[k + 2]
+                b3 = B[k + 3]
+                a0 = A[i0, k : k + 4]
+                a1 = A[i0 + 1, k : k + 4]
+                a2 = A[i0 + 2, k : k + 4]
+                a3 = A[i0 + 3, k : k + 4]
+                a4 = A[i0 + 4, k : k + 4]
+                a5 = A[i0 + 5, k : k + 4]
+                a6 = A[i0 + 6, k : k + 4]
+                a7 = A[i0 + 7, k : k + 4]
+                x00, x01, x02, x03 = a0[0], a0[1], a0[2], a0[3]
+                x10, x11, x12, x13 = a1[0], a1[1], a1[2], a1[3]
+                x20, x21, x22, x23 = a2[0], a2[1], a2[2], a2[3]
+                x30, x31, x32, x33 = a3[0], a3[1], a3[2], a3[3]
+                x40, x41, x42, x43 = a4[0], a4[1], a4[2], a4[3]
+                x50, x51, x52, x53 = a5[0], a5[1], a5[2], a5[3]
+                x60, x61, x62, x63 = a6[0], a6[1], a6[2], a6[3]
+                x70, x71, x72, x73 = a7[0], a7[1], a7[2], a7[3]
+                for j in range(N):
+                    y0 = b0[j]
+                    y1 = b1[j]
+                    y2 = b2[j]
+                    y3 = b3[j]
+                    c0[j] = _fma32(x03, y3, _fma32(x02, y2, _fma32(x01, y1, _fma32(x00, y0, c0[j]))))
+                    c1[j] = _fma32(x13, y3, _fma32(x12, y2, _fma32(x11, y1, _fma32(x10, y0, c1[j]))))
+                    c2[j] = _fma32(x23, y3, _fma32(x22, y2, _fma32(x21, y1, _fma32(x20, y0, c2[j]))))
+                    c3[j] = _fma32(x33, y3, _fma32(x32, y2, _fma32(x31, y1, _fma32(x30, y0, c3[j]))))
+                    c4[j] = _fma32(x43, y3, _fma32(x42, y2, _fma32(x41, y1, _fma32(x40, y0, c4[j]))))
+                    c5[j] = _fma32(x53, y3, _fma32(x52, y2, _fma32(x51, y1, _fma32(x50, y0, c5[j]))))
+                    c6[j] = _fma32(x63, y3, _fma32(x62, y2, _fma32(x61, y1, _fma32(x60, y0, c6[j]))))
+                    c7[j] = _fma32(x73, y3, _fma32(x72, y2, _fma32(x71, y1, _fma32(x70, y0, c7[j]))))
+                k += 4
+            while k < K:
+                b0 = B[k]
+                for r in range(R):
+                    x = A[i0 + r, k]
+                    c = C[i0 + r]
+                    for j in range(N):
+                        c[j] = _fma32(x, b0[j], c[j])
+                k += 1
+        else:
+            for i in range(i0, M):
+                c = C[i]
+                for j in range(N):
+                    c[j] = 0.0
+                for k in range(K):
+                    x = A[i, k]
+                    b = B[k]
+                    for j in range(N):
+                        c[j] = _fma32(x, b[j], c[j])
+
+
+@njit(parallel=True, cache=True)
+def f32_sequential(A, B, C, fma):  # type: ignore[no-untyped-def]
+    """Sequential order, one row at a time; ``fma=False``: product rounded to float32, then add."""
+    M, K = A.shape
+    N = B.shape[1]
+    for i in prange(M):
+        _wide_vectors()
+        c = C[i]
+        for j in range(N):
+            c[j] = 0.0
+        for k in range(K):
+            x = A[i, k]
+            b = B[k]
+            if fma:
+                for j in range(N):
+                    c[j] = _fma32(x, b[j], c[j])
+            else:
+                for j in range(N):
+                    c[j] = c[j] + x * b[j]
+
+
+@njit(parallel=True, cache=True)
+def f32_blocked(A, B, C, block, fma):  # type: ignore[no-untyped-def]
+    """Blocked order in float32 (see :func:`h16_blocked`)."""
+    M, K = A.shape
+    N = B.shape[1]
+    for i in prange(M):
+        _wide_vectors()
+        c = C[i]
+        s = np.empty(N, dtype=np.float32)
+        for j in range(N):
+            c[j] = 0.0
+        for k0 in range(0, K, block):
+            for j in range(N):
+                s[j] = 0.0
+            for k in range(k0, min(K, k0 + block)):
+                x = A[i, k]
+                b = B[k]
+                if fma:
+                    for j in range(N):
+                        s[j] = _fma32(x, b[j], s[j])
+                else:
+                    for j in range(N):
+                        s[j] = s[j] + x * b[j]
+            for j in range(N):
+                c[j] = c[j] + s[j]
+
+
+@njit(parallel=True, cache=True)
+def f32_pairwise(A, B, C):  # type: ignore[no-untyped-def]
+    """Pairwise order in float32 (see :func:`h16_pairwise`); products rounded to float32."""
+    M, K = A.shape
+    N = B.shape[1]
+    W = _PAIR_WIDTH
+    for i in prange(M):
+        _wide_vectors()
+        T = np.empty((max(K, 1), W), dtype=np.float32)
+        for j0 in range(0, N, W):
+            w = min(W, N - j0)
+            for k in range(K):
+                x = A[i, k]
+                b = B[k]
+                t = T[k]
+                for jj in range(w):
+                    t[jj] = x * b[j0 + jj]
+            n = K
+            while n > 1:
+                h = n // 2
+                for m in range(h):
+                    t = T[m]
+                    u = T[2 * m]
+                    v = T[2 * m + 1]
+                    for jj in range(w):
+                        t[jj] = u[jj] + v[jj]
+                if n % 2 == 1:
+                    T[h, :w] = T[n - 1, :w]
+                n = h + n % 2
+            for jj in range(w):
+                C[i, j0 + jj] = T[0, jj] if K > 0 else np.float32(0.0)
+
+
+# --- ieee profile, any format and mode (float64) ---------------------------------------------
+
+
+@njit(inline="always", cache=True)
+def _add_odd(x, y):  # type: ignore[no-untyped-def]
+    """The float64 number nearest ``x + y`` rounded to odd (exact sum if representable)."""
+    z = x + y
+    bp = z - x
+    err = (x - (z - bp)) + (y - bp)
+    zb = f64_to_u64(z)
+    adjust = (err != 0.0) & ((zb & EXP64) != EXP64) & ((zb & U64(1)) == U64(0))
+    up = (err > 0.0) == (z > 0.0)  # move away from zero when the error has z's sign
+    zb2 = (zb + U64(1)) if up else (zb - U64(1))
+    return u64_to_f64(zb2) if adjust else z
+
+
+@njit(inline="always", cache=True)
+def _round_add(x, y, p, emin, minnorm, maxval, subnormals, ovf, mode, key, idx, kbits):  # type: ignore[no-untyped-def]
+    """fl(x + y) in the format: correctly rounded for every mode, IEEE signs of exact zeros."""
+    r = counter_random(key, idx) if mode >= SR else U64(0)
+    z = _add_odd(x, y)
+    out = round_scalar(z, p, emin, minnorm, maxval, subnormals, ovf, mode, r, kbits)[0]
+    # IEEE 754 sec. 6.3: an exact zero sum is -0 under roundTowardNegative (unless both +0).
+    both_pos_zero = (f64_to_u64(x) == U64(0)) & (f64_to_u64(y) == U64(0))
+    return -0.0 if ((z == 0.0) & (mode == RD) & (not both_pos_zero)) else out
+
+
+@njit(inline="always", cache=True)
+def _round_mul(a, b, p, emin, minnorm, maxval, subnormals, ovf, mode, key, idx, kbits):  # type: ignore[no-untyped-def]
+    r = counter_random(key, idx) if mode >= SR else U64(0)
+    return round_scalar(a * b, p, emin, minnorm, maxval, subnormals, ovf, mode, r, kbits)[0]
+
+
+@njit(parallel=True, cache=True)
+def ieee_general(A, B, C, order, block, fma, p, emin, minnorm, maxval, subnormals, ovf, mode, key, offset, kbits):  # type: ignore[no-untyped-def]
+    """The ``ieee`` profile in float64 for any format (``p <= 26``) and rounding mode.
+
+    Stochastic rounding of the rounding of ``kind`` for term ``k`` of entry ``(i, j)`` uses the
+    counter ``offset + ((i*N + j)*K + k)*4 + kind``, so results do not depend on threads.
+    """
+    M, K = A.shape
+    N = B.shape[1]
+    KK = U64(K)
+    NN = U64(N)
+    off = U64(offset)
+    for i in prange(M):
+        c = C[i]
+        ii = U64(i)
+        if order == PAIRWISE:
+            W = _PAIR_WIDTH
+            T = np.empty((max(K, 1), W), dtype=np.float64)
+            for j0 in range(0, N, W):
+                w = min(W, N - j0)
+                for k in range(K):
+                    a = A[i, k]
+                    b = B[k]
+                    t = T[k]
+                    for jj in range(w):
+                        base = ((ii * NN + U64(j0 + jj)) * KK + U64(k)) * U64(4)
+                        t[jj] = _round_mul(a, b[j0 + jj], p, emin, minnorm, maxval, subnormals, ovf, mode, key, off + base, kbits)
+                n = K
+                node = 0  # internal nodes numbered in creation order: 0 .. K-2
+                while n > 1:
+                    h = n // 2
+                    for m in range(h):
+                        t = T[m]
+                        u = T[2 * m]
+                        v = T[2 * m + 1]
+                        for jj in range(w):
+                            base = ((ii * NN + U64(j0 + jj)) * KK + U64(node + m)) * U64(4) + U64(_K_ADD)
+                            t[jj] = _round_add(u[jj], v[jj], p, emin, minnorm, maxval, subnormals, ovf, mode, key, off + base, kbits)
+                    node += h
+                    if n % 2 == 1:
+                        T[h, :w] = T[n - 1, :w]
+                    n = h + n % 2
+                for jj in range(w):
+                    c[j0 + jj] = T[0, jj] if K > 0 else 0.0
+        else:
+            blk = block if order == BLOCKED else max(K, 1)
+            s = np.empty(N, dtype=np.float64)
+            for j in range(N):
+                c[j] = 0.0
+            for k0 in range(0, K, blk):
+                for j in range(N):
+                    s[j] = 0.0
+                for k in range(k0, min(K, k0 + blk)):
+                    a = A[i, k]
+                    b = B[k]
+                    for j in range(N):
+                        base = off + ((ii * NN + U64(j)) * KK + U64(k)) * U64(4)
+                        if fma:
+                            s[j] = _round_add(a * b[j], s[j], p, emin, minnorm, maxval, subnormals, ovf, mode, key, base + U64(_K_ADD), kbits)
+                        else:
+                            t = _round_mul(a, b[j], p, emin, minnorm, maxval, subnormals, ovf, mode, key, base, kbits)
+                            s[j] = _round_add(s[j], t, p, emin, minnorm, maxval, subnormals, ovf, mode, key, base + U64(_K_ADD), kbits)
+                if order == BLOCKED:
+                    for j in range(N):
+                        base = off + ((ii * NN + U64(j)) * KK + U64(k0 // blk)) * U64(4) + U64(_K_BLOCK)
+                        c[j] = _round_add(c[j], s[j], p, emin, minnorm, maxval, subnormals, ovf, mode, key, base, kbits)
+                else:
+                    for j in range(N):
+                        c[j] = s[j]
+
+
+@njit(parallel=True, cache=True)
+def round_final(x, out, p, emin, minnorm, maxval, subnormals, ovf, mode, key, offset, kbits):  # type: ignore[no-untyped-def]
+    """Round the 1-D ``x`` (the accumulated sums) to the format; counter of entry e: offset+e."""
+    for e in prange(x.shape[0]):
+        r = counter_random(key, U64(offset + e)) if mode >= SR else U64(0)
+        out[e] = round_scalar(np.float64(x[e]), p, emin, minnorm, maxval, subnormals, ovf, mode, r, kbits)[0]
+

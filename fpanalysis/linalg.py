@@ -1,0 +1,512 @@
+"""Emulated low-precision linear algebra: ``dot``, ``matmul`` and ``conv2d`` under a named
+arithmetic profile (see ``shared/design/semantics.md``).
+
+>>> import numpy as np
+>>> from fpanalysis.linalg import dot
+>>> x = np.array([1.0] + [2.0**-11] * 2048)        # 1 followed by 2048 halves of an fp16 ulp
+>>> y = np.ones_like(x)
+>>> dot(x, y, "fp16", "ieee")                       # fp16 accumulation stagnates at 1
+1.0
+>>> dot(x, y, "fp16", "fp32-accumulate")            # fp32 accumulation: 1 + 2048 * 2**-11
+2.0
+
+Profiles
+--------
+``ieee``
+    Every product is rounded to ``fmt`` and every addition is rounded to ``fmt`` (op-by-op
+    emulation, as in chop/CPFloat studies or a naive fp16 kernel).  With ``fma=True`` each step
+    is ``s = fl(a*b + s)`` with a single rounding.  All roundings use ``mode``.
+``fp32-accumulate``
+    Products rounded to binary32 (exact when ``fmt``'s products are binary32 numbers: fp16,
+    fp8), accumulated in binary32 with round-to-nearest-even after every addition, then one
+    final rounding to ``fmt`` with ``mode``.  This is what torch's CPU half ``mm``, numpy's
+    float16 ``matmul`` and cuBLAS fp16 GEMMs (with fp32 compute) do.  ``fma=True`` makes each
+    step one binary32 fused multiply-add (identical when the products are exact).
+``exact``
+    The exact sum of the exact products, rounded once to ``fmt`` with ``mode``
+    (:func:`fpanalysis.reference.exact_matmul`).  ``order``, ``block`` and ``fma`` do not apply.
+
+Orders (for ``ieee`` and ``fp32-accumulate``)
+---------------------------------------------
+``sequential``
+    ``s = +0; s = s + t_1; s = s + t_2; ...`` over ``k = 1..K`` (``t_k = a_k b_k``).
+``pairwise``
+    Higham's pairwise summation (*Accuracy and Stability of Numerical Algorithms*, 2nd ed.,
+    sec. 4.1): adjacent terms are added in pairs ``(t_1+t_2), (t_3+t_4), ...``, an odd last term
+    passes to the next level unchanged, and the pairing repeats until one value is left (no
+    leading +0).  Not combinable with ``fma``.
+``blocked``
+    Blocked summation (Blanchard, Higham & Mary, SIAM J. Sci. Comput. 42(3), 2020): the terms
+    are cut into consecutive blocks of ``block`` terms, each summed sequentially from +0, and
+    the block sums are added sequentially to a total that starts at +0.
+``blas`` (``fp32-accumulate`` only)
+    NumPy's float32 ``matmul`` (the BLAS library's own blocked order, with FMAs), then the
+    final rounding.  Fast, but the summation order is the library's and not documented here.
+
+Values
+------
+Inputs must already be numbers of ``fmt`` (float16/float32/float64 arrays); otherwise a
+``ValueError`` names the first offending entry, unless ``round_inputs=True``, which rounds them
+to ``fmt`` first (round to nearest even, like ``tensor.half()``).  Results are numbers of
+``fmt`` held in float32 (float64 for float64 inputs or formats float32 cannot hold).
+
+Stochastic rounding (``mode="stochastic"``, needs ``seed``) draws the bits of each rounding
+from a counter-based generator indexed by (batch, entry, term, kind of rounding), so results
+are reproducible and independent of the number of threads.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, Sequence, Union
+
+import numpy as np
+
+from .formats import FloatFormat, Overflow, get_format
+from .rounding import RoundingMode, _kernel_args, fits_float32, round_to
+
+__all__ = ["Profile", "Order", "dot", "matmul", "conv2d"]
+
+ArrayLike = Union[np.ndarray, Sequence[Any], float]
+
+
+class Profile(str, Enum):
+    """Arithmetic profiles of an emulated dot product (see the module docstring)."""
+
+    IEEE = "ieee"
+    FP32_ACCUMULATE = "fp32-accumulate"
+    EXACT = "exact"
+
+    @classmethod
+    def parse(cls, value: "str | Profile") -> "Profile":
+        if isinstance(value, Profile):
+            return value
+        if isinstance(value, str):
+            key = value.strip().lower().replace("_", "-")
+            key = {"fp32-acc": "fp32-accumulate", "fp32": "fp32-accumulate", "op-by-op": "ieee"}.get(key, key)
+            for m in cls:
+                if m.value == key:
+                    return m
+        valid = ", ".join(m.value for m in cls)
+        raise ValueError(f"unknown arithmetic profile {value!r}; valid profiles are: {valid}")
+
+
+class Order(str, Enum):
+    """Summation orders (see the module docstring)."""
+
+    SEQUENTIAL = "sequential"
+    PAIRWISE = "pairwise"
+    BLOCKED = "blocked"
+    BLAS = "blas"
+
+    @classmethod
+    def parse(cls, value: "str | Order") -> "Order":
+        if isinstance(value, Order):
+            return value
+        if isinstance(value, str):
+            key = value.strip().lower()
+            for m in cls:
+                if m.value == key:
+                    return m
+        valid = ", ".join(m.value for m in cls)
+        raise ValueError(f"unknown summation order {value!r}; valid orders are: {valid}")
+
+
+_ORDER_CODES = {Order.SEQUENTIAL: 0, Order.PAIRWISE: 1, Order.BLOCKED: 2}
+_FAST_PATHS = True  # tests switch this off to run the general kernels on every case
+_FP32 = get_format("fp32")
+
+
+def _is_binary16(f: FloatFormat) -> bool:
+    return (
+        (f.p, f.emin, f.emax) == (11, -14, 15)
+        and f.subnormals
+        and f.overflow is Overflow.INF
+        and f.max_significand is None
+    )
+
+
+def _products_exact_in_fp32(f: FloatFormat) -> bool:
+    """Whether every product of two numbers of ``f`` is a binary32 number."""
+    return 2 * f.p <= 24 and 2 * (f.emin - f.p + 1) >= -149 and 2 * (f.emax + 1) <= 127
+
+
+def _check_ieee_format(f: FloatFormat) -> None:
+    if f.p > 26 or 2 * (f.emax + 1) > 1023 or 2 * (f.emin - f.p + 1) < -1074:
+        raise ValueError(
+            f"format {f.name!r}: the ieee profile needs products of two numbers of the format to be "
+            "exact in float64 (p <= 26 and a moderate exponent range)"
+        )
+
+
+def _prepare(x: ArrayLike, f: FloatFormat, name: str, round_inputs: bool) -> np.ndarray:
+    """Validate that ``x`` holds numbers of ``f``; return a float32/float64 array."""
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    if arr.dtype == np.float16 and _is_binary16(f):
+        return arr.astype(np.float32)
+    if arr.dtype.kind != "f" or arr.dtype.itemsize < 4:
+        arr = arr.astype(np.float64)
+    if arr.dtype.itemsize > 8:
+        raise TypeError(f"{name}: long double inputs are not supported; convert to float64")
+    if round_inputs:
+        return np.asarray(round_to(arr, f, dtype=arr.dtype if fits_float32(f) else np.float64))
+    r = round_to(arr, f, dtype=arr.dtype if (arr.dtype == np.float64 or fits_float32(f)) else np.float64)
+    bad = ~((r == arr) | np.isnan(arr))
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        where = f"{name}[{', '.join(map(str, idx))}]" if idx else name
+        raise ValueError(
+            f"{where} = {float(arr[idx])!r} is not a number of format {f.name!r}; round the inputs first "
+            f"(fpanalysis.round_to(x, {f.name!r})) or pass round_inputs=True"
+        )
+    return arr
+
+
+class _Spec:
+    """Validated options shared by dot/matmul/conv2d."""
+
+    def __init__(self, fmt: Any, profile: Any, order: Any, block: Any, fma: Any, mode: Any, seed: Any, stream: int):
+        self.fmt = get_format(fmt)
+        self.profile = Profile.parse(profile)
+        self.order = Order.parse(order)
+        self.mode = RoundingMode.parse(mode)
+        if not isinstance(block, (int, np.integer)) or isinstance(block, bool) or block < 1:
+            raise ValueError(f"block must be a positive integer, got {block!r}")
+        self.block = int(block)
+        self.fma = bool(fma)
+        f = self.fmt
+        if self.profile is Profile.IEEE:
+            _check_ieee_format(f)
+            if self.order is Order.BLAS:
+                raise ValueError("order='blas' applies only to the fp32-accumulate profile")
+        if self.profile is Profile.FP32_ACCUMULATE and not fits_float32(f):
+            raise ValueError(f"format {f.name!r} has numbers that binary32 cannot hold; fp32-accumulate needs it")
+        if self.fma and self.order is Order.PAIRWISE and self.profile is not Profile.EXACT:
+            raise ValueError("fma=True applies to the sequential and blocked orders, not pairwise")
+        self.kargs = _kernel_args(f, self.mode, seed, None, stream)
+
+    def out_dtype(self, *arrays: np.ndarray) -> type:
+        wide = any(a.dtype == np.float64 for a in arrays)
+        return np.float64 if (wide or not fits_float32(self.fmt)) else np.float32
+
+
+def _round_final(acc: np.ndarray, spec: _Spec, offset: int, dtype: type) -> np.ndarray:
+    from . import _gemm_kernels as G
+
+    p, emin, minnorm, maxval, sub, ovf, code, key, kbits = spec.kargs
+    flat = _c(acc, acc.dtype).reshape(-1)
+    out = np.empty(flat.shape, dtype=dtype)
+    G.round_final(flat, out, p, emin, minnorm, maxval, sub, ovf, code, key, offset, kbits)
+    return out.reshape(acc.shape)
+
+
+def _to_h16(a: np.ndarray) -> np.ndarray:
+    from . import _gemm_kernels as G
+
+    flat = _c(a, np.float32).reshape(-1)
+    out = np.empty(flat.shape, dtype=np.uint16)
+    G.f32_to_h16_checked(flat, out)  # values were validated already
+    return out.reshape(a.shape)
+
+
+def _from_h16(b: np.ndarray, dtype: type) -> np.ndarray:
+    from . import _gemm_kernels as G
+
+    out = np.empty(b.size, dtype=np.float32)
+    G.h16_to_f32(_c(b, np.uint16).reshape(-1), out)
+    return out.reshape(b.shape).astype(dtype, copy=False)
+
+
+def _c(a: np.ndarray, dtype: type) -> np.ndarray:
+    """C-contiguous, writeable (numba compiles read-only arrays separately) array of ``dtype``."""
+    return np.require(a, dtype, ["C_CONTIGUOUS", "WRITEABLE"])
+
+
+def _matmul2d(A: np.ndarray, B: np.ndarray, spec: _Spec, offset: int, dtype: type) -> np.ndarray:
+    """One 2-D product of validated arrays; ``offset`` starts this product's random counters."""
+    from . import _gemm_kernels as G
+
+    M, K = A.shape
+    N = B.shape[1]
+    f, prof, order = spec.fmt, spec.profile, spec.order
+    code = spec.kargs[6]
+    if prof is Profile.EXACT:
+        return _exact(A, B, spec, offset, dtype)
+    if prof is Profile.FP32_ACCUMULATE:
+        A32, B32 = _c(A, np.float32), _c(B, np.float32)
+        exact_prod = _products_exact_in_fp32(f)
+        if order is Order.BLAS:
+            acc = A32 @ B32
+        else:
+            acc = np.empty((M, N), dtype=np.float32)
+            if order is Order.SEQUENTIAL:
+                if (exact_prod or spec.fma) and _FAST_PATHS:
+                    G.f32_sequential_fma(A32, B32, acc)
+                elif exact_prod or spec.fma:
+                    G.f32_sequential(A32, B32, acc, True)
+                else:
+                    G.f32_sequential(A32, B32, acc, False)
+            elif order is Order.BLOCKED:
+                G.f32_blocked(A32, B32, acc, spec.block, exact_prod or spec.fma)
+            else:
+                G.f32_pairwise(A32, B32, acc)
+        return _round_final(acc, spec, offset, dtype)
+    # ieee
+    if _FAST_PATHS and _is_binary16(f) and code == RoundingMode.NEAREST_EVEN.code and not spec.fma:
+        A16, B16 = _to_h16(A), _to_h16(B)
+        C16 = np.empty((M, N), dtype=np.uint16)
+        if order is Order.SEQUENTIAL:
+            G.h16_sequential(A16, B16, C16)
+        elif order is Order.BLOCKED:
+            G.h16_blocked(A16, B16, C16, spec.block)
+        else:
+            G.h16_pairwise(A16, B16, C16)
+        return _from_h16(C16, dtype)
+    p, emin, minnorm, maxval, sub, ovf, code, key, kbits = spec.kargs
+    C = np.empty((M, N), dtype=np.float64)
+    G.ieee_general(
+        _c(A, np.float64),
+        _c(B, np.float64),
+        C,
+        _ORDER_CODES[order],
+        spec.block,
+        spec.fma,
+        p,
+        emin,
+        minnorm,
+        maxval,
+        sub,
+        ovf,
+        code,
+        key,
+        offset,
+        kbits,
+    )
+    return C.astype(dtype, copy=False)
+
+
+def _exact(A: np.ndarray, B: np.ndarray, spec: _Spec, offset: int, dtype: type) -> np.ndarray:
+    from .reference import exact_matmul  # another module of the package; imported when needed
+
+    A64 = np.asarray(A, dtype=np.float64)
+    B64 = np.asarray(B, dtype=np.float64)
+    if spec.mode is RoundingMode.STOCHASTIC:
+        # exact sum rounded to odd at 53 bits, then stochastically rounded: the probability of
+        # rounding up is exact up to 2**-(53 - p) relative to the gap
+        if spec.fmt.emin - spec.fmt.p + 1 < -900:
+            raise ValueError(f"stochastic exact products are not supported for format {spec.fmt.name!r}")
+        wide = FloatFormat("binary64-odd", 53, -960, 1000)  # float64's precision, narrower range
+        z = np.asarray(exact_matmul(A64, B64, wide, "odd"), dtype=np.float64)
+        return _round_final(z, spec, offset, dtype)
+    z = np.asarray(exact_matmul(A64, B64, spec.fmt, spec.mode.value), dtype=np.float64)
+    return z.astype(dtype, copy=False)
+
+
+def _counter_span(M: int, K: int, N: int) -> int:
+    return max(M * N * max(K, 1) * 4, 1)
+
+
+def matmul(
+    A: ArrayLike,
+    B: ArrayLike,
+    fmt: "str | FloatFormat" = "fp16",
+    profile: "str | Profile" = "fp32-accumulate",
+    *,
+    order: "str | Order" = "sequential",
+    block: int = 32,
+    fma: bool = False,
+    mode: "str | RoundingMode" = "nearest-even",
+    seed: Any = None,
+    stream: int = 0,
+    round_inputs: bool = False,
+) -> np.ndarray:
+    """Emulated matrix product ``A @ B`` in the format ``fmt`` under an arithmetic profile.
+
+    Parameters
+    ----------
+    A, B : array_like
+        Numbers of ``fmt``; shapes ``(..., M, K)`` and ``(..., K, N)`` with broadcasting batch
+        dimensions, or 1-D as in ``numpy.matmul``.
+    fmt : str or FloatFormat
+        Storage format of inputs and result (``"fp16"``, ``"bf16"``, ...).
+    profile : str
+        ``"ieee"``, ``"fp32-accumulate"`` (default) or ``"exact"``; see the module docstring.
+    order : str
+        ``"sequential"`` (default), ``"pairwise"``, ``"blocked"`` or (fp32-accumulate only)
+        ``"blas"``.
+    block : int
+        Block length of the ``"blocked"`` order.
+    fma : bool
+        Fused multiply-add accumulation steps (``ieee``: ``s = fl(a*b + s)``).
+    mode : str
+        Rounding mode of every rounding to ``fmt`` (the binary32 accumulation of
+        ``fp32-accumulate`` always rounds to nearest even, like the hardware).
+    seed, stream :
+        Random stream for ``mode="stochastic"``.
+    round_inputs : bool
+        Round ``A`` and ``B`` to ``fmt`` (nearest even) instead of rejecting non-members.
+
+    Returns
+    -------
+    numpy.ndarray
+        The product, values of ``fmt`` in float32 (float64 for float64 inputs or wide formats).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> A = np.array([[1.0, 2.0**-11, 2.0**-11]])
+    >>> B = np.ones((3, 1))
+    >>> matmul(A, B, "fp16", "ieee").tolist(), matmul(A, B, "fp16", "fp32-accumulate").tolist()
+    ([[1.0]], [[1.0009765625]])
+    """
+    spec = _Spec(fmt, profile, order, block, fma, mode, seed, stream)
+    a = _prepare(A, spec.fmt, "A", round_inputs)
+    b = _prepare(B, spec.fmt, "B", round_inputs)
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError("matmul needs arrays with at least one dimension; use a * b for scalars")
+    dtype = spec.out_dtype(a, b)
+    a2 = a[None, :] if a.ndim == 1 else a
+    b2 = b[:, None] if b.ndim == 1 else b
+    if a2.shape[-1] != b2.shape[-2]:
+        raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not align (K = {a2.shape[-1]} vs {b2.shape[-2]})")
+    M, K = a2.shape[-2:]
+    N = b2.shape[-1]
+    batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+    aa = np.broadcast_to(a2, batch + (M, K)).reshape(-1, M, K)
+    bb = np.broadcast_to(b2, batch + (K, N)).reshape(-1, K, N)
+    span = _counter_span(M, K, N)
+    out = np.empty((aa.shape[0], M, N), dtype=dtype)
+    for t in range(aa.shape[0]):
+        out[t] = _matmul2d(aa[t], bb[t], spec, t * span, dtype)
+    out = out.reshape(batch + (M, N))
+    if a.ndim == 1:
+        out = out[..., 0, :]
+    if b.ndim == 1:
+        out = out[..., 0]
+    return out
+
+
+def dot(
+    x: ArrayLike,
+    y: ArrayLike,
+    fmt: "str | FloatFormat" = "fp16",
+    profile: "str | Profile" = "fp32-accumulate",
+    *,
+    order: "str | Order" = "sequential",
+    block: int = 32,
+    fma: bool = False,
+    mode: "str | RoundingMode" = "nearest-even",
+    seed: Any = None,
+    stream: int = 0,
+    round_inputs: bool = False,
+) -> float:
+    """Emulated dot product of two 1-D vectors of numbers of ``fmt``; returns a float.
+
+    Options as in :func:`matmul`.
+
+    Examples
+    --------
+    >>> dot([65504.0, 65504.0], [1.0, -1.0], "fp16", "ieee")
+    0.0
+    >>> dot([65504.0, 16.0], [1.0, 1.0], "fp16", "ieee", mode="toward-zero")
+    65504.0
+    """
+    xs, ys = np.asarray(x), np.asarray(y)
+    if xs.ndim != 1 or ys.ndim != 1:
+        raise ValueError(f"dot needs two 1-D vectors, got shapes {xs.shape} and {ys.shape}")
+    if xs.shape != ys.shape:
+        raise ValueError(f"dot: vectors of different lengths {xs.shape[0]} and {ys.shape[0]}")
+    r = matmul(
+        xs, ys, fmt, profile, order=order, block=block, fma=fma, mode=mode, seed=seed, stream=stream,
+        round_inputs=round_inputs,
+    )
+    return float(r)
+
+
+def _pair(v: Any, name: str) -> tuple[int, int]:
+    t = (v, v) if isinstance(v, (int, np.integer)) else tuple(v)
+    if len(t) != 2 or not all(isinstance(i, (int, np.integer)) for i in t):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
+    return int(t[0]), int(t[1])
+
+
+def conv2d(
+    x: ArrayLike,
+    w: ArrayLike,
+    bias: ArrayLike | None = None,
+    stride: "int | tuple[int, int]" = 1,
+    padding: "int | tuple[int, int]" = 0,
+    dilation: "int | tuple[int, int]" = 1,
+    groups: int = 1,
+    fmt: "str | FloatFormat" = "fp16",
+    profile: "str | Profile" = "fp32-accumulate",
+    *,
+    order: "str | Order" = "sequential",
+    block: int = 32,
+    fma: bool = False,
+    mode: "str | RoundingMode" = "nearest-even",
+    seed: Any = None,
+    stream: int = 0,
+    round_inputs: bool = False,
+) -> np.ndarray:
+    """Emulated 2-D convolution (cross-correlation, as ``torch.nn.functional.conv2d``), NCHW.
+
+    Computed as im2col followed by :func:`matmul`: output ``(n, o, y, x)`` is the dot product
+    of the weights ``w[o]`` (flattened in ``(c, kh, kw)`` order) with the matching input
+    window, with the bias, when given, as one more term at the end (weight ``bias[o]``, input 1).
+    Zero padding.  Other options as in :func:`matmul`.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W)
+    w : array_like, shape (O, C // groups, kh, kw)
+    bias : array_like, shape (O,), optional
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.arange(16.0).reshape(1, 1, 4, 4)
+    >>> conv2d(x, np.ones((1, 1, 2, 2)), stride=2)[0, 0].tolist()
+    [[10.0, 18.0], [42.0, 50.0]]
+    """
+    spec = _Spec(fmt, profile, order, block, fma, mode, seed, stream)
+    xa = _prepare(x, spec.fmt, "x", round_inputs)
+    wa = _prepare(w, spec.fmt, "w", round_inputs)
+    if xa.ndim != 4 or wa.ndim != 4:
+        raise ValueError(f"conv2d needs x of shape (N, C, H, W) and w of shape (O, C/groups, kh, kw), got {xa.shape}, {wa.shape}")
+    ba = None if bias is None else _prepare(bias, spec.fmt, "bias", round_inputs)
+    sh, sw = _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    dh, dw = _pair(dilation, "dilation")
+    if min(sh, sw, dh, dw) < 1 or min(ph, pw) < 0:
+        raise ValueError("stride and dilation must be >= 1 and padding >= 0")
+    n, c, h, wd = xa.shape
+    o, cg, kh, kw = wa.shape
+    if not isinstance(groups, (int, np.integer)) or groups < 1 or c % groups or o % groups or cg != c // groups:
+        raise ValueError(f"conv2d: groups={groups!r} does not fit {c} input channels, weight shape {wa.shape}")
+    if ba is not None and ba.shape != (o,):
+        raise ValueError(f"conv2d: bias must have shape ({o},), got {ba.shape}")
+    dtype = spec.out_dtype(*(a for a in (xa, wa, ba) if a is not None))
+    xp = np.pad(xa, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    ekh, ekw = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    ho = (h + 2 * ph - ekh) // sh + 1
+    wo = (wd + 2 * pw - ekw) // sw + 1
+    if ho < 1 or wo < 1:
+        raise ValueError("conv2d: the kernel does not fit in the padded input")
+    win = np.lib.stride_tricks.sliding_window_view(xp, (ekh, ekw), axis=(2, 3))
+    win = win[:, :, : (ho - 1) * sh + 1 : sh, : (wo - 1) * sw + 1 : sw, ::dh, ::dw]  # (n, c, ho, wo, kh, kw)
+    og = o // groups
+    out = np.empty((n, ho, wo, o), dtype=dtype)
+    Kc = cg * kh * kw + (ba is not None)
+    span = _counter_span(n * ho * wo, Kc, og)
+    for g in range(groups):
+        cols = win[:, g * cg : (g + 1) * cg].transpose(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, cg * kh * kw)
+        wm = wa[g * og : (g + 1) * og].reshape(og, cg * kh * kw).T
+        if ba is not None:
+            cols = np.concatenate([cols, np.ones((cols.shape[0], 1), dtype=cols.dtype)], axis=1)
+            wm = np.concatenate([wm, ba[None, g * og : (g + 1) * og].astype(wm.dtype)], axis=0)
+        r = _matmul2d(np.ascontiguousarray(cols), np.ascontiguousarray(wm), spec, g * span, dtype)
+        out[..., g * og : (g + 1) * og] = r.reshape(n, ho, wo, og)
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
