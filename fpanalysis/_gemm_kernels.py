@@ -40,7 +40,6 @@ from ._round_kernels import RD, SR, round_scalar
 SEQUENTIAL, PAIRWISE, BLOCKED = 0, 1, 2
 # Kinds of rounding, for the counters of stochastic rounding (index = (entry*K + k)*4 + kind).
 _K_PROD, _K_ADD, _K_BLOCK = 0, 1, 2
-_PAIR_WIDTH = 64  # columns per pairwise work buffer
 
 
 @intrinsic
@@ -122,25 +121,24 @@ def _h16_to_f32(typingctx, b):  # type: ignore[no-untyped-def]
 
 @njit(parallel=True, cache=True)
 def f32_to_h16_checked(x, out):  # type: ignore[no-untyped-def]
-    """Convert float32 ``x`` (1-D) to binary16 bits; return the first index whose value is not
-    a binary16 number (NaNs count as binary16 numbers), or -1."""
+    """Convert float32 ``x`` (1-D) to binary16 bits (nearest even); return how many values were
+    not binary16 numbers (NaNs count as binary16 numbers)."""
     n = x.shape[0]
-    nchunk = 64
-    bad = np.full(nchunk, n, dtype=np.int64)
-    for c in prange(nchunk):
+    bad = 0
+    for i in prange(n):
+        v = x[i]
+        h = _f32_to_h16(v)
+        out[i] = h
+        bad += np.int64((_h16_to_f32(h) != v) & (v == v))
+    return bad
+
+
+@njit(parallel=True, cache=True)
+def f32_round_h16(x, out):  # type: ignore[no-untyped-def]
+    """Round float32 ``x`` (1-D) to binary16, nearest even; the results as ``out``'s dtype."""
+    for i in prange(x.shape[0]):
         _wide_vectors()
-        lo = c * n // nchunk
-        hi = (c + 1) * n // nchunk
-        first = n
-        for i in range(lo, hi):
-            h = _f32_to_h16(x[i])
-            out[i] = h
-            v = x[i]
-            ok = (_h16_to_f32(h) == v) | (v != v)
-            first = first if (ok or first < n) else i
-        bad[c] = first
-    m = bad.min()
-    return -1 if m == n else m
+        out[i] = _h16_to_f32(_f32_to_h16(x[i]))
 
 
 @njit(parallel=True, cache=True)
@@ -197,35 +195,42 @@ def h16_blocked(A, B, C, block):  # type: ignore[no-untyped-def]
 @njit(parallel=True, cache=True)
 def h16_pairwise(A, B, C):  # type: ignore[no-untyped-def]
     """Pairwise order (Higham 2002, sec. 4.1): the rounded products are added in adjacent pairs,
-    an odd last term passes to the next level unchanged, and this repeats until one is left."""
+    an odd last term passes to the next level unchanged, and this repeats until one is left.
+
+    Computed with a stack of partial sums (a binary counter over k): after term k is pushed,
+    the two top blocks are merged while they have equal sizes; at the end the stack is merged
+    from the top down.  This performs exactly the additions of the level-by-level description.
+    """
     M, K = A.shape
     N = B.shape[1]
-    W = _PAIR_WIDTH
     for i in prange(M):
         _wide_vectors()
-        T = np.empty((max(K, 1), W), dtype=np.uint16)
-        for j0 in range(0, N, W):
-            w = min(W, N - j0)
-            for k in range(K):
-                a = A[i, k]
-                b = B[k]
-                t = T[k]
-                for jj in range(w):
-                    t[jj] = _h16_mul(a, b[j0 + jj])
-            n = K
-            while n > 1:
-                h = n // 2
-                for m in range(h):
-                    t = T[m]
-                    u = T[2 * m]
-                    v = T[2 * m + 1]
-                    for jj in range(w):
-                        t[jj] = _h16_add(u[jj], v[jj])
-                if n % 2 == 1:
-                    T[h, :w] = T[n - 1, :w]
-                n = h + n % 2
-            for jj in range(w):
-                C[i, j0 + jj] = T[0, jj] if K > 0 else np.uint16(0)
+        S = np.empty((66, N), dtype=np.uint16)
+        top = -1
+        for k in range(K):
+            top += 1
+            a = A[i, k]
+            b = B[k]
+            t = S[top]
+            for j in range(N):
+                t[j] = _h16_mul(a, b[j])
+            c = k + 1
+            while c % 2 == 0:
+                u = S[top - 1]
+                v = S[top]
+                for j in range(N):
+                    u[j] = _h16_add(u[j], v[j])
+                top -= 1
+                c //= 2
+        while top > 0:
+            u = S[top - 1]
+            v = S[top]
+            for j in range(N):
+                u[j] = _h16_add(u[j], v[j])
+            top -= 1
+        c = C[i]
+        for j in range(N):
+            c[j] = S[0, j] if K > 0 else np.uint16(0)
 
 
 # --- fp32-accumulate profile -----------------------------------------------------------------
@@ -377,32 +382,34 @@ def f32_pairwise(A, B, C):  # type: ignore[no-untyped-def]
     """Pairwise order in float32 (see :func:`h16_pairwise`); products rounded to float32."""
     M, K = A.shape
     N = B.shape[1]
-    W = _PAIR_WIDTH
     for i in prange(M):
         _wide_vectors()
-        T = np.empty((max(K, 1), W), dtype=np.float32)
-        for j0 in range(0, N, W):
-            w = min(W, N - j0)
-            for k in range(K):
-                x = A[i, k]
-                b = B[k]
-                t = T[k]
-                for jj in range(w):
-                    t[jj] = x * b[j0 + jj]
-            n = K
-            while n > 1:
-                h = n // 2
-                for m in range(h):
-                    t = T[m]
-                    u = T[2 * m]
-                    v = T[2 * m + 1]
-                    for jj in range(w):
-                        t[jj] = u[jj] + v[jj]
-                if n % 2 == 1:
-                    T[h, :w] = T[n - 1, :w]
-                n = h + n % 2
-            for jj in range(w):
-                C[i, j0 + jj] = T[0, jj] if K > 0 else np.float32(0.0)
+        S = np.empty((66, N), dtype=np.float32)
+        top = -1
+        for k in range(K):
+            top += 1
+            x = A[i, k]
+            b = B[k]
+            t = S[top]
+            for j in range(N):
+                t[j] = x * b[j]
+            c = k + 1
+            while c % 2 == 0:
+                u = S[top - 1]
+                v = S[top]
+                for j in range(N):
+                    u[j] = u[j] + v[j]
+                top -= 1
+                c //= 2
+        while top > 0:
+            u = S[top - 1]
+            v = S[top]
+            for j in range(N):
+                u[j] = u[j] + v[j]
+            top -= 1
+        c = C[i]
+        for j in range(N):
+            c[j] = S[0, j] if K > 0 else np.float32(0.0)
 
 
 # --- ieee profile, any format and mode (float64) ---------------------------------------------
@@ -443,7 +450,7 @@ def ieee_general(A, B, C, order, block, fma, p, emin, minnorm, maxval, subnormal
     """The ``ieee`` profile in float64 for any format (``p <= 26``) and rounding mode.
 
     Stochastic rounding of the rounding of ``kind`` for term ``k`` of entry ``(i, j)`` uses the
-    counter ``offset + ((i*N + j)*K + k)*4 + kind``, so results do not depend on threads.
+    counter ``offset + ((i*N + j)*K + k)*4 + kind`` (a pairwise addition uses the ``k`` of the first term of its right operand), so results do not depend on threads.
     """
     M, K = A.shape
     N = B.shape[1]
@@ -454,34 +461,32 @@ def ieee_general(A, B, C, order, block, fma, p, emin, minnorm, maxval, subnormal
         c = C[i]
         ii = U64(i)
         if order == PAIRWISE:
-            W = _PAIR_WIDTH
-            T = np.empty((max(K, 1), W), dtype=np.float64)
-            for j0 in range(0, N, W):
-                w = min(W, N - j0)
-                for k in range(K):
-                    a = A[i, k]
-                    b = B[k]
-                    t = T[k]
-                    for jj in range(w):
-                        base = ((ii * NN + U64(j0 + jj)) * KK + U64(k)) * U64(4)
-                        t[jj] = _round_mul(a, b[j0 + jj], p, emin, minnorm, maxval, subnormals, ovf, mode, key, off + base, kbits)
-                n = K
-                node = 0  # internal nodes numbered in creation order: 0 .. K-2
-                while n > 1:
-                    h = n // 2
-                    for m in range(h):
-                        t = T[m]
-                        u = T[2 * m]
-                        v = T[2 * m + 1]
-                        for jj in range(w):
-                            base = ((ii * NN + U64(j0 + jj)) * KK + U64(node + m)) * U64(4) + U64(_K_ADD)
-                            t[jj] = _round_add(u[jj], v[jj], p, emin, minnorm, maxval, subnormals, ovf, mode, key, off + base, kbits)
-                    node += h
-                    if n % 2 == 1:
-                        T[h, :w] = T[n - 1, :w]
-                    n = h + n % 2
-                for jj in range(w):
-                    c[j0 + jj] = T[0, jj] if K > 0 else 0.0
+            # stack of partial sums as in h16_pairwise; lo[l] = first term of stack entry l.
+            # The addition merging terms [lo, s) and [s, hi) uses the counter of term s.
+            S = np.empty((66, N), dtype=np.float64)
+            lo = np.empty(66, dtype=np.int64)
+            top = -1
+            for k in range(K):
+                top += 1
+                lo[top] = k
+                a = A[i, k]
+                b = B[k]
+                t = S[top]
+                for j in range(N):
+                    base = off + ((ii * NN + U64(j)) * KK + U64(k)) * U64(4)
+                    t[j] = _round_mul(a, b[j], p, emin, minnorm, maxval, subnormals, ovf, mode, key, base, kbits)
+                cnt = k + 1
+                while cnt % 2 == 0 or (k == K - 1 and top > 0):
+                    u = S[top - 1]
+                    v = S[top]
+                    split = U64(lo[top])
+                    for j in range(N):
+                        base = off + ((ii * NN + U64(j)) * KK + split) * U64(4) + U64(_K_ADD)
+                        u[j] = _round_add(u[j], v[j], p, emin, minnorm, maxval, subnormals, ovf, mode, key, base, kbits)
+                    top -= 1
+                    cnt //= 2
+            for j in range(N):
+                c[j] = S[0, j] if K > 0 else 0.0
         else:
             blk = block if order == BLOCKED else max(K, 1)
             s = np.empty(N, dtype=np.float64)

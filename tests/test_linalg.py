@@ -169,17 +169,19 @@ def oracle_ieee(A, B, fmt, mode, order="sequential", block=32, fma=False, seed=N
                 for bi, k0 in enumerate(range(0, K, block)):
                     tot = o_add(tot, seq(range(k0, min(K, k0 + block))), fmt, mode, rng(ix(bi, 2)))
                 C[i, j] = tot
-            else:  # pairwise, Higham's definition, nodes numbered in creation order
-                level = [o_mul(a[k], b[k], fmt, mode, rng(ix(k, 0))) for k in range(K)]
-                node = 0
+            else:  # pairwise, Higham's level-by-level definition
+                # items are (value, first term); the addition merging [lo, s) and [s, hi) draws
+                # the random bits of term s
+                level = [(o_mul(a[k], b[k], fmt, mode, rng(ix(k, 0))), k) for k in range(K)]
                 while len(level) > 1:
                     nxt = []
                     for m in range(len(level) // 2):
-                        nxt.append(o_add(level[2 * m], level[2 * m + 1], fmt, mode, rng(ix(node + m, 1))))
-                    node += len(level) // 2
+                        (x, lo), (y, split) = level[2 * m], level[2 * m + 1]
+                        nxt.append((o_add(x, y, fmt, mode, rng(ix(split, 1))), lo))
                     if len(level) % 2:
                         nxt.append(level[-1])
                     level = nxt
+                level = [v for v, _ in level]
                 C[i, j] = level[0] if level else 0.0
     return C
 
@@ -324,6 +326,13 @@ def test_inputs_must_be_format_numbers() -> None:
         matmul(A, np.ones((4, 2)))
     with pytest.raises(ValueError, match=r"B\[0, 0\]"):
         matmul(np.ones((3, 4)), np.full((4, 2), 1e6))
+    A32 = np.ones((5, 4), dtype=np.float32)
+    A32[4, 3] = 1.0 + 2.0**-12  # a float32 number between two fp16 numbers
+    with pytest.raises(ValueError, match=r"A\[4, 3\] = 1\.000244140625 is not"):
+        matmul(A32, np.ones((4, 2)), profile="ieee")
+    with pytest.raises(ValueError, match=r"x\[1\] = 0\.1 is not a number of format 'bf16'"):
+        dot([1.0, 0.1], [1.0, 1.0], "bf16")
+    assert dot([1.0, 0.1], [1.0, 1.0], "bf16", round_inputs=True) == 1.1015625
     got = matmul(A, np.ones((4, 2)), round_inputs=True)
     assert got[1, 0] == np.float16(np.float32(np.float16(0.1)) + 3)
 
@@ -448,15 +457,22 @@ def test_fp32acc_equals_numpy_float16_matmul() -> None:
     assert min(rates.values()) >= 0.999, rates
 
 
-def test_blas_order_is_fp32_accumulation() -> None:
+def test_fp32acc_sequential_equals_numpy_float32_loop() -> None:
+    """A larger check against a vectorised twin: float32 numpy steps acc = acc + a_k * b_k
+    (exact products, one float32 rounding per addition, in k order).  N = 128 takes the
+    padded-stride path of the fast kernel, M = 70 its row tail."""
     rng = np.random.default_rng(8)
-    A = rng.standard_normal((64, 200)).astype(np.float16)
-    B = rng.standard_normal((200, 48)).astype(np.float16)
-    seq = matmul(A, B, order="sequential")
+    A = (rng.standard_normal((70, 203)) * 4).astype(np.float16)
+    B = rng.standard_normal((203, 128)).astype(np.float16)
+    A32, B32 = A.astype(np.float32), B.astype(np.float32)
+    acc = np.zeros((70, 128), dtype=np.float32)
+    for k in range(203):
+        acc = acc + A32[:, k : k + 1] * B32[k]
+    want = acc.astype(np.float16).astype(np.float32)
+    assert same(matmul(A, B), want)
     blas = matmul(A, B, order="blas")
-    want = (A.astype(np.float32) @ B.astype(np.float32)).astype(np.float16)
-    assert same(blas, want.astype(np.float32))
-    assert np.mean(seq == blas) > 0.99
+    assert same(blas, (A32 @ B32).astype(np.float16).astype(np.float32))
+    assert np.mean(blas == want) > 0.99
 
 
 # --- the stagnation example of the issue ------------------------------------------------------

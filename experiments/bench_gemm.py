@@ -1,0 +1,183 @@
+"""Emulated fp16 GEMM throughput against numpy float32 BLAS, measured in the same run.
+
+Issue 2's goals at 512 x 512 x 512: the ``ieee`` profile (fp16 accumulation, round to nearest
+even, no fma) at >= 1/10 of numpy float32 BLAS throughput, ``fp32-accumulate`` at >= 1/2.
+
+Every method is timed once per round and the rounds are interleaved, so slow phases of a shared
+machine hit all methods alike.  Three ratios are reported (BLAS time / method time):
+``wall_min`` (best wall-clock times), ``wall_median`` and ``cpu_min`` (best process CPU
+time: robust to being descheduled, but counts busy-waiting BLAS threads as work, so use it with
+--threads 1).  Results, configuration and environment go to a JSON file.
+
+    python experiments/bench_gemm.py --out results/bench_gemm.json
+    python experiments/bench_gemm.py --threads 1 --out results/bench_gemm_1thread.json
+    python experiments/bench_gemm.py --smoke            # seconds: n = 64, 3 rounds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+
+# --- configuration -------------------------------------------------------------------------
+N = 512  # M = K = N
+ROUNDS = 15
+SLOW_ROUNDS = 3  # for the slow reference methods (general kernel, numpy float16)
+SEED = 0
+GOALS = {"ieee_sequential": 0.10, "fp32acc_sequential": 0.50, "fp32acc_blas": 0.50}
+
+
+def _methods(n: int, extra: bool) -> tuple[dict[str, Callable[[], object]], set[str]]:
+    from fpanalysis.linalg import matmul
+
+    rng = np.random.default_rng(SEED)
+    A16 = rng.standard_normal((n, n)).astype(np.float16)
+    B16 = rng.standard_normal((n, n)).astype(np.float16)
+    A32, B32 = A16.astype(np.float32), B16.astype(np.float32)
+    m: dict[str, Callable[[], object]] = {
+        "numpy_fp32_blas": lambda: A32 @ B32,
+        "ieee_sequential": lambda: matmul(A16, B16, "fp16", "ieee"),
+        "ieee_pairwise": lambda: matmul(A16, B16, "fp16", "ieee", order="pairwise"),
+        "ieee_blocked": lambda: matmul(A16, B16, "fp16", "ieee", order="blocked", block=32),
+        "fp32acc_sequential": lambda: matmul(A16, B16, "fp16", "fp32-accumulate"),
+        "fp32acc_blas": lambda: matmul(A16, B16, "fp16", "fp32-accumulate", order="blas"),
+    }
+    slow: set[str] = set()
+    if extra:
+        m["ieee_stochastic"] = lambda: matmul(A16, B16, "fp16", "ieee", mode="stochastic", seed=1)
+        m["ieee_toward_zero"] = lambda: matmul(A16, B16, "fp16", "ieee", mode="toward-zero")
+        m["numpy_fp16_matmul"] = lambda: A16 @ B16
+        slow |= {"ieee_stochastic", "ieee_toward_zero", "numpy_fp16_matmul"}
+        try:
+            import torch
+
+            ta, tb = torch.from_numpy(A16), torch.from_numpy(B16)
+            m["torch_half_mm"] = lambda: ta.mm(tb)
+        except ImportError:
+            pass
+    return m, slow
+
+
+def _environment(threads: int | None) -> dict[str, object]:
+    import numba
+
+    env: dict[str, object] = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "numba_threads": numba.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "threads_option": threads,
+        "loadavg_start": os.getloadavg(),
+    }
+    try:
+        import llvmlite.binding as ll
+
+        env["llvm_cpu"] = ll.get_host_cpu_name()
+    except Exception:  # noqa: BLE001 - informational only
+        pass
+    try:
+        with open("/proc/cpuinfo") as fh:
+            env["cpu_model"] = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), None)
+    except OSError:
+        pass
+    try:
+        from threadpoolctl import threadpool_info
+
+        env["blas"] = [{k: d.get(k) for k in ("internal_api", "version", "num_threads")} for d in threadpool_info()]
+    except ImportError:
+        pass
+    try:
+        env["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        env["git_commit"] = None
+    return env
+
+
+def run(n: int, rounds: int, threads: int | None, extra: bool) -> dict[str, object]:
+    import numba
+
+    limiter = None
+    if threads is not None:
+        numba.set_num_threads(threads)
+        try:
+            from threadpoolctl import threadpool_limits
+
+            limiter = threadpool_limits(threads)
+        except ImportError:
+            print("threadpoolctl not installed: BLAS thread count not limited", file=sys.stderr)
+    methods, slow = _methods(n, extra)
+    for f in methods.values():  # compile and warm up
+        f()
+    wall: dict[str, list[float]] = {k: [] for k in methods}
+    cpu: dict[str, list[float]] = {k: [] for k in methods}
+    for r in range(rounds):
+        for name, f in methods.items():
+            if name in slow and r >= SLOW_ROUNDS:
+                continue
+            c0, w0 = time.process_time(), time.perf_counter()
+            f()
+            wall[name].append(time.perf_counter() - w0)
+            cpu[name].append(time.process_time() - c0)
+    flops = 2.0 * n**3
+    ref_w, ref_m, ref_c = min(wall["numpy_fp32_blas"]), float(np.median(wall["numpy_fp32_blas"])), min(cpu["numpy_fp32_blas"])
+    results = {}
+    for name in methods:
+        w, c = wall[name], cpu[name]
+        results[name] = {
+            "gflops_wall_min": flops / min(w) / 1e9,
+            "gflops_wall_median": flops / float(np.median(w)) / 1e9,
+            "ratio_wall_min": ref_w / min(w),
+            "ratio_wall_median": ref_m / float(np.median(w)),
+            "ratio_cpu_min": ref_c / max(min(c), 1e-9),
+            "times_wall_s": w,
+            "times_cpu_s": c,
+        }
+    env = _environment(threads)
+    env["loadavg_end"] = os.getloadavg()
+    if limiter is not None:
+        limiter.restore_original_limits()
+    return {"config": {"n": n, "rounds": rounds, "threads": threads, "seed": SEED, "goals": GOALS},
+            "environment": env, "results": results}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=N)
+    ap.add_argument("--rounds", type=int, default=ROUNDS)
+    ap.add_argument("--threads", type=int, default=None, help="numba and BLAS threads (default: unchanged)")
+    ap.add_argument("--extra", action="store_true", help="also time the general kernel, numpy float16, torch")
+    ap.add_argument("--smoke", action="store_true", help="n = 64, 3 rounds")
+    ap.add_argument("--out", default=None, help="write the results as JSON here")
+    args = ap.parse_args(argv)
+    n, rounds = (64, 3) if args.smoke else (args.n, args.rounds)
+    res = run(n, rounds, args.threads, args.extra)
+    print(f"GEMM {n}x{n}x{n} fp16, threads={args.threads or 'default'}, loadavg {res['environment']['loadavg_start']}")
+    print(f"{'method':22s} {'GFLOP/s(min)':>12s} {'ratio wall-min':>15s} {'wall-median':>12s} {'cpu-min':>8s}  goal")
+    for name, r in res["results"].items():
+        goal = GOALS.get(name)
+        verdict = "" if goal is None else (f">= {goal:g}: " + ("met" if r["ratio_wall_min"] >= goal else "NOT met"))
+        print(f"{name:22s} {r['gflops_wall_min']:12.1f} {r['ratio_wall_min']:15.3f} {r['ratio_wall_median']:12.3f} "
+              f"{r['ratio_cpu_min']:8.3f}  {verdict}")
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as fh:
+            json.dump(res, fh, indent=1)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
