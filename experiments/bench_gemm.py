@@ -23,7 +23,7 @@ import platform
 import subprocess
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -83,22 +83,29 @@ def _environment(threads: int | None) -> dict[str, object]:
         import llvmlite.binding as ll
 
         env["llvm_cpu"] = ll.get_host_cpu_name()
-    except Exception:  # noqa: BLE001 - informational only
-        pass
+    except Exception as exc:  # noqa: BLE001 - informational only
+        env["llvm_cpu"] = f"unknown ({exc})"
     try:
         with open("/proc/cpuinfo") as fh:
-            env["cpu_model"] = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), None)
+            env["cpu_model"] = next(
+                (ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), None
+            )
     except OSError:
         pass
     try:
         from threadpoolctl import threadpool_info
 
-        env["blas"] = [{k: d.get(k) for k in ("internal_api", "version", "num_threads")} for d in threadpool_info()]
+        env["blas"] = [
+            {k: d.get(k) for k in ("internal_api", "version", "num_threads")} for d in threadpool_info()
+        ]
     except ImportError:
         pass
     try:
         env["git_commit"] = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
             cwd=os.path.dirname(os.path.abspath(__file__)),
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
@@ -132,7 +139,11 @@ def run(n: int, rounds: int, threads: int | None, extra: bool) -> dict[str, obje
             wall[name].append(time.perf_counter() - w0)
             cpu[name].append(time.process_time() - c0)
     flops = 2.0 * n**3
-    ref_w, ref_m, ref_c = min(wall["numpy_fp32_blas"]), float(np.median(wall["numpy_fp32_blas"])), min(cpu["numpy_fp32_blas"])
+    ref_w, ref_m, ref_c = (
+        min(wall["numpy_fp32_blas"]),
+        float(np.median(wall["numpy_fp32_blas"])),
+        min(cpu["numpy_fp32_blas"]),
+    )
     results = {}
     for name in methods:
         w, c = wall[name], cpu[name]
@@ -149,8 +160,11 @@ def run(n: int, rounds: int, threads: int | None, extra: bool) -> dict[str, obje
     env["loadavg_end"] = os.getloadavg()
     if limiter is not None:
         limiter.restore_original_limits()
-    return {"config": {"n": n, "rounds": rounds, "threads": threads, "seed": SEED, "goals": GOALS},
-            "environment": env, "results": results}
+    return {
+        "config": {"n": n, "rounds": rounds, "threads": threads, "seed": SEED, "goals": GOALS},
+        "environment": env,
+        "results": results,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,13 +178,21 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     n, rounds = (64, 3) if args.smoke else (args.n, args.rounds)
     res = run(n, rounds, args.threads, args.extra)
-    print(f"GEMM {n}x{n}x{n} fp16, threads={args.threads or 'default'}, loadavg {res['environment']['loadavg_start']}")
-    print(f"{'method':22s} {'GFLOP/s(min)':>12s} {'ratio wall-min':>15s} {'wall-median':>12s} {'cpu-min':>8s}  goal")
+    print(
+        f"GEMM {n}x{n}x{n} fp16, threads={args.threads or 'default'}, loadavg {res['environment']['loadavg_start']}"
+    )
+    print(
+        f"{'method':22s} {'GFLOP/s(min)':>12s} {'ratio wall-min':>15s} {'wall-median':>12s} {'cpu-min':>8s}  goal"
+    )
     for name, r in res["results"].items():
         goal = GOALS.get(name)
-        verdict = "" if goal is None else (f">= {goal:g}: " + ("met" if r["ratio_wall_min"] >= goal else "NOT met"))
-        print(f"{name:22s} {r['gflops_wall_min']:12.1f} {r['ratio_wall_min']:15.3f} {r['ratio_wall_median']:12.3f} "
-              f"{r['ratio_cpu_min']:8.3f}  {verdict}")
+        verdict = (
+            "" if goal is None else (f">= {goal:g}: " + ("met" if r["ratio_wall_min"] >= goal else "NOT met"))
+        )
+        print(
+            f"{name:22s} {r['gflops_wall_min']:12.1f} {r['ratio_wall_min']:15.3f} {r['ratio_wall_median']:12.3f} "
+            f"{r['ratio_cpu_min']:8.3f}  {verdict}"
+        )
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as fh:

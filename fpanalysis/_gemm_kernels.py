@@ -129,7 +129,7 @@ def f32_to_h16_checked(x, out):  # type: ignore[no-untyped-def]
         v = x[i]
         h = _f32_to_h16(v)
         out[i] = h
-        bad += np.int64((_h16_to_f32(h) != v) & (v == v))
+        bad += np.int64((_h16_to_f32(h) != v) & (not np.isnan(v)))
     return bad
 
 
@@ -446,7 +446,9 @@ def _round_mul(a, b, p, emin, minnorm, maxval, subnormals, ovf, mode, key, idx, 
 
 
 @njit(parallel=True, cache=True)
-def ieee_general(A, B, C, order, block, fma, p, emin, minnorm, maxval, subnormals, ovf, mode, key, offset, kbits):  # type: ignore[no-untyped-def]
+def ieee_general(
+    A, B, C, order, block, fma, p, emin, minnorm, maxval, subnormals, ovf, mode, key, offset, kbits
+):  # type: ignore[no-untyped-def]
     """The ``ieee`` profile in float64 for any format (``p <= 26``) and rounding mode.
 
     Stochastic rounding of the rounding of ``kind`` for term ``k`` of entry ``(i, j)`` uses the
@@ -474,7 +476,9 @@ def ieee_general(A, B, C, order, block, fma, p, emin, minnorm, maxval, subnormal
                 t = S[top]
                 for j in range(N):
                     base = off + ((ii * NN + U64(j)) * KK + U64(k)) * U64(4)
-                    t[j] = _round_mul(a, b[j], p, emin, minnorm, maxval, subnormals, ovf, mode, key, base, kbits)
+                    t[j] = _round_mul(
+                        a, b[j], p, emin, minnorm, maxval, subnormals, ovf, mode, key, base, kbits
+                    )
                 cnt = k + 1
                 while cnt % 2 == 0 or (k == K - 1 and top > 0):
                     u = S[top - 1]
@@ -482,7 +486,9 @@ def ieee_general(A, B, C, order, block, fma, p, emin, minnorm, maxval, subnormal
                     split = U64(lo[top])
                     for j in range(N):
                         base = off + ((ii * NN + U64(j)) * KK + split) * U64(4) + U64(_K_ADD)
-                        u[j] = _round_add(u[j], v[j], p, emin, minnorm, maxval, subnormals, ovf, mode, key, base, kbits)
+                        u[j] = _round_add(
+                            u[j], v[j], p, emin, minnorm, maxval, subnormals, ovf, mode, key, base, kbits
+                        )
                     top -= 1
                     cnt //= 2
             for j in range(N):
@@ -501,14 +507,44 @@ def ieee_general(A, B, C, order, block, fma, p, emin, minnorm, maxval, subnormal
                     for j in range(N):
                         base = off + ((ii * NN + U64(j)) * KK + U64(k)) * U64(4)
                         if fma:
-                            s[j] = _round_add(a * b[j], s[j], p, emin, minnorm, maxval, subnormals, ovf, mode, key, base + U64(_K_ADD), kbits)
+                            s[j] = _round_add(
+                                a * b[j],
+                                s[j],
+                                p,
+                                emin,
+                                minnorm,
+                                maxval,
+                                subnormals,
+                                ovf,
+                                mode,
+                                key,
+                                base + U64(_K_ADD),
+                                kbits,
+                            )
                         else:
-                            t = _round_mul(a, b[j], p, emin, minnorm, maxval, subnormals, ovf, mode, key, base, kbits)
-                            s[j] = _round_add(s[j], t, p, emin, minnorm, maxval, subnormals, ovf, mode, key, base + U64(_K_ADD), kbits)
+                            t = _round_mul(
+                                a, b[j], p, emin, minnorm, maxval, subnormals, ovf, mode, key, base, kbits
+                            )
+                            s[j] = _round_add(
+                                s[j],
+                                t,
+                                p,
+                                emin,
+                                minnorm,
+                                maxval,
+                                subnormals,
+                                ovf,
+                                mode,
+                                key,
+                                base + U64(_K_ADD),
+                                kbits,
+                            )
                 if order == BLOCKED:
                     for j in range(N):
                         base = off + ((ii * NN + U64(j)) * KK + U64(k0 // blk)) * U64(4) + U64(_K_BLOCK)
-                        c[j] = _round_add(c[j], s[j], p, emin, minnorm, maxval, subnormals, ovf, mode, key, base, kbits)
+                        c[j] = _round_add(
+                            c[j], s[j], p, emin, minnorm, maxval, subnormals, ovf, mode, key, base, kbits
+                        )
                 else:
                     for j in range(N):
                         c[j] = s[j]
@@ -520,4 +556,3 @@ def round_final(x, out, p, emin, minnorm, maxval, subnormals, ovf, mode, key, of
     for e in prange(x.shape[0]):
         r = counter_random(key, U64(offset + e)) if mode >= SR else U64(0)
         out[e] = round_scalar(np.float64(x[e]), p, emin, minnorm, maxval, subnormals, ovf, mode, r, kbits)[0]
-

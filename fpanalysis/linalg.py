@@ -57,17 +57,18 @@ are reproducible and independent of the number of threads.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import Enum
-from typing import Any, Sequence, Union
+from typing import Any
 
 import numpy as np
 
 from .formats import FloatFormat, Overflow, get_format
 from .rounding import RoundingMode, _kernel_args, fits_float32, round_to
 
-__all__ = ["Profile", "Order", "dot", "matmul", "conv2d"]
+__all__ = ["Order", "Profile", "conv2d", "dot", "matmul"]
 
-ArrayLike = Union[np.ndarray, Sequence[Any], float]
+ArrayLike = np.ndarray | Sequence[Any] | float
 
 
 class Profile(str, Enum):
@@ -78,7 +79,7 @@ class Profile(str, Enum):
     EXACT = "exact"
 
     @classmethod
-    def parse(cls, value: "str | Profile") -> "Profile":
+    def parse(cls, value: str | Profile) -> Profile:
         if isinstance(value, Profile):
             return value
         if isinstance(value, str):
@@ -100,7 +101,7 @@ class Order(str, Enum):
     BLAS = "blas"
 
     @classmethod
-    def parse(cls, value: "str | Order") -> "Order":
+    def parse(cls, value: str | Order) -> Order:
         if isinstance(value, Order):
             return value
         if isinstance(value, str):
@@ -212,7 +213,9 @@ def _as(a: np.ndarray, dtype: type) -> np.ndarray:
 class _Spec:
     """Validated options shared by dot/matmul/conv2d."""
 
-    def __init__(self, fmt: Any, profile: Any, order: Any, block: Any, fma: Any, mode: Any, seed: Any, stream: int):
+    def __init__(
+        self, fmt: Any, profile: Any, order: Any, block: Any, fma: Any, mode: Any, seed: Any, stream: int
+    ):
         self.fmt = get_format(fmt)
         self.profile = Profile.parse(profile)
         self.order = Order.parse(order)
@@ -227,7 +230,9 @@ class _Spec:
             if self.order is Order.BLAS:
                 raise ValueError("order='blas' applies only to the fp32-accumulate profile")
         if self.profile is Profile.FP32_ACCUMULATE and not fits_float32(f):
-            raise ValueError(f"format {f.name!r} has numbers that binary32 cannot hold; fp32-accumulate needs it")
+            raise ValueError(
+                f"format {f.name!r} has numbers that binary32 cannot hold; fp32-accumulate needs it"
+            )
         if self.fma and self.order is Order.PAIRWISE and self.profile is not Profile.EXACT:
             raise ValueError("fma=True applies to the sequential and blocked orders, not pairwise")
         self.kargs = _kernel_args(f, self.mode, seed, None, stream)
@@ -243,7 +248,12 @@ def _round_final(acc: np.ndarray, spec: _Spec, offset: int, dtype: type) -> np.n
 
     flat = _as(acc, acc.dtype.type).reshape(-1)
     out = np.empty(flat.shape, dtype=dtype)
-    if _FAST_PATHS and acc.dtype == np.float32 and _is_binary16(spec.fmt) and spec.mode is RoundingMode.NEAREST_EVEN:
+    if (
+        _FAST_PATHS
+        and acc.dtype == np.float32
+        and _is_binary16(spec.fmt)
+        and spec.mode is RoundingMode.NEAREST_EVEN
+    ):
         G.f32_round_h16(flat, out)
     else:
         p, emin, minnorm, maxval, sub, ovf, code, key, kbits = spec.kargs
@@ -347,13 +357,13 @@ def _counter_span(M: int, K: int, N: int) -> int:
 def matmul(
     A: ArrayLike,
     B: ArrayLike,
-    fmt: "str | FloatFormat" = "fp16",
-    profile: "str | Profile" = "fp32-accumulate",
+    fmt: str | FloatFormat = "fp16",
+    profile: str | Profile = "fp32-accumulate",
     *,
-    order: "str | Order" = "sequential",
+    order: str | Order = "sequential",
     block: int = 32,
     fma: bool = False,
-    mode: "str | RoundingMode" = "nearest-even",
+    mode: str | RoundingMode = "nearest-even",
     seed: Any = None,
     stream: int = 0,
     round_inputs: bool = False,
@@ -401,7 +411,9 @@ def matmul(
     return _matmul(A, B, spec, round_inputs, ("A", "B"))
 
 
-def _matmul(A: ArrayLike, B: ArrayLike, spec: _Spec, round_inputs: bool, names: tuple[str, str]) -> np.ndarray:
+def _matmul(
+    A: ArrayLike, B: ArrayLike, spec: _Spec, round_inputs: bool, names: tuple[str, str]
+) -> np.ndarray:
     a = _prepare(A, spec.fmt, names[0], round_inputs)
     b = _prepare(B, spec.fmt, names[1], round_inputs)
     if a.ndim == 0 or b.ndim == 0:
@@ -410,7 +422,9 @@ def _matmul(A: ArrayLike, B: ArrayLike, spec: _Spec, round_inputs: bool, names: 
     a2 = a[None, :] if a.ndim == 1 else a
     b2 = b[:, None] if b.ndim == 1 else b
     if a2.shape[-1] != b2.shape[-2]:
-        raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not align (K = {a2.shape[-1]} vs {b2.shape[-2]})")
+        raise ValueError(
+            f"matmul: shapes {a.shape} and {b.shape} do not align (K = {a2.shape[-1]} vs {b2.shape[-2]})"
+        )
     M, K = a2.shape[-2:]
     N = b2.shape[-1]
     batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
@@ -434,13 +448,13 @@ def _matmul(A: ArrayLike, B: ArrayLike, spec: _Spec, round_inputs: bool, names: 
 def dot(
     x: ArrayLike,
     y: ArrayLike,
-    fmt: "str | FloatFormat" = "fp16",
-    profile: "str | Profile" = "fp32-accumulate",
+    fmt: str | FloatFormat = "fp16",
+    profile: str | Profile = "fp32-accumulate",
     *,
-    order: "str | Order" = "sequential",
+    order: str | Order = "sequential",
     block: int = 32,
     fma: bool = False,
-    mode: "str | RoundingMode" = "nearest-even",
+    mode: str | RoundingMode = "nearest-even",
     seed: Any = None,
     stream: int = 0,
     round_inputs: bool = False,
@@ -476,17 +490,17 @@ def conv2d(
     x: ArrayLike,
     w: ArrayLike,
     bias: ArrayLike | None = None,
-    stride: "int | tuple[int, int]" = 1,
-    padding: "int | tuple[int, int]" = 0,
-    dilation: "int | tuple[int, int]" = 1,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
     groups: int = 1,
-    fmt: "str | FloatFormat" = "fp16",
-    profile: "str | Profile" = "fp32-accumulate",
+    fmt: str | FloatFormat = "fp16",
+    profile: str | Profile = "fp32-accumulate",
     *,
-    order: "str | Order" = "sequential",
+    order: str | Order = "sequential",
     block: int = 32,
     fma: bool = False,
-    mode: "str | RoundingMode" = "nearest-even",
+    mode: str | RoundingMode = "nearest-even",
     seed: Any = None,
     stream: int = 0,
     round_inputs: bool = False,
@@ -515,7 +529,9 @@ def conv2d(
     xa = _prepare(x, spec.fmt, "x", round_inputs)
     wa = _prepare(w, spec.fmt, "w", round_inputs)
     if xa.ndim != 4 or wa.ndim != 4:
-        raise ValueError(f"conv2d needs x of shape (N, C, H, W) and w of shape (O, C/groups, kh, kw), got {xa.shape}, {wa.shape}")
+        raise ValueError(
+            f"conv2d needs x of shape (N, C, H, W) and w of shape (O, C/groups, kh, kw), got {xa.shape}, {wa.shape}"
+        )
     ba = None if bias is None else _prepare(bias, spec.fmt, "bias", round_inputs)
     sh, sw = _pair(stride, "stride")
     ph, pw = _pair(padding, "padding")
@@ -524,8 +540,16 @@ def conv2d(
         raise ValueError("stride and dilation must be >= 1 and padding >= 0")
     n, c, h, wd = xa.shape
     o, cg, kh, kw = wa.shape
-    if not isinstance(groups, (int, np.integer)) or groups < 1 or c % groups or o % groups or cg != c // groups:
-        raise ValueError(f"conv2d: groups={groups!r} does not fit {c} input channels, weight shape {wa.shape}")
+    if (
+        not isinstance(groups, (int, np.integer))
+        or groups < 1
+        or c % groups
+        or o % groups
+        or cg != c // groups
+    ):
+        raise ValueError(
+            f"conv2d: groups={groups!r} does not fit {c} input channels, weight shape {wa.shape}"
+        )
     if ba is not None and ba.shape != (o,):
         raise ValueError(f"conv2d: bias must have shape ({o},), got {ba.shape}")
     dtype = spec.out_dtype(*(a for a in (xa, wa, ba) if a is not None))

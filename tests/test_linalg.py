@@ -35,8 +35,8 @@ def round_frac(x, fmt: FloatFormat, mode: str, rbits: int = 0):  # type: ignore[
     """Round an exact value (Fraction, or a float inf/nan) to ``fmt``; returns a float.
 
     Zero results get the sign of ``x`` (callers fix the sign of exact zeros).  Stochastic
-    rounding goes up when ``rbits`` (64 bits) is below the dropped fraction scaled to 2**64 and
-    truncated, which is the kernels' documented rule.
+    rounding goes up when the top 53 of the 64 random bits, read as a fraction, are below the
+    dropped fraction: the rule of ``fpanalysis._round_kernels.round_scalar``.
     """
     if isinstance(x, float) and math.isnan(x):
         return math.nan
@@ -70,7 +70,7 @@ def round_frac(x, fmt: FloatFormat, mode: str, rbits: int = 0):  # type: ignore[
     elif mode == "odd":
         up = frac > 0 and fl % 2 == 0
     elif mode == "stochastic":
-        up = rbits < math.floor(frac * 2**64)
+        up = (rbits >> 11) < frac * 2**53
     else:
         raise AssertionError(mode)
     y = (fl + up) * q
@@ -144,46 +144,56 @@ def oracle_ieee(A, B, fmt, mode, order="sequential", block=32, fma=False, seed=N
     C = np.empty((M, N))
     for i in range(M):
         for j in range(N):
-            e = i * N + j
-
-            def ix(k: int, kind: int) -> int:
-                return (e * K + k) * 4 + kind
-
-            a = [float(v) for v in A[i]]
-            b = [float(v) for v in B[:, j]]
-
-            def seq(ks):  # type: ignore[no-untyped-def]
-                s = 0.0
-                for k in ks:
-                    if fma:
-                        s = o_fma(a[k], b[k], s, fmt, mode, rng(ix(k, 1)))
-                    else:
-                        t = o_mul(a[k], b[k], fmt, mode, rng(ix(k, 0)))
-                        s = o_add(s, t, fmt, mode, rng(ix(k, 1)))
-                return s
-
-            if order == "sequential":
-                C[i, j] = seq(range(K))
-            elif order == "blocked":
-                tot = 0.0
-                for bi, k0 in enumerate(range(0, K, block)):
-                    tot = o_add(tot, seq(range(k0, min(K, k0 + block))), fmt, mode, rng(ix(bi, 2)))
-                C[i, j] = tot
-            else:  # pairwise, Higham's level-by-level definition
-                # items are (value, first term); the addition merging [lo, s) and [s, hi) draws
-                # the random bits of term s
-                level = [(o_mul(a[k], b[k], fmt, mode, rng(ix(k, 0))), k) for k in range(K)]
-                while len(level) > 1:
-                    nxt = []
-                    for m in range(len(level) // 2):
-                        (x, lo), (y, split) = level[2 * m], level[2 * m + 1]
-                        nxt.append((o_add(x, y, fmt, mode, rng(ix(split, 1))), lo))
-                    if len(level) % 2:
-                        nxt.append(level[-1])
-                    level = nxt
-                level = [v for v, _ in level]
-                C[i, j] = level[0] if level else 0.0
+            C[i, j] = _oracle_entry(
+                [float(v) for v in A[i]],
+                [float(v) for v in B[:, j]],
+                (i * N + j) * K,
+                fmt,
+                mode,
+                order,
+                block,
+                fma,
+                rng,
+            )
     return C
+
+
+def _oracle_entry(a, b, base, fmt, mode, order, block, fma, rng):  # type: ignore[no-untyped-def]
+    """One entry of oracle_ieee; the rounding of ``kind`` for term k uses counter (base+k)*4+kind."""
+    K = len(a)
+
+    def ix(k: int, kind: int) -> int:
+        return (base + k) * 4 + kind
+
+    def seq(ks):  # type: ignore[no-untyped-def]
+        s = 0.0
+        for k in ks:
+            if fma:
+                s = o_fma(a[k], b[k], s, fmt, mode, rng(ix(k, 1)))
+            else:
+                t = o_mul(a[k], b[k], fmt, mode, rng(ix(k, 0)))
+                s = o_add(s, t, fmt, mode, rng(ix(k, 1)))
+        return s
+
+    if order == "sequential":
+        return seq(range(K))
+    if order == "blocked":
+        tot = 0.0
+        for bi, k0 in enumerate(range(0, K, block)):
+            tot = o_add(tot, seq(range(k0, min(K, k0 + block))), fmt, mode, rng(ix(bi, 2)))
+        return tot
+    # pairwise, Higham's level-by-level definition.  Items are (value, first term); the
+    # addition merging [lo, s) and [s, hi) draws the random bits of term s.
+    level = [(o_mul(a[k], b[k], fmt, mode, rng(ix(k, 0))), k) for k in range(K)]
+    while len(level) > 1:
+        nxt = []
+        for m in range(len(level) // 2):
+            (x, lo), (y, split) = level[2 * m], level[2 * m + 1]
+            nxt.append((o_add(x, y, fmt, mode, rng(ix(split, 1))), lo))
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return level[0][0] if level else 0.0
 
 
 def oracle_fp32acc(A, B, fmt, mode, order="sequential", block=32, fma=False, seed=None):  # type: ignore[no-untyped-def]
@@ -237,7 +247,7 @@ def adversarial_case(fmt: FloatFormat, rng: np.random.Generator):  # type: ignor
     """Rows of A against columns of B built to hit stagnation, cancellation, overflow,
     subnormals, signed zeros and special values."""
     K = 24
-    u = 2.0 ** -fmt.p
+    u = 2.0**-fmt.p
     big = fmt.max
     tiny = fmt.min_normal * 2.0 ** -(fmt.p - 3) if fmt.subnormals else fmt.min_normal
     rows = [
@@ -352,7 +362,9 @@ def test_ieee_fp16_rne_matches_oracle(order: str, fast: bool, monkeypatch) -> No
 
 
 @pytest.mark.parametrize("mode", ALL_MODES)
-@pytest.mark.parametrize("order,fma", [("sequential", False), ("sequential", True), ("pairwise", False), ("blocked", True)])
+@pytest.mark.parametrize(
+    "order,fma", [("sequential", False), ("sequential", True), ("pairwise", False), ("blocked", True)]
+)
 def test_ieee_fp16_every_mode_matches_oracle(mode: str, order: str, fma: bool) -> None:
     for A, B in cases(FP16, seed=1):
         got = matmul(A, B, "fp16", "ieee", order=order, block=7, fma=fma, mode=mode, seed=SEED)
@@ -427,10 +439,12 @@ def _torch_cases(rng: np.random.Generator):  # type: ignore[no-untyped-def]
     for scale in (1.0, 64.0):
         A = (rng.standard_normal((96, 160)) * scale).astype(np.float16)
         B = (rng.standard_normal((160, 72)) * scale).astype(np.float16)
-        out.append(("random x%g" % scale, A, B))
+        out.append((f"random x{scale:g}", A, B))
     A, B = adversarial_case(FP16, rng)
     out.append(("adversarial", A.astype(np.float16), B.astype(np.float16)))
-    bits = rng.integers(0, 0x7C00, (64, 128), dtype=np.uint16) | (rng.integers(0, 2, (64, 128), dtype=np.uint16) << 15)
+    bits = rng.integers(0, 0x7C00, (64, 128), dtype=np.uint16) | (
+        rng.integers(0, 2, (64, 128), dtype=np.uint16) << 15
+    )
     wide = bits.view(np.float16)  # the whole fp16 range, both signs
     out.append(("all exponents", wide, np.ascontiguousarray(wide.T[:, ::-1])))
     return out
@@ -483,7 +497,9 @@ def test_stagnation_ieee_vs_fp32_accumulate() -> None:
     y = np.ones_like(x)
     assert dot(x, y, "fp16", "ieee") == 1.0
     pw = dot(x, y, "fp16", "ieee", order="pairwise")  # pairwise sums the small terms first
-    assert 1.99 <= pw <= 2.0 and pw == oracle_ieee(x[None], y[:, None], FP16, "nearest-even", "pairwise")[0, 0]
+    assert (
+        1.99 <= pw <= 2.0 and pw == oracle_ieee(x[None], y[:, None], FP16, "nearest-even", "pairwise")[0, 0]
+    )
     assert dot(x, y, "fp16", "fp32-accumulate") == 2.0
     assert dot(x, y, "fp16", "fp32-accumulate", order="blas") == 2.0
     # a stochastic fp16 sum does not stagnate on average
@@ -548,7 +564,7 @@ def test_exact_profile_matches_fraction_oracle() -> None:
 
 def _conv_direct(x, w, bias, stride, padding, groups, fmt, mode):  # type: ignore[no-untyped-def]
     """Direct nested-loop convolution with the ieee oracle (sequential, bias as last term)."""
-    n, c, h, wd = x.shape
+    n, _, h, wd = x.shape
     o, cg, kh, kw = w.shape
     xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     ho = (h + 2 * padding - kh) // stride + 1
@@ -591,13 +607,22 @@ def test_conv2d_fp32acc_equals_torch_half() -> None:
 
     rng = np.random.default_rng(13)
     rates = {}
-    for stride, padding, groups, dil, with_bias in ((1, 1, 1, 1, True), (2, 0, 2, 1, False), (1, 2, 4, 2, True)):
+    for stride, padding, groups, dil, with_bias in (
+        (1, 1, 1, 1, True),
+        (2, 0, 2, 1, False),
+        (1, 2, 4, 2, True),
+    ):
         x = (rng.standard_normal((2, 8, 11, 9)) * 4).astype(np.float16)
         w = rng.standard_normal((8, 8 // groups, 3, 3)).astype(np.float16)
         b = rng.standard_normal(8).astype(np.float16) if with_bias else None
         ref = F.conv2d(
-            torch.from_numpy(x), torch.from_numpy(w), None if b is None else torch.from_numpy(b),
-            stride=stride, padding=padding, dilation=dil, groups=groups,
+            torch.from_numpy(x),
+            torch.from_numpy(w),
+            None if b is None else torch.from_numpy(b),
+            stride=stride,
+            padding=padding,
+            dilation=dil,
+            groups=groups,
         ).numpy()
         got = conv2d(x, w, b, stride, padding, dil, groups, "fp16", "fp32-accumulate")
         assert got.shape == ref.shape
