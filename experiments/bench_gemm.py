@@ -9,36 +9,43 @@ machine hit all methods alike.  Three ratios are reported (BLAS time / method ti
 time: robust to being descheduled, but counts busy-waiting BLAS threads as work, so use it with
 --threads 1).  Results, configuration and environment go to a JSON file.
 
-    python experiments/bench_gemm.py --out results/bench_gemm.json
-    python experiments/bench_gemm.py --threads 1 --out results/bench_gemm_1thread.json
+    python experiments/bench_gemm.py                    # writes results/bench_gemm.json
+    python experiments/bench_gemm.py --threads=1 --out=experiments/results/bench_gemm_1thread.json
+    python experiments/bench_gemm.py --extra=true       # also the general kernel, numpy fp16, torch
     python experiments/bench_gemm.py --smoke            # seconds: n = 64, 3 rounds
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
-# --- configuration -------------------------------------------------------------------------
-N = 512  # M = K = N
-ROUNDS = 15
-SLOW_ROUNDS = 3  # for the slow reference methods (general kernel, numpy float16)
-SEED = 0
+from _common import RESULTS, environment, parse_overrides, write_json
+
+SLOW_ROUNDS = 3  # rounds for the slow reference methods (general kernel, numpy float16)
 GOALS = {"ieee_sequential": 0.10, "fp32acc_sequential": 0.50, "fp32acc_blas": 0.50}
 
 
-def _methods(n: int, extra: bool) -> tuple[dict[str, Callable[[], object]], set[str]]:
+@dataclass
+class Config:
+    n: int = 512  # M = K = N
+    rounds: int = 15
+    threads: int = 0  # numba and BLAS threads; 0 leaves both unchanged
+    extra: bool = False  # also time the general kernel, numpy float16 and torch half
+    seed: int = 0
+    out: str = str(RESULTS / "bench_gemm.json")
+
+
+def _methods(n: int, extra: bool, seed: int) -> tuple[dict[str, Callable[[], object]], set[str]]:
     from fpanalysis.linalg import matmul
 
-    rng = np.random.default_rng(SEED)
+    rng = np.random.default_rng(seed)
     A16 = rng.standard_normal((n, n)).astype(np.float16)
     B16 = rng.standard_normal((n, n)).astype(np.float16)
     A32, B32 = A16.astype(np.float32), B16.astype(np.float32)
@@ -66,19 +73,11 @@ def _methods(n: int, extra: bool) -> tuple[dict[str, Callable[[], object]], set[
     return m, slow
 
 
-def _environment(threads: int | None) -> dict[str, object]:
+def _environment() -> dict[str, object]:
     import numba
 
-    env: dict[str, object] = {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "numba": numba.__version__,
-        "numba_threads": numba.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "machine": platform.machine(),
-        "threads_option": threads,
-        "loadavg_start": os.getloadavg(),
-    }
+    env: dict[str, object] = environment()
+    env["numba_threads"] = numba.get_num_threads()
     try:
         import llvmlite.binding as ll
 
@@ -87,37 +86,25 @@ def _environment(threads: int | None) -> dict[str, object]:
         env["llvm_cpu"] = f"unknown ({exc})"
     try:
         with open("/proc/cpuinfo") as fh:
-            env["cpu_model"] = next(
-                (ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), None
-            )
+            env["cpu_model"] = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), None)
     except OSError:
-        pass
+        env["cpu_model"] = None
     try:
         from threadpoolctl import threadpool_info
 
-        env["blas"] = [
-            {k: d.get(k) for k in ("internal_api", "version", "num_threads")} for d in threadpool_info()
-        ]
+        env["blas"] = [{k: d.get(k) for k in ("internal_api", "version", "num_threads")} for d in threadpool_info()]
     except ImportError:
-        pass
-    try:
-        env["git_commit"] = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=os.path.dirname(os.path.abspath(__file__)),
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        env["git_commit"] = None
+        env["blas"] = None
     return env
 
 
-def run(n: int, rounds: int, threads: int | None, extra: bool) -> dict[str, object]:
+def run(cfg: Config) -> dict[str, object]:
     import numba
 
+    n, rounds, threads = cfg.n, cfg.rounds, cfg.threads
+    load_start = os.getloadavg()
     limiter = None
-    if threads is not None:
+    if threads:
         numba.set_num_threads(threads)
         try:
             from threadpoolctl import threadpool_limits
@@ -125,7 +112,7 @@ def run(n: int, rounds: int, threads: int | None, extra: bool) -> dict[str, obje
             limiter = threadpool_limits(threads)
         except ImportError:
             print("threadpoolctl not installed: BLAS thread count not limited", file=sys.stderr)
-    methods, slow = _methods(n, extra)
+    methods, slow = _methods(n, cfg.extra, cfg.seed)
     for f in methods.values():  # compile and warm up
         f()
     wall: dict[str, list[float]] = {k: [] for k in methods}
@@ -156,50 +143,33 @@ def run(n: int, rounds: int, threads: int | None, extra: bool) -> dict[str, obje
             "times_wall_s": w,
             "times_cpu_s": c,
         }
-    env = _environment(threads)
+    env = _environment()
+    env["loadavg_start"] = load_start
     env["loadavg_end"] = os.getloadavg()
     if limiter is not None:
         limiter.restore_original_limits()
-    return {
-        "config": {"n": n, "rounds": rounds, "threads": threads, "seed": SEED, "goals": GOALS},
-        "environment": env,
-        "results": results,
-    }
+    return {"config": {**asdict(cfg), "goals": GOALS}, "environment": env, "results": results}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=N)
-    ap.add_argument("--rounds", type=int, default=ROUNDS)
-    ap.add_argument("--threads", type=int, default=None, help="numba and BLAS threads (default: unchanged)")
-    ap.add_argument("--extra", action="store_true", help="also time the general kernel, numpy float16, torch")
-    ap.add_argument("--smoke", action="store_true", help="n = 64, 3 rounds")
-    ap.add_argument("--out", default=None, help="write the results as JSON here")
-    args = ap.parse_args(argv)
-    n, rounds = (64, 3) if args.smoke else (args.n, args.rounds)
-    res = run(n, rounds, args.threads, args.extra)
-    print(
-        f"GEMM {n}x{n}x{n} fp16, threads={args.threads or 'default'}, loadavg {res['environment']['loadavg_start']}"
-    )
-    print(
-        f"{'method':22s} {'GFLOP/s(min)':>12s} {'ratio wall-min':>15s} {'wall-median':>12s} {'cpu-min':>8s}  goal"
-    )
+def main(argv: list[str]) -> int:
+    smoke = "--smoke" in argv
+    cfg = parse_overrides(Config(), [a for a in argv if a != "--smoke"])
+    if smoke:
+        cfg = replace(cfg, n=64, rounds=3, out=str(RESULTS / "_scratch" / "bench_gemm_smoke.json"))
+    res = run(cfg)
+    env = res["environment"]
+    print(f"GEMM {cfg.n}^3 fp16, threads={cfg.threads or 'default'}, load average {env['loadavg_start'][0]:.1f}")
+    print(f"{'method':22s} {'GFLOP/s':>8s} {'wall-min':>9s} {'wall-median':>12s} {'cpu-min':>8s}  goal (wall-min ratio)")
     for name, r in res["results"].items():
         goal = GOALS.get(name)
-        verdict = (
-            "" if goal is None else (f">= {goal:g}: " + ("met" if r["ratio_wall_min"] >= goal else "NOT met"))
-        )
+        verdict = "" if goal is None else f">= {goal:g}: " + ("met" if r["ratio_wall_min"] >= goal else "NOT met")
         print(
-            f"{name:22s} {r['gflops_wall_min']:12.1f} {r['ratio_wall_min']:15.3f} {r['ratio_wall_median']:12.3f} "
+            f"{name:22s} {r['gflops_wall_min']:8.1f} {r['ratio_wall_min']:9.3f} {r['ratio_wall_median']:12.3f} "
             f"{r['ratio_cpu_min']:8.3f}  {verdict}"
         )
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as fh:
-            json.dump(res, fh, indent=1)
-        print(f"wrote {args.out}")
+    print(f"wrote {write_json(Path(cfg.out), res)}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))

@@ -119,13 +119,15 @@ def _h16_to_f32(typingctx, b):  # type: ignore[no-untyped-def]
 # --- conversions ----------------------------------------------------------------------------
 
 
-@njit(parallel=True, cache=True)
-def f32_to_h16_checked(x, out):  # type: ignore[no-untyped-def]
-    """Convert float32 ``x`` (1-D) to binary16 bits (nearest even); return how many values were
-    not binary16 numbers (NaNs count as binary16 numbers)."""
-    n = x.shape[0]
+CHUNK = 16384  # elements per parallel work item of the elementwise kernels
+SERIAL_ELEMENTS = 65536  # arrays shorter than this use the one-thread variants
+
+
+@njit(cache=True)
+def _to_h16_range(x, out, s, e):  # type: ignore[no-untyped-def]
+    _wide_vectors()
     bad = 0
-    for i in prange(n):
+    for i in range(s, e):
         v = x[i]
         h = _f32_to_h16(v)
         out[i] = h
@@ -134,30 +136,71 @@ def f32_to_h16_checked(x, out):  # type: ignore[no-untyped-def]
 
 
 @njit(parallel=True, cache=True)
+def f32_to_h16_checked(x, out):  # type: ignore[no-untyped-def]
+    """Convert float32 ``x`` (1-D) to binary16 bits (nearest even); return how many values were
+    not binary16 numbers (NaNs count as binary16 numbers)."""
+    n = x.shape[0]
+    bad = 0
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        bad += _to_h16_range(x, out, c * CHUNK, min(n, (c + 1) * CHUNK))
+    return bad
+
+
+@njit(cache=True)
+def f32_to_h16_checked_serial(x, out):  # type: ignore[no-untyped-def]
+    return _to_h16_range(x, out, 0, x.shape[0])
+
+
+@njit(cache=True)
+def _round_h16_range(x, out, s, e):  # type: ignore[no-untyped-def]
+    _wide_vectors()
+    for i in range(s, e):
+        out[i] = _h16_to_f32(_f32_to_h16(x[i]))
+
+
+@njit(parallel=True, cache=True)
 def f32_round_h16(x, out):  # type: ignore[no-untyped-def]
     """Round float32 ``x`` (1-D) to binary16, nearest even; the results as ``out``'s dtype."""
-    for i in prange(x.shape[0]):
-        _wide_vectors()
-        out[i] = _h16_to_f32(_f32_to_h16(x[i]))
+    n = x.shape[0]
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        _round_h16_range(x, out, c * CHUNK, min(n, (c + 1) * CHUNK))
+
+
+@njit(cache=True)
+def f32_round_h16_serial(x, out):  # type: ignore[no-untyped-def]
+    _round_h16_range(x, out, 0, x.shape[0])
+
+
+@njit(cache=True)
+def _from_h16_range(b, out, s, e):  # type: ignore[no-untyped-def]
+    _wide_vectors()
+    for i in range(s, e):
+        out[i] = _h16_to_f32(b[i])
 
 
 @njit(parallel=True, cache=True)
 def h16_to_f32(b, out):  # type: ignore[no-untyped-def]
     """Convert binary16 bit patterns (1-D) to float32."""
-    for i in prange(b.shape[0]):
-        out[i] = _h16_to_f32(b[i])
+    n = b.shape[0]
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        _from_h16_range(b, out, c * CHUNK, min(n, (c + 1) * CHUNK))
+
+
+@njit(cache=True)
+def h16_to_f32_serial(b, out):  # type: ignore[no-untyped-def]
+    _from_h16_range(b, out, 0, b.shape[0])
 
 
 # --- ieee profile, binary16, round to nearest even -------------------------------------------
 
 
-@njit(parallel=True, cache=True)
-def h16_sequential(A, B, C):  # type: ignore[no-untyped-def]
+@njit(cache=True)
+def _h16_sequential_rows(A, B, C, r0, r1):  # type: ignore[no-untyped-def]
     """C[i,j] = (((0 + a_i0 b_0j) + a_i1 b_1j) + ...), every product and sum rounded (RNE)."""
-    M, K = A.shape
+    K = A.shape[1]
     N = B.shape[1]
-    for i in prange(M):
-        _wide_vectors()
+    _wide_vectors()
+    for i in range(r0, r1):
         c = C[i]
         for j in range(N):
             c[j] = np.uint16(0)
@@ -168,14 +211,14 @@ def h16_sequential(A, B, C):  # type: ignore[no-untyped-def]
                 c[j] = _h16_add(c[j], _h16_mul(a, b[j]))
 
 
-@njit(parallel=True, cache=True)
-def h16_blocked(A, B, C, block):  # type: ignore[no-untyped-def]
+@njit(cache=True)
+def _h16_blocked_rows(A, B, C, block, r0, r1):  # type: ignore[no-untyped-def]
     """Blocked order: each block of ``block`` terms summed sequentially from +0, then the block
     sums added sequentially to a total that starts at +0."""
-    M, K = A.shape
+    K = A.shape[1]
     N = B.shape[1]
-    for i in prange(M):
-        _wide_vectors()
+    _wide_vectors()
+    for i in range(r0, r1):
         c = C[i]
         s = np.zeros(N, dtype=np.uint16)
         for j in range(N):
@@ -192,8 +235,8 @@ def h16_blocked(A, B, C, block):  # type: ignore[no-untyped-def]
                 c[j] = _h16_add(c[j], s[j])
 
 
-@njit(parallel=True, cache=True)
-def h16_pairwise(A, B, C):  # type: ignore[no-untyped-def]
+@njit(cache=True)
+def _h16_pairwise_rows(A, B, C, r0, r1):  # type: ignore[no-untyped-def]
     """Pairwise order (Higham 2002, sec. 4.1): the rounded products are added in adjacent pairs,
     an odd last term passes to the next level unchanged, and this repeats until one is left.
 
@@ -201,10 +244,10 @@ def h16_pairwise(A, B, C):  # type: ignore[no-untyped-def]
     the two top blocks are merged while they have equal sizes; at the end the stack is merged
     from the top down.  This performs exactly the additions of the level-by-level description.
     """
-    M, K = A.shape
+    K = A.shape[1]
     N = B.shape[1]
-    for i in prange(M):
-        _wide_vectors()
+    _wide_vectors()
+    for i in range(r0, r1):
         S = np.empty((66, N), dtype=np.uint16)
         top = -1
         for k in range(K):
@@ -236,13 +279,8 @@ def h16_pairwise(A, B, C):  # type: ignore[no-untyped-def]
 # --- fp32-accumulate profile -----------------------------------------------------------------
 
 
-@njit(inline="always", cache=True)
-def _madd32(a, b, c, fma):  # type: ignore[no-untyped-def]
-    return _fma32(a, b, c) if fma else c + a * b
-
-
-@njit(parallel=True, cache=True)
-def f32_sequential_fma(A, B, C):  # type: ignore[no-untyped-def]
+@njit(cache=True)
+def _f32_sequential_fma_rows(A, B, C, r0, r1):  # type: ignore[no-untyped-def]
     """float32 C = 0 + a_i0 b_0j + a_i1 b_1j + ... in k order, each step one float32 FMA.
 
     Register-blocked: 8 rows of C and 4 consecutive k at a time, so that one load of B feeds 8
@@ -251,9 +289,8 @@ def f32_sequential_fma(A, B, C):  # type: ignore[no-untyped-def]
     M, K = A.shape
     N = B.shape[1]
     R = 8
-    nb = (M + R - 1) // R
-    for ib in prange(nb):
-        _wide_vectors()
+    _wide_vectors()
+    for ib in range(r0 // R, (r1 + R - 1) // R):  # r0 is a multiple of 8
         i0 = ib * R
         if i0 + R <= M:
             c0 = C[i0]
@@ -329,13 +366,13 @@ def f32_sequential_fma(A, B, C):  # type: ignore[no-untyped-def]
                         c[j] = _fma32(x, b[j], c[j])
 
 
-@njit(parallel=True, cache=True)
-def f32_sequential(A, B, C, fma):  # type: ignore[no-untyped-def]
+@njit(cache=True)
+def _f32_sequential_rows(A, B, C, fma, r0, r1):  # type: ignore[no-untyped-def]
     """Sequential order, one row at a time; ``fma=False``: product rounded to float32, then add."""
-    M, K = A.shape
+    K = A.shape[1]
     N = B.shape[1]
-    for i in prange(M):
-        _wide_vectors()
+    _wide_vectors()
+    for i in range(r0, r1):
         c = C[i]
         for j in range(N):
             c[j] = 0.0
@@ -350,13 +387,13 @@ def f32_sequential(A, B, C, fma):  # type: ignore[no-untyped-def]
                     c[j] = c[j] + x * b[j]
 
 
-@njit(parallel=True, cache=True)
-def f32_blocked(A, B, C, block, fma):  # type: ignore[no-untyped-def]
+@njit(cache=True)
+def _f32_blocked_rows(A, B, C, block, fma, r0, r1):  # type: ignore[no-untyped-def]
     """Blocked order in float32 (see :func:`h16_blocked`)."""
-    M, K = A.shape
+    K = A.shape[1]
     N = B.shape[1]
-    for i in prange(M):
-        _wide_vectors()
+    _wide_vectors()
+    for i in range(r0, r1):
         c = C[i]
         s = np.empty(N, dtype=np.float32)
         for j in range(N):
@@ -377,13 +414,13 @@ def f32_blocked(A, B, C, block, fma):  # type: ignore[no-untyped-def]
                 c[j] = c[j] + s[j]
 
 
-@njit(parallel=True, cache=True)
-def f32_pairwise(A, B, C):  # type: ignore[no-untyped-def]
+@njit(cache=True)
+def _f32_pairwise_rows(A, B, C, r0, r1):  # type: ignore[no-untyped-def]
     """Pairwise order in float32 (see :func:`h16_pairwise`); products rounded to float32."""
-    M, K = A.shape
+    K = A.shape[1]
     N = B.shape[1]
-    for i in prange(M):
-        _wide_vectors()
+    _wide_vectors()
+    for i in range(r0, r1):
         S = np.empty((66, N), dtype=np.float32)
         top = -1
         for k in range(K):
@@ -445,21 +482,21 @@ def _round_mul(a, b, p, emin, minnorm, maxval, subnormals, ovf, mode, key, idx, 
     return round_scalar(a * b, p, emin, minnorm, maxval, subnormals, ovf, mode, r, kbits)[0]
 
 
-@njit(parallel=True, cache=True)
-def ieee_general(
-    A, B, C, order, block, fma, p, emin, minnorm, maxval, subnormals, ovf, mode, key, offset, kbits
+@njit(cache=True)
+def _ieee_general_rows(
+    A, B, C, order, block, fma, p, emin, minnorm, maxval, subnormals, ovf, mode, key, offset, kbits, r0, r1
 ):  # type: ignore[no-untyped-def]
     """The ``ieee`` profile in float64 for any format (``p <= 26``) and rounding mode.
 
     Stochastic rounding of the rounding of ``kind`` for term ``k`` of entry ``(i, j)`` uses the
     counter ``offset + ((i*N + j)*K + k)*4 + kind`` (a pairwise addition uses the ``k`` of the first term of its right operand), so results do not depend on threads.
     """
-    M, K = A.shape
+    K = A.shape[1]
     N = B.shape[1]
     KK = U64(K)
     NN = U64(N)
     off = U64(offset)
-    for i in prange(M):
+    for i in range(r0, r1):
         c = C[i]
         ii = U64(i)
         if order == PAIRWISE:
@@ -550,9 +587,196 @@ def ieee_general(
                         c[j] = s[j]
 
 
+# --- parallel and one-thread entry points ----------------------------------------------------
+
+ROWS = 8  # rows of C per parallel work item (the fp32 kernel works on blocks of 8 rows)
+SERIAL_BELOW = 1 << 21  # multiply-adds below which the one-thread kernels are used
+
+
+@njit(parallel=True, cache=True)
+def h16_sequential(A, B, C):  # type: ignore[no-untyped-def]
+    """:func:`_h16_sequential_rows` over all rows, in parallel blocks of ``ROWS`` rows."""
+    M = A.shape[0]
+    for c in prange((M + ROWS - 1) // ROWS):
+        _h16_sequential_rows(A, B, C, c * ROWS, min(M, (c + 1) * ROWS))
+
+
+@njit(cache=True)
+def h16_sequential_serial(A, B, C):  # type: ignore[no-untyped-def]
+    """:func:`_h16_sequential_rows` over all rows on one thread (small products)."""
+    _h16_sequential_rows(A, B, C, 0, A.shape[0])
+
+
+@njit(parallel=True, cache=True)
+def h16_blocked(A, B, C, block):  # type: ignore[no-untyped-def]
+    """:func:`_h16_blocked_rows` over all rows, in parallel blocks of ``ROWS`` rows."""
+    M = A.shape[0]
+    for c in prange((M + ROWS - 1) // ROWS):
+        _h16_blocked_rows(A, B, C, block, c * ROWS, min(M, (c + 1) * ROWS))
+
+
+@njit(cache=True)
+def h16_blocked_serial(A, B, C, block):  # type: ignore[no-untyped-def]
+    """:func:`_h16_blocked_rows` over all rows on one thread (small products)."""
+    _h16_blocked_rows(A, B, C, block, 0, A.shape[0])
+
+
+@njit(parallel=True, cache=True)
+def h16_pairwise(A, B, C):  # type: ignore[no-untyped-def]
+    """:func:`_h16_pairwise_rows` over all rows, in parallel blocks of ``ROWS`` rows."""
+    M = A.shape[0]
+    for c in prange((M + ROWS - 1) // ROWS):
+        _h16_pairwise_rows(A, B, C, c * ROWS, min(M, (c + 1) * ROWS))
+
+
+@njit(cache=True)
+def h16_pairwise_serial(A, B, C):  # type: ignore[no-untyped-def]
+    """:func:`_h16_pairwise_rows` over all rows on one thread (small products)."""
+    _h16_pairwise_rows(A, B, C, 0, A.shape[0])
+
+
+@njit(parallel=True, cache=True)
+def f32_sequential_fma(A, B, C):  # type: ignore[no-untyped-def]
+    """:func:`_f32_sequential_fma_rows` over all rows, in parallel blocks of ``ROWS`` rows."""
+    M = A.shape[0]
+    for c in prange((M + ROWS - 1) // ROWS):
+        _f32_sequential_fma_rows(A, B, C, c * ROWS, min(M, (c + 1) * ROWS))
+
+
+@njit(cache=True)
+def f32_sequential_fma_serial(A, B, C):  # type: ignore[no-untyped-def]
+    """:func:`_f32_sequential_fma_rows` over all rows on one thread (small products)."""
+    _f32_sequential_fma_rows(A, B, C, 0, A.shape[0])
+
+
+@njit(parallel=True, cache=True)
+def f32_sequential(A, B, C, fma):  # type: ignore[no-untyped-def]
+    """:func:`_f32_sequential_rows` over all rows, in parallel blocks of ``ROWS`` rows."""
+    M = A.shape[0]
+    for c in prange((M + ROWS - 1) // ROWS):
+        _f32_sequential_rows(A, B, C, fma, c * ROWS, min(M, (c + 1) * ROWS))
+
+
+@njit(cache=True)
+def f32_sequential_serial(A, B, C, fma):  # type: ignore[no-untyped-def]
+    """:func:`_f32_sequential_rows` over all rows on one thread (small products)."""
+    _f32_sequential_rows(A, B, C, fma, 0, A.shape[0])
+
+
+@njit(parallel=True, cache=True)
+def f32_blocked(A, B, C, block, fma):  # type: ignore[no-untyped-def]
+    """:func:`_f32_blocked_rows` over all rows, in parallel blocks of ``ROWS`` rows."""
+    M = A.shape[0]
+    for c in prange((M + ROWS - 1) // ROWS):
+        _f32_blocked_rows(A, B, C, block, fma, c * ROWS, min(M, (c + 1) * ROWS))
+
+
+@njit(cache=True)
+def f32_blocked_serial(A, B, C, block, fma):  # type: ignore[no-untyped-def]
+    """:func:`_f32_blocked_rows` over all rows on one thread (small products)."""
+    _f32_blocked_rows(A, B, C, block, fma, 0, A.shape[0])
+
+
+@njit(parallel=True, cache=True)
+def f32_pairwise(A, B, C):  # type: ignore[no-untyped-def]
+    """:func:`_f32_pairwise_rows` over all rows, in parallel blocks of ``ROWS`` rows."""
+    M = A.shape[0]
+    for c in prange((M + ROWS - 1) // ROWS):
+        _f32_pairwise_rows(A, B, C, c * ROWS, min(M, (c + 1) * ROWS))
+
+
+@njit(cache=True)
+def f32_pairwise_serial(A, B, C):  # type: ignore[no-untyped-def]
+    """:func:`_f32_pairwise_rows` over all rows on one thread (small products)."""
+    _f32_pairwise_rows(A, B, C, 0, A.shape[0])
+
+
+@njit(parallel=True, cache=True)
+def ieee_general(
+    A, B, C, order, block, fma, p, emin, minnorm, maxval, subnormals, ovf, mode, key, offset, kbits
+):  # type: ignore[no-untyped-def]
+    """:func:`_ieee_general_rows` over all rows, in parallel blocks of ``ROWS`` rows."""
+    M = A.shape[0]
+    for c in prange((M + ROWS - 1) // ROWS):
+        _ieee_general_rows(
+            A,
+            B,
+            C,
+            order,
+            block,
+            fma,
+            p,
+            emin,
+            minnorm,
+            maxval,
+            subnormals,
+            ovf,
+            mode,
+            key,
+            offset,
+            kbits,
+            c * ROWS,
+            min(M, (c + 1) * ROWS),
+        )
+
+
+@njit(cache=True)
+def ieee_general_serial(
+    A, B, C, order, block, fma, p, emin, minnorm, maxval, subnormals, ovf, mode, key, offset, kbits
+):  # type: ignore[no-untyped-def]
+    """:func:`_ieee_general_rows` over all rows on one thread (small products)."""
+    _ieee_general_rows(
+        A,
+        B,
+        C,
+        order,
+        block,
+        fma,
+        p,
+        emin,
+        minnorm,
+        maxval,
+        subnormals,
+        ovf,
+        mode,
+        key,
+        offset,
+        kbits,
+        0,
+        A.shape[0],
+    )
+
+
+@njit(cache=True)
+def _final_range(x, out, s, e, p, emin, minnorm, maxval, subnormals, ovf, mode, key, offset, kbits):  # type: ignore[no-untyped-def]
+    for i in range(s, e):
+        r = counter_random(key, U64(offset + i)) if mode >= SR else U64(0)
+        out[i] = round_scalar(np.float64(x[i]), p, emin, minnorm, maxval, subnormals, ovf, mode, r, kbits)[0]
+
+
 @njit(parallel=True, cache=True)
 def round_final(x, out, p, emin, minnorm, maxval, subnormals, ovf, mode, key, offset, kbits):  # type: ignore[no-untyped-def]
     """Round the 1-D ``x`` (the accumulated sums) to the format; counter of entry e: offset+e."""
-    for e in prange(x.shape[0]):
-        r = counter_random(key, U64(offset + e)) if mode >= SR else U64(0)
-        out[e] = round_scalar(np.float64(x[e]), p, emin, minnorm, maxval, subnormals, ovf, mode, r, kbits)[0]
+    n = x.shape[0]
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        _final_range(
+            x,
+            out,
+            c * CHUNK,
+            min(n, (c + 1) * CHUNK),
+            p,
+            emin,
+            minnorm,
+            maxval,
+            subnormals,
+            ovf,
+            mode,
+            key,
+            offset,
+            kbits,
+        )
+
+
+@njit(cache=True)
+def round_final_serial(x, out, p, emin, minnorm, maxval, subnormals, ovf, mode, key, offset, kbits):  # type: ignore[no-untyped-def]
+    _final_range(x, out, 0, x.shape[0], p, emin, minnorm, maxval, subnormals, ovf, mode, key, offset, kbits)

@@ -170,7 +170,6 @@ def _prepare(x: ArrayLike, f: FloatFormat, name: str, round_inputs: bool) -> np.
     if round_inputs:
         arr = np.asarray(round_to(arr, f, dtype=arr.dtype if fits_float32(f) else np.float64))
     if b16:
-        from . import _gemm_kernels as G
 
         x32 = arr.astype(np.float32)
         if arr.dtype != np.float32:
@@ -179,7 +178,7 @@ def _prepare(x: ArrayLike, f: FloatFormat, name: str, round_inputs: bool) -> np.
                 raise _bad_entry(bad, arr, f, name)
         flat = np.ascontiguousarray(x32).reshape(-1)
         bits = np.empty(flat.shape, dtype=np.uint16)
-        if G.f32_to_h16_checked(flat, bits):
+        if _elementwise("f32_to_h16_checked", flat.size)(flat, bits):
             back = bits.view(np.float16).astype(np.float32).reshape(arr.shape)
             raise _bad_entry(~((back == x32) | np.isnan(x32)), arr, f, name)
         return bits.view(np.float16).reshape(arr.shape)
@@ -192,12 +191,25 @@ def _prepare(x: ArrayLike, f: FloatFormat, name: str, round_inputs: bool) -> np.
 
 def _h16_as_f32(a: np.ndarray) -> np.ndarray:
     """float16 -> float32 with the vectorised kernel (numpy's astype is slow)."""
-    from . import _gemm_kernels as G
 
     flat = np.ascontiguousarray(a).reshape(-1)
     out = np.empty(flat.shape, dtype=np.float32)
-    G.h16_to_f32(flat.view(np.uint16), out)
+    _elementwise("h16_to_f32", flat.size)(flat.view(np.uint16), out)
     return out.reshape(a.shape)
+
+
+def _kernel(name: str, work: int, threshold: int) -> Any:
+    """The parallel kernel ``name``, or its one-thread variant when ``work`` is below
+    ``threshold`` (waking the worker threads costs more than small jobs)."""
+    from . import _gemm_kernels as G
+
+    return getattr(G, name if work >= threshold else name + "_serial")
+
+
+def _elementwise(name: str, n: int) -> Any:
+    from . import _gemm_kernels as G
+
+    return _kernel(name, n, G.SERIAL_ELEMENTS)
 
 
 def _as(a: np.ndarray, dtype: type) -> np.ndarray:
@@ -244,7 +256,6 @@ class _Spec:
 
 def _round_final(acc: np.ndarray, spec: _Spec, offset: int, dtype: type) -> np.ndarray:
     """Round the accumulated float32/float64 sums to the format (the last step of a profile)."""
-    from . import _gemm_kernels as G
 
     flat = _as(acc, acc.dtype.type).reshape(-1)
     out = np.empty(flat.shape, dtype=dtype)
@@ -254,10 +265,12 @@ def _round_final(acc: np.ndarray, spec: _Spec, offset: int, dtype: type) -> np.n
         and _is_binary16(spec.fmt)
         and spec.mode is RoundingMode.NEAREST_EVEN
     ):
-        G.f32_round_h16(flat, out)
+        _elementwise("f32_round_h16", flat.size)(flat, out)
     else:
         p, emin, minnorm, maxval, sub, ovf, code, key, kbits = spec.kargs
-        G.round_final(flat, out, p, emin, minnorm, maxval, sub, ovf, code, key, offset, kbits)
+        _elementwise("round_final", flat.size)(
+            flat, out, p, emin, minnorm, maxval, sub, ovf, code, key, offset, kbits
+        )
     return out.reshape(acc.shape)
 
 
@@ -268,6 +281,11 @@ def _matmul2d(A: np.ndarray, B: np.ndarray, spec: _Spec, offset: int, dtype: typ
     M, K = A.shape
     N = B.shape[1]
     f, prof, order = spec.fmt, spec.profile, spec.order
+    work = M * N * K
+
+    def kern(name: str, cost: int = 1) -> Any:  # cost: time per multiply-add relative to the fast kernels
+        return _kernel(name, work * cost, G.SERIAL_BELOW)
+
     code = spec.kargs[6]
     if prof is Profile.EXACT:
         return _exact(A, B, spec, offset, dtype)
@@ -286,33 +304,33 @@ def _matmul2d(A: np.ndarray, B: np.ndarray, spec: _Spec, offset: int, dtype: typ
                         Bp = np.zeros((K, N + 16), dtype=np.float32)
                         Bp[:, :N] = B32
                         accp = np.empty((M, N + 16), dtype=np.float32)
-                        G.f32_sequential_fma(A32, Bp, accp)
+                        kern("f32_sequential_fma")(A32, Bp, accp)
                         acc = accp[:, :N]
                     else:
-                        G.f32_sequential_fma(A32, B32, acc)
+                        kern("f32_sequential_fma")(A32, B32, acc)
                 elif exact_prod or spec.fma:
-                    G.f32_sequential(A32, B32, acc, True)
+                    kern("f32_sequential")(A32, B32, acc, True)
                 else:
-                    G.f32_sequential(A32, B32, acc, False)
+                    kern("f32_sequential")(A32, B32, acc, False)
             elif order is Order.BLOCKED:
-                G.f32_blocked(A32, B32, acc, spec.block, exact_prod or spec.fma)
+                kern("f32_blocked")(A32, B32, acc, spec.block, exact_prod or spec.fma)
             else:
-                G.f32_pairwise(A32, B32, acc)
+                kern("f32_pairwise")(A32, B32, acc)
         return _round_final(acc, spec, offset, dtype)
     # ieee
     if _FAST_PATHS and _is_binary16(f) and code == RoundingMode.NEAREST_EVEN.code and not spec.fma:
         A16, B16 = _as(A, np.uint16), _as(B, np.uint16)
         C16 = np.empty((M, N), dtype=np.uint16)
         if order is Order.SEQUENTIAL:
-            G.h16_sequential(A16, B16, C16)
+            kern("h16_sequential")(A16, B16, C16)
         elif order is Order.BLOCKED:
-            G.h16_blocked(A16, B16, C16, spec.block)
+            kern("h16_blocked")(A16, B16, C16, spec.block)
         else:
-            G.h16_pairwise(A16, B16, C16)
+            kern("h16_pairwise")(A16, B16, C16)
         return _as(C16.view(np.float16), np.float32).astype(dtype, copy=False)
     p, emin, minnorm, maxval, sub, ovf, code, key, kbits = spec.kargs
     C = np.empty((M, N), dtype=np.float64)
-    G.ieee_general(
+    kern("ieee_general", 64)(
         _as(A, np.float64),
         _as(B, np.float64),
         C,

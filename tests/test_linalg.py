@@ -278,11 +278,6 @@ def cases(fmt: FloatFormat, seed: int = 0):  # type: ignore[no-untyped-def]
     return [random_case(fmt, rng), adversarial_case(fmt, rng)]
 
 
-@pytest.fixture
-def general_only(monkeypatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(L, "_FAST_PATHS", False)
-
-
 # --- the oracle itself -------------------------------------------------------------------------
 
 
@@ -351,14 +346,14 @@ def test_inputs_must_be_format_numbers() -> None:
 
 
 @pytest.mark.parametrize("order", ["sequential", "pairwise", "blocked"])
-@pytest.mark.parametrize("fast", [True, False])
-def test_ieee_fp16_rne_matches_oracle(order: str, fast: bool, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(L, "_FAST_PATHS", fast)
+def test_ieee_fp16_rne_matches_oracle(order: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     for A, B in cases(FP16):
-        got = matmul(A.astype(np.float32), B.astype(np.float32), "fp16", "ieee", order=order, block=5)
         want = oracle_ieee(A, B, FP16, "nearest-even", order, block=5)
-        assert got.dtype == np.float32
-        assert same(got, want), np.argwhere(~((got == want) | (np.isnan(got) & np.isnan(want))))
+        for fast in (True, False):  # native binary16 kernels, then the general float64 kernel
+            monkeypatch.setattr(L, "_FAST_PATHS", fast)
+            got = matmul(A.astype(np.float32), B.astype(np.float32), "fp16", "ieee", order=order, block=5)
+            assert got.dtype == np.float32
+            assert same(got, want), (fast, np.argwhere(~((got == want) | (np.isnan(got) & np.isnan(want)))))
 
 
 @pytest.mark.parametrize("mode", ALL_MODES)
@@ -396,15 +391,15 @@ def test_fma_single_rounding_differs_from_two_roundings() -> None:
 
 
 @pytest.mark.parametrize("order", ["sequential", "pairwise", "blocked"])
-@pytest.mark.parametrize("fast", [True, False])
-def test_fp32acc_fp16_matches_oracle(order: str, fast: bool, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(L, "_FAST_PATHS", fast)
+def test_fp32acc_fp16_matches_oracle(order: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     rng = np.random.default_rng(3)
     data = cases(FP16, seed=3) + [random_case(FP16, rng, M=11, K=37, N=19)]  # 8-row kernel + tails
     for A, B in data:
-        got = matmul(A, B, "fp16", "fp32-accumulate", order=order, block=6)
         want = oracle_fp32acc(A, B, FP16, "nearest-even", order, block=6)
-        assert same(got, want)
+        for fast in (True, False):  # register-blocked FMA kernel, then the one-row kernel
+            monkeypatch.setattr(L, "_FAST_PATHS", fast)
+            got = matmul(A, B, "fp16", "fp32-accumulate", order=order, block=6)
+            assert same(got, want), fast
 
 
 @pytest.mark.parametrize("mode", ALL_MODES)
@@ -505,6 +500,33 @@ def test_stagnation_ieee_vs_fp32_accumulate() -> None:
     # a stochastic fp16 sum does not stagnate on average
     sr = [dot(x, y, "fp16", "ieee", mode="stochastic", seed=s) for s in range(20)]
     assert 1.8 < np.mean(sr) < 2.2
+
+
+@pytest.mark.parametrize("profile", ["ieee", "fp32-accumulate"])
+def test_parallel_and_one_thread_kernels_agree(profile: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Small products run on one thread; force the parallel kernels and compare."""
+    import fpanalysis._gemm_kernels as G
+
+    rng = np.random.default_rng(14)
+    A, B = random_case(FP16, rng, M=29, K=41, N=23)
+    A[3, :5] = [65504.0, 65504.0, -65504.0, np.nan, 2.0**-24]
+    configs = [{"order": o} for o in ("sequential", "pairwise", "blocked")]
+    configs += [
+        {"mode": "stochastic", "seed": 5, "order": "pairwise"},
+        {"mode": "up", "fma": True, "order": "blocked"},
+    ]
+    for fast in (True, False):
+        monkeypatch.setattr(L, "_FAST_PATHS", fast)
+        for cfg in configs:
+            if profile == "fp32-accumulate" and cfg.get("fma") and cfg["order"] == "pairwise":
+                continue
+            monkeypatch.setattr(G, "SERIAL_BELOW", 1 << 62)
+            monkeypatch.setattr(G, "SERIAL_ELEMENTS", 1 << 62)
+            one = matmul(A, B, "fp16", profile, block=6, **cfg)
+            monkeypatch.setattr(G, "SERIAL_BELOW", 0)
+            monkeypatch.setattr(G, "SERIAL_ELEMENTS", 0)
+            par = matmul(A, B, "fp16", profile, block=6, **cfg)
+            assert same(one, par), (fast, cfg)
 
 
 # --- stochastic rounding: reproducible and thread independent --------------------------------
