@@ -6,8 +6,9 @@ torch-half local results ``lx``, ``lh`` and the local bounds ``L``, ``Lp`` (all 
 length) and returns float sums/maxima, integer counts and an exponent histogram of ``v32``.
 ``layer_stats_numpy`` is its obviously-correct NumPy twin (the test oracle).
 
-Conventions: errors are computed in float64; a NaN error counts as ``inf`` (so it violates
-every finite bound); a violation is ``not (err <= bound * (1 + tol))``.
+Conventions: errors are computed in float64; equal values (equal infinities included) have
+error 0; otherwise a NaN error counts as ``inf`` (so it violates every finite bound); a
+violation is ``not (err <= bound * (1 + tol))``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ HAS_REF, HAS_HALF, HAS_LOCAL, HAS_LOCAL_HALF = 1, 2, 4, 8
 
 @njit(cache=True)
 def _err(a: float, b: float) -> float:
+    if a == b:  # includes equal infinities
+        return 0.0
     e = abs(a - b)
     return math.inf if e != e else e
 
@@ -170,7 +173,7 @@ def layer_stats_numpy(ve, v32, G, Gp, v64=None, vh=None, lx=None, lh=None, L=Non
     def err(x, y):
         with np.errstate(invalid="ignore"):
             e = np.abs(x - y)
-        return np.where(np.isnan(e), np.inf, e)
+        return np.where(x == y, 0.0, np.where(np.isnan(e), np.inf, e))
 
     F = np.zeros(16)
     Ik = np.zeros(11, dtype=np.int64)

@@ -79,7 +79,8 @@ def classification_tolerance(outputs: Any) -> np.ndarray:
     """
     z = _rows(outputs, "outputs")
     top2 = np.partition(z, -2, axis=1)[:, -2:]
-    return top2[:, 1] - top2[:, 0]
+    with np.errstate(invalid="ignore"):
+        return top2[:, 1] - top2[:, 0]
 
 
 def output_error(a: Any, b: Any) -> np.ndarray:
@@ -102,8 +103,9 @@ def softmax(z: Any) -> np.ndarray:
     [[0.5, 0.5]]
     """
     x = _rows(z, "z")
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", over="ignore"):  # rows with inf/NaN become NaN (delta = inf)
+        e = np.exp(x - x.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
 
 
 def softmax_error_bound(logits: Any, bound: Any) -> np.ndarray:
@@ -112,6 +114,7 @@ def softmax_error_bound(logits: Any, bound: Any) -> np.ndarray:
     ``min(max_j b_j / 2, max_i min(1, p_i expm1(b_i + max_j b_j)))`` with ``p = softmax(z)``:
     the 1/2-Lipschitz constant of softmax in the max-norm (theory.md section 2), and the exact
     ratio lemma ``|log p^_i - log p_i| <= b_i + max_j b_j``.  Relative float64 slack ``2**-40``.
+    ``inf`` where some ``b_j`` is infinite (the perturbed logits may be non-finite).
 
     >>> round(float(softmax_error_bound([[10.0, 0.0]], [[0.01, 0.01]])[0]), 6)
     0.000908
@@ -126,8 +129,9 @@ def softmax_error_bound(logits: Any, bound: Any) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):
         comp = np.minimum(1.0, np.where(p > 0, p * np.expm1(b + bmax), 0.0))
     comp = np.where(np.isnan(comp), 1.0, comp)
-    out = np.minimum(bmax[:, 0] / 2.0, comp.max(axis=1))
-    return out * (1 + 2.0**-40)
+    out = np.minimum(bmax[:, 0] / 2.0, comp.max(axis=1)) * (1 + 2.0**-40)
+    # an unbounded logit error allows non-finite logits, whose softmax is not a probability vector
+    return np.where(np.isfinite(bmax[:, 0]), out, np.inf)
 
 
 def certify(outputs: Any, bound: Any) -> np.ndarray:
@@ -140,7 +144,8 @@ def certify(outputs: Any, bound: Any) -> np.ndarray:
     """
     g = classification_tolerance(outputs)
     B = _row_bound(bound, g.shape[0])
-    return g * (1 - 2 * _E) > 2 * B * (1 + 2 * _E)
+    with np.errstate(invalid="ignore"):
+        return g * (1 - 2 * _E) > 2 * B * (1 + 2 * _E)
 
 
 def _row_bound(bound: Any, n: int) -> np.ndarray:
@@ -166,7 +171,8 @@ def check_lemma(ref: Any, other: Any, *, name: str = "fp16") -> int:
     r, o = _rows(ref, "ref"), _rows(other, "other")
     g = classification_tolerance(r)
     d = output_error(r, o)
-    applies = g * (1 - 2 * _E) > 2 * d * (1 + 2 * _E)
+    with np.errstate(invalid="ignore"):
+        applies = g * (1 - 2 * _E) > 2 * d * (1 + 2 * _E)
     differ = np.argmax(r, axis=1) != np.argmax(o, axis=1)
     bad = np.flatnonzero(applies & differ)
     if bad.size:
