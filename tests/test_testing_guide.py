@@ -66,8 +66,11 @@ def test_guide_code_runs_and_passes(pytester: pytest.Pytester, monkeypatch: pyte
     assert len(tests) >= 8
     monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
     pytester.makepyfile(test_guide=source)
+    # (with the pytest11 entry point installed, the outer session has imported the plugin
+    # already: pytest then warns that it cannot rewrite its asserts, which is harmless here)
     result = pytester.runpytest("-p", "fpanalysis.testing.plugin", "-p", "hypothesis.extra.pytestplugin",
-                                "-v", "-W", "error", "-p", "no:cacheprovider")
+                                "-v", "-W", "error", "-W", "ignore::pytest.PytestAssertRewriteWarning",
+                                "-p", "no:cacheprovider")
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed", 0) == 0 and outcomes.get("errors", 0) == 0, result.stdout.str()[-6000:]
     assert "skipped" not in outcomes

@@ -18,7 +18,9 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-PLUGIN = ("-p", "fpanalysis.testing.plugin")
+# With the pytest11 entry point installed, the outer session has imported the plugin already,
+# and pytest warns that it cannot rewrite its asserts: harmless here.
+PLUGIN = ("-p", "fpanalysis.testing.plugin", "-W", "ignore::pytest.PytestAssertRewriteWarning")
 
 
 @pytest.fixture
@@ -183,7 +185,7 @@ def test_values_round_trip(fp_format, data):
     x = data.draw(values(fp_format, classes=("normal", "subnormal")))
     assert round_to(x, fp_format) == x
 """)
-    r = pt.runpytest(*PLUGIN, "-p", "hypothesis.extra.pytestplugin")
+    r = pt.runpytest("-W", "error", *PLUGIN, "-p", "hypothesis.extra.pytestplugin")  # later -W wins
     r.assert_outcomes(passed=2)
 
 
