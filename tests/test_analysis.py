@@ -300,3 +300,29 @@ def test_stats_kernel_matches_numpy_twin(rng: np.random.Generator) -> None:
         np.testing.assert_allclose(a, b, rtol=1e-9)
     for a, b in zip(run_layer_stats(*args[:4], **kw), layer_stats_numpy(*args[:4], **kw)):
         np.testing.assert_allclose(a, b, rtol=1e-9)
+
+
+@pytest.mark.parametrize("fmt, profile, mode, order", [
+    ("fp16", "fp32-accumulate", "nearest-even", None), ("fp16", "ieee", "nearest-even", "sequential"),
+    ("fp16", "ieee", "toward-zero", "pairwise"), ("fp16", "ieee", "nearest-even", "blocked"),
+    ("bf16", "fp32-accumulate", "up", None), ("fp16", "exact", "nearest-even", None)])
+def test_torch_accumulation_bounds_equal_the_bounds_module(fmt, profile, mode, order, rng) -> None:
+    """Oracle: fpanalysis.bounds.accumulation_bound (NumPy), deterministic and probabilistic."""
+    from fpanalysis import bounds as Bd
+    from fpanalysis.nn.layer_bounds import BoundConfig, accumulation_bounds
+
+    cfg = BoundConfig.make(fmt, profile, mode, order, 16, lam=6.5)
+    A = np.abs(rng.standard_normal((50, 7))) * 10.0 ** rng.integers(-12, 6, (50, 7))
+    A[0, :3] = [0.0, 70000.0, 1e-30]
+    R = A * rng.random(A.shape)
+    for n in (1, 16, 300, 2100):
+        d, p, fail = accumulation_bounds(torch.from_numpy(A), torch.from_numpy(R), n, cfg, union=7)
+        kw = dict(abs_result=R, order=cfg.order, block=16, mode=cfg.mode)
+        bd = Bd.accumulation_bound(A, n, fmt, profile, **kw)
+        bp = Bd.accumulation_bound(A, n, fmt, profile, method="probabilistic", lam=6.5, union=7, **kw)
+        np.testing.assert_array_equal(d.numpy(), bd.value)
+        np.testing.assert_array_equal(p.numpy(), bp.value)
+        assert fail == bp.failure_probability
+    own, _, _ = accumulation_bounds(torch.from_numpy(A), torch.zeros(()), 300, cfg, fmt="fp32", profile="ieee",
+                                    probabilistic=False)
+    np.testing.assert_array_equal(own.numpy(), Bd.accumulation_bound(A, 300, "fp32", "ieee").value)

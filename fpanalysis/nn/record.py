@@ -163,11 +163,12 @@ def shapes_and_events(traced: TracedModel, x1: torch.Tensor) -> tuple[dict[str, 
 
 
 def stream_batches(traced: TracedModel, batches: Any, emu: Emulator, cfg: BoundConfig, stats: dict[str, LayerStats],
-                   *, reference: bool = True, real_half: bool = True, local: bool = True,
+                   *, reference: bool = True, real_half: bool = True, local: bool = True, half_device: Any = "cpu",
                    timings: dict[str, float] | None = None, on_batch: Callable[[int], None] | None = None) -> OutputRecord:
     """Run every batch through every step, updating ``stats``; return the outputs and bounds.
 
-    ``batches`` yields float32 CPU tensors.  ``timings`` accumulates seconds per phase.
+    ``batches`` yields float32 CPU tensors.  ``timings`` accumulates seconds per phase.  The
+    real half run is step by step on ``half_device``.
     """
     t = timings if timings is not None else {}
     for k in ("fp32", "float64", "emulator", "half", "local", "bounds", "stats"):
@@ -193,7 +194,7 @@ def stream_batches(traced: TracedModel, batches: Any, emu: Emulator, cfg: BoundC
                     rec: dict[str, Any] = {"v32": x32, "v64": x32.double() if reference else None}
                     rec["ve"], rnd = timed("emulator", lambda: emulate_step(s, [x32], emu, cache, step_index=i,
                                                                            batch_index=bi))
-                    rec["vh"] = x32.half() if real_half else None
+                    rec["vh"] = x32.to(half_device).half() if real_half else None
                     rec["b"] = timed("bounds", lambda: step_bound(s, [x32], x32, cfg, cache))
                     lx, lh, lb = x32.double(), x32.half(), rec["b"]
                 else:
@@ -212,8 +213,8 @@ def stream_batches(traced: TracedModel, batches: Any, emu: Emulator, cfg: BoundC
                                   if reference else None)
                     rec["ve"], rnd = timed("emulator", lambda: emulate_step(s, ins("ve"), emu, cache, vals,
                                                                            step_index=i, batch_index=bi))
-                    rec["vh"] = (timed("half", lambda: torch_step(s, ins("vh"), torch.float16, cache, vals))
-                                 if real_half else None)
+                    rec["vh"] = (timed("half", lambda: torch_step(s, ins("vh"), torch.float16, cache, vals,
+                                                                  half_device)) if real_half else None)
                     lx = lh = lb = None
                     bins = [st[n]["b"] for n in s.inputs]
                     rec["b"] = timed("bounds", lambda: step_bound(s, bins, rec["v32"], cfg, cache, vals))
@@ -227,12 +228,12 @@ def stream_batches(traced: TracedModel, batches: Any, emu: Emulator, cfg: BoundC
                             lh = s.attrs["value"].half()
                             lb = rec["b"]
                         else:
-                            lx = timed("local", lambda: torch_step(s, ins("ve", lambda v: v.double()), torch.float64,
-                                                                   cache, vals))
+                            e64 = ins("ve", lambda v: v.double())
+                            lx = timed("local", lambda: torch_step(s, e64, torch.float64, cache, vals))
                             if real_half:
                                 lh = timed("local", lambda: torch_step(s, ins("ve", lambda v: v.half()),
                                                                        torch.float16, cache, vals))
-                            lb = timed("local", lambda: local_bound(s, ins("ve"), lx, cfg, cache, vals))
+                            lb = timed("local", lambda: local_bound(s, e64, lx, cfg, cache, vals))
                 if s.name in stats:
                     timed("stats", lambda: stats[s.name].update(v32=rec["v32"], ve=rec["ve"], b=rec["b"],
                                                                  v64=rec["v64"], vh=rec["vh"], local_exact=lx,
