@@ -238,9 +238,19 @@ def accumulation_bounds(A: torch.Tensor, R: torch.Tensor, n: int, cfg: BoundConf
             prod = prod + torch.where(pos, torch.full_like(a, n_add * ee), torch.zeros_like(a))
         return prod
 
+    def where_ok(err: torch.Tensor, bounds_and_caps: list[tuple[torch.Tensor, float]]) -> torch.Tensor:
+        # overflow -> inf; one reduction per check decides whether any entry can be affected
+        err.mul_(Bd._PAD)
+        ok = None
+        for v, cap in bounds_and_caps:
+            vmax = float(v.max()) if v.numel() else 0.0
+            if not vmax <= cap:
+                c = v <= cap
+                ok = c if ok is None else ok & c
+        return err if ok is None else torch.where(ok, err, torch.full_like(err, math.inf))
+
     if prof == "exact":
-        err = final(R, u, eta, nearest)
-        v = torch.where(R <= f.max, err.mul_(Bd._PAD), torch.full_like(err, math.inf))
+        v = where_ok(final(R, u, eta, nearest), [(R, f.max)])
         return v, v, 0.0
     if prof == "ieee":
         order = cfg.order if fmt is None else "recursive"  # the fp32 run's order is the library's
@@ -252,20 +262,17 @@ def accumulation_bounds(A: torch.Tensor, R: torch.Tensor, n: int, cfg: BoundConf
         k = n
         ua, acc_max = a32.u, a32.max
         und = under(A, n, 0 if a32.subnormals else max(n - 1, 0), Bd.underflow_unit(a32), True)
-    growth = Bd._growth(ua, k)
-    und_term = times(growth, und)
+    und_term = times(Bd._growth(ua, k), und)
     out = []
     fail = 0.0
     for meth in ("deterministic",) + (("probabilistic",) if lam is not None else ()):
         g, fl = Bd._gamma_for(k, n, ua, meth, None, lam, union)
         t_err = times(g, A).add_(und_term)
         if prof == "ieee":
-            err = t_err
-            ok = (A + err) <= f.max
+            out.append(where_ok(t_err, [(A + t_err, f.max)]))
         else:
             err = final(R + t_err, u, eta, nearest).add_(t_err)
-            ok = ((A + t_err) <= acc_max) & ((R + t_err) <= f.max)
-        out.append(torch.where(ok, err.mul_(Bd._PAD), torch.full_like(err, math.inf)))
+            out.append(where_ok(err, [(A + t_err, acc_max), (R + t_err, f.max)]))
         fail = fl
     if lam is None:
         return out[0], out[0], 0.0
