@@ -177,7 +177,7 @@ def analyze(
     bs = int(batch_size)
     nb = -(-N // bs)
     batches = (X[i * bs:(i + 1) * bs] for i in range(nb))
-    kw = dict(reference=reference, real_half=real_half, local=local, timings=timings, half_device=half_device)
+    kw = {"reference": reference, "real_half": real_half, "local": local, "timings": timings, "half_device": half_device}
     if progress and progress_enabled():
         with progress_bar(f"analyze {name or type(model).__name__} ({f.name})", total=nb, unit="batch") as bar:
             out = stream_batches(traced, batches, emu, cfg, stats, on_batch=lambda i: bar.update(1), **kw)

@@ -38,16 +38,16 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "LemmaViolation",
     "BoundViolationWarning",
+    "LemmaViolation",
+    "RunAgreement",
+    "ToleranceSummary",
+    "certify",
+    "check_lemma",
     "classification_tolerance",
     "output_error",
     "softmax",
     "softmax_error_bound",
-    "certify",
-    "check_lemma",
-    "RunAgreement",
-    "ToleranceSummary",
     "summarize",
 ]
 
@@ -245,7 +245,7 @@ class ToleranceSummary:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ToleranceSummary":
+    def from_dict(cls, d: dict[str, Any]) -> ToleranceSummary:
         d = dict(d)
         d.pop("certified_fraction", None)
         d.pop("certified_prob_fraction", None)
@@ -257,9 +257,9 @@ class ToleranceSummary:
         return cls(runs=runs, **d)
 
     def lines(self) -> list[str]:
-        out = [f"[{self.space}] certified (deterministic, sound): {self.certified}/{self.n} "
+        out = [(f"[{self.space}] certified (deterministic, sound): {self.certified}/{self.n} "
                f"({100 * self.certified_fraction:.2f}%); certified (probabilistic, p >= {self.probability:.6g}): "
-               f"{self.certified_prob}/{self.n} ({100 * self.certified_prob_fraction:.2f}%)"]
+               f"{self.certified_prob}/{self.n} ({100 * self.certified_prob_fraction:.2f}%)")]
         for r in self.runs.values():
             out.append(f"  {r.name}: agreement {r.agree}/{r.n} ({100 * r.agreement:.2f}%), flips {r.flips}, "
                        f"Gamma > 2 delta on {r.lemma_applies}, lemma violations 0, delta > B on "

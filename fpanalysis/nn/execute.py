@@ -41,7 +41,7 @@ from ..formats import FloatFormat, get_format
 from ..rounding import RoundingMode, RoundingStats, fits_float32, round_to
 from .trace import Step, TracedModel
 
-__all__ = ["Emulator", "ParamCache", "torch_step", "emulate_step", "run_model", "EXACT_KINDS"]
+__all__ = ["EXACT_KINDS", "Emulator", "ParamCache", "emulate_step", "run_model", "torch_step"]
 
 #: Steps whose result is exactly representable when their inputs are (no rounding).
 EXACT_KINDS = frozenset({"relu", "maxpool2d", "shape", "cat", "identity", "size", "output"})
@@ -304,7 +304,7 @@ def _linalg():
 def _emulate_linear(step: Step, ins: list[torch.Tensor], emu: Emulator, cache: ParamCache, stream: int) -> torch.Tensor:
     k, a = step.kind, step.attrs
     la = _linalg()
-    kw = dict(order=emu.order, block=emu.block, mode=emu.mode, seed=emu.seed, stream=stream)
+    kw = {"order": emu.order, "block": emu.block, "mode": emu.mode, "seed": emu.seed, "stream": stream}
     if la is None and not (emu.profile == "fp32-accumulate" and emu.order == "blas"):
         raise ImportError("fpanalysis.linalg is needed for this profile/order")
     if k == "matmul":

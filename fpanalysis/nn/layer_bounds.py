@@ -67,8 +67,15 @@ from ..rounding import RoundingMode, round_to
 from .execute import ParamCache
 from .trace import Step
 
-__all__ = ["BoundConfig", "StepBound", "step_bound", "local_bound", "rounding_events", "network_lambda",
-           "PROBABILISTIC_KINDS"]
+__all__ = [
+    "PROBABILISTIC_KINDS",
+    "BoundConfig",
+    "StepBound",
+    "local_bound",
+    "network_lambda",
+    "rounding_events",
+    "step_bound",
+]
 
 _U32 = 2.0**-24
 _U64 = 2.0**-53
@@ -98,7 +105,7 @@ class BoundConfig:
     @classmethod
     def make(cls, fmt: Any = "fp16", profile: str = "fp32-accumulate", mode: str = "nearest-even",
              order: str | None = None, block: int = 32, lam: float | None = None,
-             fast_magnitudes: bool = True) -> "BoundConfig":
+             fast_magnitudes: bool = True) -> BoundConfig:
         """Validated configuration; ``order`` takes the emulator's names (``blas`` -> any order).
 
         >>> BoundConfig.make("fp16", "ieee", order="pairwise").order
@@ -444,7 +451,7 @@ def _matmul(step: Step, a: StepBound, b: StepBound, out32: torch.Tensor, cfg: Bo
     shape = out32.shape
     An, Bn = _np(A), _np(Bm)
     k = A.shape[-1]
-    kw = dict(order=cfg.order, block=cfg.block, mode=cfg.mode)
+    kw = {"order": cfg.order, "block": cfg.block, "mode": cfg.mode}
     # |y^ - A~ B~| (local rounding of the perturbed product + perturbation) and |y~ - A~ B~| (fp32)
     ar, br = (_np(a.G), _np(b.G)) if run32 else (None, None)
     det = Bd.matmul_bound(An, Bn, cfg.fmt, cfg.profile, a_radius=ar, b_radius=br, **kw)

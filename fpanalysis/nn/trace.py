@@ -25,15 +25,15 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
-import torch.fx as fx
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
-__all__ = ["Step", "Ref", "TracedModel", "trace_model", "SUPPORTED_LAYERS", "STEP_KINDS"]
+__all__ = ["STEP_KINDS", "SUPPORTED_LAYERS", "Ref", "Step", "TracedModel", "trace_model"]
 
 #: Kinds of steps, each with its own executor and bound (see fpanalysis.nn.layer_bounds).
 STEP_KINDS = (
