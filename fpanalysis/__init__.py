@@ -1,5 +1,29 @@
-"""fpanalysis: will my network work in pure 16-bit floating point, and if not, why?"""
-from .formats import FloatFormat, get_format, FORMATS
-from .rounding import RoundingMode, RoundingStats, round_to, to_bits, from_bits
+"""fpanalysis: will my network work in pure 16-bit floating point, and if not, exactly why?
+
+Importing the package is cheap: numba kernels compile on first use, torch and matplotlib are
+imported only by the modules that need them (``fpanalysis.nn``, plotting functions).
+"""
+
+from . import bounds, ops
+from .formats import FORMATS, FloatFormat, get_format
+from .reference import exact_dot, exact_dot_fraction, exact_matmul, exact_sum
+from .rounding import RoundingMode, RoundingStats, from_bits, round_to, to_bits
+
+__all__ = [
+    "FORMATS",
+    "FloatFormat",
+    "RoundingMode",
+    "RoundingStats",
+    "bounds",
+    "exact_dot",
+    "exact_dot_fraction",
+    "exact_matmul",
+    "exact_sum",
+    "from_bits",
+    "get_format",
+    "ops",
+    "round_to",
+    "to_bits",
+]
 
 __version__ = "0.1.0"

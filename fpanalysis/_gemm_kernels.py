@@ -35,12 +35,11 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from ._bits import EXP64, U64, counter_random, f64_to_u64, u64_to_f64
-from ._round_kernels import RD, SR, round_scalar
+from ._round_kernels import RD, RNA, RNE, RTO, RU, RZ, SR, SRK, round_scalar
 
 SEQUENTIAL, PAIRWISE, BLOCKED = 0, 1, 2
 # Kinds of rounding, for the counters of stochastic rounding (index = (entry*K + k)*4 + kind).
 _K_PROD, _K_ADD, _K_BLOCK = 0, 1, 2
-_PAIR_WIDTH = 64  # columns per pairwise work buffer
 
 
 @intrinsic
@@ -120,46 +119,89 @@ def _h16_to_f32(typingctx, b):  # type: ignore[no-untyped-def]
 # --- conversions ----------------------------------------------------------------------------
 
 
+CHUNK = 16384  # elements per parallel work item of the elementwise kernels
+SERIAL_ELEMENTS = 1 << 20  # arrays shorter than this use the one-thread variants (a parallel
+# launch costs about 0.1 ms, the serial conversion runs at several G values/s)
+
+
+@njit(cache=True)
+def _to_h16_range(x, out, s, e):  # type: ignore[no-untyped-def]
+    _wide_vectors()
+    bad = 0
+    for i in range(s, e):
+        v = x[i]
+        h = _f32_to_h16(v)
+        out[i] = h
+        bad += np.int64((_h16_to_f32(h) != v) & (not np.isnan(v)))
+    return bad
+
+
 @njit(parallel=True, cache=True)
 def f32_to_h16_checked(x, out):  # type: ignore[no-untyped-def]
-    """Convert float32 ``x`` (1-D) to binary16 bits; return the first index whose value is not
-    a binary16 number (NaNs count as binary16 numbers), or -1."""
+    """Convert float32 ``x`` (1-D) to binary16 bits (nearest even); return how many values were
+    not binary16 numbers (NaNs count as binary16 numbers)."""
     n = x.shape[0]
-    nchunk = 64
-    bad = np.full(nchunk, n, dtype=np.int64)
-    for c in prange(nchunk):
-        _wide_vectors()
-        lo = c * n // nchunk
-        hi = (c + 1) * n // nchunk
-        first = n
-        for i in range(lo, hi):
-            h = _f32_to_h16(x[i])
-            out[i] = h
-            v = x[i]
-            ok = (_h16_to_f32(h) == v) | (v != v)
-            first = first if (ok or first < n) else i
-        bad[c] = first
-    m = bad.min()
-    return -1 if m == n else m
+    bad = 0
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        bad += _to_h16_range(x, out, c * CHUNK, min(n, (c + 1) * CHUNK))
+    return bad
+
+
+@njit(cache=True)
+def f32_to_h16_checked_serial(x, out):  # type: ignore[no-untyped-def]
+    return _to_h16_range(x, out, 0, x.shape[0])
+
+
+@njit(cache=True)
+def _round_h16_range(x, out, s, e):  # type: ignore[no-untyped-def]
+    _wide_vectors()
+    for i in range(s, e):
+        out[i] = _h16_to_f32(_f32_to_h16(x[i]))
+
+
+@njit(parallel=True, cache=True)
+def f32_round_h16(x, out):  # type: ignore[no-untyped-def]
+    """Round float32 ``x`` (1-D) to binary16, nearest even; the results as ``out``'s dtype."""
+    n = x.shape[0]
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        _round_h16_range(x, out, c * CHUNK, min(n, (c + 1) * CHUNK))
+
+
+@njit(cache=True)
+def f32_round_h16_serial(x, out):  # type: ignore[no-untyped-def]
+    _round_h16_range(x, out, 0, x.shape[0])
+
+
+@njit(cache=True)
+def _from_h16_range(b, out, s, e):  # type: ignore[no-untyped-def]
+    _wide_vectors()
+    for i in range(s, e):
+        out[i] = _h16_to_f32(b[i])
 
 
 @njit(parallel=True, cache=True)
 def h16_to_f32(b, out):  # type: ignore[no-untyped-def]
     """Convert binary16 bit patterns (1-D) to float32."""
-    for i in prange(b.shape[0]):
-        out[i] = _h16_to_f32(b[i])
+    n = b.shape[0]
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        _from_h16_range(b, out, c * CHUNK, min(n, (c + 1) * CHUNK))
+
+
+@njit(cache=True)
+def h16_to_f32_serial(b, out):  # type: ignore[no-untyped-def]
+    _from_h16_range(b, out, 0, b.shape[0])
 
 
 # --- ieee profile, binary16, round to nearest even -------------------------------------------
 
 
-@njit(parallel=True, cache=True)
-def h16_sequential(A, B, C):  # type: ignore[no-untyped-def]
+@njit(cache=True)
+def _h16_sequential_rows(A, B, C, r0, r1):  # type: ignore[no-untyped-def]
     """C[i,j] = (((0 + a_i0 b_0j) + a_i1 b_1j) + ...), every product and sum rounded (RNE)."""
-    M, K = A.shape
+    K = A.shape[1]
     N = B.shape[1]
-    for i in prange(M):
-        _wide_vectors()
+    _wide_vectors()
+    for i in range(r0, r1):
         c = C[i]
         for j in range(N):
             c[j] = np.uint16(0)
@@ -170,14 +212,14 @@ def h16_sequential(A, B, C):  # type: ignore[no-untyped-def]
                 c[j] = _h16_add(c[j], _h16_mul(a, b[j]))
 
 
-@njit(parallel=True, cache=True)
-def h16_blocked(A, B, C, block):  # type: ignore[no-untyped-def]
+@njit(cache=True)
+def _h16_blocked_rows(A, B, C, block, r0, r1):  # type: ignore[no-untyped-def]
     """Blocked order: each block of ``block`` terms summed sequentially from +0, then the block
     sums added sequentially to a total that starts at +0."""
-    M, K = A.shape
+    K = A.shape[1]
     N = B.shape[1]
-    for i in prange(M):
-        _wide_vectors()
+    _wide_vectors()
+    for i in range(r0, r1):
         c = C[i]
         s = np.zeros(N, dtype=np.uint16)
         for j in range(N):
@@ -194,50 +236,52 @@ def h16_blocked(A, B, C, block):  # type: ignore[no-untyped-def]
                 c[j] = _h16_add(c[j], s[j])
 
 
-@njit(parallel=True, cache=True)
-def h16_pairwise(A, B, C):  # type: ignore[no-untyped-def]
+@njit(cache=True)
+def _h16_pairwise_rows(A, B, C, r0, r1):  # type: ignore[no-untyped-def]
     """Pairwise order (Higham 2002, sec. 4.1): the rounded products are added in adjacent pairs,
-    an odd last term passes to the next level unchanged, and this repeats until one is left."""
-    M, K = A.shape
+    an odd last term passes to the next level unchanged, and this repeats until one is left.
+
+    Computed with a stack of partial sums (a binary counter over k): after term k is pushed,
+    the two top blocks are merged while they have equal sizes; at the end the stack is merged
+    from the top down.  This performs exactly the additions of the level-by-level description.
+    """
+    K = A.shape[1]
     N = B.shape[1]
-    W = _PAIR_WIDTH
-    for i in prange(M):
-        _wide_vectors()
-        T = np.empty((max(K, 1), W), dtype=np.uint16)
-        for j0 in range(0, N, W):
-            w = min(W, N - j0)
-            for k in range(K):
-                a = A[i, k]
-                b = B[k]
-                t = T[k]
-                for jj in range(w):
-                    t[jj] = _h16_mul(a, b[j0 + jj])
-            n = K
-            while n > 1:
-                h = n // 2
-                for m in range(h):
-                    t = T[m]
-                    u = T[2 * m]
-                    v = T[2 * m + 1]
-                    for jj in range(w):
-                        t[jj] = _h16_add(u[jj], v[jj])
-                if n % 2 == 1:
-                    T[h, :w] = T[n - 1, :w]
-                n = h + n % 2
-            for jj in range(w):
-                C[i, j0 + jj] = T[0, jj] if K > 0 else np.uint16(0)
+    _wide_vectors()
+    for i in range(r0, r1):
+        S = np.empty((66, N), dtype=np.uint16)
+        top = -1
+        for k in range(K):
+            top += 1
+            a = A[i, k]
+            b = B[k]
+            t = S[top]
+            for j in range(N):
+                t[j] = _h16_mul(a, b[j])
+            c = k + 1
+            while c % 2 == 0:
+                u = S[top - 1]
+                v = S[top]
+                for j in range(N):
+                    u[j] = _h16_add(u[j], v[j])
+                top -= 1
+                c //= 2
+        while top > 0:
+            u = S[top - 1]
+            v = S[top]
+            for j in range(N):
+                u[j] = _h16_add(u[j], v[j])
+            top -= 1
+        c = C[i]
+        for j in range(N):
+            c[j] = S[0, j] if K > 0 else np.uint16(0)
 
 
 # --- fp32-accumulate profile -----------------------------------------------------------------
 
 
-@njit(inline="always", cache=True)
-def _madd32(a, b, c, fma):  # type: ignore[no-untyped-def]
-    return _fma32(a, b, c) if fma else c + a * b
-
-
-@njit(parallel=True, cache=True)
-def f32_sequential_fma(A, B, C):  # type: ignore[no-untyped-def]
+@njit(cache=True)
+def _f32_sequential_fma_rows(A, B, C, r0, r1):  # type: ignore[no-untyped-def]
     """float32 C = 0 + a_i0 b_0j + a_i1 b_1j + ... in k order, each step one float32 FMA.
 
     Register-blocked: 8 rows of C and 4 consecutive k at a time, so that one load of B feeds 8
@@ -246,9 +290,8 @@ def f32_sequential_fma(A, B, C):  # type: ignore[no-untyped-def]
     M, K = A.shape
     N = B.shape[1]
     R = 8
-    nb = (M + R - 1) // R
-    for ib in prange(nb):
-        _wide_vectors()
+    _wide_vectors()
+    for ib in range(r0 // R, (r1 + R - 1) // R):  # r0 is a multiple of 8
         i0 = ib * R
         if i0 + R <= M:
             c0 = C[i0]
@@ -324,13 +367,13 @@ def f32_sequential_fma(A, B, C):  # type: ignore[no-untyped-def]
                         c[j] = _fma32(x, b[j], c[j])
 
 
-@njit(parallel=True, cache=True)
-def f32_sequential(A, B, C, fma):  # type: ignore[no-untyped-def]
+@njit(cache=True)
+def _f32_sequential_rows(A, B, C, fma, r0, r1):  # type: ignore[no-untyped-def]
     """Sequential order, one row at a time; ``fma=False``: product rounded to float32, then add."""
-    M, K = A.shape
+    K = A.shape[1]
     N = B.shape[1]
-    for i in prange(M):
-        _wide_vectors()
+    _wide_vectors()
+    for i in range(r0, r1):
         c = C[i]
         for j in range(N):
             c[j] = 0.0
@@ -345,13 +388,13 @@ def f32_sequential(A, B, C, fma):  # type: ignore[no-untyped-def]
                     c[j] = c[j] + x * b[j]
 
 
-@njit(parallel=True, cache=True)
-def f32_blocked(A, B, C, block, fma):  # type: ignore[no-untyped-def]
+@njit(cache=True)
+def _f32_blocked_rows(A, B, C, block, fma, r0, r1):  # type: ignore[no-untyped-def]
     """Blocked order in float32 (see :func:`h16_blocked`)."""
-    M, K = A.shape
+    K = A.shape[1]
     N = B.shape[1]
-    for i in prange(M):
-        _wide_vectors()
+    _wide_vectors()
+    for i in range(r0, r1):
         c = C[i]
         s = np.empty(N, dtype=np.float32)
         for j in range(N):
@@ -372,37 +415,39 @@ def f32_blocked(A, B, C, block, fma):  # type: ignore[no-untyped-def]
                 c[j] = c[j] + s[j]
 
 
-@njit(parallel=True, cache=True)
-def f32_pairwise(A, B, C):  # type: ignore[no-untyped-def]
+@njit(cache=True)
+def _f32_pairwise_rows(A, B, C, r0, r1):  # type: ignore[no-untyped-def]
     """Pairwise order in float32 (see :func:`h16_pairwise`); products rounded to float32."""
-    M, K = A.shape
+    K = A.shape[1]
     N = B.shape[1]
-    W = _PAIR_WIDTH
-    for i in prange(M):
-        _wide_vectors()
-        T = np.empty((max(K, 1), W), dtype=np.float32)
-        for j0 in range(0, N, W):
-            w = min(W, N - j0)
-            for k in range(K):
-                x = A[i, k]
-                b = B[k]
-                t = T[k]
-                for jj in range(w):
-                    t[jj] = x * b[j0 + jj]
-            n = K
-            while n > 1:
-                h = n // 2
-                for m in range(h):
-                    t = T[m]
-                    u = T[2 * m]
-                    v = T[2 * m + 1]
-                    for jj in range(w):
-                        t[jj] = u[jj] + v[jj]
-                if n % 2 == 1:
-                    T[h, :w] = T[n - 1, :w]
-                n = h + n % 2
-            for jj in range(w):
-                C[i, j0 + jj] = T[0, jj] if K > 0 else np.float32(0.0)
+    _wide_vectors()
+    for i in range(r0, r1):
+        S = np.empty((66, N), dtype=np.float32)
+        top = -1
+        for k in range(K):
+            top += 1
+            x = A[i, k]
+            b = B[k]
+            t = S[top]
+            for j in range(N):
+                t[j] = x * b[j]
+            c = k + 1
+            while c % 2 == 0:
+                u = S[top - 1]
+                v = S[top]
+                for j in range(N):
+                    u[j] = u[j] + v[j]
+                top -= 1
+                c //= 2
+        while top > 0:
+            u = S[top - 1]
+            v = S[top]
+            for j in range(N):
+                u[j] = u[j] + v[j]
+            top -= 1
+        c = C[i]
+        for j in range(N):
+            c[j] = S[0, j] if K > 0 else np.float32(0.0)
 
 
 # --- ieee profile, any format and mode (float64) ---------------------------------------------
@@ -438,81 +483,346 @@ def _round_mul(a, b, p, emin, minnorm, maxval, subnormals, ovf, mode, key, idx, 
     return round_scalar(a * b, p, emin, minnorm, maxval, subnormals, ovf, mode, r, kbits)[0]
 
 
-@njit(parallel=True, cache=True)
-def ieee_general(A, B, C, order, block, fma, p, emin, minnorm, maxval, subnormals, ovf, mode, key, offset, kbits):  # type: ignore[no-untyped-def]
+# Row operations of the general kernel.  ``fmt`` is the tuple (p, emin, minnorm, maxval,
+# subnormals, ovf, kbits); element j draws the random counter ``base + j*stride``.  Each one
+# dispatches once on the mode to a loop compiled for that mode (so the loop vectorises).
+
+
+@njit(inline="always", cache=True)
+def _prod_loop(t, b, a, fmt, mode, key, base, stride):  # type: ignore[no-untyped-def]
+    p, emin, minnorm, maxval, sub, ovf, kbits = fmt
+    for j in range(t.shape[0]):
+        t[j] = _round_mul(
+            a, b[j], p, emin, minnorm, maxval, sub, ovf, mode, key, base + U64(j) * stride, kbits
+        )
+
+
+@njit(inline="always", cache=True)
+def _add_loop(u, v, fmt, mode, key, base, stride):  # type: ignore[no-untyped-def]
+    p, emin, minnorm, maxval, sub, ovf, kbits = fmt
+    for j in range(u.shape[0]):
+        u[j] = _round_add(
+            u[j], v[j], p, emin, minnorm, maxval, sub, ovf, mode, key, base + U64(j) * stride, kbits
+        )
+
+
+@njit(inline="always", cache=True)
+def _fma_loop(s, b, a, fmt, mode, key, base, stride):  # type: ignore[no-untyped-def]
+    p, emin, minnorm, maxval, sub, ovf, kbits = fmt
+    for j in range(s.shape[0]):
+        s[j] = _round_add(
+            a * b[j], s[j], p, emin, minnorm, maxval, sub, ovf, mode, key, base + U64(j) * stride, kbits
+        )
+
+
+@njit(cache=True)
+def _prod_row(t, b, a, fmt, mode, key, base, stride):  # type: ignore[no-untyped-def]
+    """t[j] = fl(a * b[j])."""
+    if mode == RNE:
+        _prod_loop(t, b, a, fmt, RNE, key, base, stride)
+    elif mode == RNA:
+        _prod_loop(t, b, a, fmt, RNA, key, base, stride)
+    elif mode == RZ:
+        _prod_loop(t, b, a, fmt, RZ, key, base, stride)
+    elif mode == RU:
+        _prod_loop(t, b, a, fmt, RU, key, base, stride)
+    elif mode == RD:
+        _prod_loop(t, b, a, fmt, RD, key, base, stride)
+    elif mode == RTO:
+        _prod_loop(t, b, a, fmt, RTO, key, base, stride)
+    elif mode == SR:
+        _prod_loop(t, b, a, fmt, SR, key, base, stride)
+    else:
+        _prod_loop(t, b, a, fmt, SRK, key, base, stride)
+
+
+@njit(cache=True)
+def _add_row(u, v, fmt, mode, key, base, stride):  # type: ignore[no-untyped-def]
+    """u[j] = fl(u[j] + v[j])."""
+    if mode == RNE:
+        _add_loop(u, v, fmt, RNE, key, base, stride)
+    elif mode == RNA:
+        _add_loop(u, v, fmt, RNA, key, base, stride)
+    elif mode == RZ:
+        _add_loop(u, v, fmt, RZ, key, base, stride)
+    elif mode == RU:
+        _add_loop(u, v, fmt, RU, key, base, stride)
+    elif mode == RD:
+        _add_loop(u, v, fmt, RD, key, base, stride)
+    elif mode == RTO:
+        _add_loop(u, v, fmt, RTO, key, base, stride)
+    elif mode == SR:
+        _add_loop(u, v, fmt, SR, key, base, stride)
+    else:
+        _add_loop(u, v, fmt, SRK, key, base, stride)
+
+
+@njit(cache=True)
+def _fma_row(s, b, a, fmt, mode, key, base, stride):  # type: ignore[no-untyped-def]
+    """s[j] = fl(a * b[j] + s[j]) with one rounding."""
+    if mode == RNE:
+        _fma_loop(s, b, a, fmt, RNE, key, base, stride)
+    elif mode == RNA:
+        _fma_loop(s, b, a, fmt, RNA, key, base, stride)
+    elif mode == RZ:
+        _fma_loop(s, b, a, fmt, RZ, key, base, stride)
+    elif mode == RU:
+        _fma_loop(s, b, a, fmt, RU, key, base, stride)
+    elif mode == RD:
+        _fma_loop(s, b, a, fmt, RD, key, base, stride)
+    elif mode == RTO:
+        _fma_loop(s, b, a, fmt, RTO, key, base, stride)
+    elif mode == SR:
+        _fma_loop(s, b, a, fmt, SR, key, base, stride)
+    else:
+        _fma_loop(s, b, a, fmt, SRK, key, base, stride)
+
+
+@njit(cache=True)
+def _ieee_general_rows(
+    A, B, C, order, block, fma, p, emin, minnorm, maxval, subnormals, ovf, mode, key, offset, kbits, r0, r1
+):  # type: ignore[no-untyped-def]
     """The ``ieee`` profile in float64 for any format (``p <= 26``) and rounding mode.
 
-    Stochastic rounding of the rounding of ``kind`` for term ``k`` of entry ``(i, j)`` uses the
-    counter ``offset + ((i*N + j)*K + k)*4 + kind``, so results do not depend on threads.
+    The rounding of ``kind`` (0 product, 1 addition, 2 addition of a block sum) for term ``k``
+    of entry ``(i, j)`` draws its random bits from counter ``offset + ((i*N + j)*K + k)*4 +
+    kind``; a pairwise addition uses the ``k`` of the first term of its right operand, a block
+    addition the block's number.  So results do not depend on threads.
     """
-    M, K = A.shape
+    K = A.shape[1]
     N = B.shape[1]
-    KK = U64(K)
-    NN = U64(N)
-    off = U64(offset)
-    for i in prange(M):
+    fmt = (p, emin, minnorm, maxval, subnormals, ovf, kbits)
+    stride = U64(K) * U64(4)
+    t = np.empty(N, dtype=np.float64)
+    s = np.empty(N, dtype=np.float64)
+    S = np.empty((66, N), dtype=np.float64)
+    lo = np.empty(66, dtype=np.int64)
+    for i in range(r0, r1):
         c = C[i]
-        ii = U64(i)
+        row = U64(offset) + U64(i) * U64(N) * stride  # counter of (i, j=0, k=0, kind 0)
         if order == PAIRWISE:
-            W = _PAIR_WIDTH
-            T = np.empty((max(K, 1), W), dtype=np.float64)
-            for j0 in range(0, N, W):
-                w = min(W, N - j0)
-                for k in range(K):
-                    a = A[i, k]
-                    b = B[k]
-                    t = T[k]
-                    for jj in range(w):
-                        base = ((ii * NN + U64(j0 + jj)) * KK + U64(k)) * U64(4)
-                        t[jj] = _round_mul(a, b[j0 + jj], p, emin, minnorm, maxval, subnormals, ovf, mode, key, off + base, kbits)
-                n = K
-                node = 0  # internal nodes numbered in creation order: 0 .. K-2
-                while n > 1:
-                    h = n // 2
-                    for m in range(h):
-                        t = T[m]
-                        u = T[2 * m]
-                        v = T[2 * m + 1]
-                        for jj in range(w):
-                            base = ((ii * NN + U64(j0 + jj)) * KK + U64(node + m)) * U64(4) + U64(_K_ADD)
-                            t[jj] = _round_add(u[jj], v[jj], p, emin, minnorm, maxval, subnormals, ovf, mode, key, off + base, kbits)
-                    node += h
-                    if n % 2 == 1:
-                        T[h, :w] = T[n - 1, :w]
-                    n = h + n % 2
-                for jj in range(w):
-                    c[j0 + jj] = T[0, jj] if K > 0 else 0.0
+            # the stack of partial sums of h16_pairwise; lo[l] = first term of stack entry l
+            top = -1
+            for k in range(K):
+                top += 1
+                lo[top] = k
+                _prod_row(S[top], B[k], A[i, k], fmt, mode, key, row + U64(k) * U64(4), stride)
+                cnt = k + 1
+                while cnt % 2 == 0 or (k == K - 1 and top > 0):
+                    split = U64(lo[top])
+                    _add_row(S[top - 1], S[top], fmt, mode, key, row + split * U64(4) + U64(_K_ADD), stride)
+                    top -= 1
+                    cnt //= 2
+            for j in range(N):
+                c[j] = S[0, j] if K > 0 else 0.0
         else:
             blk = block if order == BLOCKED else max(K, 1)
-            s = np.empty(N, dtype=np.float64)
-            for j in range(N):
-                c[j] = 0.0
+            c[:] = 0.0
             for k0 in range(0, K, blk):
-                for j in range(N):
-                    s[j] = 0.0
+                s[:] = 0.0
                 for k in range(k0, min(K, k0 + blk)):
-                    a = A[i, k]
-                    b = B[k]
-                    for j in range(N):
-                        base = off + ((ii * NN + U64(j)) * KK + U64(k)) * U64(4)
-                        if fma:
-                            s[j] = _round_add(a * b[j], s[j], p, emin, minnorm, maxval, subnormals, ovf, mode, key, base + U64(_K_ADD), kbits)
-                        else:
-                            t = _round_mul(a, b[j], p, emin, minnorm, maxval, subnormals, ovf, mode, key, base, kbits)
-                            s[j] = _round_add(s[j], t, p, emin, minnorm, maxval, subnormals, ovf, mode, key, base + U64(_K_ADD), kbits)
+                    base = row + U64(k) * U64(4)
+                    if fma:
+                        _fma_row(s, B[k], A[i, k], fmt, mode, key, base + U64(_K_ADD), stride)
+                    else:
+                        _prod_row(t, B[k], A[i, k], fmt, mode, key, base, stride)
+                        _add_row(s, t, fmt, mode, key, base + U64(_K_ADD), stride)
                 if order == BLOCKED:
-                    for j in range(N):
-                        base = off + ((ii * NN + U64(j)) * KK + U64(k0 // blk)) * U64(4) + U64(_K_BLOCK)
-                        c[j] = _round_add(c[j], s[j], p, emin, minnorm, maxval, subnormals, ovf, mode, key, base, kbits)
+                    _add_row(c, s, fmt, mode, key, row + U64(k0 // blk) * U64(4) + U64(_K_BLOCK), stride)
                 else:
-                    for j in range(N):
-                        c[j] = s[j]
+                    c[:] = s
+
+
+# --- parallel and one-thread entry points ----------------------------------------------------
+
+ROWS = 8  # rows of C per parallel work item (the fp32 kernel works on blocks of 8 rows)
+SERIAL_BELOW = 1 << 22  # multiply-adds below which the one-thread kernels are used
+
+
+@njit(parallel=True, cache=True)
+def h16_sequential(A, B, C):  # type: ignore[no-untyped-def]
+    """:func:`_h16_sequential_rows` over all rows, in parallel blocks of ``ROWS`` rows."""
+    M = A.shape[0]
+    for c in prange((M + ROWS - 1) // ROWS):
+        _h16_sequential_rows(A, B, C, c * ROWS, min(M, (c + 1) * ROWS))
+
+
+@njit(cache=True)
+def h16_sequential_serial(A, B, C):  # type: ignore[no-untyped-def]
+    """:func:`_h16_sequential_rows` over all rows on one thread (small products)."""
+    _h16_sequential_rows(A, B, C, 0, A.shape[0])
+
+
+@njit(parallel=True, cache=True)
+def h16_blocked(A, B, C, block):  # type: ignore[no-untyped-def]
+    """:func:`_h16_blocked_rows` over all rows, in parallel blocks of ``ROWS`` rows."""
+    M = A.shape[0]
+    for c in prange((M + ROWS - 1) // ROWS):
+        _h16_blocked_rows(A, B, C, block, c * ROWS, min(M, (c + 1) * ROWS))
+
+
+@njit(cache=True)
+def h16_blocked_serial(A, B, C, block):  # type: ignore[no-untyped-def]
+    """:func:`_h16_blocked_rows` over all rows on one thread (small products)."""
+    _h16_blocked_rows(A, B, C, block, 0, A.shape[0])
+
+
+@njit(parallel=True, cache=True)
+def h16_pairwise(A, B, C):  # type: ignore[no-untyped-def]
+    """:func:`_h16_pairwise_rows` over all rows, in parallel blocks of ``ROWS`` rows."""
+    M = A.shape[0]
+    for c in prange((M + ROWS - 1) // ROWS):
+        _h16_pairwise_rows(A, B, C, c * ROWS, min(M, (c + 1) * ROWS))
+
+
+@njit(cache=True)
+def h16_pairwise_serial(A, B, C):  # type: ignore[no-untyped-def]
+    """:func:`_h16_pairwise_rows` over all rows on one thread (small products)."""
+    _h16_pairwise_rows(A, B, C, 0, A.shape[0])
+
+
+@njit(parallel=True, cache=True)
+def f32_sequential_fma(A, B, C):  # type: ignore[no-untyped-def]
+    """:func:`_f32_sequential_fma_rows` over all rows, in parallel blocks of ``ROWS`` rows."""
+    M = A.shape[0]
+    for c in prange((M + ROWS - 1) // ROWS):
+        _f32_sequential_fma_rows(A, B, C, c * ROWS, min(M, (c + 1) * ROWS))
+
+
+@njit(cache=True)
+def f32_sequential_fma_serial(A, B, C):  # type: ignore[no-untyped-def]
+    """:func:`_f32_sequential_fma_rows` over all rows on one thread (small products)."""
+    _f32_sequential_fma_rows(A, B, C, 0, A.shape[0])
+
+
+@njit(parallel=True, cache=True)
+def f32_sequential(A, B, C, fma):  # type: ignore[no-untyped-def]
+    """:func:`_f32_sequential_rows` over all rows, in parallel blocks of ``ROWS`` rows."""
+    M = A.shape[0]
+    for c in prange((M + ROWS - 1) // ROWS):
+        _f32_sequential_rows(A, B, C, fma, c * ROWS, min(M, (c + 1) * ROWS))
+
+
+@njit(cache=True)
+def f32_sequential_serial(A, B, C, fma):  # type: ignore[no-untyped-def]
+    """:func:`_f32_sequential_rows` over all rows on one thread (small products)."""
+    _f32_sequential_rows(A, B, C, fma, 0, A.shape[0])
+
+
+@njit(parallel=True, cache=True)
+def f32_blocked(A, B, C, block, fma):  # type: ignore[no-untyped-def]
+    """:func:`_f32_blocked_rows` over all rows, in parallel blocks of ``ROWS`` rows."""
+    M = A.shape[0]
+    for c in prange((M + ROWS - 1) // ROWS):
+        _f32_blocked_rows(A, B, C, block, fma, c * ROWS, min(M, (c + 1) * ROWS))
+
+
+@njit(cache=True)
+def f32_blocked_serial(A, B, C, block, fma):  # type: ignore[no-untyped-def]
+    """:func:`_f32_blocked_rows` over all rows on one thread (small products)."""
+    _f32_blocked_rows(A, B, C, block, fma, 0, A.shape[0])
+
+
+@njit(parallel=True, cache=True)
+def f32_pairwise(A, B, C):  # type: ignore[no-untyped-def]
+    """:func:`_f32_pairwise_rows` over all rows, in parallel blocks of ``ROWS`` rows."""
+    M = A.shape[0]
+    for c in prange((M + ROWS - 1) // ROWS):
+        _f32_pairwise_rows(A, B, C, c * ROWS, min(M, (c + 1) * ROWS))
+
+
+@njit(cache=True)
+def f32_pairwise_serial(A, B, C):  # type: ignore[no-untyped-def]
+    """:func:`_f32_pairwise_rows` over all rows on one thread (small products)."""
+    _f32_pairwise_rows(A, B, C, 0, A.shape[0])
+
+
+@njit(parallel=True, cache=True)
+def ieee_general(
+    A, B, C, order, block, fma, p, emin, minnorm, maxval, subnormals, ovf, mode, key, offset, kbits
+):  # type: ignore[no-untyped-def]
+    """:func:`_ieee_general_rows` over all rows, in parallel blocks of ``ROWS`` rows."""
+    M = A.shape[0]
+    for c in prange((M + ROWS - 1) // ROWS):
+        _ieee_general_rows(
+            A,
+            B,
+            C,
+            order,
+            block,
+            fma,
+            p,
+            emin,
+            minnorm,
+            maxval,
+            subnormals,
+            ovf,
+            mode,
+            key,
+            offset,
+            kbits,
+            c * ROWS,
+            min(M, (c + 1) * ROWS),
+        )
+
+
+@njit(cache=True)
+def ieee_general_serial(
+    A, B, C, order, block, fma, p, emin, minnorm, maxval, subnormals, ovf, mode, key, offset, kbits
+):  # type: ignore[no-untyped-def]
+    """:func:`_ieee_general_rows` over all rows on one thread (small products)."""
+    _ieee_general_rows(
+        A,
+        B,
+        C,
+        order,
+        block,
+        fma,
+        p,
+        emin,
+        minnorm,
+        maxval,
+        subnormals,
+        ovf,
+        mode,
+        key,
+        offset,
+        kbits,
+        0,
+        A.shape[0],
+    )
+
+
+@njit(cache=True)
+def _final_range(x, out, s, e, p, emin, minnorm, maxval, subnormals, ovf, mode, key, offset, kbits):  # type: ignore[no-untyped-def]
+    for i in range(s, e):
+        r = counter_random(key, U64(offset + i)) if mode >= SR else U64(0)
+        out[i] = round_scalar(np.float64(x[i]), p, emin, minnorm, maxval, subnormals, ovf, mode, r, kbits)[0]
 
 
 @njit(parallel=True, cache=True)
 def round_final(x, out, p, emin, minnorm, maxval, subnormals, ovf, mode, key, offset, kbits):  # type: ignore[no-untyped-def]
     """Round the 1-D ``x`` (the accumulated sums) to the format; counter of entry e: offset+e."""
-    for e in prange(x.shape[0]):
-        r = counter_random(key, U64(offset + e)) if mode >= SR else U64(0)
-        out[e] = round_scalar(np.float64(x[e]), p, emin, minnorm, maxval, subnormals, ovf, mode, r, kbits)[0]
+    n = x.shape[0]
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        _final_range(
+            x,
+            out,
+            c * CHUNK,
+            min(n, (c + 1) * CHUNK),
+            p,
+            emin,
+            minnorm,
+            maxval,
+            subnormals,
+            ovf,
+            mode,
+            key,
+            offset,
+            kbits,
+        )
 
+
+@njit(cache=True)
+def round_final_serial(x, out, p, emin, minnorm, maxval, subnormals, ovf, mode, key, offset, kbits):  # type: ignore[no-untyped-def]
+    _final_range(x, out, 0, x.shape[0], p, emin, minnorm, maxval, subnormals, ovf, mode, key, offset, kbits)

@@ -35,6 +35,9 @@ RNE, RNA, RZ, RU, RD, RTO, SR, SRK = 0, 1, 2, 3, 4, 5, 6, 7
 OVF_INF, OVF_SAT, OVF_NAN = 0, 1, 2
 # Exception flag bits returned by round_scalar.
 F_INEXACT, F_OVERFLOW, F_SUBNORMAL, F_FLUSHED = 1, 2, 4, 8
+# Elements per parallel work item; arrays shorter than SERIAL_BELOW use the one-thread kernels.
+CHUNK = 16384
+SERIAL_BELOW = 65536
 
 _HALF = U64(0x8000000000000000)
 _ONE = U64(1)
@@ -172,62 +175,93 @@ def f32_kernel_applies(p: int, emin: int, emax: int) -> bool:
     return p <= 24 and emin - p + 1 >= -126 and emax <= 127
 
 
-@njit(parallel=True, cache=True)
-def round_array_f32(x, out, p, emin, minnorm, maxval, subnormals, ovf, mode):  # type: ignore[no-untyped-def]
-    """Round float32 ``x`` into float32 ``out`` (deterministic modes, float32-holdable formats)."""
-    n = x.shape[0]
+@njit(cache=True)
+def _range_f32(x, out, start, stop, p, emin, minnorm, maxval, subnormals, ovf, mode):  # type: ignore[no-untyped-def]
+    """Round float32 ``x[start:stop]`` into float32 ``out`` (deterministic modes, formats where
+    :func:`f32_kernel_applies`)."""
     mn = np.float32(minnorm)
     mx = np.float32(maxval)
     if mode == RNE:
-        for i in prange(n):
+        for i in range(start, stop):
             out[i] = round_scalar_f32(x[i], p, emin, mn, mx, subnormals, ovf, RNE)
     elif mode == RNA:
-        for i in prange(n):
+        for i in range(start, stop):
             out[i] = round_scalar_f32(x[i], p, emin, mn, mx, subnormals, ovf, RNA)
     elif mode == RZ:
-        for i in prange(n):
+        for i in range(start, stop):
             out[i] = round_scalar_f32(x[i], p, emin, mn, mx, subnormals, ovf, RZ)
     elif mode == RU:
-        for i in prange(n):
+        for i in range(start, stop):
             out[i] = round_scalar_f32(x[i], p, emin, mn, mx, subnormals, ovf, RU)
     elif mode == RD:
-        for i in prange(n):
+        for i in range(start, stop):
             out[i] = round_scalar_f32(x[i], p, emin, mn, mx, subnormals, ovf, RD)
     else:
-        for i in prange(n):
+        for i in range(start, stop):
             out[i] = round_scalar_f32(x[i], p, emin, mn, mx, subnormals, ovf, RTO)
 
 
 @njit(parallel=True, cache=True)
-def round_array(x, out, p, emin, minnorm, maxval, subnormals, ovf, mode, key, offset, kbits):  # type: ignore[no-untyped-def]
-    """Round every element of the 1-D array ``x`` into ``out`` (float32 or float64)."""
+def round_array_f32(x, out, p, emin, minnorm, maxval, subnormals, ovf, mode):  # type: ignore[no-untyped-def]
+    """Parallel :func:`_range_f32` over chunks of the whole array."""
     n = x.shape[0]
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        s = c * CHUNK
+        _range_f32(x, out, s, min(s + CHUNK, n), p, emin, minnorm, maxval, subnormals, ovf, mode)
+
+
+@njit(cache=True)
+def round_array_f32_serial(x, out, p, emin, minnorm, maxval, subnormals, ovf, mode):  # type: ignore[no-untyped-def]
+    """:func:`round_array_f32` on one thread (small arrays: no thread start-up cost)."""
+    _range_f32(x, out, 0, x.shape[0], p, emin, minnorm, maxval, subnormals, ovf, mode)
+
+
+@njit(cache=True)
+def _range(x, out, start, stop, p, emin, minnorm, maxval, subnormals, ovf, mode, key, offset, kbits):  # type: ignore[no-untyped-def]
+    """Round ``x[start:stop]`` into ``out`` (float32 or float64), one loop per mode so that each
+    loop is specialised and vectorised."""
     if mode == RNE:
-        for i in prange(n):
+        for i in range(start, stop):
             out[i] = round_scalar(np.float64(x[i]), p, emin, minnorm, maxval, subnormals, ovf, RNE, U64(0), 0)[0]
     elif mode == RNA:
-        for i in prange(n):
+        for i in range(start, stop):
             out[i] = round_scalar(np.float64(x[i]), p, emin, minnorm, maxval, subnormals, ovf, RNA, U64(0), 0)[0]
     elif mode == RZ:
-        for i in prange(n):
+        for i in range(start, stop):
             out[i] = round_scalar(np.float64(x[i]), p, emin, minnorm, maxval, subnormals, ovf, RZ, U64(0), 0)[0]
     elif mode == RU:
-        for i in prange(n):
+        for i in range(start, stop):
             out[i] = round_scalar(np.float64(x[i]), p, emin, minnorm, maxval, subnormals, ovf, RU, U64(0), 0)[0]
     elif mode == RD:
-        for i in prange(n):
+        for i in range(start, stop):
             out[i] = round_scalar(np.float64(x[i]), p, emin, minnorm, maxval, subnormals, ovf, RD, U64(0), 0)[0]
     elif mode == RTO:
-        for i in prange(n):
+        for i in range(start, stop):
             out[i] = round_scalar(np.float64(x[i]), p, emin, minnorm, maxval, subnormals, ovf, RTO, U64(0), 0)[0]
     elif mode == SR:
-        for i in prange(n):
+        for i in range(start, stop):
             r = counter_random(key, U64(offset + i))
             out[i] = round_scalar(np.float64(x[i]), p, emin, minnorm, maxval, subnormals, ovf, SR, r, 0)[0]
     else:
-        for i in prange(n):
+        for i in range(start, stop):
             r = counter_random(key, U64(offset + i))
             out[i] = round_scalar(np.float64(x[i]), p, emin, minnorm, maxval, subnormals, ovf, SRK, r, kbits)[0]
+
+
+@njit(parallel=True, cache=True)
+def round_array(x, out, p, emin, minnorm, maxval, subnormals, ovf, mode, key, offset, kbits):  # type: ignore[no-untyped-def]
+    """Round every element of the 1-D array ``x`` into ``out``, in parallel chunks.  The random
+    bits of element ``i`` depend on ``(key, offset + i)`` only, not on the chunking."""
+    n = x.shape[0]
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        s = c * CHUNK
+        _range(x, out, s, min(s + CHUNK, n), p, emin, minnorm, maxval, subnormals, ovf, mode, key, offset, kbits)
+
+
+@njit(cache=True)
+def round_array_serial(x, out, p, emin, minnorm, maxval, subnormals, ovf, mode, key, offset, kbits):  # type: ignore[no-untyped-def]
+    """:func:`round_array` on one thread (small arrays: no thread start-up cost)."""
+    _range(x, out, 0, x.shape[0], p, emin, minnorm, maxval, subnormals, ovf, mode, key, offset, kbits)
 
 
 @njit(parallel=True, cache=True)

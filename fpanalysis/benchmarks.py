@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["best_time", "bench_rounding", "run_benchmarks"]
+__all__ = ["best_time", "bench_rounding", "bench_exact_dot", "run_benchmarks"]
 
 
 def best_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:
@@ -30,6 +30,8 @@ def best_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float
 def bench_rounding(n: int = 10**7, repeats: int = 5, seed: int = 0) -> dict[str, Any]:
     """float32 -> fp16 rounding of ``n`` standard-normal values.
 
+    Variants: float32 output (a new array, or ``out=``), and native float16 output
+    (``dtype=np.float16``, the same array type ``astype(float16)`` returns).
     Baselines: numpy ``astype(float16)``, torch ``.half()`` (when torch is installed) and pychop's
     torch backend (when pychop is installed; it is a speed baseline only: its overflow handling
     is wrong, see semantics.md).  Both allocating (a new output array per call) and
@@ -43,6 +45,7 @@ def bench_rounding(n: int = 10**7, repeats: int = 5, seed: int = 0) -> dict[str,
     t: dict[str, float] = {}
     t["fpanalysis_rne"] = best_time(lambda: round_to(x, "fp16"), repeats)
     t["fpanalysis_rne_out"] = best_time(lambda: round_to(x, "fp16", out=out32), repeats)
+    t["fpanalysis_rne_float16"] = best_time(lambda: round_to(x, "fp16", dtype=np.float16), repeats)
     t["fpanalysis_stochastic"] = best_time(lambda: round_to(x, "fp16", "stochastic", seed=1), repeats)
     t["fpanalysis_stochastic_out"] = best_time(
         lambda: round_to(x, "fp16", "stochastic", seed=1, out=out32), repeats
@@ -69,6 +72,7 @@ def bench_rounding(n: int = 10**7, repeats: int = 5, seed: int = 0) -> dict[str,
         notes.append("pychop not installed (pip install pychop): pychop baseline skipped")
     ratios = {
         "vs_numpy_astype": t["numpy_astype"] / t["fpanalysis_rne"],
+        "float16_output_vs_numpy_astype": t["numpy_astype"] / t["fpanalysis_rne_float16"],
         "vs_numpy_copyto_out": t["numpy_copyto_out"] / t["fpanalysis_rne_out"],
         "stochastic_cost_vs_rne": t["fpanalysis_stochastic"] / t["fpanalysis_rne"],
         "stochastic_cost_vs_rne_out": t["fpanalysis_stochastic_out"] / t["fpanalysis_rne_out"],
@@ -83,12 +87,58 @@ def bench_rounding(n: int = 10**7, repeats: int = 5, seed: int = 0) -> dict[str,
         "seconds": t,
         "values_per_second": {k: n / v for k, v in t.items()},
         "ratios": ratios,
-        "goals": {"vs_numpy_astype": 5.0, "vs_pychop_torch": 50.0, "stochastic_cost_vs_rne_max": 3.0},
+        "goals": {"float16_output_vs_numpy_astype": 5.0, "vs_pychop_torch": 50.0, "stochastic_cost_vs_rne": 3.0},
         "notes": notes,
+    }
+
+
+def bench_exact_dot(n: int = 1024, pairs: int = 10, calls: int = 2000, mp_calls: int = 3,
+                    repeats: int = 5, seed: int = 0) -> dict[str, Any]:
+    """Exact dot product of fp16 vectors vs mpmath's ``fdot`` at a precision that holds the sum
+    exactly (computed outside the timing); the results must be identical.  CPU-process times
+    (``time.process_time``) so that time spent descheduled on a shared machine does not count."""
+    from .reference import _prec_for_exact_dot, exact_dot, mp_dot
+
+    def per_call(fn: Callable[[], Any], k: int) -> float:
+        fn()
+        best = float("inf")
+        for _ in range(repeats):
+            c0 = time.process_time()
+            for _ in range(k):
+                fn()
+            best = min(best, (time.process_time() - c0) / k)
+        return best
+
+    rng = np.random.default_rng(seed)
+    ratios, t_exact, t_mp, mismatches = [], [], [], 0
+    for _ in range(pairs):
+        x = rng.standard_normal(n).astype(np.float16).astype(np.float32)
+        y = rng.standard_normal(n).astype(np.float16).astype(np.float32)
+        prec = _prec_for_exact_dot(x.astype(np.float64).tolist(), y.astype(np.float64).tolist())
+        mismatches += int(exact_dot(x, y) != mp_dot(x, y, prec))
+        te = per_call(lambda x=x, y=y: exact_dot(x, y), calls)
+        tm = per_call(lambda x=x, y=y, prec=prec: mp_dot(x, y, prec), mp_calls)
+        t_exact.append(te)
+        t_mp.append(tm)
+        ratios.append(tm / te)
+    return {
+        "benchmark": f"exact dot product, fp16 vectors of length {n}",
+        "n": n,
+        "seconds": {"exact_dot": float(np.median(t_exact)), "mpmath_fdot": float(np.median(t_mp))},
+        "ratios": {"mpmath_over_exact_median": float(np.median(ratios)),
+                   "mpmath_over_exact_min": float(np.min(ratios))},
+        "identical_results": mismatches == 0,
+        "mismatches": mismatches,
+        "goals": {"mpmath_over_exact_median": 1000.0},
+        "notes": ["CPU-process time per call, median over vector pairs"],
     }
 
 
 def run_benchmarks(quick: bool = False) -> list[dict[str, Any]]:
     """All benchmarks (``quick``: smaller sizes, for smoke tests)."""
     results = [bench_rounding(n=10**5 if quick else 10**7, repeats=2 if quick else 5)]
+    if quick:
+        results.append(bench_exact_dot(pairs=2, calls=100, mp_calls=1, repeats=2))
+    else:
+        results.append(bench_exact_dot())
     return results

@@ -1,6 +1,7 @@
 """fpanalysis: will my network work in pure 16-bit floating point, and if not, exactly why?
 
 Subcommands:
+  check     will this model train in pure fp16 (or bf16, fp8)? a verdict with reasons and fixes
   verify    compare the emulator with independent oracles (numpy, torch, gmpy2, softfloat,
             ml_dtypes); prints a table and exits non-zero on any mismatch
   bench     speed of the emulator against named baselines measured in the same run
@@ -30,6 +31,78 @@ def _write_json(path: str | None, payload: Any) -> None:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(json.dumps(payload, indent=2, default=str))
         print(f"wrote {p}")
+
+
+# --- check ------------------------------------------------------------------------------
+
+DEMO = {"model": "lenet5", "data": "mnist5000"}
+
+
+def _load_check_data(spec: str, n: int | None, seed: int) -> Any:
+    """A built-in dataset name, or a directory holding MNIST idx files or CIFAR-10 batches."""
+    from pathlib import Path as _P
+
+    from .datasets import dataset_names, load_dataset
+
+    path = _P(spec)
+    if spec in dataset_names():
+        if spec in ("mnist", "cifar10"):
+            raise UserError(f"dataset {spec!r} is read from files: pass the directory that holds them as --data")
+        return load_dataset(spec, n_train=n)
+    if path.is_dir():
+        names = {p.name for p in path.iterdir()}
+        if any(nm.startswith("train-images") for nm in names):
+            return load_dataset("mnist", data_dir=path, n_train=n)
+        if any(nm.startswith(("data_batch", "cifar10")) for nm in names):
+            return load_dataset("cifar10", data_dir=path, n_train=n)
+        raise UserError(
+            f"{path} holds neither MNIST idx files (train-images-idx3-ubyte[.gz], ...) nor CIFAR-10 "
+            "batches (data_batch_1, ... or cifar10_*.npz)"
+        )
+    raise UserError(
+        f"unknown data {spec!r}: give a built-in dataset ({', '.join(n for n in dataset_names() if n not in ('mnist', 'cifar10'))}) "
+        "or a directory with MNIST or CIFAR-10 files"
+    )
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from .progress import progress_bar
+
+    if args.demo:
+        args.model = args.model or DEMO["model"]
+        args.data = args.data or DEMO["data"]
+    if not args.model:
+        raise UserError("name a model (a built-in name or path/to/file.py:factory), or run with --demo")
+    if not args.data:
+        raise UserError("name the data with --data (a built-in dataset or a directory), or run with --demo")
+    import torch
+
+    from .check import check
+    from .nn.loading import load_checkpoint, load_model
+
+    torch.manual_seed(args.seed)
+    ds = _load_check_data(args.data, args.samples, args.seed)
+    model = load_model(args.model, input_shape=ds.input_shape, num_classes=ds.num_classes)
+    if args.checkpoint:
+        load_checkpoint(model, args.checkpoint)
+    with progress_bar(desc="fpanalysis check", unit="step") as bar:
+        report = check(
+            model, (ds.x_train, ds.y_train), fmt=args.format, optimizer=args.optimizer, lr=args.lr,
+            eps=args.eps, momentum=args.momentum, batch_size=args.batch_size, steps=args.steps,
+            warmup_steps=args.warmup_steps, certify=not args.no_certify, certify_samples=args.certify_samples,
+            profile=args.profile, seed=args.seed, model_name=f"{args.model} on {args.data}",
+            progress=bar.callback,
+        )
+    print(report.render(color=args.color == "always" or (args.color == "auto" and sys.stdout.isatty())))
+    if args.json:
+        _write_json(args.json, report.to_dict())
+    if args.plots:
+        from .check_plots import plot_check
+
+        for path in plot_check(report, args.plots):
+            print(f"wrote {path}")
+    fail_on = {"never": (), "unsafe": ("UNSAFE",), "changes": ("UNSAFE", "SAFE WITH CHANGES")}[args.fail_on]
+    return 1 if report.verdict in fail_on else 0
 
 
 # --- verify -----------------------------------------------------------------------------
@@ -139,6 +212,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "check", help="will this model train in pure fp16? (verdict, reasons, fixes)",
+        description="Measure a model in fp32 for a few training steps and judge it for pure low-precision "
+        "training: activation and gradient ranges, underflow, optimizer epsilon, update stagnation, "
+        "certified inference agreement. Prints findings with the numbers behind them and a verdict.",
+    )
+    p.add_argument("model", nargs="?", help="built-in model name (mlp, lenet5, resnet20, vgg_small, vit_tiny) "
+                   "or path/to/file.py:factory returning an nn.Module")
+    p.add_argument("--demo", action="store_true", help=f"bundled default: {DEMO['model']} on {DEMO['data']} (offline)")
+    p.add_argument("--data", help="built-in dataset (mnist5000, digits, mnist1d, gaussian) or a directory "
+                   "with MNIST idx files or CIFAR-10 batches")
+    p.add_argument("--checkpoint", help="state_dict saved with torch.save (loaded with weights_only=True)")
+    p.add_argument("--format", default="fp16", help="target format (default fp16)")
+    p.add_argument("--optimizer", default="sgd", help="sgd, adam or adamw (default sgd)")
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--eps", type=float, default=1e-8, help="Adam epsilon (default 1e-8, torch's default)")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=8, help="fp32 training steps measured")
+    p.add_argument("--warmup-steps", type=int, default=50, help="fp32 steps before measuring (so margins mean something)")
+    p.add_argument("--samples", type=int, default=None, help="use only the first N training samples")
+    p.add_argument("--certify-samples", type=int, default=256, help="inputs for the agreement certificate")
+    p.add_argument("--no-certify", action="store_true", help="skip the inference-agreement certificate")
+    p.add_argument("--profile", default="fp32-accumulate", help="arithmetic profile of the fp16 run")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="PATH", help="write the report as JSON")
+    p.add_argument("--plots", metavar="DIR", help="write plots (ranges vs format bands, gradient histograms)")
+    p.add_argument("--color", choices=["auto", "always", "never"], default="auto")
+    p.add_argument("--fail-on", choices=["never", "unsafe", "changes"], default="never",
+                   help="exit status 1 when the verdict is UNSAFE (or needs changes)")
+    p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("verify", help="compare the emulator with independent oracles",
                        description="Compare rounding, conversions, encodings and arithmetic with "

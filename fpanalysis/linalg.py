@@ -19,12 +19,17 @@ Profiles
 ``fp32-accumulate``
     Products rounded to binary32 (exact when ``fmt``'s products are binary32 numbers: fp16,
     fp8), accumulated in binary32 with round-to-nearest-even after every addition, then one
-    final rounding to ``fmt`` with ``mode``.  This is what torch's CPU half ``mm``, numpy's
-    float16 ``matmul`` and cuBLAS fp16 GEMMs (with fp32 compute) do.  ``fma=True`` makes each
-    step one binary32 fused multiply-add (identical when the products are exact).
+    final rounding to ``fmt`` with ``mode``.  This is the arithmetic of torch's CPU half ``mm``
+    and ``conv2d``, numpy's float16 ``matmul`` (both match the sequential order bit for bit in
+    the tests) and of cuBLAS/cuDNN fp16 GEMMs with fp32 compute (in their own orders).
+    ``fma=True`` makes each step one binary32 fused multiply-add (identical when the products
+    are exact).
 ``exact``
     The exact sum of the exact products, rounded once to ``fmt`` with ``mode``
     (:func:`fpanalysis.reference.exact_matmul`).  ``order``, ``block`` and ``fma`` do not apply.
+    With ``mode="stochastic"`` the exact sum is first rounded to odd at 53 bits.
+
+The ``tensor-core`` profile of semantics.md is not implemented yet.
 
 Orders (for ``ieee`` and ``fp32-accumulate``)
 ---------------------------------------------
@@ -43,6 +48,15 @@ Orders (for ``ieee`` and ``fp32-accumulate``)
     NumPy's float32 ``matmul`` (the BLAS library's own blocked order, with FMAs), then the
     final rounding.  Fast, but the summation order is the library's and not documented here.
 
+Signed zeros follow IEEE 754: a sum that starts from +0 is +0 when every term is -0 (as in
+BLAS and torch), an exact zero sum is -0 only when rounding ``"down"``.
+
+Speed: the ``ieee`` profile for fp16 with ``"nearest-even"`` and no ``fma`` uses binary16
+arithmetic directly (LLVM ``half``; native AVX512-FP16 where available), and ``fp32-accumulate``
+sequential uses a register-blocked float32 FMA kernel; at 512^3 on one core they reach about
+0.3 and 0.5 of numpy's float32 BLAS (``experiments/bench_gemm.py``).  Other modes, formats and
+``fma=True`` use a general float64 kernel, 50 to 100 times slower (0.4 to 1 GFLOP/s per core).
+
 Values
 ------
 Inputs must already be numbers of ``fmt`` (float16/float32/float64 arrays); otherwise a
@@ -57,17 +71,18 @@ are reproducible and independent of the number of threads.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import Enum
-from typing import Any, Sequence, Union
+from typing import Any
 
 import numpy as np
 
 from .formats import FloatFormat, Overflow, get_format
 from .rounding import RoundingMode, _kernel_args, fits_float32, round_to
 
-__all__ = ["Profile", "Order", "dot", "matmul", "conv2d"]
+__all__ = ["Order", "Profile", "conv2d", "dot", "matmul"]
 
-ArrayLike = Union[np.ndarray, Sequence[Any], float]
+ArrayLike = np.ndarray | Sequence[Any] | float
 
 
 class Profile(str, Enum):
@@ -78,7 +93,7 @@ class Profile(str, Enum):
     EXACT = "exact"
 
     @classmethod
-    def parse(cls, value: "str | Profile") -> "Profile":
+    def parse(cls, value: str | Profile) -> Profile:
         if isinstance(value, Profile):
             return value
         if isinstance(value, str):
@@ -100,7 +115,7 @@ class Order(str, Enum):
     BLAS = "blas"
 
     @classmethod
-    def parse(cls, value: "str | Order") -> "Order":
+    def parse(cls, value: str | Order) -> Order:
         if isinstance(value, Order):
             return value
         if isinstance(value, str):
@@ -114,7 +129,6 @@ class Order(str, Enum):
 
 _ORDER_CODES = {Order.SEQUENTIAL: 0, Order.PAIRWISE: 1, Order.BLOCKED: 2}
 _FAST_PATHS = True  # tests switch this off to run the general kernels on every case
-_FP32 = get_format("fp32")
 
 
 def _is_binary16(f: FloatFormat) -> bool:
@@ -139,35 +153,93 @@ def _check_ieee_format(f: FloatFormat) -> None:
         )
 
 
+def _bad_entry(bad: np.ndarray, arr: np.ndarray, f: FloatFormat, name: str) -> ValueError:
+    idx = tuple(int(i) for i in np.argwhere(bad)[0])
+    where = f"{name}[{', '.join(map(str, idx))}]" if idx else name
+    return ValueError(
+        f"{where} = {float(arr[idx])!r} is not a number of format {f.name!r}; round the inputs first "
+        f"(fpanalysis.round_to(x, {f.name!r})) or pass round_inputs=True"
+    )
+
+
 def _prepare(x: ArrayLike, f: FloatFormat, name: str, round_inputs: bool) -> np.ndarray:
-    """Validate that ``x`` holds numbers of ``f``; return a float32/float64 array."""
+    """Validate that ``x`` holds numbers of ``f``.
+
+    Returns a float16 array for IEEE binary16 formats (the kernels read its bits), else a
+    float32 or float64 array.
+    """
     arr = np.asarray(x)
     if arr.dtype.kind not in "fiub":
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    if arr.dtype == np.float16 and _is_binary16(f):
-        return arr.astype(np.float32)
-    if arr.dtype.kind != "f" or arr.dtype.itemsize < 4:
-        arr = arr.astype(np.float64)
-    if arr.dtype.itemsize > 8:
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > 8:
         raise TypeError(f"{name}: long double inputs are not supported; convert to float64")
+    b16 = _is_binary16(f)
+    if arr.dtype == np.float16:
+        if b16:
+            return arr
+        arr = _h16_as_f32(arr)
+    elif arr.dtype.kind != "f":
+        arr = arr.astype(np.float64)
     if round_inputs:
-        return np.asarray(round_to(arr, f, dtype=arr.dtype if fits_float32(f) else np.float64))
+        arr = np.asarray(round_to(arr, f, dtype=arr.dtype if fits_float32(f) else np.float64))
+    if b16:
+        x32 = arr.astype(np.float32)
+        if arr.dtype != np.float32:
+            bad = ~((x32 == arr) | np.isnan(arr))
+            if bad.any():
+                raise _bad_entry(bad, arr, f, name)
+        flat = np.ascontiguousarray(x32).reshape(-1)
+        bits = np.empty(flat.shape, dtype=np.uint16)
+        if _elementwise("f32_to_h16_checked", flat.size)(flat, bits):
+            back = bits.view(np.float16).astype(np.float32).reshape(arr.shape)
+            raise _bad_entry(~((back == x32) | np.isnan(x32)), arr, f, name)
+        return bits.view(np.float16).reshape(arr.shape)
     r = round_to(arr, f, dtype=arr.dtype if (arr.dtype == np.float64 or fits_float32(f)) else np.float64)
     bad = ~((r == arr) | np.isnan(arr))
     if bad.any():
-        idx = tuple(int(i) for i in np.argwhere(bad)[0])
-        where = f"{name}[{', '.join(map(str, idx))}]" if idx else name
-        raise ValueError(
-            f"{where} = {float(arr[idx])!r} is not a number of format {f.name!r}; round the inputs first "
-            f"(fpanalysis.round_to(x, {f.name!r})) or pass round_inputs=True"
-        )
+        raise _bad_entry(bad, arr, f, name)
     return arr
+
+
+def _h16_as_f32(a: np.ndarray) -> np.ndarray:
+    """float16 -> float32 with the vectorised kernel (numpy's astype is slow)."""
+
+    flat = np.ascontiguousarray(a).reshape(-1)
+    out = np.empty(flat.shape, dtype=np.float32)
+    _elementwise("h16_to_f32", flat.size)(flat.view(np.uint16), out)
+    return out.reshape(a.shape)
+
+
+def _kernel(name: str, work: int, threshold: int) -> Any:
+    """The parallel kernel ``name``, or its one-thread variant when ``work`` is below
+    ``threshold`` (waking the worker threads costs more than small jobs)."""
+    from . import _gemm_kernels as G
+
+    return getattr(G, name if work >= threshold else name + "_serial")
+
+
+def _elementwise(name: str, n: int) -> Any:
+    from . import _gemm_kernels as G
+
+    return _kernel(name, n, G.SERIAL_ELEMENTS)
+
+
+def _as(a: np.ndarray, dtype: type) -> np.ndarray:
+    """``a`` (float16/32/64 values of the format) as a C-contiguous, writeable array of
+    ``dtype`` (numba compiles read-only arrays separately)."""
+    if a.dtype == np.float16 and dtype != np.uint16:
+        a = _h16_as_f32(a)
+    if dtype == np.uint16:
+        return np.require(a, np.float16, ["C_CONTIGUOUS", "WRITEABLE"]).view(np.uint16)
+    return np.require(a, dtype, ["C_CONTIGUOUS", "WRITEABLE"])
 
 
 class _Spec:
     """Validated options shared by dot/matmul/conv2d."""
 
-    def __init__(self, fmt: Any, profile: Any, order: Any, block: Any, fma: Any, mode: Any, seed: Any, stream: int):
+    def __init__(
+        self, fmt: Any, profile: Any, order: Any, block: Any, fma: Any, mode: Any, seed: Any, stream: int
+    ):
         self.fmt = get_format(fmt)
         self.profile = Profile.parse(profile)
         self.order = Order.parse(order)
@@ -182,46 +254,36 @@ class _Spec:
             if self.order is Order.BLAS:
                 raise ValueError("order='blas' applies only to the fp32-accumulate profile")
         if self.profile is Profile.FP32_ACCUMULATE and not fits_float32(f):
-            raise ValueError(f"format {f.name!r} has numbers that binary32 cannot hold; fp32-accumulate needs it")
+            raise ValueError(
+                f"format {f.name!r} has numbers that binary32 cannot hold; fp32-accumulate needs it"
+            )
         if self.fma and self.order is Order.PAIRWISE and self.profile is not Profile.EXACT:
             raise ValueError("fma=True applies to the sequential and blocked orders, not pairwise")
         self.kargs = _kernel_args(f, self.mode, seed, None, stream)
 
     def out_dtype(self, *arrays: np.ndarray) -> type:
-        wide = any(a.dtype == np.float64 for a in arrays)
+        wide = any(a.dtype == np.float64 for a in arrays)  # binary16 inputs arrive as float16
         return np.float64 if (wide or not fits_float32(self.fmt)) else np.float32
 
 
 def _round_final(acc: np.ndarray, spec: _Spec, offset: int, dtype: type) -> np.ndarray:
-    from . import _gemm_kernels as G
+    """Round the accumulated float32/float64 sums to the format (the last step of a profile)."""
 
-    p, emin, minnorm, maxval, sub, ovf, code, key, kbits = spec.kargs
-    flat = _c(acc, acc.dtype).reshape(-1)
+    flat = _as(acc, acc.dtype.type).reshape(-1)
     out = np.empty(flat.shape, dtype=dtype)
-    G.round_final(flat, out, p, emin, minnorm, maxval, sub, ovf, code, key, offset, kbits)
+    if (
+        _FAST_PATHS
+        and acc.dtype == np.float32
+        and _is_binary16(spec.fmt)
+        and spec.mode is RoundingMode.NEAREST_EVEN
+    ):
+        _elementwise("f32_round_h16", flat.size)(flat, out)
+    else:
+        p, emin, minnorm, maxval, sub, ovf, code, key, kbits = spec.kargs
+        _elementwise("round_final", flat.size)(
+            flat, out, p, emin, minnorm, maxval, sub, ovf, code, key, offset, kbits
+        )
     return out.reshape(acc.shape)
-
-
-def _to_h16(a: np.ndarray) -> np.ndarray:
-    from . import _gemm_kernels as G
-
-    flat = _c(a, np.float32).reshape(-1)
-    out = np.empty(flat.shape, dtype=np.uint16)
-    G.f32_to_h16_checked(flat, out)  # values were validated already
-    return out.reshape(a.shape)
-
-
-def _from_h16(b: np.ndarray, dtype: type) -> np.ndarray:
-    from . import _gemm_kernels as G
-
-    out = np.empty(b.size, dtype=np.float32)
-    G.h16_to_f32(_c(b, np.uint16).reshape(-1), out)
-    return out.reshape(b.shape).astype(dtype, copy=False)
-
-
-def _c(a: np.ndarray, dtype: type) -> np.ndarray:
-    """C-contiguous, writeable (numba compiles read-only arrays separately) array of ``dtype``."""
-    return np.require(a, dtype, ["C_CONTIGUOUS", "WRITEABLE"])
 
 
 def _matmul2d(A: np.ndarray, B: np.ndarray, spec: _Spec, offset: int, dtype: type) -> np.ndarray:
@@ -231,11 +293,16 @@ def _matmul2d(A: np.ndarray, B: np.ndarray, spec: _Spec, offset: int, dtype: typ
     M, K = A.shape
     N = B.shape[1]
     f, prof, order = spec.fmt, spec.profile, spec.order
+    work = M * N * K
+
+    def kern(name: str, cost: int = 1) -> Any:  # cost: time per multiply-add relative to the fast kernels
+        return _kernel(name, work * cost, G.SERIAL_BELOW)
+
     code = spec.kargs[6]
     if prof is Profile.EXACT:
         return _exact(A, B, spec, offset, dtype)
     if prof is Profile.FP32_ACCUMULATE:
-        A32, B32 = _c(A, np.float32), _c(B, np.float32)
+        A32, B32 = _as(A, np.float32), _as(B, np.float32)
         exact_prod = _products_exact_in_fp32(f)
         if order is Order.BLAS:
             acc = A32 @ B32
@@ -243,32 +310,41 @@ def _matmul2d(A: np.ndarray, B: np.ndarray, spec: _Spec, offset: int, dtype: typ
             acc = np.empty((M, N), dtype=np.float32)
             if order is Order.SEQUENTIAL:
                 if (exact_prod or spec.fma) and _FAST_PATHS:
-                    G.f32_sequential_fma(A32, B32, acc)
+                    if N % 128 == 0:
+                        # rows 4 KiB apart make loads of one C row wait on stores to another
+                        # (4K aliasing); a padded row stride avoids it (about 15% faster)
+                        Bp = np.zeros((K, N + 16), dtype=np.float32)
+                        Bp[:, :N] = B32
+                        accp = np.empty((M, N + 16), dtype=np.float32)
+                        kern("f32_sequential_fma")(A32, Bp, accp)
+                        acc = accp[:, :N]
+                    else:
+                        kern("f32_sequential_fma")(A32, B32, acc)
                 elif exact_prod or spec.fma:
-                    G.f32_sequential(A32, B32, acc, True)
+                    kern("f32_sequential")(A32, B32, acc, True)
                 else:
-                    G.f32_sequential(A32, B32, acc, False)
+                    kern("f32_sequential")(A32, B32, acc, False)
             elif order is Order.BLOCKED:
-                G.f32_blocked(A32, B32, acc, spec.block, exact_prod or spec.fma)
+                kern("f32_blocked")(A32, B32, acc, spec.block, exact_prod or spec.fma)
             else:
-                G.f32_pairwise(A32, B32, acc)
+                kern("f32_pairwise")(A32, B32, acc)
         return _round_final(acc, spec, offset, dtype)
     # ieee
     if _FAST_PATHS and _is_binary16(f) and code == RoundingMode.NEAREST_EVEN.code and not spec.fma:
-        A16, B16 = _to_h16(A), _to_h16(B)
+        A16, B16 = _as(A, np.uint16), _as(B, np.uint16)
         C16 = np.empty((M, N), dtype=np.uint16)
         if order is Order.SEQUENTIAL:
-            G.h16_sequential(A16, B16, C16)
+            kern("h16_sequential")(A16, B16, C16)
         elif order is Order.BLOCKED:
-            G.h16_blocked(A16, B16, C16, spec.block)
+            kern("h16_blocked")(A16, B16, C16, spec.block)
         else:
-            G.h16_pairwise(A16, B16, C16)
-        return _from_h16(C16, dtype)
+            kern("h16_pairwise")(A16, B16, C16)
+        return _as(C16.view(np.float16), np.float32).astype(dtype, copy=False)
     p, emin, minnorm, maxval, sub, ovf, code, key, kbits = spec.kargs
     C = np.empty((M, N), dtype=np.float64)
-    G.ieee_general(
-        _c(A, np.float64),
-        _c(B, np.float64),
+    kern("ieee_general", 64)(
+        _as(A, np.float64),
+        _as(B, np.float64),
         C,
         _ORDER_CODES[order],
         spec.block,
@@ -311,13 +387,13 @@ def _counter_span(M: int, K: int, N: int) -> int:
 def matmul(
     A: ArrayLike,
     B: ArrayLike,
-    fmt: "str | FloatFormat" = "fp16",
-    profile: "str | Profile" = "fp32-accumulate",
+    fmt: str | FloatFormat = "fp16",
+    profile: str | Profile = "fp32-accumulate",
     *,
-    order: "str | Order" = "sequential",
+    order: str | Order = "sequential",
     block: int = 32,
     fma: bool = False,
-    mode: "str | RoundingMode" = "nearest-even",
+    mode: str | RoundingMode = "nearest-even",
     seed: Any = None,
     stream: int = 0,
     round_inputs: bool = False,
@@ -362,25 +438,36 @@ def matmul(
     ([[1.0]], [[1.0009765625]])
     """
     spec = _Spec(fmt, profile, order, block, fma, mode, seed, stream)
-    a = _prepare(A, spec.fmt, "A", round_inputs)
-    b = _prepare(B, spec.fmt, "B", round_inputs)
+    return _matmul(A, B, spec, round_inputs, ("A", "B"))
+
+
+def _matmul(
+    A: ArrayLike, B: ArrayLike, spec: _Spec, round_inputs: bool, names: tuple[str, str]
+) -> np.ndarray:
+    a = _prepare(A, spec.fmt, names[0], round_inputs)
+    b = _prepare(B, spec.fmt, names[1], round_inputs)
     if a.ndim == 0 or b.ndim == 0:
         raise ValueError("matmul needs arrays with at least one dimension; use a * b for scalars")
     dtype = spec.out_dtype(a, b)
     a2 = a[None, :] if a.ndim == 1 else a
     b2 = b[:, None] if b.ndim == 1 else b
     if a2.shape[-1] != b2.shape[-2]:
-        raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not align (K = {a2.shape[-1]} vs {b2.shape[-2]})")
+        raise ValueError(
+            f"matmul: shapes {a.shape} and {b.shape} do not align (K = {a2.shape[-1]} vs {b2.shape[-2]})"
+        )
     M, K = a2.shape[-2:]
     N = b2.shape[-1]
     batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
-    aa = np.broadcast_to(a2, batch + (M, K)).reshape(-1, M, K)
-    bb = np.broadcast_to(b2, batch + (K, N)).reshape(-1, K, N)
-    span = _counter_span(M, K, N)
-    out = np.empty((aa.shape[0], M, N), dtype=dtype)
-    for t in range(aa.shape[0]):
-        out[t] = _matmul2d(aa[t], bb[t], spec, t * span, dtype)
-    out = out.reshape(batch + (M, N))
+    if not batch:
+        out = _matmul2d(a2, b2, spec, 0, dtype)
+    else:
+        aa = np.broadcast_to(a2, batch + (M, K)).reshape(-1, M, K)
+        bb = np.broadcast_to(b2, batch + (K, N)).reshape(-1, K, N)
+        span = _counter_span(M, K, N)
+        out = np.empty((aa.shape[0], M, N), dtype=dtype)
+        for t in range(aa.shape[0]):
+            out[t] = _matmul2d(aa[t], bb[t], spec, t * span, dtype)
+        out = out.reshape(batch + (M, N))
     if a.ndim == 1:
         out = out[..., 0, :]
     if b.ndim == 1:
@@ -391,13 +478,13 @@ def matmul(
 def dot(
     x: ArrayLike,
     y: ArrayLike,
-    fmt: "str | FloatFormat" = "fp16",
-    profile: "str | Profile" = "fp32-accumulate",
+    fmt: str | FloatFormat = "fp16",
+    profile: str | Profile = "fp32-accumulate",
     *,
-    order: "str | Order" = "sequential",
+    order: str | Order = "sequential",
     block: int = 32,
     fma: bool = False,
-    mode: "str | RoundingMode" = "nearest-even",
+    mode: str | RoundingMode = "nearest-even",
     seed: Any = None,
     stream: int = 0,
     round_inputs: bool = False,
@@ -418,11 +505,8 @@ def dot(
         raise ValueError(f"dot needs two 1-D vectors, got shapes {xs.shape} and {ys.shape}")
     if xs.shape != ys.shape:
         raise ValueError(f"dot: vectors of different lengths {xs.shape[0]} and {ys.shape[0]}")
-    r = matmul(
-        xs, ys, fmt, profile, order=order, block=block, fma=fma, mode=mode, seed=seed, stream=stream,
-        round_inputs=round_inputs,
-    )
-    return float(r)
+    spec = _Spec(fmt, profile, order, block, fma, mode, seed, stream)
+    return float(_matmul(xs, ys, spec, round_inputs, ("x", "y")))
 
 
 def _pair(v: Any, name: str) -> tuple[int, int]:
@@ -436,17 +520,17 @@ def conv2d(
     x: ArrayLike,
     w: ArrayLike,
     bias: ArrayLike | None = None,
-    stride: "int | tuple[int, int]" = 1,
-    padding: "int | tuple[int, int]" = 0,
-    dilation: "int | tuple[int, int]" = 1,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
     groups: int = 1,
-    fmt: "str | FloatFormat" = "fp16",
-    profile: "str | Profile" = "fp32-accumulate",
+    fmt: str | FloatFormat = "fp16",
+    profile: str | Profile = "fp32-accumulate",
     *,
-    order: "str | Order" = "sequential",
+    order: str | Order = "sequential",
     block: int = 32,
     fma: bool = False,
-    mode: "str | RoundingMode" = "nearest-even",
+    mode: str | RoundingMode = "nearest-even",
     seed: Any = None,
     stream: int = 0,
     round_inputs: bool = False,
@@ -475,7 +559,9 @@ def conv2d(
     xa = _prepare(x, spec.fmt, "x", round_inputs)
     wa = _prepare(w, spec.fmt, "w", round_inputs)
     if xa.ndim != 4 or wa.ndim != 4:
-        raise ValueError(f"conv2d needs x of shape (N, C, H, W) and w of shape (O, C/groups, kh, kw), got {xa.shape}, {wa.shape}")
+        raise ValueError(
+            f"conv2d needs x of shape (N, C, H, W) and w of shape (O, C/groups, kh, kw), got {xa.shape}, {wa.shape}"
+        )
     ba = None if bias is None else _prepare(bias, spec.fmt, "bias", round_inputs)
     sh, sw = _pair(stride, "stride")
     ph, pw = _pair(padding, "padding")
@@ -484,8 +570,16 @@ def conv2d(
         raise ValueError("stride and dilation must be >= 1 and padding >= 0")
     n, c, h, wd = xa.shape
     o, cg, kh, kw = wa.shape
-    if not isinstance(groups, (int, np.integer)) or groups < 1 or c % groups or o % groups or cg != c // groups:
-        raise ValueError(f"conv2d: groups={groups!r} does not fit {c} input channels, weight shape {wa.shape}")
+    if (
+        not isinstance(groups, (int, np.integer))
+        or groups < 1
+        or c % groups
+        or o % groups
+        or cg != c // groups
+    ):
+        raise ValueError(
+            f"conv2d: groups={groups!r} does not fit {c} input channels, weight shape {wa.shape}"
+        )
     if ba is not None and ba.shape != (o,):
         raise ValueError(f"conv2d: bias must have shape ({o},), got {ba.shape}")
     dtype = spec.out_dtype(*(a for a in (xa, wa, ba) if a is not None))

@@ -12,15 +12,19 @@ class _Bar:
     def __init__(self, bar: Any) -> None:
         self._bar = bar
 
-    def callback(self, done: int, total: int | None = None, desc: str | None = None) -> None:
-        """Progress callback ``(done, total, desc)`` that library functions accept."""
+    def callback(self, done: "int | str | None" = None, total: int | None = None, desc: str | None = None) -> None:
+        """Progress callback that library functions accept: ``(done, total, desc)``, or a
+        single description string (step counting by one per call)."""
         if self._bar is None:
             return
+        if isinstance(done, str):
+            desc, done = done, self._bar.n + 1
         if total is not None and self._bar.total != total:
             self._bar.total = total
         if desc:
-            self._bar.set_postfix_str(desc, refresh=False)
-        self._bar.n = done
+            self._bar.set_postfix_str(desc[:60], refresh=False)
+        if done is not None:
+            self._bar.n = done
         self._bar.refresh()
 
     def update(self, k: int = 1) -> None:

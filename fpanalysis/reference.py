@@ -39,8 +39,9 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable, Sequence
 from fractions import Fraction
-from typing import Any, Callable, Sequence, Union
+from typing import Any
 
 import numpy as np
 
@@ -51,23 +52,23 @@ __all__ = [
     "DEFAULT_PREC",
     "exact_dot",
     "exact_dot_fraction",
-    "exact_sum",
     "exact_matmul",
+    "exact_sum",
     "mp_dot",
-    "mp_exp",
-    "mp_log",
-    "mp_tanh",
     "mp_erf",
+    "mp_exp",
     "mp_gelu",
+    "mp_log",
+    "mp_log_softmax",
+    "mp_rsqrt",
     "mp_sigmoid",
     "mp_silu",
-    "mp_rsqrt",
     "mp_softmax",
-    "mp_log_softmax",
+    "mp_tanh",
 ]
 
-ArrayLike = Union[np.ndarray, Sequence[float], float]
-FormatLike = Union[str, FloatFormat, None]
+ArrayLike = np.ndarray | Sequence[float] | float
+FormatLike = str | FloatFormat | None
 
 #: Default working precision (bits) of the mpmath references: IEEE binary128.
 DEFAULT_PREC = 113
@@ -79,7 +80,7 @@ _CARRY_EVERY = 1 << 13  # blocks between carry passes (fpanalysis._exact_kernels
 # --- argument handling --------------------------------------------------------------------
 
 
-def _round_args_uncached(fmt: FormatLike, mode: "str | RoundingMode") -> tuple:
+def _round_args_uncached(fmt: FormatLike, mode: str | RoundingMode) -> tuple:
     m = RoundingMode.parse(mode)
     if m is RoundingMode.STOCHASTIC:
         valid = ", ".join(r.value for r in RoundingMode if r is not RoundingMode.STOCHASTIC)
@@ -92,11 +93,15 @@ def _round_args_uncached(fmt: FormatLike, mode: "str | RoundingMode") -> tuple:
 
 
 def _params(
-    fmt: FormatLike, mode: "str | RoundingMode", carry_every: int = _CARRY_EVERY, force_general: bool = False
+    fmt: FormatLike, mode: str | RoundingMode, carry_every: int = _CARRY_EVERY, force_general: bool = False
 ) -> np.ndarray:
     """The kernels' parameter vector ``[p, emin, minnorm, maxval, subnormals, ovf, mode,
     carry_every, force_general]`` (cached per format and mode; read-only)."""
-    key = (fmt, mode) if (carry_every, force_general) == (_CARRY_EVERY, False) else (fmt, mode, carry_every, force_general)
+    key = (
+        (fmt, mode)
+        if (carry_every, force_general) == (_CARRY_EVERY, False)
+        else (fmt, mode, carry_every, force_general)
+    )
     try:
         return _PARAMS[key]
     except KeyError:
@@ -133,9 +138,9 @@ def _kernel_array(a: Any, what: str) -> np.ndarray:
     dt = arr.dtype
     if dt == np.float64 or dt == np.float32:
         return arr
-    if dt.kind == "f" and dt.itemsize == 2 or dt.kind == "V" and dt.itemsize in (1, 2):
+    if (dt.kind == "f" and dt.itemsize == 2) or (dt.kind == "V" and dt.itemsize in (1, 2)):
         return arr.astype(np.float32)  # float16, ml_dtypes bf16/fp8: exact in float32
-    if dt.kind == "b" or dt.kind in "iu" and dt.itemsize <= 4:
+    if dt.kind == "b" or (dt.kind in "iu" and dt.itemsize <= 4):
         return arr.astype(np.float64)
     if dt.kind in "iu":
         out = arr.astype(np.float64)
@@ -163,7 +168,9 @@ def _pair(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
 # --- exact dot products -------------------------------------------------------------------
 
 
-def exact_dot(x: ArrayLike, y: ArrayLike, fmt: FormatLike = None, mode: "str | RoundingMode" = "nearest-even") -> float:
+def exact_dot(
+    x: ArrayLike, y: ArrayLike, fmt: FormatLike = None, mode: str | RoundingMode = "nearest-even"
+) -> float:
     """The exact ``sum_i x_i * y_i``, rounded once to ``fmt`` (float64 when ``None``).
 
     Parameters
@@ -179,6 +186,16 @@ def exact_dot(x: ArrayLike, y: ArrayLike, fmt: FormatLike = None, mode: "str | R
     Returns
     -------
     float
+
+    Notes
+    -----
+    Work is done in blocks of 512 products.  When a block's products are exact in float64
+    (inputs of formats with ``p <= 26``, no over/underflow) they are split error-free into
+    integers (one per 51 bits of the block's dynamic range: usually one or two per product) and
+    summed in int64 (vectorised loops);
+    otherwise the block's significands are multiplied as integers.  About 2 microseconds for
+    ``n = 1024`` fp16 values on one core, over 1000 times faster than :func:`mp_dot`
+    (``experiments/bench_exact.py``).
 
     Examples
     --------
@@ -208,12 +225,16 @@ def exact_dot(x: ArrayLike, y: ArrayLike, fmt: FormatLike = None, mode: "str | R
     return K.dot(a, b, params)  # type: ignore[no-any-return]
 
 
-def _exact_value(x: ArrayLike, y: ArrayLike, carry_every: int = _CARRY_EVERY, force_general: bool = False) -> "Fraction | float":
+def _exact_value(
+    x: ArrayLike, y: ArrayLike, carry_every: int = _CARRY_EVERY, force_general: bool = False
+) -> Fraction | float:
     """The exact sum as a Fraction, or the inf/nan float when there are inf/nan products.
     ``carry_every``/``force_general`` let the tests exercise the carry passes and the general path."""
     K = _kernels()
-    a, b = (v.astype(np.float64, copy=False) for v in _pair(x, y))
-    neg, digits, special = K.dot_digits(a, b, _params(None, "nearest-even", int(carry_every), bool(force_general)))
+    a, b = _pair(x, y)
+    neg, digits, special = K.dot_digits(
+        a, b, _params(None, "nearest-even", int(carry_every), bool(force_general))
+    )
     if special != 0.0:
         return float(special)
     n = int.from_bytes(digits.astype("<u4").tobytes(), "little")
@@ -235,7 +256,11 @@ def exact_dot_fraction(x: ArrayLike, y: ArrayLike) -> Fraction:
 
 
 def exact_sum(
-    x: ArrayLike, fmt: FormatLike = None, mode: "str | RoundingMode" = "nearest-even", *, axis: int | None = None
+    x: ArrayLike,
+    fmt: FormatLike = None,
+    mode: str | RoundingMode = "nearest-even",
+    *,
+    axis: int | None = None,
 ) -> Any:
     """The exact sum of ``x`` (all elements, or along ``axis``), rounded once to ``fmt``.
 
@@ -259,7 +284,7 @@ def exact_matmul(
     A: ArrayLike,
     B: ArrayLike,
     fmt: FormatLike = None,
-    mode: "str | RoundingMode" = "nearest-even",
+    mode: str | RoundingMode = "nearest-even",
     *,
     dtype: Any = None,
 ) -> np.ndarray:
@@ -286,10 +311,17 @@ def exact_matmul(
     a = _kernel_array(A, "A")
     b = _kernel_array(B, "B")
     if a.ndim == 0 or b.ndim == 0:
-        raise ValueError("exact_matmul: operands must have at least one dimension (use exact_dot for scalars)")
+        raise ValueError(
+            "exact_matmul: operands must have at least one dimension (use exact_dot for scalars)"
+        )
     params = _params(fmt, mode)
     if dtype is None:
-        f32 = a.dtype == np.float32 and b.dtype == np.float32 and fmt is not None and fits_float32(get_format(fmt))
+        f32 = (
+            a.dtype == np.float32
+            and b.dtype == np.float32
+            and fmt is not None
+            and fits_float32(get_format(fmt))
+        )
         out_dtype = np.float32 if f32 else np.float64
     else:
         out_dtype = np.dtype(dtype).type
@@ -307,7 +339,9 @@ def exact_matmul(
     if squeeze_b:
         b = b[:, None]
     if a.shape[-1] != b.shape[-2]:
-        raise ValueError(f"exact_matmul: shapes {a.shape} and {b.shape} do not align (k = {a.shape[-1]} vs {b.shape[-2]})")
+        raise ValueError(
+            f"exact_matmul: shapes {a.shape} and {b.shape} do not align (k = {a.shape[-1]} vs {b.shape[-2]})"
+        )
     batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     m, n = a.shape[-2], b.shape[-1]
     a = np.broadcast_to(a, batch + a.shape[-2:])
@@ -335,7 +369,7 @@ def exact_matmul(
 # --- pure-Python twins (test oracles) -----------------------------------------------------
 
 
-def _exact_dot_python(x: ArrayLike, y: ArrayLike) -> "Fraction | float":
+def _exact_dot_python(x: ArrayLike, y: ArrayLike) -> Fraction | float:
     """Twin of the exact dot kernels: a ``Fraction`` sum, or the IEEE sum of the inf/nan
     products when there are any."""
     exact = Fraction(0)
@@ -348,13 +382,15 @@ def _exact_dot_python(x: ArrayLike, y: ArrayLike) -> "Fraction | float":
     return special if special != 0.0 else exact
 
 
-def _round_fraction(q: "Fraction | float", fmt: FormatLike = None, mode: "str | RoundingMode" = "nearest-even") -> float:
+def _round_fraction(
+    q: Fraction | float, fmt: FormatLike = None, mode: str | RoundingMode = "nearest-even"
+) -> float:
     """Twin of :func:`fpanalysis._exact_kernels.round_exact`: round an exact rational once.
 
     Integer arithmetic on ``q / 2**qe`` with the quantum ``2**qe`` of ``q``'s binade in the
     format, then the format's overflow and flush-to-zero policies (as ``round_to``).
     """
-    p, emin, minnorm, maxval, subnormals, ovf, code = _round_args_uncached(fmt, mode)
+    p, emin, minnorm, maxval, subnormals, ovf, _ = _round_args_uncached(fmt, mode)
     m = RoundingMode.parse(mode)
     if isinstance(q, float) and not math.isfinite(q):
         if math.isnan(q) or ovf == 0:
@@ -480,7 +516,9 @@ def mp_exp(x: ArrayLike, prec: int = DEFAULT_PREC, *, as_mpf: bool = False) -> A
     >>> mp_exp([0.0, 1.0]).tolist()
     [1.0, 2.718281828459045]
     """
-    return _mp_elementwise(lambda mp, v: mp.exp(v), lambda v: math.exp(v) if not math.isnan(v) else v, x, prec, as_mpf)
+    return _mp_elementwise(
+        lambda mp, v: mp.exp(v), lambda v: math.exp(v) if not math.isnan(v) else v, x, prec, as_mpf
+    )
 
 
 def mp_log(x: ArrayLike, prec: int = DEFAULT_PREC, *, as_mpf: bool = False) -> Any:
@@ -503,7 +541,12 @@ def mp_tanh(x: ArrayLike, prec: int = DEFAULT_PREC, *, as_mpf: bool = False) -> 
     [0.46211715726000974]
     """
     return _mp_elementwise(
-        lambda mp, v: mp.tanh(v), lambda v: math.copysign(1.0, v) if not math.isnan(v) else v, x, prec, as_mpf, zero=_same
+        lambda mp, v: mp.tanh(v),
+        lambda v: math.copysign(1.0, v) if not math.isnan(v) else v,
+        x,
+        prec,
+        as_mpf,
+        zero=_same,
     )
 
 
@@ -514,7 +557,12 @@ def mp_erf(x: ArrayLike, prec: int = DEFAULT_PREC, *, as_mpf: bool = False) -> A
     [0.8427007929497149]
     """
     return _mp_elementwise(
-        lambda mp, v: mp.erf(v), lambda v: math.copysign(1.0, v) if not math.isnan(v) else v, x, prec, as_mpf, zero=_same
+        lambda mp, v: mp.erf(v),
+        lambda v: math.copysign(1.0, v) if not math.isnan(v) else v,
+        x,
+        prec,
+        as_mpf,
+        zero=_same,
     )
 
 
@@ -542,7 +590,11 @@ def mp_sigmoid(x: ArrayLike, prec: int = DEFAULT_PREC, *, as_mpf: bool = False) 
     [0.5, 0.0]
     """
     return _mp_elementwise(
-        lambda mp, v: 1 / (1 + mp.exp(-v)), lambda v: v if math.isnan(v) else (1.0 if v > 0 else 0.0), x, prec, as_mpf
+        lambda mp, v: 1 / (1 + mp.exp(-v)),
+        lambda v: v if math.isnan(v) else (1.0 if v > 0 else 0.0),
+        x,
+        prec,
+        as_mpf,
     )
 
 
@@ -553,7 +605,12 @@ def mp_silu(x: ArrayLike, prec: int = DEFAULT_PREC, *, as_mpf: bool = False) -> 
     [0.7310585786300049]
     """
     return _mp_elementwise(
-        lambda mp, v: v / (1 + mp.exp(-v)), lambda v: v if (math.isnan(v) or v > 0) else 0.0, x, prec, as_mpf, zero=_same
+        lambda mp, v: v / (1 + mp.exp(-v)),
+        lambda v: v if (math.isnan(v) or v > 0) else 0.0,
+        x,
+        prec,
+        as_mpf,
+        zero=_same,
     )
 
 
@@ -567,7 +624,9 @@ def mp_rsqrt(x: ArrayLike, prec: int = DEFAULT_PREC, *, as_mpf: bool = False) ->
     def fn(mp: Any, v: Any) -> Any:
         return 1 / mp.sqrt(v) if v > 0 else mp.nan
 
-    return _mp_elementwise(fn, lambda v: 0.0 if v > 0 else math.nan, x, prec, as_mpf, zero=lambda v: math.copysign(math.inf, v))
+    return _mp_elementwise(
+        fn, lambda v: 0.0 if v > 0 else math.nan, x, prec, as_mpf, zero=lambda v: math.copysign(math.inf, v)
+    )
 
 
 def _mp_rows(x: ArrayLike, axis: int, prec: int, as_mpf: bool, log: bool) -> Any:

@@ -275,9 +275,11 @@ def round_to(
     elif flat.dtype == np.float32 and dest.dtype == np.float32 and code < 6 and K.f32_kernel_applies(
         f.p, f.emin, f.emax
     ):
-        K.round_array_f32(flat, dest, p, emin, minnorm, maxval, sub, ovf, code)
+        kern = K.round_array_f32 if flat.size >= K.SERIAL_BELOW else K.round_array_f32_serial
+        kern(flat, dest, p, emin, minnorm, maxval, sub, ovf, code)
     else:
-        K.round_array(flat, dest, p, emin, minnorm, maxval, sub, ovf, code, key, 0, kbits)
+        kern = K.round_array if flat.size >= K.SERIAL_BELOW else K.round_array_serial
+        kern(flat, dest, p, emin, minnorm, maxval, sub, ovf, code, key, 0, kbits)
     result = dest.reshape(arr.shape) if out is None else out
     if result.ndim == 0 and out is None:
         result = result[()]
@@ -465,7 +467,8 @@ def to_bits(x: ArrayLike, fmt: "str | FloatFormat", mode: "str | RoundingMode" =
     """
     f = get_format(fmt)
     w, bias, total = _encoding(f)
-    y = np.asarray(round_to(np.asarray(x, dtype=np.float64), f, mode), dtype=np.float64)
+    with np.errstate(invalid="ignore"):  # widening a signalling NaN warns; it encodes as NaN
+        y = np.asarray(round_to(np.asarray(x, dtype=np.float64), f, mode), dtype=np.float64)
     fb = f.p - 1
     neg = np.signbit(y) & ~np.isnan(y)
     ay = np.abs(y)

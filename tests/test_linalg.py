@@ -35,8 +35,8 @@ def round_frac(x, fmt: FloatFormat, mode: str, rbits: int = 0):  # type: ignore[
     """Round an exact value (Fraction, or a float inf/nan) to ``fmt``; returns a float.
 
     Zero results get the sign of ``x`` (callers fix the sign of exact zeros).  Stochastic
-    rounding goes up when ``rbits`` (64 bits) is below the dropped fraction scaled to 2**64 and
-    truncated, which is the kernels' documented rule.
+    rounding goes up when the top 53 of the 64 random bits, read as a fraction, are below the
+    dropped fraction: the rule of ``fpanalysis._round_kernels.round_scalar``.
     """
     if isinstance(x, float) and math.isnan(x):
         return math.nan
@@ -70,7 +70,7 @@ def round_frac(x, fmt: FloatFormat, mode: str, rbits: int = 0):  # type: ignore[
     elif mode == "odd":
         up = frac > 0 and fl % 2 == 0
     elif mode == "stochastic":
-        up = rbits < math.floor(frac * 2**64)
+        up = (rbits >> 11) < frac * 2**53
     else:
         raise AssertionError(mode)
     y = (fl + up) * q
@@ -144,44 +144,56 @@ def oracle_ieee(A, B, fmt, mode, order="sequential", block=32, fma=False, seed=N
     C = np.empty((M, N))
     for i in range(M):
         for j in range(N):
-            e = i * N + j
-
-            def ix(k: int, kind: int) -> int:
-                return (e * K + k) * 4 + kind
-
-            a = [float(v) for v in A[i]]
-            b = [float(v) for v in B[:, j]]
-
-            def seq(ks):  # type: ignore[no-untyped-def]
-                s = 0.0
-                for k in ks:
-                    if fma:
-                        s = o_fma(a[k], b[k], s, fmt, mode, rng(ix(k, 1)))
-                    else:
-                        t = o_mul(a[k], b[k], fmt, mode, rng(ix(k, 0)))
-                        s = o_add(s, t, fmt, mode, rng(ix(k, 1)))
-                return s
-
-            if order == "sequential":
-                C[i, j] = seq(range(K))
-            elif order == "blocked":
-                tot = 0.0
-                for bi, k0 in enumerate(range(0, K, block)):
-                    tot = o_add(tot, seq(range(k0, min(K, k0 + block))), fmt, mode, rng(ix(bi, 2)))
-                C[i, j] = tot
-            else:  # pairwise, Higham's definition, nodes numbered in creation order
-                level = [o_mul(a[k], b[k], fmt, mode, rng(ix(k, 0))) for k in range(K)]
-                node = 0
-                while len(level) > 1:
-                    nxt = []
-                    for m in range(len(level) // 2):
-                        nxt.append(o_add(level[2 * m], level[2 * m + 1], fmt, mode, rng(ix(node + m, 1))))
-                    node += len(level) // 2
-                    if len(level) % 2:
-                        nxt.append(level[-1])
-                    level = nxt
-                C[i, j] = level[0] if level else 0.0
+            C[i, j] = _oracle_entry(
+                [float(v) for v in A[i]],
+                [float(v) for v in B[:, j]],
+                (i * N + j) * K,
+                fmt,
+                mode,
+                order,
+                block,
+                fma,
+                rng,
+            )
     return C
+
+
+def _oracle_entry(a, b, base, fmt, mode, order, block, fma, rng):  # type: ignore[no-untyped-def]
+    """One entry of oracle_ieee; the rounding of ``kind`` for term k uses counter (base+k)*4+kind."""
+    K = len(a)
+
+    def ix(k: int, kind: int) -> int:
+        return (base + k) * 4 + kind
+
+    def seq(ks):  # type: ignore[no-untyped-def]
+        s = 0.0
+        for k in ks:
+            if fma:
+                s = o_fma(a[k], b[k], s, fmt, mode, rng(ix(k, 1)))
+            else:
+                t = o_mul(a[k], b[k], fmt, mode, rng(ix(k, 0)))
+                s = o_add(s, t, fmt, mode, rng(ix(k, 1)))
+        return s
+
+    if order == "sequential":
+        return seq(range(K))
+    if order == "blocked":
+        tot = 0.0
+        for bi, k0 in enumerate(range(0, K, block)):
+            tot = o_add(tot, seq(range(k0, min(K, k0 + block))), fmt, mode, rng(ix(bi, 2)))
+        return tot
+    # pairwise, Higham's level-by-level definition.  Items are (value, first term); the
+    # addition merging [lo, s) and [s, hi) draws the random bits of term s.
+    level = [(o_mul(a[k], b[k], fmt, mode, rng(ix(k, 0))), k) for k in range(K)]
+    while len(level) > 1:
+        nxt = []
+        for m in range(len(level) // 2):
+            (x, lo), (y, split) = level[2 * m], level[2 * m + 1]
+            nxt.append((o_add(x, y, fmt, mode, rng(ix(split, 1))), lo))
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return level[0][0] if level else 0.0
 
 
 def oracle_fp32acc(A, B, fmt, mode, order="sequential", block=32, fma=False, seed=None):  # type: ignore[no-untyped-def]
@@ -235,7 +247,7 @@ def adversarial_case(fmt: FloatFormat, rng: np.random.Generator):  # type: ignor
     """Rows of A against columns of B built to hit stagnation, cancellation, overflow,
     subnormals, signed zeros and special values."""
     K = 24
-    u = 2.0 ** -fmt.p
+    u = 2.0**-fmt.p
     big = fmt.max
     tiny = fmt.min_normal * 2.0 ** -(fmt.p - 3) if fmt.subnormals else fmt.min_normal
     rows = [
@@ -264,11 +276,6 @@ def adversarial_case(fmt: FloatFormat, rng: np.random.Generator):  # type: ignor
 def cases(fmt: FloatFormat, seed: int = 0):  # type: ignore[no-untyped-def]
     rng = np.random.default_rng(seed)
     return [random_case(fmt, rng), adversarial_case(fmt, rng)]
-
-
-@pytest.fixture
-def general_only(monkeypatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(L, "_FAST_PATHS", False)
 
 
 # --- the oracle itself -------------------------------------------------------------------------
@@ -324,6 +331,13 @@ def test_inputs_must_be_format_numbers() -> None:
         matmul(A, np.ones((4, 2)))
     with pytest.raises(ValueError, match=r"B\[0, 0\]"):
         matmul(np.ones((3, 4)), np.full((4, 2), 1e6))
+    A32 = np.ones((5, 4), dtype=np.float32)
+    A32[4, 3] = 1.0 + 2.0**-12  # a float32 number between two fp16 numbers
+    with pytest.raises(ValueError, match=r"A\[4, 3\] = 1\.000244140625 is not"):
+        matmul(A32, np.ones((4, 2)), profile="ieee")
+    with pytest.raises(ValueError, match=r"x\[1\] = 0\.1 is not a number of format 'bf16'"):
+        dot([1.0, 0.1], [1.0, 1.0], "bf16")
+    assert dot([1.0, 0.1], [1.0, 1.0], "bf16", round_inputs=True) == 1.1015625
     got = matmul(A, np.ones((4, 2)), round_inputs=True)
     assert got[1, 0] == np.float16(np.float32(np.float16(0.1)) + 3)
 
@@ -332,18 +346,20 @@ def test_inputs_must_be_format_numbers() -> None:
 
 
 @pytest.mark.parametrize("order", ["sequential", "pairwise", "blocked"])
-@pytest.mark.parametrize("fast", [True, False])
-def test_ieee_fp16_rne_matches_oracle(order: str, fast: bool, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(L, "_FAST_PATHS", fast)
+def test_ieee_fp16_rne_matches_oracle(order: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     for A, B in cases(FP16):
-        got = matmul(A.astype(np.float32), B.astype(np.float32), "fp16", "ieee", order=order, block=5)
         want = oracle_ieee(A, B, FP16, "nearest-even", order, block=5)
-        assert got.dtype == np.float32
-        assert same(got, want), np.argwhere(~((got == want) | (np.isnan(got) & np.isnan(want))))
+        for fast in (True, False):  # native binary16 kernels, then the general float64 kernel
+            monkeypatch.setattr(L, "_FAST_PATHS", fast)
+            got = matmul(A.astype(np.float32), B.astype(np.float32), "fp16", "ieee", order=order, block=5)
+            assert got.dtype == np.float32
+            assert same(got, want), (fast, np.argwhere(~((got == want) | (np.isnan(got) & np.isnan(want)))))
 
 
 @pytest.mark.parametrize("mode", ALL_MODES)
-@pytest.mark.parametrize("order,fma", [("sequential", False), ("sequential", True), ("pairwise", False), ("blocked", True)])
+@pytest.mark.parametrize(
+    "order,fma", [("sequential", False), ("sequential", True), ("pairwise", False), ("blocked", True)]
+)
 def test_ieee_fp16_every_mode_matches_oracle(mode: str, order: str, fma: bool) -> None:
     for A, B in cases(FP16, seed=1):
         got = matmul(A, B, "fp16", "ieee", order=order, block=7, fma=fma, mode=mode, seed=SEED)
@@ -375,15 +391,15 @@ def test_fma_single_rounding_differs_from_two_roundings() -> None:
 
 
 @pytest.mark.parametrize("order", ["sequential", "pairwise", "blocked"])
-@pytest.mark.parametrize("fast", [True, False])
-def test_fp32acc_fp16_matches_oracle(order: str, fast: bool, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(L, "_FAST_PATHS", fast)
+def test_fp32acc_fp16_matches_oracle(order: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     rng = np.random.default_rng(3)
     data = cases(FP16, seed=3) + [random_case(FP16, rng, M=11, K=37, N=19)]  # 8-row kernel + tails
     for A, B in data:
-        got = matmul(A, B, "fp16", "fp32-accumulate", order=order, block=6)
         want = oracle_fp32acc(A, B, FP16, "nearest-even", order, block=6)
-        assert same(got, want)
+        for fast in (True, False):  # register-blocked FMA kernel, then the one-row kernel
+            monkeypatch.setattr(L, "_FAST_PATHS", fast)
+            got = matmul(A, B, "fp16", "fp32-accumulate", order=order, block=6)
+            assert same(got, want), fast
 
 
 @pytest.mark.parametrize("mode", ALL_MODES)
@@ -418,10 +434,12 @@ def _torch_cases(rng: np.random.Generator):  # type: ignore[no-untyped-def]
     for scale in (1.0, 64.0):
         A = (rng.standard_normal((96, 160)) * scale).astype(np.float16)
         B = (rng.standard_normal((160, 72)) * scale).astype(np.float16)
-        out.append(("random x%g" % scale, A, B))
+        out.append((f"random x{scale:g}", A, B))
     A, B = adversarial_case(FP16, rng)
     out.append(("adversarial", A.astype(np.float16), B.astype(np.float16)))
-    bits = rng.integers(0, 0x7C00, (64, 128), dtype=np.uint16) | (rng.integers(0, 2, (64, 128), dtype=np.uint16) << 15)
+    bits = rng.integers(0, 0x7C00, (64, 128), dtype=np.uint16) | (
+        rng.integers(0, 2, (64, 128), dtype=np.uint16) << 15
+    )
     wide = bits.view(np.float16)  # the whole fp16 range, both signs
     out.append(("all exponents", wide, np.ascontiguousarray(wide.T[:, ::-1])))
     return out
@@ -448,15 +466,22 @@ def test_fp32acc_equals_numpy_float16_matmul() -> None:
     assert min(rates.values()) >= 0.999, rates
 
 
-def test_blas_order_is_fp32_accumulation() -> None:
+def test_fp32acc_sequential_equals_numpy_float32_loop() -> None:
+    """A larger check against a vectorised twin: float32 numpy steps acc = acc + a_k * b_k
+    (exact products, one float32 rounding per addition, in k order).  N = 128 takes the
+    padded-stride path of the fast kernel, M = 70 its row tail."""
     rng = np.random.default_rng(8)
-    A = rng.standard_normal((64, 200)).astype(np.float16)
-    B = rng.standard_normal((200, 48)).astype(np.float16)
-    seq = matmul(A, B, order="sequential")
+    A = (rng.standard_normal((70, 203)) * 4).astype(np.float16)
+    B = rng.standard_normal((203, 128)).astype(np.float16)
+    A32, B32 = A.astype(np.float32), B.astype(np.float32)
+    acc = np.zeros((70, 128), dtype=np.float32)
+    for k in range(203):
+        acc = acc + A32[:, k : k + 1] * B32[k]
+    want = acc.astype(np.float16).astype(np.float32)
+    assert same(matmul(A, B), want)
     blas = matmul(A, B, order="blas")
-    want = (A.astype(np.float32) @ B.astype(np.float32)).astype(np.float16)
-    assert same(blas, want.astype(np.float32))
-    assert np.mean(seq == blas) > 0.99
+    assert same(blas, (A32 @ B32).astype(np.float16).astype(np.float32))
+    assert np.mean(blas == want) > 0.99
 
 
 # --- the stagnation example of the issue ------------------------------------------------------
@@ -467,12 +492,41 @@ def test_stagnation_ieee_vs_fp32_accumulate() -> None:
     y = np.ones_like(x)
     assert dot(x, y, "fp16", "ieee") == 1.0
     pw = dot(x, y, "fp16", "ieee", order="pairwise")  # pairwise sums the small terms first
-    assert 1.99 <= pw <= 2.0 and pw == oracle_ieee(x[None], y[:, None], FP16, "nearest-even", "pairwise")[0, 0]
+    assert (
+        1.99 <= pw <= 2.0 and pw == oracle_ieee(x[None], y[:, None], FP16, "nearest-even", "pairwise")[0, 0]
+    )
     assert dot(x, y, "fp16", "fp32-accumulate") == 2.0
     assert dot(x, y, "fp16", "fp32-accumulate", order="blas") == 2.0
     # a stochastic fp16 sum does not stagnate on average
     sr = [dot(x, y, "fp16", "ieee", mode="stochastic", seed=s) for s in range(20)]
     assert 1.8 < np.mean(sr) < 2.2
+
+
+@pytest.mark.parametrize("profile", ["ieee", "fp32-accumulate"])
+def test_parallel_and_one_thread_kernels_agree(profile: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Small products run on one thread; force the parallel kernels and compare."""
+    import fpanalysis._gemm_kernels as G
+
+    rng = np.random.default_rng(14)
+    A, B = random_case(FP16, rng, M=29, K=41, N=23)
+    A[3, :5] = [65504.0, 65504.0, -65504.0, np.nan, 2.0**-24]
+    configs = [{"order": o} for o in ("sequential", "pairwise", "blocked")]
+    configs += [
+        {"mode": "stochastic", "seed": 5, "order": "pairwise"},
+        {"mode": "up", "fma": True, "order": "blocked"},
+    ]
+    for fast in (True, False):
+        monkeypatch.setattr(L, "_FAST_PATHS", fast)
+        for cfg in configs:
+            if profile == "fp32-accumulate" and cfg.get("fma") and cfg["order"] == "pairwise":
+                continue
+            monkeypatch.setattr(G, "SERIAL_BELOW", 1 << 62)
+            monkeypatch.setattr(G, "SERIAL_ELEMENTS", 1 << 62)
+            one = matmul(A, B, "fp16", profile, block=6, **cfg)
+            monkeypatch.setattr(G, "SERIAL_BELOW", 0)
+            monkeypatch.setattr(G, "SERIAL_ELEMENTS", 0)
+            par = matmul(A, B, "fp16", profile, block=6, **cfg)
+            assert same(one, par), (fast, cfg)
 
 
 # --- stochastic rounding: reproducible and thread independent --------------------------------
@@ -523,8 +577,11 @@ def test_exact_profile_matches_fraction_oracle() -> None:
     for A, B in cases(FP16, seed=11):
         for mode in ("nearest-even", "down", "odd"):
             assert same(matmul(A, B, "fp16", "exact", mode=mode), oracle_exact(A, B, FP16, mode))
-    x = np.array([1.0] + [2.0**-11] * 2048)
+    x = np.array([1.0] + [2.0**-11] * 2049)  # exactly 2 + 2**-11: a quarter of the way up
     assert dot(x, np.ones_like(x), "fp16", "exact") == 2.0
+    sr = np.array([dot(x, np.ones_like(x), "fp16", "exact", mode="stochastic", seed=s) for s in range(100)])
+    assert set(sr) <= {2.0, 2.001953125}
+    assert 10 <= np.sum(sr > 2) <= 40  # binomial(100, 1/4): mean 25, sd 4.3
 
 
 # --- conv2d -------------------------------------------------------------------------------------
@@ -532,7 +589,7 @@ def test_exact_profile_matches_fraction_oracle() -> None:
 
 def _conv_direct(x, w, bias, stride, padding, groups, fmt, mode):  # type: ignore[no-untyped-def]
     """Direct nested-loop convolution with the ieee oracle (sequential, bias as last term)."""
-    n, c, h, wd = x.shape
+    n, _, h, wd = x.shape
     o, cg, kh, kw = w.shape
     xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     ho = (h + 2 * padding - kh) // stride + 1
@@ -575,16 +632,54 @@ def test_conv2d_fp32acc_equals_torch_half() -> None:
 
     rng = np.random.default_rng(13)
     rates = {}
-    for stride, padding, groups, dil, with_bias in ((1, 1, 1, 1, True), (2, 0, 2, 1, False), (1, 2, 4, 2, True)):
+    for stride, padding, groups, dil, with_bias in (
+        (1, 1, 1, 1, True),
+        (2, 0, 2, 1, False),
+        (1, 2, 4, 2, True),
+    ):
         x = (rng.standard_normal((2, 8, 11, 9)) * 4).astype(np.float16)
         w = rng.standard_normal((8, 8 // groups, 3, 3)).astype(np.float16)
         b = rng.standard_normal(8).astype(np.float16) if with_bias else None
         ref = F.conv2d(
-            torch.from_numpy(x), torch.from_numpy(w), None if b is None else torch.from_numpy(b),
-            stride=stride, padding=padding, dilation=dil, groups=groups,
+            torch.from_numpy(x),
+            torch.from_numpy(w),
+            None if b is None else torch.from_numpy(b),
+            stride=stride,
+            padding=padding,
+            dilation=dil,
+            groups=groups,
         ).numpy()
         got = conv2d(x, w, b, stride, padding, dil, groups, "fp16", "fp32-accumulate")
         assert got.shape == ref.shape
         rates[(stride, padding, groups, dil, with_bias)] = _bitwise_match_rate(got, ref)
     print("bitwise match with torch CPU half conv2d:", rates)
     assert min(rates.values()) >= 0.99, rates
+
+
+@pytest.mark.slow
+def test_binary16_kernels_without_native_fp16(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """On CPUs without AVX512-FP16, LLVM lowers the binary16 operations through float32 (with a
+    rounding after each one).  Recompile with that feature switched off and rerun the checks."""
+    import os
+    import subprocess
+    import sys
+
+    ll = pytest.importorskip("llvmlite.binding")
+    feats = ll.get_host_cpu_features()
+    if not feats.get("avx512fp16", False):
+        pytest.skip("this CPU has no AVX512-FP16: the default run already tests the float32 lowering")
+    feats["avx512fp16"] = False
+    env = dict(os.environ, NUMBA_CPU_FEATURES=feats.flatten(), NUMBA_CACHE_DIR=str(tmp_path))
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        __file__,
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-k",
+        "ieee_fp16_rne or torch or parallel",
+    ]
+    res = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=1800)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

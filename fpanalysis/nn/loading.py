@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,12 @@ def _builtin_names() -> list[str]:
         return []
 
 
-def load_model(spec: str, **kwargs: Any) -> nn.Module:
-    """A built-in model name (see ``fpanalysis.nn.models``) or ``path/to/file.py:factory``, where
-    ``factory(**kwargs)`` returns an ``nn.Module``."""
+def load_model(spec: str, *, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """A built-in model name (see ``fpanalysis.nn.models``) or ``path/to/file.py:factory``.
+
+    A user factory is called with the keywords ``input_shape`` and ``num_classes`` when its
+    signature accepts them, else with no arguments; it must return an ``nn.Module``.
+    """
     if ":" in spec and spec.split(":", 1)[0].endswith(".py"):
         path_s, func = spec.rsplit(":", 1)
         path = Path(path_s)
@@ -44,6 +48,8 @@ def load_model(spec: str, **kwargs: Any) -> nn.Module:
             names = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
             raise ValueError(f"{path} has no callable {func!r}; callables there: {', '.join(names) or 'none'}")
         try:
+            params = inspect.signature(factory).parameters
+            kwargs = {k: v for k, v in (("input_shape", input_shape), ("num_classes", num_classes)) if k in params}
             model = factory(**kwargs)
         except Exception as exc:
             raise ValueError(f"{path}:{func}() failed: {type(exc).__name__}: {exc}") from None
@@ -58,7 +64,7 @@ def load_model(spec: str, **kwargs: Any) -> nn.Module:
         )
     from .models import build_model
 
-    return build_model(spec, **kwargs)
+    return build_model(spec, input_shape=input_shape, num_classes=num_classes)
 
 
 def load_checkpoint(model: nn.Module, path: str) -> nn.Module:

@@ -1,0 +1,82 @@
+"""Exhaustive and stratified sweeps: every fp16 bit pattern, float32 -> fp16 (all 2**32 inputs
+with --slow), bf16 and fp8 against ml_dtypes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _verify_helpers import buggy_round_to, failures, native_optional
+
+from fpanalysis import rounding as R
+from fpanalysis import verify as V
+from fpanalysis.formats import FP16
+
+
+def test_fp16_all_patterns() -> None:
+    rows = V.verify_fp16_patterns()
+    checks = {r["check"] for r in rows}
+    assert {"decode all patterns", "encode all values", "to_bits(from_bits(b)) == b", "fp16 -> fp32"} <= checks
+    assert sum(r["n"] for r in rows if r["check"] == "round_to(fp16 value) identity") == 7 * 3 * 65536
+    assert not failures(rows, native_optional)
+
+
+def test_fp16_sqrt_all_patterns() -> None:
+    rows = V._verify_sqrt(np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16))
+    if any(r["mismatches"] == -1 and "fpanalysis.ops" in r["first_mismatch"] for r in rows):
+        pytest.skip(rows[0]["first_mismatch"])
+    assert len(rows) >= 6 and not failures(rows)
+
+
+def test_f32_to_fp16_stratified() -> None:
+    rows = V.verify_f32_to_fp16(sample=1 << 16, seed=1)
+    assert {r["oracle"] for r in rows} >= {"torch .half()", "numpy astype(float16)"}
+    assert all(r["n"] > 500_000 for r in rows)
+    assert not failures(rows)
+
+
+@pytest.mark.slow
+def test_f32_to_fp16_all_2_32() -> None:
+    rows = V.verify_f32_to_fp16(exhaustive=True, sample=1 << 20)
+    sweep = [r for r in rows if r["check"].startswith("f32 -> fp16 all 2^32")]
+    assert len(sweep) == 2 and all(r["n"] == 1 << 32 for r in sweep)
+    assert not failures(rows)
+
+
+def test_bf16_fp8_patterns_and_stratified() -> None:
+    rows = V.verify_bf16_fp8(sample=1 << 16, fp8_sweep=False)
+    assert {r["format"] for r in rows} == {"bf16", "fp8_e4m3fn", "fp8_e5m2"}
+    assert not failures(rows)
+
+
+@pytest.mark.slow
+def test_fp8_all_float32_in_range_and_bf16_all_2_32() -> None:
+    rows = V.verify_bf16_fp8(exhaustive=True, fp8_sweep=True)
+    assert sum(r["check"].startswith("f32 -> bf16 all 2^32") and r["n"] == 1 << 32 for r in rows) == 2
+    assert not failures(rows)
+
+
+def test_sweep_finds_injected_bugs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chunked sweep reports wrong results around the overflow threshold 65504..65536
+    and in the subnormal range."""
+    oracle = V._torch_half_oracle()
+    lo = int(np.float32(65000.0).view(np.uint32))
+    hi = int(np.float32(70000.0).view(np.uint32))
+    got = V._sweep(lo, hi, FP16, oracle, np.float16, "t", None)
+    assert got["float32"][1] == 0 and got["native"][1] == 0 and got["native"][0] == hi - lo
+    monkeypatch.setattr(R, "round_to", buggy_round_to("saturate"))
+    n, bad, first = V._sweep(lo, hi, FP16, oracle, np.float16, "t", None)["float32"]
+    assert n == hi - lo and bad > 0 and first.startswith("input 65520.0")
+    monkeypatch.setattr(R, "round_to", buggy_round_to("flush-subnormals"))
+    lo, hi = (int(np.float32(v).view(np.uint32)) for v in (2.0**-20, 2.0**-19))
+    n, bad, first = V._sweep(lo, hi, FP16, oracle, np.float16, "t", None)["float32"]
+    assert bad > 0
+
+
+def test_stratified_sample_contains_ties_and_boundaries() -> None:
+    with np.errstate(invalid="ignore"):  # signalling NaNs in the sample
+        x = V.stratified_float32("fp16", sample=0).astype(np.float64)
+    for v in (65504.0, 65520.0, 2.0**-24, 2.0**-25, 1 + 2.0**-11, -(1 + 2.0**-11), 2.0**-14):
+        assert np.any(x == v), v
+    assert np.any(np.isnan(x)) and np.any(np.isinf(x))
+    # every float32 exponent, both signs
+    e = (x.astype(np.float32).view(np.uint32) >> 23)
+    assert np.unique(e).size == 512
