@@ -4,17 +4,24 @@ Importing the package is cheap: numba kernels compile on first use, torch and ma
 imported only by the modules that need them (``fpanalysis.nn``, plotting functions).
 """
 
-from . import bounds, ops
+from . import bounds, datasets, ops
 from .formats import FORMATS, FloatFormat, get_format
+from .linalg import Order, Profile, conv2d, dot, matmul
 from .reference import exact_dot, exact_dot_fraction, exact_matmul, exact_sum
 from .rounding import RoundingMode, RoundingStats, from_bits, round_to, to_bits
 
 __all__ = [
     "FORMATS",
     "FloatFormat",
+    "Order",
+    "Profile",
+    "conv2d",
+    "dot",
+    "matmul",
     "RoundingMode",
     "RoundingStats",
     "bounds",
+    "datasets",
     "exact_dot",
     "exact_dot_fraction",
     "exact_matmul",

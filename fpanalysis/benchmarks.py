@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["best_time", "bench_rounding", "bench_exact_dot", "run_benchmarks"]
+__all__ = ["best_time", "bench_rounding", "bench_gemm", "bench_exact_dot", "run_benchmarks"]
 
 
 def best_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:
@@ -134,9 +134,50 @@ def bench_exact_dot(n: int = 1024, pairs: int = 10, calls: int = 2000, mp_calls:
     }
 
 
+def bench_gemm(n: int = 512, rounds: int = 7, seed: int = 0) -> dict[str, Any]:
+    """Emulated fp16 GEMM (``n`` x ``n`` x ``n``) against numpy float32 BLAS in the same run.
+
+    Methods are interleaved round by round so that slow phases of a shared machine hit all of
+    them alike; the ratio is BLAS time / method time (best of ``rounds``).  Threads: numba's and
+    BLAS's defaults (``experiments/bench_gemm.py --threads=1`` for one-core numbers).
+    """
+    from .linalg import matmul
+
+    rng = np.random.default_rng(seed)
+    A16 = rng.standard_normal((n, n)).astype(np.float16)
+    B16 = rng.standard_normal((n, n)).astype(np.float16)
+    A32, B32 = A16.astype(np.float32), B16.astype(np.float32)
+    methods: dict[str, Callable[[], Any]] = {
+        "numpy_fp32_blas": lambda: A32 @ B32,
+        "ieee_sequential": lambda: matmul(A16, B16, "fp16", "ieee"),
+        "fp32acc_sequential": lambda: matmul(A16, B16, "fp16", "fp32-accumulate"),
+        "fp32acc_blas": lambda: matmul(A16, B16, "fp16", "fp32-accumulate", order="blas"),
+    }
+    for f in methods.values():
+        f()
+    wall: dict[str, list[float]] = {k: [] for k in methods}
+    for _ in range(rounds):
+        for name, f in methods.items():
+            t0 = time.perf_counter()
+            f()
+            wall[name].append(time.perf_counter() - t0)
+    ref = min(wall["numpy_fp32_blas"])
+    t = {k: min(v) for k, v in wall.items()}
+    return {
+        "benchmark": f"emulated fp16 GEMM {n}x{n}x{n}",
+        "n": n,
+        "seconds": t,
+        "gflops": {k: 2.0 * n**3 / v / 1e9 for k, v in t.items()},
+        "ratios": {f"{k}_vs_blas": ref / v for k, v in t.items() if k != "numpy_fp32_blas"},
+        "goals": {"ieee_sequential_vs_blas": 0.1, "fp32acc_sequential_vs_blas": 0.5, "fp32acc_blas_vs_blas": 0.5},
+        "notes": [],
+    }
+
+
 def run_benchmarks(quick: bool = False) -> list[dict[str, Any]]:
     """All benchmarks (``quick``: smaller sizes, for smoke tests)."""
     results = [bench_rounding(n=10**5 if quick else 10**7, repeats=2 if quick else 5)]
+    results.append(bench_gemm(n=64 if quick else 512, rounds=2 if quick else 7))
     if quick:
         results.append(bench_exact_dot(pairs=2, calls=100, mp_calls=1, repeats=2))
     else:
