@@ -293,33 +293,17 @@ def _stats_of(y: torch.Tensor, fmt: FloatFormat) -> RoundingStats:
     return RoundingStats(y.numel(), 0, ovf, sub, 0)
 
 
-def _linalg():
-    try:
-        from .. import linalg
-    except ImportError:  # the linear-algebra module has not landed: binary32 BLAS fallback
-        return None
-    return linalg
-
-
 def _emulate_linear(step: Step, ins: list[torch.Tensor], emu: Emulator, cache: ParamCache, stream: int) -> torch.Tensor:
+    from .. import linalg as la
+
     k, a = step.kind, step.attrs
-    la = _linalg()
     kw = {"order": emu.order, "block": emu.block, "mode": emu.mode, "seed": emu.seed, "stream": stream}
-    if la is None and not (emu.profile == "fp32-accumulate" and emu.order == "blas"):
-        raise ImportError("fpanalysis.linalg is needed for this profile/order")
     if k == "matmul":
         A, B = ins[0].numpy(), ins[1].numpy()
-        if la is None:
-            y = _fallback_round(torch.matmul(ins[0], ins[1]), emu, stream)
-            return y
         return torch.from_numpy(np.ascontiguousarray(la.matmul(A, B, emu.fmt, emu.profile, **kw), dtype=np.float32))
     W = cache.rounded(step, "weight", emu)
     b = cache.rounded(step, "bias", emu)
     x = ins[0]
-    if la is None:
-        if k == "linear":
-            return _fallback_round(F.linear(x, W, b), emu, stream)
-        return _fallback_round(F.conv2d(x, W, b, a["stride"], a["padding"], a["dilation"], a["groups"]), emu, stream)
     if k == "conv2d":
         y = la.conv2d(x.numpy(), W.numpy(), None if b is None else b.numpy(), a["stride"], a["padding"],
                       a["dilation"], a["groups"], emu.fmt, emu.profile, **kw)
@@ -339,10 +323,6 @@ def _augmented_weight(W: torch.Tensor, b: torch.Tensor | None) -> np.ndarray:
     if b is not None:
         Wt = np.concatenate([Wt, b.numpy()[None, :]], axis=0)
     return np.ascontiguousarray(Wt, dtype=np.float32)
-
-
-def _fallback_round(y32: torch.Tensor, emu: Emulator, stream: int) -> torch.Tensor:
-    return emu.round(y32, stream)[0]
 
 
 def run_model(traced: TracedModel, x: torch.Tensor, fmt: Any = "fp16", profile: str = "fp32-accumulate", *,
