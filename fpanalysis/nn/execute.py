@@ -41,7 +41,7 @@ from ..formats import FloatFormat, get_format
 from ..rounding import RoundingMode, RoundingStats, fits_float32, round_to
 from .trace import Step, TracedModel
 
-__all__ = ["Emulator", "ParamCache", "torch_step", "emulate_step", "run_model", "EXACT_KINDS"]
+__all__ = ["EXACT_KINDS", "Emulator", "ParamCache", "emulate_step", "run_model", "torch_step"]
 
 #: Steps whose result is exactly representable when their inputs are (no rounding).
 EXACT_KINDS = frozenset({"relu", "maxpool2d", "shape", "cat", "identity", "size", "output"})
@@ -164,11 +164,13 @@ def _reduce(x: torch.Tensor, a: dict, kind: str) -> torch.Tensor:
     return x.mean(dim=dims, keepdim=a["keepdim"]) if kind == "mean" else x.sum(dim=dims, keepdim=a["keepdim"])
 
 
-def torch_step(step: Step, ins: list[Any], dtype: torch.dtype, cache: ParamCache, values: dict | None = None) -> Any:
+def torch_step(step: Step, ins: list[Any], dtype: torch.dtype, cache: ParamCache, values: dict | None = None,
+               device: Any = None) -> Any:
     """Evaluate ``step`` with real torch kernels, parameters converted to ``dtype``.
 
     ``ins`` are the values of ``step.inputs`` (tensors in ``dtype`` on one device, or sizes);
-    ``values`` maps step names to values for argument templates (shape steps).
+    ``values`` maps step names to values for argument templates (shape steps); ``device``
+    places parameters of steps without tensor inputs (default: the inputs' device, or CPU).
 
     >>> import torch
     >>> from fpanalysis.nn.trace import trace_model
@@ -178,7 +180,7 @@ def torch_step(step: Step, ins: list[Any], dtype: torch.dtype, cache: ParamCache
     """
     k, a = step.kind, step.attrs
     x = ins[0] if ins else None
-    dev = x.device if isinstance(x, torch.Tensor) else "cpu"
+    dev = x.device if isinstance(x, torch.Tensor) else (device or "cpu")
 
     def p(key: str) -> torch.Tensor | None:
         return cache.get(step, key, dtype, dev)
@@ -227,9 +229,10 @@ def torch_step(step: Step, ins: list[Any], dtype: torch.dtype, cache: ParamCache
         return _affine(x, a)
     if k == "cat":
         return torch.cat(list(ins), dim=a["dim"])
-    if k == "size":
-        vals = values or {}
-        return x.size(*step.resolve(a["args"], vals), **step.resolve(a["kwargs"], vals))
+    if k == "size":  # sizes and arithmetic on them: plain Python values, the same in every backend
+        vals = dict(values or {})
+        vals.update(zip(step.inputs, ins))
+        return a["fn"](*step.resolve(a["args"], vals), **step.resolve(a["kwargs"], vals))
     if k == "shape":
         vals = dict(values or {})
         vals[a["x"].name] = x
@@ -290,33 +293,17 @@ def _stats_of(y: torch.Tensor, fmt: FloatFormat) -> RoundingStats:
     return RoundingStats(y.numel(), 0, ovf, sub, 0)
 
 
-def _linalg():
-    try:
-        from .. import linalg
-    except ImportError:  # the linear-algebra module has not landed: binary32 BLAS fallback
-        return None
-    return linalg
-
-
 def _emulate_linear(step: Step, ins: list[torch.Tensor], emu: Emulator, cache: ParamCache, stream: int) -> torch.Tensor:
+    from .. import linalg as la
+
     k, a = step.kind, step.attrs
-    la = _linalg()
-    kw = dict(order=emu.order, block=emu.block, mode=emu.mode, seed=emu.seed, stream=stream)
-    if la is None and not (emu.profile == "fp32-accumulate" and emu.order == "blas"):
-        raise ImportError("fpanalysis.linalg is needed for this profile/order")
+    kw = {"order": emu.order, "block": emu.block, "mode": emu.mode, "seed": emu.seed, "stream": stream}
     if k == "matmul":
         A, B = ins[0].numpy(), ins[1].numpy()
-        if la is None:
-            y = _fallback_round(torch.matmul(ins[0], ins[1]), emu, stream)
-            return y
         return torch.from_numpy(np.ascontiguousarray(la.matmul(A, B, emu.fmt, emu.profile, **kw), dtype=np.float32))
     W = cache.rounded(step, "weight", emu)
     b = cache.rounded(step, "bias", emu)
     x = ins[0]
-    if la is None:
-        if k == "linear":
-            return _fallback_round(F.linear(x, W, b), emu, stream)
-        return _fallback_round(F.conv2d(x, W, b, a["stride"], a["padding"], a["dilation"], a["groups"]), emu, stream)
     if k == "conv2d":
         y = la.conv2d(x.numpy(), W.numpy(), None if b is None else b.numpy(), a["stride"], a["padding"],
                       a["dilation"], a["groups"], emu.fmt, emu.profile, **kw)
@@ -336,10 +323,6 @@ def _augmented_weight(W: torch.Tensor, b: torch.Tensor | None) -> np.ndarray:
     if b is not None:
         Wt = np.concatenate([Wt, b.numpy()[None, :]], axis=0)
     return np.ascontiguousarray(Wt, dtype=np.float32)
-
-
-def _fallback_round(y32: torch.Tensor, emu: Emulator, stream: int) -> torch.Tensor:
-    return emu.round(y32, stream)[0]
 
 
 def run_model(traced: TracedModel, x: torch.Tensor, fmt: Any = "fp16", profile: str = "fp32-accumulate", *,
