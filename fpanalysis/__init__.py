@@ -4,13 +4,16 @@ Importing the package is cheap: numba kernels compile on first use, torch and ma
 imported only by the modules that need them (``fpanalysis.nn``, plotting functions).
 """
 
-from . import bounds, datasets, ops
+from . import bounds, datasets, ops, tolerance
+from .analysis import analyze
 from .formats import FORMATS, FloatFormat, get_format
 from .linalg import Order, Profile, conv2d, dot, matmul
 from .reference import exact_dot, exact_dot_fraction, exact_matmul, exact_sum
+from .report import AnalysisReport
 from .rounding import RoundingMode, RoundingStats, from_bits, round_to, to_bits
 
 __all__ = [
+    "AnalysisReport",
     "FORMATS",
     "FloatFormat",
     "Order",
@@ -20,6 +23,7 @@ __all__ = [
     "matmul",
     "RoundingMode",
     "RoundingStats",
+    "analyze",
     "bounds",
     "datasets",
     "exact_dot",
@@ -31,6 +35,7 @@ __all__ = [
     "ops",
     "round_to",
     "to_bits",
+    "tolerance",
 ]
 
 __version__ = "0.1.0"

@@ -3,7 +3,7 @@
 :func:`analyze` traces a model (:mod:`fpanalysis.nn.trace`), streams a data set through it
 four ways -- real torch fp32 (``M32``), a float64 reference, the emulator in the chosen
 format/profile/mode, and real torch ``model.half()`` -- records every layer, bounds every
-layer's error from the fp32 run alone (:mod:`fpanalysis.nn.layer_bounds`), and turns the
+layer's error from the fp32 run alone (:mod:`fpanalysis.nn.network_bounds`), and turns the
 bound at the logits into per-input certificates (:mod:`fpanalysis.tolerance`).  The result is
 an :class:`~fpanalysis.report.AnalysisReport`.
 
@@ -201,7 +201,7 @@ def _analyze(torch: Any, model: Any, inputs: Any, fmt: Any, profile: str, mode: 
              real_half: bool, half_device: str, cuda: bool | None, reference: bool, local: bool,
              keep_per_input: bool, name: str | None) -> AnalysisReport:
     from .nn.execute import Emulator
-    from .nn.layer_bounds import BoundConfig, network_lambda
+    from .nn.network_bounds import BoundConfig, network_lambda
     from .nn.record import LayerStats, shapes_and_events, stream_batches
     from .nn.trace import trace_model
     from .progress import progress_bar, progress_enabled

@@ -2,6 +2,7 @@
 
 Subcommands:
   check     will this model train in pure fp16 (or bf16, fp8)? a verdict with reasons and fixes
+  analyze   per-layer rounding error vs bounds, and Γ > 2B certificates, for a model on data
   verify    compare the emulator with independent oracles (numpy, torch, gmpy2, softfloat,
             ml_dtypes); prints a table and exits non-zero on any mismatch
   bench     speed of the emulator against named baselines measured in the same run
@@ -103,6 +104,41 @@ def _cmd_check(args: argparse.Namespace) -> int:
             print(f"wrote {path}")
     fail_on = {"never": (), "unsafe": ("UNSAFE",), "changes": ("UNSAFE", "SAFE WITH CHANGES")}[args.fail_on]
     return 1 if report.verdict in fail_on else 0
+
+
+# --- analyze ----------------------------------------------------------------------------
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    import torch
+
+    from .analysis import analyze
+    from .nn.loading import load_checkpoint, load_model
+
+    torch.manual_seed(args.seed)
+    ds = _load_check_data(args.data, None, args.seed)
+    model = load_model(args.model, input_shape=ds.input_shape, num_classes=ds.num_classes)
+    if args.checkpoint:
+        load_checkpoint(model, args.checkpoint)
+    x, y = ds.x_test[: args.n], ds.y_test[: args.n]
+    rep = analyze(model, x, fmt=args.format, profile=args.profile, mode=args.mode,
+                  failure_prob=args.failure_prob, labels=y, progress=True, name=args.model,
+                  seed=args.seed if args.mode == "stochastic" else None)
+    print(rep.table())
+    print()
+    print(rep.summary())
+    if args.json:
+        rep.to_json(args.json)
+        print(f"wrote {args.json}")
+    if args.plots:
+        from pathlib import Path as _P
+
+        out = _P(args.plots)
+        out.mkdir(parents=True, exist_ok=True)
+        rep.plot_errors(out / "layer_errors.png")
+        rep.plot_exponents(out / "exponents.png")
+        print(f"wrote {out / 'layer_errors.png'}, {out / 'exponents.png'}")
+    return 0
 
 
 # --- verify -----------------------------------------------------------------------------
@@ -244,6 +280,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fail-on", choices=["never", "unsafe", "changes"], default="never",
                    help="exit status 1 when the verdict is UNSAFE (or needs changes)")
     p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser(
+        "analyze", help="per-layer rounding error vs bounds; certified agreement (Γ > 2B)",
+        description="Run MODEL on test inputs in fp32, a float64 reference, the emulator and torch's half "
+        "kernels; report every layer's measured error against its deterministic and probabilistic bounds, "
+        "range statistics, and the certified vs observed agreement of the classes. Train or load a "
+        "checkpoint first: an untrained model has no margins to certify.",
+    )
+    p.add_argument("model", help="built-in model name or path/to/file.py:factory")
+    p.add_argument("--data", required=True, help="built-in dataset or a directory with MNIST / CIFAR-10 files")
+    p.add_argument("--checkpoint", help="state_dict saved with torch.save (loaded with weights_only=True)")
+    p.add_argument("--n", type=int, default=256, help="number of test inputs (default 256)")
+    p.add_argument("--format", default="fp16")
+    p.add_argument("--profile", default="fp32-accumulate", help="fp32-accumulate, ieee or exact")
+    p.add_argument("--mode", default="nearest-even")
+    p.add_argument("--failure-prob", type=float, default=1e-6, help="of the probabilistic bound, per input")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="PATH")
+    p.add_argument("--plots", metavar="DIR", help="write layer_errors.png and exponents.png there")
+    p.set_defaults(func=_cmd_analyze)
 
     p = sub.add_parser("verify", help="compare the emulator with independent oracles",
                        description="Compare rounding, conversions, encodings and arithmetic with "

@@ -8,7 +8,7 @@ Yun et al., "Revisiting 16-bit Neural Network Training" (arXiv:2305.10947), defi
 
 and prove: ``Gamma(M32, x) > 2 delta(x)  =>  argmax M16(x) = argmax M32(x)``.  The paper
 measures ``delta`` after the fact.  Given a bound ``B(x) >= delta(x)`` computed from the fp32
-run alone (:mod:`fpanalysis.nn.layer_bounds`), ``Gamma(x) > 2 B(x)`` *certifies* before running
+run alone (:mod:`fpanalysis.nn.network_bounds`), ``Gamma(x) > 2 B(x)`` *certifies* before running
 fp16 that it will classify ``x`` as fp32 does: deterministically (a sound certificate) or with
 a stated probability (the probabilistic bound).
 

@@ -309,7 +309,7 @@ def test_stats_kernel_matches_numpy_twin(rng: np.random.Generator) -> None:
 def test_torch_accumulation_bounds_equal_the_bounds_module(fmt, profile, mode, order, rng) -> None:
     """Oracle: fpanalysis.bounds.accumulation_bound (NumPy), deterministic and probabilistic."""
     from fpanalysis import bounds as Bd
-    from fpanalysis.nn.layer_bounds import BoundConfig, accumulation_bounds
+    from fpanalysis.nn.network_bounds import BoundConfig, accumulation_bounds
 
     cfg = BoundConfig.make(fmt, profile, mode, order, 16, lam=6.5)
     A = np.abs(rng.standard_normal((50, 7))) * 10.0 ** rng.integers(-12, 6, (50, 7))

@@ -3,7 +3,7 @@
 For each batch and each step, in one pass and without keeping activations after their last use:
 the fp32 run, the float64 reference, the emulator, the real torch half run, the exact and the
 torch-half operation applied to the emulator's own input (local error, bitwise match), and the
-bounds of :mod:`fpanalysis.nn.layer_bounds`.  :class:`LayerStats` accumulates what
+bounds of :mod:`fpanalysis.nn.network_bounds`.  :class:`LayerStats` accumulates what
 :class:`fpanalysis.report.LayerReport` reports.
 
 Used by :func:`fpanalysis.analysis.analyze`; see there for the meaning of the options.
@@ -24,7 +24,7 @@ from ..formats import FloatFormat
 from ..report import LayerReport
 from ..rounding import RoundingStats
 from .execute import EXACT_KINDS, Emulator, ParamCache, emulate_step, torch_step
-from .layer_bounds import BoundConfig, StepBound, local_bound, rounding_events, step_bound
+from .network_bounds import BoundConfig, StepBound, local_bound, rounding_events, step_bound
 from .trace import Step, TracedModel
 
 __all__ = ["LayerStats", "OutputRecord", "shapes_and_events", "stream_batches"]
@@ -143,7 +143,7 @@ class OutputRecord:
 def shapes_and_events(traced: TracedModel, x1: torch.Tensor) -> tuple[dict[str, tuple], dict[str, int | None], int]:
     """Run the fp32 steps on one input: per-step output shapes (without batch axis), reduction
     lengths and the total number of probabilistic rounding events per input."""
-    from .layer_bounds import _reduction_length
+    from .network_bounds import _reduction_length
 
     cache = ParamCache()
     vals: dict[str, Any] = {}
