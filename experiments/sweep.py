@@ -9,8 +9,9 @@
 Grid axes take comma-separated lists; every other ``--key=value`` is a ``train.Config``
 override applied to all runs (``--smoke`` too).  Sweep options: ``--out`` (folder),
 ``--workers`` (parallel runs; default: the machine's cores, one torch thread each),
-``--backend`` (``local``: one fresh process per run, default; ``ray``; ``serial``: in this
-process), ``--retries`` (re-runs of a run whose process died), ``--max_minutes`` (launch no new
+``--backend`` (``local``: worker processes, default; ``ray``; ``serial``: in this process),
+``--runs_per_process`` (local: runs per worker process before a fresh one starts; 1, the
+default, gives each run its own process and so its own peak-RSS number), ``--retries`` (re-runs of a run whose process died), ``--max_minutes`` (launch no new
 run after this), ``--no_progress``, ``--summary_only``.
 
 Layout of ``--out``: ``runs/<run_name>.json`` (one per run, written atomically when the run
@@ -55,6 +56,7 @@ class SweepOptions:
     out: str = "experiments/results/sweep"
     workers: int = 0          # 0 = os.cpu_count()
     backend: str = "local"
+    runs_per_process: int = 1  # local backend: runs executed by one worker process before it exits
     retries: int = 1
     max_minutes: float = 0.0  # 0 = no deadline
     ray_address: str = ""     # "" = start a local Ray instance
@@ -131,15 +133,19 @@ def _record_failure(cfg: train.Config, text: str) -> None:
 # executing one run
 
 
-def _child(cfg_dict: dict, run_fn: Callable | None) -> None:
-    """Entry point of a local worker process: run one configuration, exit 0 on success."""
-    cfg = train.Config(**cfg_dict)
-    try:
-        (run_fn or train.run)(cfg)
-    except BaseException:
-        _record_failure(cfg, traceback.format_exc())
-        sys.stdout.flush()
-        os._exit(1)
+def _child(cfg_dicts: list[dict], run_fn: Callable | None) -> None:
+    """Entry point of a local worker process: run the configurations in order.
+
+    A run that raises leaves a traceback in ``failed/<run>.txt`` and the worker goes on to the
+    next one; a result file appears only for runs that finished.
+    """
+    for cfg_dict in cfg_dicts:
+        cfg = train.Config(**cfg_dict)
+        try:
+            (run_fn or train.run)(cfg)
+        except Exception:
+            _record_failure(cfg, traceback.format_exc())
+    sys.stdout.flush()
 
 
 def _ray_task(cfg_dict: dict, run_fn: Callable | None) -> dict:
@@ -181,12 +187,54 @@ def _progress(total: int, enabled: bool, desc: str):
 def _run_local(todo, report, opts, run_fn, deadline):
     import multiprocessing as mp
 
-    ctx = mp.get_context("spawn")  # fresh interpreter per run: clean peak-RSS numbers, no fork+threads hazards
-    workers = opts.workers or os.cpu_count() or 1
+    # spawn: a fresh interpreter (no fork of a process holding torch threads); with
+    # runs_per_process=1 every run also gets its own process and so its own peak-RSS number.
+    ctx = mp.get_context("spawn")
+    workers = max(1, opts.workers or os.cpu_count() or 1)
+    per_proc = max(1, opts.runs_per_process)
     queue = list(todo)
     attempts = {train.run_name(c): 0 for c in todo}
-    running: dict[str, tuple[Any, train.Config]] = {}
+    running: list[tuple[Any, list[train.Config]]] = []
     bar = _progress(len(todo), opts.progress, "sweep")
+
+    def launch():
+        n = min(per_proc, max(1, math.ceil(len(queue) / workers)))
+        chunk, queue[:] = queue[:n], queue[n:]
+        for cfg in chunk:
+            _failure_path(cfg).unlink(missing_ok=True)  # a failure file now means: failed in this attempt
+        p = ctx.Process(target=_child, args=([dataclasses.asdict(c) for c in chunk], run_fn),
+                        name=f"sweep:{train.run_name(chunk[0])}")
+        p.start()
+        running.append((p, chunk))
+
+    def settle(p, chunk):
+        died = p.exitcode != 0
+        culprit_seen = False
+        for cfg in chunk:
+            name = train.run_name(cfg)
+            fp = _failure_path(cfg)
+            if is_complete(cfg):
+                report.executed.append(name)
+                report.failed.pop(name, None)
+                bar.update(1)
+            elif fp.exists():  # raised an exception: deterministic, not retried
+                lines = fp.read_text().strip().splitlines()
+                report.failed[name] = lines[-1] if lines else "failed"
+                bar.update(1)
+            elif died and not culprit_seen:  # the run that was in progress when the process died
+                culprit_seen = True
+                attempts[name] += 1
+                msg = f"worker process exited with status {p.exitcode} (killed or crashed) during this run"
+                _record_failure(cfg, msg)
+                report.failed[name] = msg
+                if attempts[name] <= opts.retries:
+                    queue.append(cfg)
+                else:
+                    bar.update(1)
+            else:  # not reached before the process died: run it again, no attempt counted
+                queue.insert(0, cfg)
+        bar.set_postfix(failed=len(report.failed))
+
     try:
         while queue or running:
             while queue and len(running) < workers:
@@ -194,36 +242,17 @@ def _run_local(todo, report, opts, run_fn, deadline):
                     report.not_started += [train.run_name(c) for c in queue]
                     queue.clear()
                     break
-                cfg = queue.pop(0)
-                name = train.run_name(cfg)
-                attempts[name] += 1
-                p = ctx.Process(target=_child, args=(dataclasses.asdict(cfg), run_fn), name=f"sweep:{name}")
-                p.start()
-                running[name] = (p, cfg)
-            for name, (p, cfg) in list(running.items()):
+                launch()
+            for item in list(running):
+                p, chunk = item
                 if p.is_alive():
                     continue
                 p.join()
-                del running[name]
-                if p.exitcode == 0 and is_complete(cfg):
-                    report.executed.append(name)
-                    report.failed.pop(name, None)
-                    bar.update(1)
-                    continue
-                fp = _failure_path(cfg)
-                err = fp.read_text() if p.exitcode == 1 and fp.exists() else (
-                    f"worker process exited with status {p.exitcode} (killed or crashed) without a result")
-                if p.exitcode != 1:
-                    _record_failure(cfg, err)
-                report.failed[name] = err.strip().splitlines()[-1] if err.strip() else err
-                if p.exitcode != 1 and attempts[name] <= opts.retries:
-                    queue.append(cfg)  # the process died: try again
-                else:
-                    bar.update(1)
-                bar.set_postfix(failed=len(report.failed))
+                running.remove(item)
+                settle(p, chunk)
             time.sleep(0.05)
     finally:
-        for name, (p, _) in running.items():  # interrupted: stop our own children
+        for p, _ in running:  # interrupted: stop our own children
             if p.is_alive():
                 p.terminate()
                 p.join(5)
@@ -360,36 +389,53 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 MODE_ORDER = ["fp32", "amp-fp16", "fp16", "bf16", "amp-bf16"]
-COLUMNS = ["dataset", "model", "optimizer", "mode", "runs", "diverged", "acc_mean", "acc_std",
-           "acc_minus_fp32", "acc_minus_amp_fp16", "train_time_s", "time_ratio_fp32", "time_ratio_amp_fp16",
-           "samples_per_s", "peak_mem_mb", "mem_ratio_fp32", "state_mb", "memory_kind", "device"]
+COLUMNS = ["dataset", "model", "optimizer", "variant", "mode", "runs", "diverged", "acc_mean", "acc_std",
+           "acc_minus_fp32", "acc_minus_amp_fp16", "epoch_s", "time_ratio_fp32", "time_ratio_amp_fp16",
+           "train_time_s", "samples_per_s", "peak_mem_mb", "mem_ratio_fp32", "state_mb", "memory_kind", "device"]
+
+
+def _epoch_seconds(r: dict) -> float:
+    """Steady-state seconds per training epoch: the mean over epochs after the first (which
+    pays one-off costs: lazy initialisation, kernel selection); the first if it is the only one."""
+    walls = [e["wall_s"] for e in r.get("epochs", [])]
+    if not walls:
+        return float("nan")
+    return sum(walls[1:]) / len(walls[1:]) if len(walls) > 1 else walls[0]
 
 
 def summarize(results: list[dict]) -> list[dict]:
-    """One row per (dataset, model, optimizer, mode): accuracy mean and std (final test
-    accuracy, diverged runs included as measured), differences of mean accuracy from fp32 and
-    from amp-fp16 in percentage points, mean train time and its ratio to fp32 and amp-fp16,
-    throughput, peak memory (CUDA: max allocated minus the dataset; CPU: RSS growth during the
-    run) and its ratio to fp32, and the bytes of weights + gradients + optimizer state."""
+    """One row per (dataset, model, optimizer, variant, mode).
+
+    ``variant`` is the run tag (e.g. an epsilon setting).  Accuracy: final test accuracy in
+    percent, mean and sample standard deviation over seeds, diverged runs included as measured
+    (and counted).  ``acc_minus_fp32`` / ``acc_minus_amp_fp16``: difference of mean accuracies
+    in percentage points.  ``epoch_s``: steady-state seconds per training epoch, mean over runs
+    that did not diverge (a diverged run stops early); ``time_ratio_*`` are ratios of those
+    means.  ``peak_mem_mb``: CUDA max allocated minus the dataset held on the device, or on CPU
+    the growth of resident memory from just before the model is built; ``state_mb``: weights +
+    gradients + optimizer state.
+    """
     groups: dict[tuple, dict[str, list[dict]]] = {}
     for r in results:
         c = r["config"]
-        groups.setdefault((c["dataset"], c["model"], c["optimizer"]), {}).setdefault(c["mode"], []).append(r)
+        key = (c["dataset"], c["model"], c["optimizer"], c.get("tag", ""))
+        groups.setdefault(key, {}).setdefault(c["mode"], []).append(r)
     rows = []
     for key in sorted(groups):
         by_mode = groups[key]
         stats = {}
         for mode, rs in by_mode.items():
+            ok = [r for r in rs if r["status"] != "diverged"]
             acc_m, acc_s = _mean_std([100.0 * r["final"]["test_acc"] for r in rs])
-            t_m, _ = _mean_std([r["final"]["train_time_s"] for r in rs])
-            sps, _ = _mean_std([r["final"]["samples_per_s"] for r in rs])
-            mem, _ = _mean_std([_peak_memory(r) for r in rs])
-            state, _ = _mean_std([sum(r["memory"][k] for k in ("param_bytes", "grad_bytes", "optimizer_state_bytes"))
-                                  for r in rs])
-            stats[mode] = dict(runs=len(rs), diverged=sum(r["status"] == "diverged" for r in rs), acc_mean=acc_m,
-                               acc_std=acc_s, train_time_s=t_m, samples_per_s=sps, peak_mem_mb=mem / 2 ** 20,
-                               state_mb=state / 2 ** 20, memory_kind=rs[0]["memory"].get("kind"),
-                               device=rs[0]["environment"]["device"])
+            stats[mode] = dict(
+                runs=len(rs), diverged=len(rs) - len(ok), acc_mean=acc_m, acc_std=acc_s,
+                epoch_s=_mean_std([_epoch_seconds(r) for r in ok])[0],
+                train_time_s=_mean_std([r["final"]["train_time_s"] for r in rs])[0],
+                samples_per_s=_mean_std([r["final"]["samples_per_s"] for r in ok])[0],
+                peak_mem_mb=_mean_std([_peak_memory(r) for r in rs])[0] / 2 ** 20,
+                state_mb=_mean_std([sum(r["memory"][k] for k in ("param_bytes", "grad_bytes", "optimizer_state_bytes"))
+                                    for r in rs])[0] / 2 ** 20,
+                memory_kind=rs[0]["memory"].get("kind"), device=rs[0]["environment"]["device"])
         ref, amp = stats.get("fp32"), stats.get("amp-fp16")
         order = [m for m in MODE_ORDER if m in stats] + sorted(m for m in stats if m not in MODE_ORDER)
         for mode in order:
@@ -401,10 +447,9 @@ def summarize(results: list[dict]) -> list[dict]:
             def ratio(other, k):
                 return s[k] / other[k] if other and other[k] else float("nan")
 
-            rows.append({"dataset": key[0], "model": key[1], "optimizer": key[2], "mode": mode, **s,
-                         "acc_minus_fp32": diff(ref, "acc_mean"), "acc_minus_amp_fp16": diff(amp, "acc_mean"),
-                         "time_ratio_fp32": ratio(ref, "train_time_s"),
-                         "time_ratio_amp_fp16": ratio(amp, "train_time_s"),
+            rows.append({"dataset": key[0], "model": key[1], "optimizer": key[2], "variant": key[3], "mode": mode,
+                         **s, "acc_minus_fp32": diff(ref, "acc_mean"), "acc_minus_amp_fp16": diff(amp, "acc_mean"),
+                         "time_ratio_fp32": ratio(ref, "epoch_s"), "time_ratio_amp_fp16": ratio(amp, "epoch_s"),
                          "mem_ratio_fp32": ratio(ref, "peak_mem_mb")})
     return rows
 
@@ -417,26 +462,27 @@ def _fmt(v: Any, spec: str) -> str:
 
 def summary_markdown(rows: list[dict], title: str = "Sweep summary") -> str:
     """The summary rows as a Markdown table with a legend."""
-    lines = [f"# {title}", "",
-             "| dataset | model | opt | mode | runs | diverged | test acc % (mean ± std) | Δ vs fp32 (pts) "
-             "| Δ vs amp-fp16 (pts) | train s | time ×fp32 | time ×amp | samples/s | peak mem MB | mem ×fp32 "
-             "| w+g+opt MB |",
-             "|" + "---|" * 16]
+    variants = any(r["variant"] for r in rows)
+    head = ["dataset", "model", "opt"] + (["variant"] if variants else []) + [
+        "mode", "runs", "diverged", "test acc % (mean ± std)", "Δ vs fp32 (pts)", "Δ vs amp-fp16 (pts)",
+        "epoch s", "time ×fp32", "time ×amp-fp16", "samples/s", "peak mem MB", "mem ×fp32", "w+g+opt MB"]
+    lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append(
-            f"| {r['dataset']} | {r['model']} | {r['optimizer']} | {r['mode']} | {r['runs']} | {r['diverged']} "
-            f"| {_fmt(r['acc_mean'], '.2f')} ± {_fmt(r['acc_std'], '.2f')} | {_fmt(r['acc_minus_fp32'], '+.2f')} "
-            f"| {_fmt(r['acc_minus_amp_fp16'], '+.2f')} | {_fmt(r['train_time_s'], '.2f')} "
-            f"| {_fmt(r['time_ratio_fp32'], '.2f')} | {_fmt(r['time_ratio_amp_fp16'], '.2f')} "
-            f"| {_fmt(r['samples_per_s'], '.0f')} | {_fmt(r['peak_mem_mb'], '.1f')} | {_fmt(r['mem_ratio_fp32'], '.2f')} "
-            f"| {_fmt(r['state_mb'], '.3f')} |")
+        cells = [r["dataset"], r["model"], r["optimizer"]] + ([r["variant"] or "—"] if variants else []) + [
+            r["mode"], str(r["runs"]), str(r["diverged"]),
+            f"{_fmt(r['acc_mean'], '.2f')} ± {_fmt(r['acc_std'], '.2f')}", _fmt(r["acc_minus_fp32"], "+.2f"),
+            _fmt(r["acc_minus_amp_fp16"], "+.2f"), _fmt(r["epoch_s"], ".3f"), _fmt(r["time_ratio_fp32"], ".2f"),
+            _fmt(r["time_ratio_amp_fp16"], ".2f"), _fmt(r["samples_per_s"], ".0f"), _fmt(r["peak_mem_mb"], ".1f"),
+            _fmt(r["mem_ratio_fp32"], ".2f"), _fmt(r["state_mb"], ".3f")]
+        lines.append("| " + " | ".join(cells) + " |")
     kinds = sorted({f"{r['device']}: {r['memory_kind']}" for r in rows})
     lines += ["",
-              "Accuracy: final-epoch test accuracy; diverged runs are included as measured (they are also counted). "
-              "Δ: difference of mean accuracies in percentage points. Time: training wall time (evaluation excluded), "
-              "ratio of means. Peak memory: CUDA max allocated minus the dataset on the device, or on CPU the growth "
-              f"of resident memory during the run ({'; '.join(kinds)}). w+g+opt: bytes of weights, gradients and "
-              "optimizer state."]
+              "Test accuracy: final epoch, mean ± sample std over seeds; diverged runs are included as measured "
+              "and counted. Δ: difference of mean accuracies, percentage points. Epoch s: steady-state training "
+              "seconds per epoch (epochs after the first; evaluation excluded), runs that did not diverge; time × "
+              "are ratios of those means. Peak memory: CUDA max allocated minus the dataset on the device, or on "
+              f"CPU the growth of resident memory from just before the model is built ({'; '.join(kinds)}). "
+              "w+g+opt: bytes of weights, gradients and optimizer state."]
     return "\n".join(lines) + "\n"
 
 
@@ -501,6 +547,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    import signal
+
+    # A terminated sweep stops its workers (the local backend's cleanup runs on SystemExit).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     out = Path(opts.out)
     if not opts.summary_only:
         if base.threads == 0 and opts.backend != "serial":

@@ -173,6 +173,37 @@ def _dtype_name(dt) -> str:
     return str(dt).replace("torch.", "")
 
 
+_DATA_CACHE: dict[tuple, Any] = {}
+
+
+def _load_data(cfg: Config):
+    """The run's dataset; the last one loaded is kept, so sweeps in one process load it once."""
+    from fpanalysis.datasets import load_dataset
+
+    data_dir = _resolve_data_dir(cfg)
+    opts = {"seed": cfg.data_seed} if cfg.dataset in ("mnist5000", "digits", "gaussian") else {}
+    key = (cfg.dataset, data_dir, cfg.n_train, cfg.n_test, tuple(sorted(opts.items())))
+    if key not in _DATA_CACHE:
+        _DATA_CACHE.clear()
+        _DATA_CACHE[key] = load_dataset(cfg.dataset, data_dir=data_dir, n_train=cfg.n_train or None,
+                                        n_test=cfg.n_test or None, **opts)
+    return _DATA_CACHE[key]
+
+
+def _release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``), so
+    that resident-memory growth measured from here belongs to the run that follows."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        pass
+
+
 def _resolve_data_dir(cfg: Config) -> str | None:
     if cfg.dataset not in ("mnist", "cifar10"):
         return None
@@ -332,18 +363,20 @@ def _environment(device) -> dict[str, Any]:
 
 def run(cfg: Config) -> dict[str, Any]:
     """Train, evaluate every epoch, save weights and the JSON result; return the result dict."""
-    import numpy as np
     import torch
-
-    from fpanalysis.datasets import load_dataset
 
     t_start = time.time()
     name = run_name(cfg)
     out_path = Path(cfg.out) if cfg.out else HERE / "results" / "runs" / f"{name}.json"
 
-    ds = load_dataset(cfg.dataset, data_dir=_resolve_data_dir(cfg), n_train=cfg.n_train or None,
-                      n_test=cfg.n_test or None,
-                      **({"seed": cfg.data_seed} if cfg.dataset in ("mnist5000", "digits", "gaussian") else {}))
+    ds = _load_data(cfg)
+    import torch._dynamo  # noqa: F401  (imported lazily by the optimizers: keep it out of the memory growth)
+
+    import fpanalysis.nn.models  # noqa: F401
+    import fpanalysis.nn.precision  # noqa: F401
+
+    _release_memory()
+    rss_baseline = _rss_bytes()  # before the model exists: growth covers weights, grads, state, activations
     trainer = prepare(cfg, ds.input_shape, ds.num_classes)
     model, opt, pol = trainer.model, trainer.optimizer, trainer.policy
     dev = pol.device
@@ -357,8 +390,7 @@ def run(cfg: Config) -> dict[str, Any]:
     if cuda:
         torch.cuda.synchronize(dev)
         torch.cuda.reset_peak_memory_stats(dev)
-    rss_baseline = _rss_bytes()
-    rss_peak = rss_baseline
+    rss_peak = _rss_bytes()
 
     n = len(y_train)
     bs = min(cfg.batch_size, n)
@@ -503,7 +535,6 @@ def run(cfg: Config) -> dict[str, Any]:
     }
     write_json_atomic(out_path, result)
     result["result_path"] = str(out_path)
-    del np
     return result
 
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from fpanalysis.nn.models import ViTTiny, _Attention, build_model, model_names
 
-SHAPES = [(1, 28, 28), (3, 32, 32), (1, 8, 8)]
+SHAPES = [(3, 32, 32), (1, 8, 8)]  # CIFAR-size, and the padded path for tiny inputs (digits)
 PLAIN = (nn.Linear, nn.Conv2d, nn.BatchNorm2d, nn.LayerNorm, nn.ReLU, nn.GELU, nn.MaxPool2d,
          nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity)
 

@@ -74,24 +74,36 @@ def test_serial_sweep_resumes_and_reruns_changed_configs(tmp_path):
         assert after[name] == before[name]
 
 
-def test_worker_death_loses_nothing_and_resume_finishes(tmp_path):
-    opts = sweep.SweepOptions(out=str(tmp_path), backend="local", workers=2, retries=1, progress=False)
-    cfgs = sweep.expand_grid(BASE, {"seed": [0, 1, 2]}, tmp_path)
+def test_worker_death_loses_nothing_and_resume_finishes(tmp_path, per_process=2):
+    # With 2 runs per process the chunks are [s1, s2] and [s0, s3]: s1's process dies before s2
+    # starts, so s2 must be requeued without being blamed.
+    opts = sweep.SweepOptions(out=str(tmp_path), backend="local", workers=2, retries=1, progress=False,
+                              runs_per_process=per_process)
+    cfgs = sweep.expand_grid(BASE, {"seed": [1, 2, 0, 3]}, tmp_path)
     rep = sweep.run_sweep(cfgs, opts, run_fn=crash_on_seed_1)
     dead = "gaussian-mlp-fp32-sgd-s1"
-    assert sorted(rep.executed) == ["gaussian-mlp-fp32-sgd-s0", "gaussian-mlp-fp32-sgd-s2"]
+    assert sorted(rep.executed) == [f"gaussian-mlp-fp32-sgd-s{s}" for s in (0, 2, 3)]
     assert list(rep.failed) == [dead] and "status 3" in rep.failed[dead]
     assert (tmp_path / "attempts.txt").read_text().split() == [dead, dead]  # tried, retried once
     assert "status 3" in (tmp_path / "failed" / f"{dead}.txt").read_text()
     before = _fingerprints(tmp_path)
-    assert sorted(before) == [f"gaussian-mlp-fp32-sgd-s{s}.json" for s in (0, 2)]
-    for c in cfgs:
-        if c.seed != 1:
-            assert sweep.is_complete(c)
+    assert sorted(before) == [f"gaussian-mlp-fp32-sgd-s{s}.json" for s in (0, 2, 3)]
     rep = sweep.run_sweep(cfgs, opts)  # the real run function now
     assert rep.executed == [dead] and sorted(rep.skipped) == sorted(set(train.run_name(c) for c in cfgs) - {dead})
     after = _fingerprints(tmp_path)
-    assert {k: after[k] for k in before} == before and len(after) == 3
+    assert {k: after[k] for k in before} == before and len(after) == 4
+
+
+def test_run_that_raises_is_reported_not_retried(tmp_path):
+    opts = sweep.SweepOptions(out=str(tmp_path), backend="local", workers=1, retries=3, progress=False,
+                              runs_per_process=3)
+    cfgs = sweep.expand_grid(dataclasses.replace(BASE, n_train=0), {"dataset": ["gaussian", "mnist"]}, tmp_path)
+    cfgs = [dataclasses.replace(c, data_dir=str(tmp_path / "no-mnist-here")) if c.dataset == "mnist" else c
+            for c in cfgs]
+    rep = sweep.run_sweep(cfgs, opts)
+    assert rep.executed == ["gaussian-mlp-fp32-sgd-s0"]
+    assert list(rep.failed) == ["mnist-mlp-fp32-sgd-s0"] and "does not exist" in rep.failed["mnist-mlp-fp32-sgd-s0"]
+    assert "Traceback" in (tmp_path / "failed" / "mnist-mlp-fp32-sgd-s0.txt").read_text()
 
 
 def test_killed_sweep_resumes_without_redoing_or_losing_runs(tmp_path):
@@ -160,47 +172,56 @@ def _ray_checks(tmp_path):
 # summary
 
 
-def _fake(mode, seed, acc, t, mem, status="complete", model="mlp"):
-    cfg = dataclasses.asdict(dataclasses.replace(BASE, mode=mode, seed=seed, model=model))
+def _fake(mode, seed, acc, t, mem, status="complete", model="mlp", tag=""):
+    cfg = dataclasses.asdict(dataclasses.replace(BASE, mode=mode, seed=seed, model=model, tag=tag))
     return {"schema": train.SCHEMA, "status": status, "config": cfg,
-            "final": {"test_acc": acc, "train_time_s": t, "samples_per_s": 1000 / t},
+            "epochs": [{"wall_s": 3 * t}, {"wall_s": t - 1}, {"wall_s": t + 1}],
+            "final": {"test_acc": acc, "train_time_s": 5 * t, "samples_per_s": 1000 / t},
             "memory": {"kind": "cpu_rss", "peak_minus_baseline_bytes": mem, "param_bytes": 100,
                        "grad_bytes": 100, "optimizer_state_bytes": 100},
             "environment": {"device": "cpu"}}
 
 
 def test_summary_table_against_statistics(tmp_path):
+    # (final test accuracy, steady epoch seconds, peak memory bytes) per seed
     data = {"fp32": [(0.90, 2.0, 4e6), (0.94, 4.0, 6e6), (0.92, 3.0, 5e6)],
             "amp-fp16": [(0.91, 6.0, 3e6), (0.93, 6.0, 3e6), (0.95, 6.0, 3e6)],
-            "fp16": [(0.10, 30.0, 2e6), (0.89, 36.0, 2e6), (0.90, 24.0, 2e6)]}
+            "fp16": [(0.10, 90.0, 2e6), (0.89, 36.0, 2e6), (0.90, 24.0, 2e6)]}
     results = []
     for mode, rows in data.items():
         for seed, (acc, t, mem) in enumerate(rows):
             results.append(_fake(mode, seed, acc, t, mem, "diverged" if acc < 0.5 else "complete"))
+    results.append(_fake("fp16", 0, 0.5, 1.0, 1.0, tag="other"))  # another variant: its own group
     (tmp_path / "runs").mkdir()
     for i, r in enumerate(results):
         train.write_json_atomic(tmp_path / "runs" / f"r{i}.json", r)
     (tmp_path / "runs" / "junk.json").write_text("{not json")
     sweep.write_summary(tmp_path)
-    rows = {r["mode"]: r for r in csv.DictReader(io.StringIO((tmp_path / "summary.csv").read_text()))}
-    assert list(rows) == ["fp32", "amp-fp16", "fp16"]
+    table = list(csv.DictReader(io.StringIO((tmp_path / "summary.csv").read_text())))
+    assert [(r["variant"], r["mode"]) for r in table] == [("", "fp32"), ("", "amp-fp16"), ("", "fp16"),
+                                                          ("other", "fp16")]
+    rows = {r["mode"]: r for r in table if not r["variant"]}
 
-    def m(mode, k=0):
-        return statistics.mean(100 * v[k] if k == 0 else v[k] for v in data[mode])
+    def acc(mode):
+        return statistics.mean(100 * v[0] for v in data[mode])
+
+    def secs(mode):  # runs that did not diverge
+        return statistics.mean(v[1] for v in data[mode] if v[0] >= 0.5)
 
     for mode in data:
         r = rows[mode]
         assert int(r["runs"]) == 3
-        assert float(r["acc_mean"]) == pytest.approx(m(mode))
+        assert float(r["acc_mean"]) == pytest.approx(acc(mode))
         assert float(r["acc_std"]) == pytest.approx(statistics.stdev(100 * v[0] for v in data[mode]))
-        assert float(r["acc_minus_fp32"]) == pytest.approx(m(mode) - m("fp32"))
-        assert float(r["acc_minus_amp_fp16"]) == pytest.approx(m(mode) - m("amp-fp16"))
-        assert float(r["time_ratio_fp32"]) == pytest.approx(m(mode, 1) / m("fp32", 1))
-        assert float(r["time_ratio_amp_fp16"]) == pytest.approx(m(mode, 1) / m("amp-fp16", 1))
-        assert float(r["mem_ratio_fp32"]) == pytest.approx(m(mode, 2) / m("fp32", 2))
+        assert float(r["acc_minus_fp32"]) == pytest.approx(acc(mode) - acc("fp32"))
+        assert float(r["acc_minus_amp_fp16"]) == pytest.approx(acc(mode) - acc("amp-fp16"))
+        assert float(r["epoch_s"]) == pytest.approx(secs(mode))
+        assert float(r["time_ratio_fp32"]) == pytest.approx(secs(mode) / secs("fp32"))
+        assert float(r["time_ratio_amp_fp16"]) == pytest.approx(secs(mode) / secs("amp-fp16"))
+        assert float(r["mem_ratio_fp32"]) == pytest.approx(statistics.mean(v[2] for v in data[mode]) / 5e6)
     assert [int(rows[k]["diverged"]) for k in rows] == [0, 0, 1]
     md = (tmp_path / "summary.md").read_text()
-    assert "| gaussian | mlp | sgd | fp16 | 3 | 1 | 63.00 ± 45.90 | -29.00 | -30.00 | 30.00 | 10.00 | 5.00 |" in md
+    assert "| gaussian | mlp | sgd | — | fp16 | 3 | 1 | 63.00 ± 45.90 | -29.00 | -30.00 | 30.000 | 10.00 | 5.00 |" in md
 
 
 def test_sweep_cli_parsing():
