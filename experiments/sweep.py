@@ -438,19 +438,19 @@ def summarize(results: list[dict]) -> list[dict]:
                 memory_kind=rs[0]["memory"].get("kind"), device=rs[0]["environment"]["device"])
         ref, amp = stats.get("fp32"), stats.get("amp-fp16")
         order = [m for m in MODE_ORDER if m in stats] + sorted(m for m in stats if m not in MODE_ORDER)
+        def diff(s, other, k):
+            return s[k] - other[k] if other else float("nan")
+
+        def ratio(s, other, k):
+            return s[k] / other[k] if other and other[k] else float("nan")
+
         for mode in order:
             s = stats[mode]
-
-            def diff(other, k):
-                return s[k] - other[k] if other else float("nan")
-
-            def ratio(other, k):
-                return s[k] / other[k] if other and other[k] else float("nan")
-
             rows.append({"dataset": key[0], "model": key[1], "optimizer": key[2], "variant": key[3], "mode": mode,
-                         **s, "acc_minus_fp32": diff(ref, "acc_mean"), "acc_minus_amp_fp16": diff(amp, "acc_mean"),
-                         "time_ratio_fp32": ratio(ref, "epoch_s"), "time_ratio_amp_fp16": ratio(amp, "epoch_s"),
-                         "mem_ratio_fp32": ratio(ref, "peak_mem_mb")})
+                         **s, "acc_minus_fp32": diff(s, ref, "acc_mean"),
+                         "acc_minus_amp_fp16": diff(s, amp, "acc_mean"),
+                         "time_ratio_fp32": ratio(s, ref, "epoch_s"), "time_ratio_amp_fp16": ratio(s, amp, "epoch_s"),
+                         "mem_ratio_fp32": ratio(s, ref, "peak_mem_mb")})
     return rows
 
 

@@ -48,6 +48,7 @@ class Config:
     data_dir: str = ""           # mnist / cifar10: directory of files ("" = ../shared/data/<dataset>)
     n_train: int = 0             # keep the first n training examples (0 = all)
     n_test: int = 0              # keep the first n test examples (0 = all)
+    input_scale: float = 1.0     # multiply every input by this (stress tests: activations beyond fp16's range)
     model: str = "mlp"           # mlp | lenet5 | resnet20 | vgg_small | vit_tiny
     width: int = 0               # model width option (0 = the model's default)
     # --- precision
@@ -158,11 +159,11 @@ def _rss_bytes() -> int:
 def _git_commit() -> dict[str, Any]:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                timeout=10).stdout.strip() or None
+                                timeout=10, check=False).stdout.strip() or None
         dirty = None
         if commit:
             st = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                capture_output=True, text=True, timeout=10).stdout
+                                capture_output=True, text=True, timeout=10, check=False).stdout
             dirty = bool(st.strip())
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
@@ -187,7 +188,11 @@ def _load_data(cfg: Config):
         _DATA_CACHE.clear()
         _DATA_CACHE[key] = load_dataset(cfg.dataset, data_dir=data_dir, n_train=cfg.n_train or None,
                                         n_test=cfg.n_test or None, **opts)
-    return _DATA_CACHE[key]
+    ds = _DATA_CACHE[key]
+    if cfg.input_scale != 1.0:
+        ds = dataclasses.replace(ds, x_train=(ds.x_train * cfg.input_scale).astype("float32"),
+                                 x_test=(ds.x_test * cfg.input_scale).astype("float32"))
+    return ds
 
 
 def _release_memory() -> None:

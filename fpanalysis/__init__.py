@@ -4,7 +4,7 @@ Importing the package is cheap: numba kernels compile on first use, torch and ma
 imported only by the modules that need them (``fpanalysis.nn``, plotting functions).
 """
 
-from . import bounds, ops
+from . import bounds, datasets, ops
 from .formats import FORMATS, FloatFormat, get_format
 from .linalg import Order, Profile, conv2d, dot, matmul
 from .reference import exact_dot, exact_dot_fraction, exact_matmul, exact_sum
@@ -21,6 +21,7 @@ __all__ = [
     "RoundingMode",
     "RoundingStats",
     "bounds",
+    "datasets",
     "exact_dot",
     "exact_dot_fraction",
     "exact_matmul",

@@ -18,8 +18,16 @@ import math
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["FLOAT_FIELDS", "INT_FIELDS", "HAS_REF", "HAS_HALF", "HAS_LOCAL", "HAS_LOCAL_HALF", "layer_stats",
-           "layer_stats_numpy"]
+__all__ = [
+    "FLOAT_FIELDS",
+    "HAS_HALF",
+    "HAS_LOCAL",
+    "HAS_LOCAL_HALF",
+    "HAS_REF",
+    "INT_FIELDS",
+    "layer_stats",
+    "layer_stats_numpy",
+]
 
 FLOAT_FIELDS = ("err_max", "err_sum", "ref_max", "bound_max", "bound_sum", "bound_prob_max", "bound_prob_sum",
                 "err_exact_max", "fp32_err_max", "half_err_max", "local_err_max", "local_err_sum",
@@ -34,12 +42,12 @@ def _err(a: float, b: float) -> float:
     if a == b:  # includes equal infinities
         return 0.0
     e = abs(a - b)
-    return math.inf if e != e else e
+    return math.inf if math.isnan(e) else e
 
 
 @njit(cache=True)
 def _same(a: float, b: float) -> bool:
-    return a == b or (a != a and b != b)
+    return a == b or (math.isnan(a) and math.isnan(b))
 
 
 @njit(parallel=True, cache=True)
@@ -70,7 +78,7 @@ def layer_stats(ve, v32, G, Gp, v64, vh, lx, lh, L, Lp, flags, min_normal, tol, 
             err_max = max(err_max, e)
             err_sum += e
             ar = abs(r)
-            if ar == ar and ar != math.inf:
+            if math.isfinite(ar):
                 ref_max = max(ref_max, ar)
             b_max = max(b_max, g)
             b_sum += g
@@ -98,7 +106,7 @@ def layer_stats(ve, v32, G, Gp, v64, vh, lx, lh, L, Lp, flags, min_normal, tol, 
                 le_max = max(le_max, le)
                 le_sum += le
                 d = a - x
-                if d == d and abs(d) != math.inf:
+                if math.isfinite(d):
                     sgn_sum += d
                 lb = L[i]
                 lbp = Lp[i]
@@ -108,21 +116,20 @@ def layer_stats(ve, v32, G, Gp, v64, vh, lx, lh, L, Lp, flags, min_normal, tol, 
                     lviol += 1
                 if not (le <= lbp * (1.0 + tol)):
                     lviolp += 1
-            if has_lh:
-                if _same(np.float64(lh[i]), a):
-                    hmatch += 1
+            if has_lh and _same(np.float64(lh[i]), a):
+                hmatch += 1
             aa = abs(a)
-            if aa == aa and aa != math.inf:
+            if math.isfinite(aa):
                 abs_max = max(abs_max, aa)
                 if aa > 0.0 and aa < min_normal:
                     nsub += 1
-            elif aa != aa:
+            elif math.isnan(aa):
                 nnan += 1
             else:
                 ninf += 1
             if r == 0.0:
                 nzero += 1
-            elif ar == ar and ar != math.inf:
+            elif math.isfinite(ar):
                 ex = math.frexp(ar)[1] - 1 - exp_lo
                 ex = min(max(ex, 0), nbins - 1)
                 h[ex] += 1

@@ -26,6 +26,8 @@ from __future__ import annotations
 import copy
 import platform
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -54,6 +56,41 @@ def _environment(torch: Any) -> dict[str, Any]:
         pass
     env["float32_matmul_precision"] = torch.get_float32_matmul_precision()
     return env
+
+
+@contextmanager
+def _strict_fp32(torch: Any) -> Iterator[dict[str, Any]]:
+    """Run the fp32 baseline in IEEE binary32 and fp16 GEMMs with binary32 reductions.
+
+    oneDNN (CPU) and cuBLAS/cuDNN (CUDA) may silently compute "fp32" in bf16/TF32, and CUDA fp16
+    GEMMs may reduce in fp16 (semantics.md); the bounds assume neither.  The flags are set for
+    the duration of the analysis, restored afterwards, and recorded in the report.
+    """
+    saved: list[tuple[Any, str, Any]] = []
+    record: dict[str, Any] = {}
+
+    def setflag(label: str, obj: Any, name: str, value: Any) -> None:
+        if obj is not None and hasattr(obj, name):
+            saved.append((obj, name, getattr(obj, name)))
+            setattr(obj, name, value)
+            record[label] = value
+
+    mk = torch.backends.mkldnn
+    setflag("torch.backends.mkldnn.matmul.fp32_precision", getattr(mk, "matmul", None), "fp32_precision", "ieee")
+    setflag("torch.backends.mkldnn.conv.fp32_precision", getattr(mk, "conv", None), "fp32_precision", "ieee")
+    setflag("torch.backends.cuda.matmul.allow_tf32", torch.backends.cuda.matmul, "allow_tf32", False)
+    setflag("torch.backends.cudnn.allow_tf32", torch.backends.cudnn, "allow_tf32", False)
+    setflag("torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction", torch.backends.cuda.matmul,
+            "allow_fp16_reduced_precision_reduction", False)
+    old_prec = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    record["torch.float32_matmul_precision"] = "highest"
+    try:
+        yield record
+    finally:
+        torch.set_float32_matmul_precision(old_prec)
+        for obj, name, value in reversed(saved):
+            setattr(obj, name, value)
 
 
 def _as_tensor(torch: Any, x: Any) -> Any:
@@ -148,16 +185,27 @@ def analyze(
     """
     import torch
 
+    if not 0.0 < failure_prob < 1.0:
+        raise ValueError(f"failure_prob must be in (0, 1), got {failure_prob}")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    with _strict_fp32(torch) as flags:
+        report = _analyze(torch, model, inputs, fmt, profile, mode, failure_prob, batch_size, progress, labels, order,
+                          block, seed, real_half, half_device, cuda, reference, local, keep_per_input, name)
+    report.environment["precision_flags"] = flags
+    return report
+
+
+def _analyze(torch: Any, model: Any, inputs: Any, fmt: Any, profile: str, mode: str, failure_prob: float,
+             batch_size: int, progress: bool, labels: Any, order: str | None, block: int, seed: int | None,
+             real_half: bool, half_device: str, cuda: bool | None, reference: bool, local: bool,
+             keep_per_input: bool, name: str | None) -> AnalysisReport:
     from .nn.execute import Emulator
     from .nn.layer_bounds import BoundConfig, network_lambda
     from .nn.record import LayerStats, shapes_and_events, stream_batches
     from .nn.trace import trace_model
     from .progress import progress_bar, progress_enabled
 
-    if not 0.0 < failure_prob < 1.0:
-        raise ValueError(f"failure_prob must be in (0, 1), got {failure_prob}")
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     t_start = time.perf_counter()
     f = get_format(fmt)
     emu = Emulator(f, profile, mode, order, block, seed)
@@ -177,7 +225,7 @@ def analyze(
     bs = int(batch_size)
     nb = -(-N // bs)
     batches = (X[i * bs:(i + 1) * bs] for i in range(nb))
-    kw = dict(reference=reference, real_half=real_half, local=local, timings=timings)
+    kw = {"reference": reference, "real_half": real_half, "local": local, "timings": timings, "half_device": half_device}
     if progress and progress_enabled():
         with progress_bar(f"analyze {name or type(model).__name__} ({f.name})", total=nb, unit="batch") as bar:
             out = stream_batches(traced, batches, emu, cfg, stats, on_batch=lambda i: bar.update(1), **kw)

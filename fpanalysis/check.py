@@ -48,7 +48,10 @@ THRESHOLDS: dict[str, float] = {
     "activation_flushed_frac": 0.01,  # more than 1% of nonzero activations would become zero
     "max_overflow_layers_fixable": 3,  # at most this many layers kept in fp32 counts as a change
     # backward (Micikevicius et al., ICLR 2018: loss scaling when gradients fall below 2^-24)
-    "grad_lost_frac": 0.01,  # more than 1% of nonzero weight gradients below 2^-24 (lost)
+    # gradients below 2^-24 are lost; it matters when they carry a share of the update: more
+    # than 1% of the gradient's l1 mass fails, more than 5% of the entries warns
+    "grad_lost_mass_frac": 0.01,
+    "grad_lost_frac": 0.05,
     "grad_overflow_count": 0,
     "loss_scale_grad_margin": 2.0**-14,  # scaled small gradients should reach the normal range
     "loss_scale_quantile": 0.001,  # ... for all but this fraction of them
@@ -246,20 +249,30 @@ def findings_from_measurements(m: dict[str, Any], fmt: FloatFormat) -> list[Find
                 fix="clip gradients or lower the learning rate; a loss scale < 1 would push small ones to zero",
                 fixable=False,
             ))
-        if lost_frac > T["grad_lost_frac"]:
-            ok_scale = lo <= hi
+        mass = float(g.get("mass_lost", lost_frac))
+        ok_scale = lo <= hi
+        scale_txt = (f"loss scales in [{lo:g}, {hi:g}] keep them representable" if ok_scale
+                     else f"no single loss scale fits: needs >= {lo:g} but overflow caps it at {hi:g}")
+        if mass > T["grad_lost_mass_frac"]:
             fix = f"use loss scaling with S = {lo:g} (any power of two in [{lo:g}, {hi:g}] works)" if ok_scale else None
             out.append(Finding(
-                "gradient underflow", "fail", lost_frac, T["grad_lost_frac"], ">",
-                f"{100 * lost_frac:.2f}% of nonzero weight gradients are below 2^-24 and would be lost in "
-                f"{fmt.name}; " + (f"loss scales in [{lo:g}, {hi:g}] keep them representable"
-                                   if ok_scale else f"no single loss scale fits: needs >= {lo:g} but overflow caps it at {hi:g}"),
+                "gradient underflow", "fail", mass, T["grad_lost_mass_frac"], ">",
+                f"weight gradients below 2^-24 ({100 * lost_frac:.2f}% of them) carry {100 * mass:.2f}% of the "
+                f"gradient's l1 mass and would be lost in {fmt.name}; " + scale_txt,
                 fix=fix, fixable=ok_scale,
+            ))
+        elif lost_frac > T["grad_lost_frac"]:
+            out.append(Finding(
+                "gradient underflow", "warn", lost_frac, T["grad_lost_frac"], ">",
+                f"{100 * lost_frac:.2f}% of nonzero weight gradients are below 2^-24 (lost in {fmt.name}), "
+                f"but they carry only {100 * mass:.3f}% of the gradient's l1 mass; " + scale_txt,
+                fix=f"loss scaling with S = {lo:g}" if ok_scale else None,
             ))
         else:
             out.append(Finding(
-                "gradient underflow", "ok", lost_frac, T["grad_lost_frac"], "<=",
-                f"{100 * lost_frac:.3f}% of nonzero weight gradients below 2^-24; largest {g['max_abs']:.3g}"
+                "gradient underflow", "ok", mass, T["grad_lost_mass_frac"], "<=",
+                f"{100 * lost_frac:.3f}% of nonzero weight gradients below 2^-24, carrying {100 * mass:.4f}% of "
+                f"the gradient's l1 mass; largest {g['max_abs']:.3g}"
                 + (f"; a loss scale up to {hi:g} is safe" if math.isfinite(hi) else ""),
             ))
     # 3. optimizer

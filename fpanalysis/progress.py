@@ -44,7 +44,8 @@ def progress_bar(desc: str, total: int | None = None, unit: str = "it") -> Itera
         return
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True)
+    # disable=None: silent when stderr is not a terminal (logs, CI), a live bar otherwise
+    bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True, disable=None)
     try:
         yield _Bar(bar)
     finally:

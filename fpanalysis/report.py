@@ -35,7 +35,7 @@ from typing import Any
 from .formats import get_format
 from .tolerance import ToleranceSummary
 
-__all__ = ["LayerReport", "AnalysisReport"]
+__all__ = ["AnalysisReport", "LayerReport"]
 
 _NAN = float("nan")
 
@@ -95,7 +95,7 @@ class LayerReport:
         return self.kind not in ("shape", "cat", "identity", "output", "size", "relu", "maxpool2d")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LayerReport":
+    def from_dict(cls, d: dict[str, Any]) -> LayerReport:
         names = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
         kw["shape"] = tuple(kw.get("shape", ()))
@@ -167,14 +167,14 @@ class AnalysisReport:
         for i, lr in enumerate(self.layers):
             if not all_steps and not lr.rounds and lr.kind not in ("relu", "maxpool2d"):
                 continue
-            fm = lr.fmt_max if lr.fmt_max == lr.fmt_max and lr.fmt_max else _NAN
+            fm = lr.fmt_max if (lr.fmt_max and not math.isnan(lr.fmt_max)) else _NAN
             name = lr.path or lr.name
             rows.append([str(i), name if len(name) <= 28 else "..." + name[-25:], lr.kind,
                          "x".join(map(str, lr.shape)), _g(lr.n), _g(lr.err_max), _g(lr.err_rel), _g(lr.local_bias, 2),
                          _g(lr.bound_max), _g(lr.bound_prob_max), _g(lr.tightness), _g(lr.tightness_prob),
-                         _g(lr.local_err_max), _g(lr.local_bound_max), _g(lr.abs_max / fm if fm == fm else _NAN),
+                         _g(lr.local_err_max), _g(lr.local_bound_max), _g(lr.abs_max / fm if not math.isnan(fm) else _NAN),
                          _g(100 * lr.frac_subnormal, 2), _g(lr.frac_flushed, 2), str(lr.n_overflow),
-                         _g(100 * lr.half_match, 4) + ("%" if lr.half_match == lr.half_match else "")])
+                         _g(100 * lr.half_match, 4) + ("" if math.isnan(lr.half_match) else "%")])
         widths = [max(len(c), *(len(r[j]) for r in rows)) if rows else len(c) for j, c in enumerate(cols)]
         line = "  ".join(c.rjust(w) if j not in (1, 2) else c.ljust(w) for j, (c, w) in enumerate(zip(cols, widths)))
         out = [line, "-" * len(line)]
@@ -222,7 +222,7 @@ class AnalysisReport:
         return text
 
     @classmethod
-    def from_json(cls, source: str | Path) -> "AnalysisReport":
+    def from_json(cls, source: str | Path) -> AnalysisReport:
         """Load a report saved by :meth:`to_json` (a path or the JSON text)."""
         s = str(source)
         text = Path(s).read_text() if not s.lstrip().startswith("{") else s
@@ -249,7 +249,7 @@ class AnalysisReport:
         x = list(range(len(ls)))
 
         def pos(v: float) -> float:
-            return v if (v == v and v > 0 and math.isfinite(v)) else _NAN
+            return v if (math.isfinite(v) and v > 0) else _NAN
 
         ax.semilogy(x, [pos(lr.err_max) for lr in ls], "o-", label="measured |fp16 - fp32| (max)")
         ax.semilogy(x, [pos(lr.bound_max) for lr in ls], "s--", label="deterministic bound")

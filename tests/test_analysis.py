@@ -18,16 +18,16 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from scipy import stats  # noqa: E402
+import torch.nn.functional as F
+from scipy import stats
+from torch import nn
 
-from fpanalysis._stats_kernels import layer_stats_numpy, run_layer_stats  # noqa: E402
-from fpanalysis.analysis import analyze  # noqa: E402
-from fpanalysis.nn.execute import run_model  # noqa: E402
-from fpanalysis.nn.models import build_model  # noqa: E402
-from fpanalysis.nn.trace import trace_model  # noqa: E402
-from fpanalysis.report import AnalysisReport  # noqa: E402
+from fpanalysis._stats_kernels import layer_stats_numpy, run_layer_stats
+from fpanalysis.analysis import analyze
+from fpanalysis.nn.execute import run_model
+from fpanalysis.nn.models import build_model
+from fpanalysis.nn.trace import trace_model
+from fpanalysis.report import AnalysisReport
 
 
 def _bn(m: nn.Module, seed: int = 0) -> nn.Module:
@@ -295,8 +295,34 @@ def test_stats_kernel_matches_numpy_twin(rng: np.random.Generator) -> None:
     G = np.abs(rng.standard_normal(n)) * 1e-3
     args = (ve, v32, G, G * 0.7, v32.astype(np.float64) + 1e-9, ve + (rng.random(n) < 0.1).astype(np.float32) * 1e-3,
             v32.astype(np.float64) + 5e-4, ve.copy(), G, G * 0.5)
-    kw = dict(min_normal=2.0**-14, tol=1e-6, exp_lo=-40, nbins=72)
+    kw = {"min_normal": 2.0**-14, "tol": 1e-6, "exp_lo": -40, "nbins": 72}
     for a, b in zip(run_layer_stats(*args, **kw), layer_stats_numpy(*args, **kw)):
         np.testing.assert_allclose(a, b, rtol=1e-9)
     for a, b in zip(run_layer_stats(*args[:4], **kw), layer_stats_numpy(*args[:4], **kw)):
         np.testing.assert_allclose(a, b, rtol=1e-9)
+
+
+@pytest.mark.parametrize("fmt, profile, mode, order", [
+    ("fp16", "fp32-accumulate", "nearest-even", None), ("fp16", "ieee", "nearest-even", "sequential"),
+    ("fp16", "ieee", "toward-zero", "pairwise"), ("fp16", "ieee", "nearest-even", "blocked"),
+    ("bf16", "fp32-accumulate", "up", None), ("fp16", "exact", "nearest-even", None)])
+def test_torch_accumulation_bounds_equal_the_bounds_module(fmt, profile, mode, order, rng) -> None:
+    """Oracle: fpanalysis.bounds.accumulation_bound (NumPy), deterministic and probabilistic."""
+    from fpanalysis import bounds as Bd
+    from fpanalysis.nn.layer_bounds import BoundConfig, accumulation_bounds
+
+    cfg = BoundConfig.make(fmt, profile, mode, order, 16, lam=6.5)
+    A = np.abs(rng.standard_normal((50, 7))) * 10.0 ** rng.integers(-12, 6, (50, 7))
+    A[0, :3] = [0.0, 70000.0, 1e-30]
+    R = A * rng.random(A.shape)
+    for n in (1, 16, 300, 2100):
+        d, p, fail = accumulation_bounds(torch.from_numpy(A), torch.from_numpy(R), n, cfg, union=7)
+        kw = {"abs_result": R, "order": cfg.order, "block": 16, "mode": cfg.mode}
+        bd = Bd.accumulation_bound(A, n, fmt, profile, **kw)
+        bp = Bd.accumulation_bound(A, n, fmt, profile, method="probabilistic", lam=6.5, union=7, **kw)
+        np.testing.assert_array_equal(d.numpy(), bd.value)
+        np.testing.assert_array_equal(p.numpy(), bp.value)
+        assert fail == bp.failure_probability
+    own, _, _ = accumulation_bounds(torch.from_numpy(A), torch.zeros(()), 300, cfg, fmt="fp32", profile="ieee",
+                                    probabilistic=False)
+    np.testing.assert_array_equal(own.numpy(), Bd.accumulation_bound(A, 300, "fp32", "ieee").value)

@@ -54,14 +54,21 @@ def test_activation_underflow_threshold(frac: float, status: str) -> None:
     assert _one(_acts(1.0, flushed=frac), "activation underflow").status == status
 
 
-def _grads(lost_frac: float, small: float = 1e-9, max_abs: float = 1.0, overflow: int = 0) -> dict:
+def _grads(lost_frac: float, small: float = 1e-9, max_abs: float = 1.0, overflow: int = 0,
+           mass: float | None = None) -> dict:
     return {"weight_grads": {"nonzero": 100000, "n_lost": int(lost_frac * 100000), "n_overflow": overflow,
-                             "small_quantile": small, "max_abs": max_abs}}
+                             "small_quantile": small, "max_abs": max_abs,
+                             "mass_lost": lost_frac if mass is None else mass}}
 
 
-@pytest.mark.parametrize("frac, status", [(0.0101, "fail"), (0.0099, "ok")])
-def test_gradient_underflow_threshold(frac: float, status: str) -> None:
-    assert _one(_grads(frac), "gradient underflow").status == status
+@pytest.mark.parametrize("mass, status", [(0.0101, "fail"), (0.0099, "ok")])
+def test_gradient_underflow_mass_threshold(mass: float, status: str) -> None:
+    assert _one(_grads(0.001, mass=mass), "gradient underflow").status == status
+
+
+@pytest.mark.parametrize("frac, status", [(0.0501, "warn"), (0.0499, "ok")])
+def test_gradient_underflow_count_threshold_warns_when_mass_is_small(frac: float, status: str) -> None:
+    assert _one(_grads(frac, mass=0.001), "gradient underflow").status == status
 
 
 def test_loss_scale_interval_brings_small_gradients_to_normal_range() -> None:

@@ -185,7 +185,7 @@ def test_cifar_python_batches_read_exactly(tmp_path, str_keys):
     lab = "labels" if str_keys else b"labels"
     want = np.concatenate([rows_to_hwc(b[key]) for b in batches]).transpose(0, 3, 1, 2)
     np.testing.assert_array_equal(np.rint(ds.x_train * 255).astype(np.uint8), want)
-    np.testing.assert_array_equal(ds.y_train, sum((b[lab] for b in batches), []))
+    np.testing.assert_array_equal(ds.y_train, [v for b in batches for v in b[lab]])
     np.testing.assert_array_equal(np.rint(ds.x_test * 255).astype(np.uint8),
                                   rows_to_hwc(test[key]).transpose(0, 3, 1, 2))
 
@@ -406,3 +406,13 @@ def test_shared_cifar10_npz():
     with np.load(SHARED / "cifar10" / "cifar10_test_first1000_exact.npz") as z:
         np.testing.assert_array_equal(np.rint(ds.x_test * 255).astype(np.uint8), z["x"].transpose(0, 3, 1, 2))
         np.testing.assert_array_equal(ds.y_test, z["y"])
+
+
+def test_datasets_module_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, fpanalysis.datasets as d; d.load_dataset('gaussian', n_train=8, n_test=4); "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                          check=False).returncode == 0

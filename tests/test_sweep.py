@@ -89,7 +89,7 @@ def test_worker_death_loses_nothing_and_resume_finishes(tmp_path, per_process=2)
     before = _fingerprints(tmp_path)
     assert sorted(before) == [f"gaussian-mlp-fp32-sgd-s{s}.json" for s in (0, 2, 3)]
     rep = sweep.run_sweep(cfgs, opts)  # the real run function now
-    assert rep.executed == [dead] and sorted(rep.skipped) == sorted(set(train.run_name(c) for c in cfgs) - {dead})
+    assert rep.executed == [dead] and sorted(rep.skipped) == sorted({train.run_name(c) for c in cfgs} - {dead})
     after = _fingerprints(tmp_path)
     assert {k: after[k] for k in before} == before and len(after) == 4
 
@@ -139,7 +139,6 @@ def test_killed_sweep_resumes_without_redoing_or_losing_runs(tmp_path):
 @pytest.mark.slow  # starting Ray and its workers takes ~30-60 s on 2 cores
 def test_ray_backend_local_instance(tmp_path):
     ray = pytest.importorskip("ray")
-    import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # ship crash_on_seed_1 to workers
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {

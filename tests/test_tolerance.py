@@ -83,7 +83,8 @@ def test_softmax_bound_holds_under_random_and_adversarial_perturbations(rng: np.
             s = -b.copy()
             s[0, i] = b[0, i]
             worst = max(worst, np.abs(T.softmax(z + s) - p).max(), np.abs(T.softmax(z - s) - p).max())
-        assert worst <= bound, (trial, worst, bound)
+        # the float64 oracle itself errs by a few ulps of 1 (checked against mpmath on a failing case)
+        assert worst <= bound + 8 * k * 2.0**-53, (trial, worst, bound)
     assert T.softmax_error_bound([[0.0, 0.0]], [[10.0, 10.0]])[0] <= 1.0 + 1e-9
     assert T.softmax_error_bound([[0.0, 0.0]], [[np.inf, 0.0]])[0] == np.inf
 

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch.nn.functional as F
+from torch import nn
 
-from fpanalysis.nn.execute import Emulator, ParamCache, emulate_step, run_model, torch_step  # noqa: E402
-from fpanalysis.nn.models import build_model  # noqa: E402
-from fpanalysis.nn.trace import SUPPORTED_LAYERS, trace_model  # noqa: E402
+from fpanalysis.nn.execute import Emulator, ParamCache, emulate_step, run_model, torch_step
+from fpanalysis.nn.models import build_model
+from fpanalysis.nn.trace import SUPPORTED_LAYERS, trace_model
 
 
 def _randomize_bn(m: nn.Module, gen: torch.Generator) -> nn.Module:

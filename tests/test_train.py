@@ -21,7 +21,12 @@ import train  # noqa: E402
 from fpanalysis.datasets import load_dataset  # noqa: E402
 from fpanalysis.nn.models import build_model  # noqa: E402
 from fpanalysis.nn.precision import (  # noqa: E402
-    PRECISION_MODES, AmpLossScaler, ManualLossScaler, check_and_unscale_, precision_policy)
+    PRECISION_MODES,
+    AmpLossScaler,
+    ManualLossScaler,
+    check_and_unscale_,
+    precision_policy,
+)
 
 TINY = dict(dataset="gaussian", n_train=96, n_test=64, batch_size=32, epochs=2, width=32, threads=1)
 

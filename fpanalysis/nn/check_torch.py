@@ -156,6 +156,8 @@ def run_check(
     meas["weight_grads"] = {
         "nonzero": nonzero,
         "n_lost": sum(g.n_below_2m24 for g in probe.weight_grads),
+        "mass_lost": sum(g.sum_abs_below_2m24 for g in probe.weight_grads)
+        / max(sum(g.sum_abs for g in probe.weight_grads), 1e-300),
         "n_overflow": sum(g.n_overflow for g in probe.weight_grads),
         "max_abs": max((g.max_abs for g in probe.weight_grads), default=0.0),
         "small_quantile": small_q,

@@ -41,7 +41,7 @@ from ..formats import FloatFormat, get_format
 from ..rounding import RoundingMode, RoundingStats, fits_float32, round_to
 from .trace import Step, TracedModel
 
-__all__ = ["Emulator", "ParamCache", "torch_step", "emulate_step", "run_model", "EXACT_KINDS"]
+__all__ = ["EXACT_KINDS", "Emulator", "ParamCache", "emulate_step", "run_model", "torch_step"]
 
 #: Steps whose result is exactly representable when their inputs are (no rounding).
 EXACT_KINDS = frozenset({"relu", "maxpool2d", "shape", "cat", "identity", "size", "output"})
@@ -164,11 +164,13 @@ def _reduce(x: torch.Tensor, a: dict, kind: str) -> torch.Tensor:
     return x.mean(dim=dims, keepdim=a["keepdim"]) if kind == "mean" else x.sum(dim=dims, keepdim=a["keepdim"])
 
 
-def torch_step(step: Step, ins: list[Any], dtype: torch.dtype, cache: ParamCache, values: dict | None = None) -> Any:
+def torch_step(step: Step, ins: list[Any], dtype: torch.dtype, cache: ParamCache, values: dict | None = None,
+               device: Any = None) -> Any:
     """Evaluate ``step`` with real torch kernels, parameters converted to ``dtype``.
 
     ``ins`` are the values of ``step.inputs`` (tensors in ``dtype`` on one device, or sizes);
-    ``values`` maps step names to values for argument templates (shape steps).
+    ``values`` maps step names to values for argument templates (shape steps); ``device``
+    places parameters of steps without tensor inputs (default: the inputs' device, or CPU).
 
     >>> import torch
     >>> from fpanalysis.nn.trace import trace_model
@@ -178,7 +180,7 @@ def torch_step(step: Step, ins: list[Any], dtype: torch.dtype, cache: ParamCache
     """
     k, a = step.kind, step.attrs
     x = ins[0] if ins else None
-    dev = x.device if isinstance(x, torch.Tensor) else "cpu"
+    dev = x.device if isinstance(x, torch.Tensor) else (device or "cpu")
 
     def p(key: str) -> torch.Tensor | None:
         return cache.get(step, key, dtype, dev)
@@ -227,9 +229,10 @@ def torch_step(step: Step, ins: list[Any], dtype: torch.dtype, cache: ParamCache
         return _affine(x, a)
     if k == "cat":
         return torch.cat(list(ins), dim=a["dim"])
-    if k == "size":
-        vals = values or {}
-        return x.size(*step.resolve(a["args"], vals), **step.resolve(a["kwargs"], vals))
+    if k == "size":  # sizes and arithmetic on them: plain Python values, the same in every backend
+        vals = dict(values or {})
+        vals.update(zip(step.inputs, ins))
+        return a["fn"](*step.resolve(a["args"], vals), **step.resolve(a["kwargs"], vals))
     if k == "shape":
         vals = dict(values or {})
         vals[a["x"].name] = x
@@ -301,7 +304,7 @@ def _linalg():
 def _emulate_linear(step: Step, ins: list[torch.Tensor], emu: Emulator, cache: ParamCache, stream: int) -> torch.Tensor:
     k, a = step.kind, step.attrs
     la = _linalg()
-    kw = dict(order=emu.order, block=emu.block, mode=emu.mode, seed=emu.seed, stream=stream)
+    kw = {"order": emu.order, "block": emu.block, "mode": emu.mode, "seed": emu.seed, "stream": stream}
     if la is None and not (emu.profile == "fp32-accumulate" and emu.order == "blas"):
         raise ImportError("fpanalysis.linalg is needed for this profile/order")
     if k == "matmul":

@@ -39,11 +39,13 @@ conversion of ``v`` to binary32); everything else is float64.
 >>> import torch
 >>> from fpanalysis.nn.trace import trace_model
 >>> from fpanalysis.nn.execute import ParamCache
->>> t = trace_model(torch.nn.Sequential(torch.nn.Linear(8, 4)))
+>>> layer = torch.nn.Linear(8, 4)
+>>> steps = trace_model(torch.nn.Sequential(layer)).steps
 >>> x = torch.randn(3, 8)
->>> cfg = BoundConfig.make("fp16")
->>> b_in = step_bound(t.steps[0], [x], x.double(), cfg, ParamCache())
->>> b = step_bound(t.steps[1], [b_in], t.steps[1].attrs and torch.nn.functional.linear(x, t.steps[1].attrs["weight"], t.steps[1].attrs["bias"]).double(), cfg, ParamCache())
+>>> cfg, cache = BoundConfig.make("fp16"), ParamCache()
+>>> b_in = step_bound(steps[0], [x], x, cfg, cache)          # rounding the input to fp16
+>>> with torch.no_grad():
+...     b = step_bound(steps[1], [b_in], layer(x), cfg, cache)
 >>> b.G.shape, bool((b.G < 0.05).all())
 (torch.Size([3, 4]), True)
 """
@@ -65,8 +67,15 @@ from ..rounding import RoundingMode, round_to
 from .execute import ParamCache
 from .trace import Step
 
-__all__ = ["BoundConfig", "StepBound", "step_bound", "local_bound", "rounding_events", "network_lambda",
-           "PROBABILISTIC_KINDS"]
+__all__ = [
+    "PROBABILISTIC_KINDS",
+    "BoundConfig",
+    "StepBound",
+    "local_bound",
+    "network_lambda",
+    "rounding_events",
+    "step_bound",
+]
 
 _U32 = 2.0**-24
 _U64 = 2.0**-53
@@ -96,7 +105,7 @@ class BoundConfig:
     @classmethod
     def make(cls, fmt: Any = "fp16", profile: str = "fp32-accumulate", mode: str = "nearest-even",
              order: str | None = None, block: int = 32, lam: float | None = None,
-             fast_magnitudes: bool = True) -> "BoundConfig":
+             fast_magnitudes: bool = True) -> BoundConfig:
         """Validated configuration; ``order`` takes the emulator's names (``blas`` -> any order).
 
         >>> BoundConfig.make("fp16", "ieee", order="pairwise").order
@@ -159,19 +168,33 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 def _t(a: Any, shape: torch.Size | tuple) -> torch.Tensor:
-    arr = np.broadcast_to(np.asarray(a, dtype=np.float64), tuple(shape))
-    return torch.from_numpy(np.array(arr, dtype=np.float64, order="C", copy=True))
+    arr = np.asarray(a, dtype=np.float64)
+    if arr.shape == tuple(shape) and arr.flags.c_contiguous and arr.flags.writeable:
+        return torch.from_numpy(arr)
+    return torch.from_numpy(np.array(np.broadcast_to(arr, tuple(shape)), dtype=np.float64, order="C", copy=True))
 
 
 def _fix(t: torch.Tensor) -> torch.Tensor:
-    """Magnitudes: NaN (0 * inf) means 'unbounded'."""
-    return torch.nan_to_num(t, nan=math.inf, posinf=math.inf)
+    """Magnitudes: NaN (0 * inf) means 'unbounded'.  In place: only for freshly computed tensors."""
+    return torch.nan_to_num_(t, nan=math.inf, posinf=math.inf)
 
 
-def _clean(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(t with non-finite entries set to 0, mask of those entries)."""
+def _clean(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(t with non-finite entries set to 0, mask of those entries or None when all are finite)."""
+    if bool(torch.isfinite(t).all()):
+        return t, None
     bad = ~torch.isfinite(t)
-    return (torch.where(bad, torch.zeros_like(t), t) if bad.any() else t), bad
+    return torch.where(bad, torch.zeros_like(t), t), bad
+
+
+def _or(*masks: torch.Tensor | None) -> torch.Tensor | None:
+    ms = [m for m in masks if m is not None]
+    if not ms:
+        return None
+    out = ms[0]
+    for m in ms[1:]:
+        out = out | m
+    return out
 
 
 def _rnd(T: torch.Tensor, cfg: BoundConfig) -> torch.Tensor:
@@ -184,6 +207,83 @@ def _rnd(T: torch.Tensor, cfg: BoundConfig) -> torch.Tensor:
 def _rnd32(T: torch.Tensor) -> torch.Tensor:
     """Error of one binary32 rounding (round to nearest) of a value of magnitude <= T."""
     return torch.where(T <= _FP32.max, _U32 * T + 2.0**-150, torch.full_like(T, math.inf))
+
+
+def accumulation_bounds(A: torch.Tensor, R: torch.Tensor, n: int, cfg: BoundConfig, *, fmt: Any = None,
+                        profile: str | None = None, union: int = 1,
+                        probabilistic: bool = True) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """:func:`fpanalysis.bounds.accumulation_bound` on torch tensors, deterministic and probabilistic at once.
+
+    The same formula, term by term (``gamma``/``gamma~``, :func:`~fpanalysis.bounds.rounding_depth`,
+    the underflow and final-rounding terms, overflow -> inf), evaluated with in-place torch
+    operations instead of NumPy; the tests check it against ``accumulation_bound`` itself.
+    ``A`` (sum of |terms|) and ``R`` (bound on |result|) must be nonnegative, NaN-free.
+    Returns (deterministic value, probabilistic value, per-input failure probability).
+    """
+    f = get_format(cfg.fmt if fmt is None else fmt)
+    prof = cfg.profile if profile is None else profile
+    nearest_mode = cfg.mode if fmt is None else "nearest-even"
+    u, eta = Bd.unit_roundoff(f, nearest_mode), Bd.underflow_unit(f, nearest_mode)
+    nearest = u == f.u
+    lam = cfg.lam if probabilistic else None
+
+    def final(Rt: torch.Tensor, uu: float, ee: float, near: bool) -> torch.Tensor:
+        if near:
+            return torch.minimum(Rt * uu + ee, Rt)
+        return torch.where(Rt > 0, Rt * uu + ee, torch.zeros_like(Rt))
+
+    def times(g: float, a: torch.Tensor) -> torch.Tensor:
+        if math.isinf(g):
+            return torch.where(a > 0, torch.full_like(a, math.inf), torch.zeros_like(a))
+        return a * g
+
+    def under(a: torch.Tensor, n_mul: int, n_add: int, ee: float, near: bool) -> torch.Tensor:
+        pos = a > 0
+        prod = torch.clamp(a, max=n_mul * ee) if near else torch.where(pos, torch.full_like(a, n_mul * ee),
+                                                                      torch.zeros_like(a))
+        if n_add:
+            prod = prod + torch.where(pos, torch.full_like(a, n_add * ee), torch.zeros_like(a))
+        return prod
+
+    def where_ok(err: torch.Tensor, bounds_and_caps: list[tuple[torch.Tensor, float]]) -> torch.Tensor:
+        # overflow -> inf; one reduction per check decides whether any entry can be affected
+        err.mul_(Bd._PAD)
+        ok = None
+        for v, cap in bounds_and_caps:
+            vmax = float(v.max()) if v.numel() else 0.0
+            if not vmax <= cap:
+                c = v <= cap
+                ok = c if ok is None else ok & c
+        return err if ok is None else torch.where(ok, err, torch.full_like(err, math.inf))
+
+    if prof == "exact":
+        v = where_ok(final(R, u, eta, nearest), [(R, f.max)])
+        return v, v, 0.0
+    if prof == "ieee":
+        order = cfg.order if fmt is None else "recursive"  # the fp32 run's order is the library's
+        k = Bd.rounding_depth(n, order, cfg.block, True)
+        ua, acc_max = u, f.max
+        und = under(A, n, 0 if f.subnormals else max(n - 1, 0), eta, nearest)
+    else:
+        a32 = get_format("fp32")
+        k = n
+        ua, acc_max = a32.u, a32.max
+        und = under(A, n, 0 if a32.subnormals else max(n - 1, 0), Bd.underflow_unit(a32), True)
+    und_term = times(Bd._growth(ua, k), und)
+    out = []
+    fail = 0.0
+    for meth in ("deterministic",) + (("probabilistic",) if lam is not None else ()):
+        g, fl = Bd._gamma_for(k, n, ua, meth, None, lam, union)
+        t_err = times(g, A).add_(und_term)
+        if prof == "ieee":
+            out.append(where_ok(t_err, [(A + t_err, f.max)]))
+        else:
+            err = final(R + t_err, u, eta, nearest).add_(t_err)
+            out.append(where_ok(err, [(A + t_err, acc_max), (R + t_err, f.max)]))
+        fail = fl
+    if lam is None:
+        return out[0], out[0], 0.0
+    return out[0], out[1], fail
 
 
 def _bound_value(b: Bd.Bound, shape: tuple) -> torch.Tensor:
@@ -240,7 +340,7 @@ def network_lambda(events: int, failure_prob: float, cfg: BoundConfig) -> float:
     >>> cfg = BoundConfig.make("fp16")
     >>> lam = network_lambda(10**6, 1e-6, cfg)
     >>> round(lam, 2)
-    7.43
+    7.53
     """
     return Bd.choose_lambda(failure_prob, max(1, int(events)), cfg.accumulator_u)
 
@@ -299,9 +399,9 @@ def _mag(step: Step, X: torch.Tensor, Wabs: torch.Tensor, W32: torch.Tensor, wma
     if cfg.fast_magnitudes and n * _U32 < 0.01:
         y = op(X.float(), W32).double()
         g = Bd.gamma(n + 1, _U32)
-        y = (y + n * 2.0**-125 * (1.0 + wmax)) / ((1.0 - g) * (1.0 - _U32)) * _PAD
+        y.add_(n * 2.0**-125 * (1.0 + wmax)).mul_(_PAD / ((1.0 - g) * (1.0 - _U32)))
     else:
-        y = op(X, Wabs) * (1.0 + 2.0 * (n + 2) * _U64)
+        y = op(X, Wabs).mul_(1.0 + 2.0 * (n + 2) * _U64)
     return _fix(y)
 
 
@@ -332,24 +432,16 @@ def _linear_like(step: Step, x: StepBound, out32: torch.Tensor, cfg: BoundConfig
         v = w[key]
         return v.reshape(-1, 1, 1) if step.kind == "conv2d" else v
 
-    acc_kw = dict(order=cfg.order, block=cfg.block, mode=cfg.mode, accumulator="fp32")
     if run32:  # fp32's own error: every product and sum rounded to binary32, bias included (n + 1 terms)
-        acc32 = _bound_value(Bd.accumulation_bound(_np(WX + DX + bias("ba")), nt + 1, "fp32", "ieee"), shape)
+        acc32 = accumulation_bounds(WX + DX + bias("ba"), torch.zeros(()), nt + 1, cfg, fmt="fp32", profile="ieee",
+                                    probabilistic=False)[0]
     else:
         acc32 = torch.zeros((), dtype=torch.float64)
     mid = WG + DX + bias("db")          # |W^ x^ + b^ - (W x~ + b)|
     midp = WGp + DX + bias("db")
     A = WX + WG + bias("bh")            # >= |W^||x^| + |b^|
     R = _fix(out32.abs() + acc32 + mid)  # >= |W^ x^ + b^|
-    A_np, R_np = _np(A), _np(R)
-    loc = _bound_value(Bd.accumulation_bound(A_np, nt, cfg.fmt, cfg.profile, abs_result=R_np, **acc_kw), shape)
-    m = int(np.prod(shape[1:]))
-    if cfg.lam is not None:
-        bp = Bd.accumulation_bound(A_np, nt, cfg.fmt, cfg.profile, abs_result=R_np, method="probabilistic",
-                                   lam=cfg.lam, union=m, **acc_kw)
-        locp, fail = _bound_value(bp, shape), bp.failure_probability
-    else:
-        locp, fail = loc, 0.0
+    loc, locp, fail = accumulation_bounds(A, R, nt, cfg, union=int(np.prod(shape[1:])))
     return StepBound(out32, loc + mid + acc32, locp + midp + acc32, fail=fail, n=nt)
 
 
@@ -359,7 +451,7 @@ def _matmul(step: Step, a: StepBound, b: StepBound, out32: torch.Tensor, cfg: Bo
     shape = out32.shape
     An, Bn = _np(A), _np(Bm)
     k = A.shape[-1]
-    kw = dict(order=cfg.order, block=cfg.block, mode=cfg.mode)
+    kw = {"order": cfg.order, "block": cfg.block, "mode": cfg.mode}
     # |y^ - A~ B~| (local rounding of the perturbed product + perturbation) and |y~ - A~ B~| (fp32)
     ar, br = (_np(a.G), _np(b.G)) if run32 else (None, None)
     det = Bd.matmul_bound(An, Bn, cfg.fmt, cfg.profile, a_radius=ar, b_radius=br, **kw)
@@ -372,9 +464,9 @@ def _matmul(step: Step, a: StepBound, b: StepBound, out32: torch.Tensor, cfg: Bo
         Gp, fail = _fix(_bound_value(pr, shape) + own32), pr.failure_probability
     else:
         Gp, fail = G, 0.0
-    if badA.any() or badB.any():
-        rowbad = badA.any(dim=-1, keepdim=True).double()
-        colbad = badB.any(dim=-2, keepdim=True).double()
+    if badA is not None or badB is not None:
+        rowbad = badA.any(dim=-1, keepdim=True).double() if badA is not None else torch.zeros(())
+        colbad = badB.any(dim=-2, keepdim=True).double() if badB is not None else torch.zeros(())
         reach = (rowbad + colbad) > 0
         G = torch.where(reach, torch.full_like(G, math.inf), G)
         Gp = torch.where(reach, torch.full_like(Gp, math.inf), Gp)
@@ -387,8 +479,8 @@ def _matmul(step: Step, a: StepBound, b: StepBound, out32: torch.Tensor, cfg: Bo
 _ACT = {"tanh": "tanh", "sigmoid": "sigmoid", "silu": "silu"}
 
 
-def _taint(G: torch.Tensor, Gp: torch.Tensor, bad: torch.Tensor, value: float = math.inf) -> tuple:
-    if bad.any():
+def _taint(G: torch.Tensor, Gp: torch.Tensor, bad: torch.Tensor | None, value: float = math.inf) -> tuple:
+    if bad is not None:
         fill = torch.full_like(G, value)
         return torch.where(bad, fill, G), torch.where(bad, fill, Gp)
     return G, Gp
@@ -397,7 +489,7 @@ def _taint(G: torch.Tensor, Gp: torch.Tensor, bad: torch.Tensor, value: float = 
 def _radius(x: StepBound, run32: bool) -> tuple[np.ndarray | None, torch.Tensor]:
     """The propagated radius G as a clean numpy array (None in local mode) and its bad mask."""
     if not run32:
-        return None, torch.zeros(x.ref.shape, dtype=torch.bool)
+        return None, None
     r, bad = _clean(x.G)
     return _np(r), bad
 
@@ -418,7 +510,7 @@ def _activation(step: Step, x: StepBound, out32: torch.Tensor, cfg: BoundConfig,
             return StepBound(out32, loc, loc)
         own32 = _t(LB.activation_local_bound(name, zn, "fp32").value, z.shape)
         slope = _t(LB.activation_slope(name, zn, radius=rn), z.shape)
-    G, Gp = _taint(_fix(loc + slope * x.G + own32), _fix(loc + slope * x.Gp + own32), badz | badr)
+    G, Gp = _taint(_fix(loc + slope * x.G + own32), _fix(loc + slope * x.Gp + own32), _or(badz, badr))
     return StepBound(out32, G, Gp)
 
 
@@ -457,7 +549,7 @@ def _batchnorm(step: Step, x: StepBound, out32: torch.Tensor, cfg: BoundConfig, 
     wv = 1.0 if p["weight"] is None else p["weight"]
     alpha = np.abs(np.asarray(wv, dtype=np.float64) / np.sqrt(p["running_var"] + eps)) * _PAD
     a = torch.from_numpy(alpha.reshape((1, -1) + (1,) * (len(shape) - 2)) if alpha.ndim else np.asarray(alpha))
-    G, Gp = _taint(_fix(loc + par + a * x.G + own32), _fix(loc + par + a * x.Gp + own32), badz | badr)
+    G, Gp = _taint(_fix(loc + par + a * x.G + own32), _fix(loc + par + a * x.Gp + own32), _or(badz, badr))
     return StepBound(out32, G, Gp)
 
 
@@ -532,8 +624,11 @@ def _layernorm(step: Step, x: StepBound, out32: torch.Tensor, cfg: BoundConfig, 
         prop = _t(LB.propagate_layernorm(rn, zn, p["weight"], eps, normalized_ndim=k).value, shape)
         rpn = _np(_clean(x.Gp)[0])
         propp = _t(LB.propagate_layernorm(rpn, zn, p["weight"], eps, normalized_ndim=k).value, shape)
-    bad = (badz | badr).reshape(shape[: len(shape) - k] + (-1,)).any(-1)
-    rows = bad.reshape(bad.shape + (1,) * k).expand(shape)
+    bad = _or(badz, badr)
+    rows = None
+    if bad is not None:
+        bad = bad.reshape(shape[: len(shape) - k] + (-1,)).any(-1)
+        rows = bad.reshape(bad.shape + (1,) * k).expand(shape)
     G, Gp = _taint(_fix(loc + par_t + prop + own32), _fix(loc + par_t + propp + own32), rows)
     return StepBound(out32, G, Gp, n=n)
 
@@ -563,7 +658,9 @@ def _softmax(step: Step, x: StepBound, out32: torch.Tensor, cfg: BoundConfig, ru
         propp = _t(LB.propagate_softmax(rpm, y).value, shape)
     G = torch.clamp(_fix(loc + prop + own32), max=cap)
     Gp = torch.clamp(_fix(loc + propp + own32), max=cap)
-    bad = (badz | badr).movedim(d, -1).any(-1, keepdim=True).expand(shape)
+    bad = _or(badz, badr)
+    if bad is not None:
+        bad = bad.movedim(d, -1).any(-1, keepdim=True).expand(shape)
     G, Gp = _taint(G, Gp, bad, cap)
     return StepBound(out32, back(G), back(Gp), n=int(shape[-1]))
 
@@ -597,7 +694,8 @@ def _average(step: Step, x: StepBound, out32: torch.Tensor, cfg: BoundConfig, ru
                  shape)
         own32 = _t(LB.avgpool_local_bound(mean, mean_abs, k, "fp32").value, shape)
     pr, prp = _fix(op(x.G) * c), _fix(op(x.Gp) * c)
-    reach = op((badz | badr).double()) > 0
+    bad = _or(badz, badr)
+    reach = None if bad is None else op(bad.double()) > 0
     G, Gp = _taint(_fix(loc + pr + own32), _fix(loc + prp + own32), reach)
     return StepBound(out32, G, Gp, n=k)
 
@@ -618,7 +716,9 @@ def _add(step: Step, a: StepBound, b: StepBound, out32: torch.Tensor, cfg: Bound
         rs, bad_r = _clean(Gs)
         loc = _t(LB.add_local_bound(zan, zbn, cfg.fmt, radius=_np(rs), mode=cfg.mode).value, shape)
         own32 = _t(LB.add_local_bound(zan, zbn, "fp32").value, shape)
-    G, Gp = _taint(_fix(loc + Gs + own32), _fix(loc + Gps + own32), (bada | badb).expand(shape) | bad_r)
+    bad = _or(bada, badb)
+    G, Gp = _taint(_fix(loc + Gs + own32), _fix(loc + Gps + own32),
+                   _or(None if bad is None else bad.expand(shape), bad_r))
     return StepBound(out32, G, Gp)
 
 

@@ -48,6 +48,8 @@ class RangeStats:
     n_subnormal: int = 0
     n_flushed: int = 0
     n_below_2m24: int = 0
+    sum_abs: float = 0.0
+    sum_abs_below_2m24: float = 0.0
     min_abs_nonzero: float = math.inf
     hist: np.ndarray = field(default_factory=lambda: np.zeros(len(_LOG2_BINS), dtype=np.int64))
     abs_values: list[np.ndarray] = field(default_factory=list, repr=False)
@@ -70,7 +72,10 @@ class RangeStats:
             self.n_overflow += int(np.sum(~np.isfinite(r) | (nz > fmt.max)))
             self.n_flushed += int(np.sum(r == 0))
             self.n_subnormal += int(np.sum((r > 0) & (r < fmt.min_normal)))
-            self.n_below_2m24 += int(np.sum(nz < 2.0**-24))
+            below = nz < 2.0**-24
+            self.n_below_2m24 += int(np.sum(below))
+            self.sum_abs += float(nz.sum())
+            self.sum_abs_below_2m24 += float(nz[below].sum())
             if keep_values:
                 self.abs_values.append(nz)
         self.n_overflow += int(np.sum(~finite))
@@ -104,6 +109,7 @@ class RangeStats:
             "frac_subnormal": self.frac_subnormal,
             "frac_flushed": self.frac_flushed,
             "frac_below_2^-24": self.frac_below_2m24,
+            "mass_frac_below_2^-24": self.sum_abs_below_2m24 / self.sum_abs if self.sum_abs else 0.0,
             "log2_hist": {int(b): int(c) for b, c in zip(_LOG2_BINS, self.hist) if c},
         }
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -162,81 +163,103 @@ def shapes_and_events(traced: TracedModel, x1: torch.Tensor) -> tuple[dict[str, 
     return shapes, ns, events
 
 
+class _Clock:
+    """Accumulates wall time per phase: ``with clock("fp32"): ...``."""
+
+    def __init__(self, timings: dict[str, float]) -> None:
+        self.t = timings
+        self.key = ""
+        self.t0 = 0.0
+
+    def __call__(self, key: str) -> _Clock:
+        self.key = key
+        return self
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.t[self.key] = self.t.get(self.key, 0.0) + time.perf_counter() - self.t0
+
+
+def _inputs(st: dict[str, dict[str, Any]], step: Step, key: str, conv: Callable[[Any], Any] | None = None) -> list[Any]:
+    vals = [st[n][key] for n in step.inputs]
+    if conv is None:
+        return vals
+    return [conv(v) if isinstance(v, torch.Tensor) else v for v in vals]
+
+
 def stream_batches(traced: TracedModel, batches: Any, emu: Emulator, cfg: BoundConfig, stats: dict[str, LayerStats],
-                   *, reference: bool = True, real_half: bool = True, local: bool = True,
+                   *, reference: bool = True, real_half: bool = True, local: bool = True, half_device: Any = "cpu",
                    timings: dict[str, float] | None = None, on_batch: Callable[[int], None] | None = None) -> OutputRecord:
     """Run every batch through every step, updating ``stats``; return the outputs and bounds.
 
-    ``batches`` yields float32 CPU tensors.  ``timings`` accumulates seconds per phase.
+    ``batches`` yields float32 CPU tensors.  ``timings`` accumulates seconds per phase.  The
+    real half run is step by step on ``half_device``.
     """
     t = timings if timings is not None else {}
     for k in ("fp32", "float64", "emulator", "half", "local", "bounds", "stats"):
         t.setdefault(k, 0.0)
+    clock = _Clock(t)
     cache = ParamCache()
     last = traced.last_use()
     out = OutputRecord()
-    clock = time.perf_counter
-
-    def timed(key: str, fn: Callable[[], Any]) -> Any:
-        t0 = clock()
-        r = fn()
-        t[key] += clock() - t0
-        return r
-
     with torch.no_grad():
         for bi, xb in enumerate(batches):
             st: dict[str, dict[str, Any]] = {}
             sizes: dict[str, Any] = {}
             for i, s in enumerate(traced.steps):
+                rec: dict[str, Any] = {}
+                lx = lh = lb = None
                 if s.kind == "input":
-                    x32 = xb
-                    rec: dict[str, Any] = {"v32": x32, "v64": x32.double() if reference else None}
-                    rec["ve"], rnd = timed("emulator", lambda: emulate_step(s, [x32], emu, cache, step_index=i,
-                                                                           batch_index=bi))
-                    rec["vh"] = x32.half() if real_half else None
-                    rec["b"] = timed("bounds", lambda: step_bound(s, [x32], x32, cfg, cache))
-                    lx, lh, lb = x32.double(), x32.half(), rec["b"]
+                    rec["v32"] = xb
+                    rec["v64"] = xb.double() if reference else None
+                    with clock("emulator"):
+                        rec["ve"], rnd = emulate_step(s, [xb], emu, cache, step_index=i, batch_index=bi)
+                    rec["vh"] = xb.to(half_device).half() if real_half else None
+                    with clock("bounds"):
+                        rec["b"] = step_bound(s, [xb], xb, cfg, cache)
+                    lx, lh, lb = xb.double(), xb.half(), rec["b"]
                 else:
-                    def ins(key: str, conv: Callable[[Any], Any] = lambda v: v) -> list[Any]:
-                        return [conv(st[n][key]) if isinstance(st[n][key], torch.Tensor) else st[n][key]
-                                for n in s.inputs]
-
                     vals = dict(sizes)
-                    rec = {}
-                    rec["v32"] = timed("fp32", lambda: torch_step(s, ins("v32"), torch.float32, cache, vals))
+                    with clock("fp32"):
+                        rec["v32"] = torch_step(s, _inputs(st, s, "v32"), torch.float32, cache, vals)
                     if s.kind == "size":
                         sizes[s.name] = rec["v32"]
-                        st[s.name] = {k: rec["v32"] for k in ("v32", "v64", "ve", "vh")} | {"b": rec["v32"]}
+                        st[s.name] = {k: rec["v32"] for k in ("v32", "v64", "ve", "vh", "b")}
                         continue
-                    rec["v64"] = (timed("float64", lambda: torch_step(s, ins("v64"), torch.float64, cache, vals))
-                                  if reference else None)
-                    rec["ve"], rnd = timed("emulator", lambda: emulate_step(s, ins("ve"), emu, cache, vals,
-                                                                           step_index=i, batch_index=bi))
-                    rec["vh"] = (timed("half", lambda: torch_step(s, ins("vh"), torch.float16, cache, vals))
-                                 if real_half else None)
-                    lx = lh = lb = None
-                    bins = [st[n]["b"] for n in s.inputs]
-                    rec["b"] = timed("bounds", lambda: step_bound(s, bins, rec["v32"], cfg, cache, vals))
+                    if reference:
+                        with clock("float64"):
+                            rec["v64"] = torch_step(s, _inputs(st, s, "v64"), torch.float64, cache, vals)
+                    else:
+                        rec["v64"] = None
+                    with clock("emulator"):
+                        rec["ve"], rnd = emulate_step(s, _inputs(st, s, "ve"), emu, cache, vals, step_index=i,
+                                                      batch_index=bi)
+                    rec["vh"] = None
+                    if real_half:
+                        with clock("half"):
+                            rec["vh"] = torch_step(s, _inputs(st, s, "vh"), torch.float16, cache, vals, half_device)
+                    with clock("bounds"):
+                        rec["b"] = step_bound(s, [st[n]["b"] for n in s.inputs], rec["v32"], cfg, cache, vals)
                     if local and s.kind in EXACT_KINDS:  # exact on fmt inputs: no error of its own
                         lx = rec["ve"].double()
-                        lb = StepBound(lx, torch.zeros(lx.shape, dtype=torch.float64),
-                                       torch.zeros(lx.shape, dtype=torch.float64))
+                        zero = torch.zeros(lx.shape, dtype=torch.float64)
+                        lb = StepBound(lx, zero, zero)
+                    elif local and s.kind == "param":
+                        lx, lh, lb = s.attrs["value"].double(), s.attrs["value"].half(), rec["b"]
                     elif local:
-                        if s.kind == "param":
-                            lx = s.attrs["value"].double()
-                            lh = s.attrs["value"].half()
-                            lb = rec["b"]
-                        else:
-                            lx = timed("local", lambda: torch_step(s, ins("ve", lambda v: v.double()), torch.float64,
-                                                                   cache, vals))
+                        with clock("local"):
+                            e64 = _inputs(st, s, "ve", lambda v: v.double())
+                            lx = torch_step(s, e64, torch.float64, cache, vals)
                             if real_half:
-                                lh = timed("local", lambda: torch_step(s, ins("ve", lambda v: v.half()),
-                                                                       torch.float16, cache, vals))
-                            lb = timed("local", lambda: local_bound(s, ins("ve"), lx, cfg, cache, vals))
+                                lh = torch_step(s, _inputs(st, s, "ve", lambda v: v.half()), torch.float16, cache,
+                                                vals)
+                            lb = local_bound(s, e64, lx, cfg, cache, vals)
                 if s.name in stats:
-                    timed("stats", lambda: stats[s.name].update(v32=rec["v32"], ve=rec["ve"], b=rec["b"],
-                                                                 v64=rec["v64"], vh=rec["vh"], local_exact=lx,
-                                                                 local_half=lh, lb=lb, st=rnd))
+                    with clock("stats"):
+                        stats[s.name].update(v32=rec["v32"], ve=rec["ve"], b=rec["b"], v64=rec["v64"], vh=rec["vh"],
+                                             local_exact=lx, local_half=lh, lb=lb, st=rnd)
                 st[s.name] = rec
                 if s.kind == "output":
                     b: StepBound = rec["b"]

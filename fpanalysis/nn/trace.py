@@ -25,15 +25,15 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
-import torch.fx as fx
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
-__all__ = ["Step", "Ref", "TracedModel", "trace_model", "SUPPORTED_LAYERS", "STEP_KINDS"]
+__all__ = ["STEP_KINDS", "SUPPORTED_LAYERS", "Ref", "Step", "TracedModel", "trace_model"]
 
 #: Kinds of steps, each with its own executor and bound (see fpanalysis.nn.layer_bounds).
 STEP_KINDS = (
@@ -480,7 +480,8 @@ class _Builder:
             raise _unsupported_call(scope, f"method .{m}() on a non-tensor")
         origin = f"x.{m}"
         if m == "size":
-            self.alias[n.name] = self.add(Step(n.name, "size", (x.name,), {"args": tuple(args[1:]), "kwargs": kwargs},
+            self.alias[n.name] = self.add(Step(n.name, "size", self.refs_in(args),
+                                               {"fn": torch.Tensor.size, "args": tuple(args), "kwargs": kwargs},
                                                path, origin))
         elif m in _SHAPE_METHODS:
             fn = getattr(torch.Tensor, m)
@@ -584,7 +585,12 @@ class _Builder:
                 raise _unsupported_call(where, origin, "division of two tensors")
             self.alias[n.name] = self.add(Step(n.name, op, (a.name, b.name), {}, path, origin))
             return
-        if not (ta or tb):
+        if not (ta or tb):  # arithmetic on sizes (ints), e.g. view(b, c * h * w)
+            if isinstance(a, Ref) or isinstance(b, Ref):
+                fn = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv}[op]
+                self.alias[n.name] = self.add(Step(n.name, "size", self.refs_in((a, b)),
+                                                   {"fn": fn, "args": (a, b), "kwargs": {}}, path, origin))
+                return
             raise _unsupported_call(where, origin, "no tensor operand")
         x, c = (a, b) if ta else (b, a)
         if not isinstance(c, (int, float)) or isinstance(c, bool):
