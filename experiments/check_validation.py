@@ -50,8 +50,8 @@ CASES = [
      "the recommended epsilon fix"),
     ("mlp-overflow", "mlp", "digits", dict(optimizer="sgd", lr=0.05), 3000.0,
      "inputs scaled so first-layer activations exceed 65504"),
-    ("mlp-stagnation", "mlp", "digits", dict(optimizer="sgd", lr=2e-4, momentum=0.0), 1.0,
-     "learning rate small enough that fp16 updates round away"),
+    ("mlp-stagnation", "mlp", "digits", dict(optimizer="sgd", lr=1e-3, momentum=0.0, batch_size=32, epochs=15), 1.0,
+     "learning rate small enough that fp16 updates round away (fp32 still learns)"),
     ("mlp-sgd-gaussian", "mlp", "gaussian", dict(optimizer="sgd", lr=0.05), 1.0, "healthy, synthetic data"),
 ]
 
@@ -90,13 +90,17 @@ def main(argv: list[str]) -> None:
             x = (ds.x_train * scale).astype(np.float32)
             rep = check(model, (x, ds.y_train), fmt="fp16", optimizer=opt["optimizer"], lr=opt["lr"],
                         eps=opt.get("eps", 1e-8), momentum=opt.get("momentum", 0.9), seed=seed,
+                        batch_size=opt.get("batch_size", 64),
                         model_name=name, certify=True, certify_samples=128)
             runs = {}
             for mode in ("fp16", "fp32"):
-                tc = T.Config(dataset=dataset, model=model_name, mode=mode, epochs=cfg.epochs, seed=seed,
+                train_kw = {"epochs": 1 if smoke else cfg.epochs, **opt}
+                if smoke:
+                    train_kw["epochs"] = 1
+                tc = T.Config(dataset=dataset, model=model_name, mode=mode, seed=seed,
                               n_train=cfg.n_train, device=cfg.device, weights="none", input_scale=scale,
                               out=str(RESULTS / "_scratch" / "check_validation" / f"{name}-{mode}-s{seed}.json"),
-                              **{k: v for k, v in opt.items()})
+                              **train_kw)
                 runs[mode] = T.run(tc)
             outcome, cause = _outcome(runs["fp16"], runs["fp32"], cfg.gap_points)
             predicted = "trains" if rep.verdict == "SAFE" else "fails"

@@ -341,8 +341,10 @@ def findings_from_measurements(m: dict[str, Any], fmt: FloatFormat) -> list[Find
         st = "warn" if a["observed"] < T["agreement_warn"] else "ok"
         out.append(Finding(
             "inference agreement", st, a["observed"], T["agreement_warn"], "<" if st != "ok" else ">=",
-            f"{100 * a['certified']:.1f}% of {a['n']} inputs certified (Γ > 2B), {100 * a['observed']:.1f}% "
-            f"observed to keep the fp32 class in emulated {fmt.name}",
+            f"{100 * a['certified']:.1f}% of {a['n']} inputs certified by the sound bound (Γ > 2B)"
+            + (f", {100 * a['certified_prob']:.1f}% by the probabilistic one (each with probability >= "
+               f"{a['probability']:.6g})" if "certified_prob" in a else "")
+            + f"; {100 * a['observed']:.1f}% observed to keep the fp32 class in emulated {fmt.name}",
             fix="inspect the flipped inputs; they have small fp32 margins",
         ))
     # 6. reductions

@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--steps", type=int, default=8, help="fp32 training steps measured")
-    p.add_argument("--warmup-steps", type=int, default=50, help="fp32 steps before measuring (so margins mean something)")
+    p.add_argument("--warmup-steps", type=int, default=200, help="fp32 steps before measuring (so margins mean something)")
     p.add_argument("--samples", type=int, default=None, help="use only the first N training samples")
     p.add_argument("--certify-samples", type=int, default=256, help="inputs for the agreement certificate")
     p.add_argument("--no-certify", action="store_true", help="skip the inference-agreement certificate")

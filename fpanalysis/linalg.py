@@ -305,7 +305,8 @@ def _matmul2d(A: np.ndarray, B: np.ndarray, spec: _Spec, offset: int, dtype: typ
         A32, B32 = _as(A, np.float32), _as(B, np.float32)
         exact_prod = _products_exact_in_fp32(f)
         if order is Order.BLAS:
-            acc = A32 @ B32
+            with np.errstate(invalid="ignore", over="ignore"):  # inf/nan follow IEEE rules, silently
+                acc = A32 @ B32
         else:
             acc = np.empty((M, N), dtype=np.float32)
             if order is Order.SEQUENTIAL:

@@ -97,7 +97,7 @@ def run_check(
     betas: tuple[float, float] = (0.9, 0.999),
     batch_size: int = 64,
     steps: int = 8,
-    warmup_steps: int = 50,
+    warmup_steps: int = 200,
     certify: bool = True,
     certify_samples: int = 256,
     profile: str = "fp32-accumulate",
@@ -213,11 +213,16 @@ def _agreement_finding(model: nn.Module, X: torch.Tensor, fmt: Any, profile: str
         return Finding("inference agreement", "ok", math.nan, math.nan, "n/a",
                        f"not examined: the analysis module is not available ({exc})")
     try:
-        rep = analyze(model.eval(), X[:n], fmt=fmt, profile=profile, progress=False)
+        rep = analyze(model.eval(), X[:n], fmt=fmt, profile=profile, progress=False, real_half=False,
+                      local=False, keep_per_input=False, name="check")
     except ValueError as exc:
         return Finding("inference agreement", "ok", math.nan, math.nan, "n/a",
                        f"not examined: {exc}")
-    summ = rep.tolerance_summary()
-    meas["agreement"] = {"certified": summ["certified_fraction"], "observed": summ["observed_agreement"], "n": summ["n"]}
-    details["agreement"] = summ
+    summ = rep.tolerance["logits"]
+    emu = summ.runs.get("emulator")
+    observed = emu.agreement if emu is not None else math.nan
+    meas["agreement"] = {"certified": summ.certified_fraction, "certified_prob": summ.certified_prob_fraction,
+                         "probability": summ.probability, "observed": observed, "n": summ.n}
+    details["agreement"] = summ.to_dict()
+    details["analysis_layers"] = rep.to_dict().get("layers", [])
     return findings_from_measurements({"agreement": meas["agreement"]}, fmt)[0]
