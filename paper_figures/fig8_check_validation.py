@@ -52,7 +52,7 @@ def make(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
         fig = plt.figure(figsize=(style.DOUBLE if wide else style.SINGLE, 2.6 + (0.14 * len(rows) if wide else 0)),
                          layout="constrained")
         if wide:
-            ax, ax2 = fig.subplots(1, 2, width_ratios=[1, 1.9])
+            ax, ax2 = fig.subplots(1, 2, width_ratios=[1, 2.3])
         else:
             ax = fig.subplots()
         total = sum(counts.values())
@@ -80,11 +80,11 @@ def make(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
         if wide:
             ax2.axis("off")
             cells = [[str(r.get("case", "")) + (f" s{r['seed']}" if "seed" in r else ""), str(r.get("verdict", "")),
-                      str(r["outcome"]), str(r.get("cause", ""))[:48]] for r in rows]
+                      str(r["outcome"]), str(r.get("cause", ""))[:36]] for r in rows]
             tb = ax2.table(cellText=cells, colLabels=["configuration", "verdict", "outcome", "why"], loc="upper center",
-                           cellLoc="left", colWidths=[0.28, 0.24, 0.12, 0.46])
+                           cellLoc="left", colWidths=[0.27, 0.27, 0.1, 0.4])
             tb.auto_set_font_size(False)
-            tb.set_fontsize(6)
+            tb.set_fontsize(5.8)
             for (i, j), cell in tb.get_celld().items():
                 cell.set_linewidth(0.3)
                 if i == 0:
