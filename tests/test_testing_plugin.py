@@ -114,7 +114,7 @@ class TestClass:
 
 
 def test_formats_marker_parametrises_fp_format(pt: pytest.Pytester) -> None:
-    pt.makepyfile(test_formats=FORMAT_TESTS)
+    pt.makepyfile(test_plugin_demo_formats=FORMAT_TESTS)
     r = pt.runpytest(*PLUGIN, "-v", "--strict-markers")
     r.assert_outcomes(passed=6)
     r.stdout.fnmatch_lines_random([
@@ -128,7 +128,7 @@ def test_formats_marker_parametrises_fp_format(pt: pytest.Pytester) -> None:
 
 
 def test_fp_formats_option_sets_the_default(pt: pytest.Pytester) -> None:
-    pt.makepyfile(test_formats=FORMAT_TESTS)
+    pt.makepyfile(test_plugin_demo_formats=FORMAT_TESTS)
     r = pt.runpytest(*PLUGIN, "-v", "--fp-formats=bf16, fp8_e5m2", "-k", "unmarked or marked")
     r.assert_outcomes(passed=4)  # test_unmarked twice, test_marked keeps its own two formats
     r.stdout.fnmatch_lines_random(["*test_unmarked?bf16? PASSED*", "*test_unmarked?fp8_e5m2? PASSED*",
