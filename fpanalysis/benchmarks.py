@@ -31,7 +31,8 @@ def bench_rounding(n: int = 10**7, repeats: int = 5, seed: int = 0) -> dict[str,
     """float32 -> fp16 rounding of ``n`` standard-normal values.
 
     Variants: float32 output (a new array, or ``out=``), and native float16 output
-    (``dtype=np.float16``, the same array type ``astype(float16)`` returns).
+    (``dtype=np.float16``, the same array type ``astype(float16)`` returns; or ``out=`` a
+    preallocated float16 array, against ``np.copyto`` into one).
     Baselines: numpy ``astype(float16)``, torch ``.half()`` (when torch is installed) and pychop's
     torch backend (when pychop is installed; it is a speed baseline only: its overflow handling
     is wrong, see semantics.md).  Both allocating (a new output array per call) and
@@ -46,6 +47,7 @@ def bench_rounding(n: int = 10**7, repeats: int = 5, seed: int = 0) -> dict[str,
     t["fpanalysis_rne"] = best_time(lambda: round_to(x, "fp16"), repeats)
     t["fpanalysis_rne_out"] = best_time(lambda: round_to(x, "fp16", out=out32), repeats)
     t["fpanalysis_rne_float16"] = best_time(lambda: round_to(x, "fp16", dtype=np.float16), repeats)
+    t["fpanalysis_rne_float16_out"] = best_time(lambda: round_to(x, "fp16", out=out16), repeats)
     t["fpanalysis_stochastic"] = best_time(lambda: round_to(x, "fp16", "stochastic", seed=1), repeats)
     t["fpanalysis_stochastic_out"] = best_time(
         lambda: round_to(x, "fp16", "stochastic", seed=1, out=out32), repeats
@@ -74,6 +76,7 @@ def bench_rounding(n: int = 10**7, repeats: int = 5, seed: int = 0) -> dict[str,
         "vs_numpy_astype": t["numpy_astype"] / t["fpanalysis_rne"],
         "float16_output_vs_numpy_astype": t["numpy_astype"] / t["fpanalysis_rne_float16"],
         "vs_numpy_copyto_out": t["numpy_copyto_out"] / t["fpanalysis_rne_out"],
+        "float16_out_vs_numpy_copyto_out": t["numpy_copyto_out"] / t["fpanalysis_rne_float16_out"],
         "stochastic_cost_vs_rne": t["fpanalysis_stochastic"] / t["fpanalysis_rne"],
         "stochastic_cost_vs_rne_out": t["fpanalysis_stochastic_out"] / t["fpanalysis_rne_out"],
     }

@@ -221,8 +221,9 @@ def round_to(
         ml_dtypes types ``bfloat16``, ``float8_e4m3fn``, ``float8_e5m2`` (for the matching
         formats) give the format's native storage, written in one pass.
     out : numpy.ndarray, optional
-        A C-contiguous float32/float64 array of the input's shape to write the result into
-        (may be ``x`` itself: rounding in place); it is returned.
+        A C-contiguous array of the input's shape to write the result into and return: float32
+        or float64 (may be ``x`` itself: rounding in place), or a native storage type of the
+        format (e.g. a preallocated ``numpy.float16`` array for fp16).
     return_stats : bool
         Also return a :class:`RoundingStats` with overflow/subnormal/flush/inexact counts.
 
@@ -244,10 +245,14 @@ def round_to(
     m = RoundingMode.parse(mode)
     args = _kernel_args(f, m, seed, random_bits, stream)
     arr = _as_float_array(x)
+    if dtype is None and out is not None and _storage_name(out.dtype) in _NATIVE_STORAGE:
+        dtype = out.dtype
     if dtype is not None and _storage_name(dtype) in _NATIVE_STORAGE:
-        if out is not None or return_stats:
-            raise ValueError("out= and return_stats are not supported with a native low-precision dtype")
-        return _round_to_native(arr, f, _storage_name(dtype), np.dtype(dtype), args, x)
+        if return_stats:
+            raise ValueError("return_stats is not supported with a native low-precision dtype")
+        if out is not None and (out.shape != arr.shape or not out.flags.c_contiguous or out.dtype != np.dtype(dtype)):
+            raise ValueError(f"out must be a C-contiguous {np.dtype(dtype)} array of shape {arr.shape}")
+        return _round_to_native(arr, f, _storage_name(dtype), np.dtype(dtype), args, out)
     if dtype is None:
         out_dtype = np.float32 if (arr.dtype == np.float32 and fits_float32(f)) else np.float64
     else:
@@ -305,7 +310,7 @@ def _storage_name(dtype: Any) -> str:
 
 
 def _round_to_native(
-    arr: np.ndarray, f: FloatFormat, name: str, dt: np.dtype, args: tuple, x: ArrayLike
+    arr: np.ndarray, f: FloatFormat, name: str, dt: np.dtype, args: tuple, out: np.ndarray | None
 ) -> Any:
     from . import _round_kernels as K
 
@@ -322,12 +327,14 @@ def _round_to_native(
     nan_code = (top << fb) | ((1 << (fb - 1)) if f.overflow is Overflow.INF else ((1 << fb) - 1))
     p, emin, minnorm, maxval, sub, ovf, code, key, kbits = args
     flat = np.ascontiguousarray(arr).reshape(-1)
-    bits = np.empty(flat.shape, dtype=_uint_dtype(total))
+    bits = np.empty(flat.shape, dtype=_uint_dtype(total)) if out is None else out.reshape(-1).view(_uint_dtype(total))
     K.round_array_bits(
         flat, bits, p, emin, minnorm, maxval, sub, ovf, code, key, 0, kbits,
         fb, bias, 1.0 / f.min_subnormal, np.uint64(inf_code), np.uint64(nan_code), total - 1,
         flat.dtype == np.float32 and K.f32_kernel_applies(f.p, f.emin, f.emax),
     )
+    if out is not None:
+        return out
     result = bits.view(dt).reshape(arr.shape)
     return result[()] if result.ndim == 0 else result
 
