@@ -82,3 +82,27 @@ def counter_random(key, index):  # type: ignore[no-untyped-def]
     """64 random bits for element ``index`` of the stream ``key``; depends on nothing else,
     so results do not change with the number of threads or the chunking of the work."""
     return mix64(key + (index + U64(1)) * _GOLDEN)
+
+
+@intrinsic
+def f32_to_h16(typingctx, x):  # type: ignore[no-untyped-def]
+    """float32 -> binary16 bit pattern, round to nearest even (LLVM ``fptrunc``)."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+
+    return types.uint16(types.float32), codegen
+
+
+@intrinsic
+def h16_to_f32(typingctx, b):  # type: ignore[no-untyped-def]
+    """binary16 bit pattern -> float32 (exact)."""
+    if b != types.uint16:
+        return None
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(types.uint16), codegen

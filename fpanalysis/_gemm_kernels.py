@@ -35,6 +35,8 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from ._bits import EXP64, U64, counter_random, f64_to_u64, u64_to_f64
+from ._bits import f32_to_h16 as _f32_to_h16
+from ._bits import h16_to_f32 as _h16_to_f32
 from ._round_kernels import RD, RNA, RNE, RTO, RU, RZ, SR, SRK, round_scalar
 
 SEQUENTIAL, PAIRWISE, BLOCKED = 0, 1, 2
@@ -90,30 +92,6 @@ def _half_binop(op: str):  # type: ignore[no-untyped-def]
 
 _h16_mul = _half_binop("mul")
 _h16_add = _half_binop("add")
-
-
-@intrinsic
-def _f32_to_h16(typingctx, x):  # type: ignore[no-untyped-def]
-    """float32 -> binary16 bit pattern, round to nearest even (LLVM ``fptrunc``)."""
-    if x != types.float32:
-        return None
-
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
-
-    return types.uint16(types.float32), codegen
-
-
-@intrinsic
-def _h16_to_f32(typingctx, b):  # type: ignore[no-untyped-def]
-    """binary16 bit pattern -> float32 (exact)."""
-    if b != types.uint16:
-        return None
-
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
-
-    return types.float32(types.uint16), codegen
 
 
 # --- conversions ----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from ._bits import (
     SIGN64,
     U64,
     counter_random,
+    f32_to_h16,
     f32_to_u32,
     f64_to_u64,
     u32_to_f32,
@@ -374,3 +375,12 @@ def round_array_bits(x, out, p, emin, minnorm, maxval, subnormals, ovf, mode, ke
             c = encode_scalar(y, fb, bias, minnorm, inv_min_sub, inf_code, nan_code)
             s = (f64_to_u64(y) >> U64(63)) & (U64(0) if y != y else U64(1))
             out[i] = c | (s << U64(sign_shift))
+
+
+@njit(parallel=True, cache=True)
+def f32_to_binary16_bits(x, out):  # type: ignore[no-untyped-def]
+    """float32 -> IEEE binary16 bit patterns, round to nearest even, via LLVM's ``fptrunc``
+    (the F16C/AVX-512 conversion instruction where the CPU has one): the one case where the
+    hardware's own conversion is exactly the rounding asked for.  NaN payloads are kept."""
+    for i in prange(x.shape[0]):
+        out[i] = f32_to_h16(x[i])

@@ -327,6 +327,14 @@ def _round_to_native(
     nan_code = (top << fb) | ((1 << (fb - 1)) if f.overflow is Overflow.INF else ((1 << fb) - 1))
     p, emin, minnorm, maxval, sub, ovf, code, key, kbits = args
     flat = np.ascontiguousarray(arr).reshape(-1)
+    if name == "float16" and code == 0 and flat.dtype == np.float32:
+        # binary16, nearest even, from float32: the hardware conversion is exactly this rounding
+        dest = np.empty(flat.shape, dtype=np.uint16) if out is None else out.reshape(-1).view(np.uint16)
+        K.f32_to_binary16_bits(flat, dest)
+        if out is not None:
+            return out
+        res = dest.view(dt).reshape(arr.shape)
+        return res[()] if res.ndim == 0 else res
     bits = np.empty(flat.shape, dtype=_uint_dtype(total)) if out is None else out.reshape(-1).view(_uint_dtype(total))
     K.round_array_bits(
         flat, bits, p, emin, minnorm, maxval, sub, ovf, code, key, 0, kbits,
