@@ -31,12 +31,17 @@ def environment() -> dict[str, Any]:
     return env
 
 
-def write_json(path: Path, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` to ``path`` atomically (a temporary file, then rename)."""
+def write_json(path: "str | os.PathLike[str]", payload: Any) -> Path:
+    """Write ``payload`` as JSON so that ``path`` holds either the old file or the complete new
+    one (temporary file in the same folder, fsync, rename).  numpy scalars become numbers."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as fh:
         json.dump(payload, fh, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
     return path
 

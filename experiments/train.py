@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import os
 import platform
@@ -35,6 +34,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
+if str(HERE) not in sys.path:  # experiments/_common.py, also when imported from elsewhere
+    sys.path.insert(0, str(HERE))
+
+from _common import write_json  # noqa: E402
 
 
 # ============================================================================================
@@ -135,17 +138,8 @@ def parse_args(argv: list[str]) -> Config:
 # small utilities
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON so that ``path`` is either the old file or the complete new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, allow_nan=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+# one atomic JSON writer for every experiment script (experiments/_common.py)
+write_json_atomic = write_json
 
 
 def _rss_bytes() -> int:

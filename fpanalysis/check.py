@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .formats import FloatFormat, get_format
+from .formats import FloatFormat
 from .rounding import round_to
 
 __all__ = ["Finding", "CheckReport", "THRESHOLDS", "decide_verdict", "findings_from_measurements", "check"]
@@ -410,7 +410,3 @@ def check(model: Any, data: Any, **kwargs: Any) -> CheckReport:
     from .nn.check_torch import run_check
 
     return run_check(model, data, **kwargs)
-
-
-def resolve_format(fmt: "str | FloatFormat") -> FloatFormat:
-    return get_format(fmt)

@@ -92,11 +92,6 @@ class RangeStats:
     def frac_below_2m24(self) -> float:
         return self.n_below_2m24 / self.nonzero if self.nonzero else 0.0
 
-    def quantile(self, q: float) -> float:
-        if not self.abs_values:
-            return math.nan
-        return float(np.quantile(np.concatenate(self.abs_values), q))
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
