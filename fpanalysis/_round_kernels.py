@@ -18,8 +18,6 @@ from numba import njit, prange
 from ._bits import (
     ABS64,
     EXP64,
-    HIDDEN64,
-    MANT64,
     SIGN64,
     U64,
     counter_random,

@@ -6,7 +6,6 @@ import importlib.util
 import inspect
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
