@@ -3,8 +3,10 @@
 Issue 2's goals at 512 x 512 x 512: the ``ieee`` profile (fp16 accumulation, round to nearest
 even, no fma) at >= 1/10 of numpy float32 BLAS throughput, ``fp32-accumulate`` at >= 1/2.
 
-Every method is timed once per round and the rounds are interleaved, so slow phases of a shared
-machine hit all methods alike.  Three ratios are reported (BLAS time / method time):
+Timing: ``fpanalysis.benchmarks.time_interleaved`` -- in every round each method first runs
+untimed for 0.15 s (which absorbs the spinning worker threads left by the previous method's
+thread pool), then twice timed; the rounds are interleaved, so slow phases of a shared machine
+hit all methods alike.  Three ratios are reported (BLAS time / method time):
 ``wall_min`` (best wall-clock times), ``wall_median`` and ``cpu_min`` (best process CPU
 time: robust to being descheduled, but counts busy-waiting BLAS threads as work, so use it with
 --threads 1).  Results, configuration and environment go to a JSON file.
@@ -19,17 +21,17 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-
 from _common import RESULTS, environment, parse_overrides, write_json
 
+from fpanalysis.benchmarks import GEMM_GOALS as GOALS
+from fpanalysis.benchmarks import time_interleaved
+
 SLOW_ROUNDS = 3  # rounds for the slow reference methods (general kernel, numpy float16)
-GOALS = {"ieee_sequential": 0.10, "fp32acc_sequential": 0.50, "fp32acc_blas": 0.50}
 
 
 @dataclass
@@ -43,20 +45,16 @@ class Config:
 
 
 def _methods(n: int, extra: bool, seed: int) -> tuple[dict[str, Callable[[], object]], set[str]]:
+    from fpanalysis.benchmarks import gemm_methods
     from fpanalysis.linalg import matmul
 
-    rng = np.random.default_rng(seed)
+    m = gemm_methods(n, seed)
+    rng = np.random.default_rng(seed)  # the same matrices as gemm_methods
     A16 = rng.standard_normal((n, n)).astype(np.float16)
     B16 = rng.standard_normal((n, n)).astype(np.float16)
-    A32, B32 = A16.astype(np.float32), B16.astype(np.float32)
-    m: dict[str, Callable[[], object]] = {
-        "numpy_fp32_blas": lambda: A32 @ B32,
-        "ieee_sequential": lambda: matmul(A16, B16, "fp16", "ieee"),
-        "ieee_pairwise": lambda: matmul(A16, B16, "fp16", "ieee", order="pairwise"),
-        "ieee_blocked": lambda: matmul(A16, B16, "fp16", "ieee", order="blocked", block=32),
-        "fp32acc_sequential": lambda: matmul(A16, B16, "fp16", "fp32-accumulate"),
-        "fp32acc_blas": lambda: matmul(A16, B16, "fp16", "fp32-accumulate", order="blas"),
-    }
+    m["ieee_pairwise"] = lambda: matmul(A16, B16, "fp16", "ieee", order="pairwise")
+    m["ieee_blocked"] = lambda: matmul(A16, B16, "fp16", "ieee", order="blocked", block=32)
+    m["fp32acc_blocked"] = lambda: matmul(A16, B16, "fp16", "fp32-accumulate", order="blocked", block=32)
     slow: set[str] = set()
     if extra:
         m["ieee_stochastic"] = lambda: matmul(A16, B16, "fp16", "ieee", mode="stochastic", seed=1)
@@ -115,16 +113,7 @@ def run(cfg: Config) -> dict[str, object]:
     methods, slow = _methods(n, cfg.extra, cfg.seed)
     for f in methods.values():  # compile and warm up
         f()
-    wall: dict[str, list[float]] = {k: [] for k in methods}
-    cpu: dict[str, list[float]] = {k: [] for k in methods}
-    for r in range(rounds):
-        for name, f in methods.items():
-            if name in slow and r >= SLOW_ROUNDS:
-                continue
-            c0, w0 = time.process_time(), time.perf_counter()
-            f()
-            wall[name].append(time.perf_counter() - w0)
-            cpu[name].append(time.process_time() - c0)
+    wall, cpu = time_interleaved(methods, rounds, max_rounds=dict.fromkeys(slow, SLOW_ROUNDS))
     flops = 2.0 * n**3
     ref_w, ref_m, ref_c = (
         min(wall["numpy_fp32_blas"]),

@@ -84,8 +84,36 @@ def counter_random(key, index):  # type: ignore[no-untyped-def]
     return mix64(key + (index + U64(1)) * _GOLDEN)
 
 
+def target_features() -> frozenset[str]:
+    """The CPU features numba compiles for (``NUMBA_CPU_FEATURES``, else the host's; numba
+    assumes none for ``NUMBA_CPU_NAME=generic``)."""
+    from numba.core import config
+    from numba.core.codegen import get_host_cpu_features
+
+    feats = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
+    return frozenset(f[1:] for f in feats.split(",") if f.startswith("+"))
+
+
+def _native_half_conversions() -> bool:
+    """Whether LLVM turns float32 <-> binary16 conversions into instructions for the target.
+
+    Without them (x86 before F16C, or a generic target) LLVM emits calls to compiler-rt's
+    ``__truncsfhf2``/``__extendhfsf2``, which numba's JIT does not link: the process would
+    abort.  The integer versions below are used there instead (same bits, slower).
+    """
+    import platform
+
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return "f16c" in target_features()
+    return machine in ("aarch64", "arm64")  # ARMv8 has the conversions in its base FP unit
+
+
+NATIVE_HALF = _native_half_conversions()
+
+
 @intrinsic
-def f32_to_h16(typingctx, x):  # type: ignore[no-untyped-def]
+def _f32_to_h16_native(typingctx, x):  # type: ignore[no-untyped-def]
     """float32 -> binary16 bit pattern, round to nearest even (LLVM ``fptrunc``)."""
     if x != types.float32:
         return None
@@ -97,7 +125,7 @@ def f32_to_h16(typingctx, x):  # type: ignore[no-untyped-def]
 
 
 @intrinsic
-def h16_to_f32(typingctx, b):  # type: ignore[no-untyped-def]
+def _h16_to_f32_native(typingctx, b):  # type: ignore[no-untyped-def]
     """binary16 bit pattern -> float32 (exact)."""
     if b != types.uint16:
         return None
@@ -106,3 +134,52 @@ def h16_to_f32(typingctx, b):  # type: ignore[no-untyped-def]
         return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
 
     return types.float32(types.uint16), codegen
+
+
+_U32 = np.uint32
+_HALF = np.float32(0.5)
+
+
+@njit(inline="always", cache=True)
+def _f32_to_h16_soft(x):  # type: ignore[no-untyped-def]
+    """:func:`_f32_to_h16_native` in integer arithmetic (as F16C's ``vcvtps2ph``: NaNs keep the
+    sign and the top payload bits, and become quiet).
+
+    Normal results: the rebiased bits plus a rounding increment (``0xFFF`` + the lowest kept
+    bit is round to nearest even); subnormal results: one float32 addition of 0.5, whose
+    rounding (to a multiple of 2**-24) is the wanted one (Giesen's ``float_to_half``).
+    """
+    u = f32_to_u32(x)
+    sign = (u >> _U32(16)) & _U32(0x8000)
+    a = u & _U32(0x7FFFFFFF)
+    if a > _U32(0x7F800000):
+        h = _U32(0x7E00) | ((a >> _U32(13)) & _U32(0x3FF))
+    elif a >= _U32(0x477FF000):  # >= 65520, the midpoint above 65504: inf
+        h = _U32(0x7C00)
+    elif a >= _U32(0x38800000):  # >= 2**-14: normal
+        h = (a + _U32(0xFFF) + ((a >> _U32(13)) & _U32(1)) - _U32(112 << 23)) >> _U32(13)
+    else:
+        h = f32_to_u32(u32_to_f32(_U32(a)) + _HALF) - _U32(0x3F000000)
+    return np.uint16(sign | h)
+
+
+@njit(inline="always", cache=True)
+def _h16_to_f32_soft(b):  # type: ignore[no-untyped-def]
+    """:func:`_h16_to_f32_native` in integer arithmetic (NaNs become quiet, as ``vcvtph2ps``)."""
+    h = _U32(b)
+    sign = (h & _U32(0x8000)) << _U32(16)
+    e = (h >> _U32(10)) & _U32(0x1F)
+    m = h & _U32(0x3FF)
+    if e == _U32(0x1F):
+        u = _U32(0x7F800000) | (m << _U32(13)) | (_U32(0x400000) if m != _U32(0) else _U32(0))
+    elif e == _U32(0):  # zero or subnormal: m * 2**-24, exact in float32
+        u = f32_to_u32(np.float32(m) * np.float32(2.0**-24))
+    else:
+        u = ((e + _U32(112)) << _U32(23)) | (m << _U32(13))
+    return u32_to_f32(_U32(sign | u))
+
+
+# float32 <-> binary16 (round to nearest even) for the kernels: the conversion instructions
+# where the target has them, else the integer versions.
+f32_to_h16 = _f32_to_h16_native if NATIVE_HALF else _f32_to_h16_soft
+h16_to_f32 = _h16_to_f32_native if NATIVE_HALF else _h16_to_f32_soft

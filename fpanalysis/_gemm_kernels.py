@@ -14,7 +14,9 @@ Higham's recursive pairing of the terms):
 * ``f32_*`` -- the ``fp32-accumulate`` profile on float32 values: products rounded to float32
   (exact for fp16 operands) and float32 additions, both IEEE round-to-nearest-even.  When the
   products are exact the kernels use a float32 fused multiply-add, which then gives the same
-  bits as a multiply followed by an add.
+  bits as a multiply followed by an add.  ``f32_tiled`` (sequential and blocked orders) is a
+  register-tiled kernel written with explicit LLVM vector types; the ``_rows`` loops are its
+  twins and serve products with few rows.
 * ``ieee_general`` -- the ``ieee`` profile for any format with ``p <= 26`` and any rounding mode,
   in float64: products are exact in float64 and rounded with ``round_scalar``; a sum (or an
   ``fma``) is computed exactly as ``z + err`` (TwoSum, Knuth), turned into the float64 number
@@ -32,9 +34,10 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._bits import EXP64, U64, counter_random, f64_to_u64, u64_to_f64
+from ._bits import EXP64, NATIVE_HALF, U64, counter_random, f64_to_u64, target_features, u64_to_f64
 from ._bits import f32_to_h16 as _f32_to_h16
 from ._bits import h16_to_f32 as _h16_to_f32
 from ._round_kernels import RD, RNA, RNE, RTO, RU, RZ, SR, SRK, round_scalar
@@ -90,8 +93,21 @@ def _half_binop(op: str):  # type: ignore[no-untyped-def]
     return impl
 
 
-_h16_mul = _half_binop("mul")
-_h16_add = _half_binop("add")
+@njit(inline="always", cache=True)
+def _h16_mul_soft(a, b):  # type: ignore[no-untyped-def]
+    return _f32_to_h16(_h16_to_f32(a) * _h16_to_f32(b))
+
+
+@njit(inline="always", cache=True)
+def _h16_add_soft(a, b):  # type: ignore[no-untyped-def]
+    return _f32_to_h16(_h16_to_f32(a) + _h16_to_f32(b))
+
+
+# LLVM lowers ``half`` arithmetic through float32 when the CPU lacks it, using the conversion
+# instructions; without those (NATIVE_HALF false) the integer conversions are spelled out here
+# (the same promotion, which is exact as explained at the top).
+_h16_mul = _half_binop("mul") if NATIVE_HALF else _h16_mul_soft
+_h16_add = _half_binop("add") if NATIVE_HALF else _h16_add_soft
 
 
 # --- conversions ----------------------------------------------------------------------------
@@ -256,93 +272,181 @@ def _h16_pairwise_rows(A, B, C, r0, r1):  # type: ignore[no-untyped-def]
 
 
 # --- fp32-accumulate profile -----------------------------------------------------------------
+#
+# The fast kernel is a register-tiled product in the manner of BLAS micro-kernels (Goto & van
+# de Geijn, ACM TOMS 34(3), 2008): B is packed into panels of NR columns, a block of MR rows of
+# A into a (k, row) strip, and an MR x NR tile of C is held in MR*NV vector registers while k
+# runs over the block.  Each C entry still receives its terms one at a time in increasing k,
+# each step one IEEE float32 operation, so the bits equal those of the plain row loop
+# (``_f32_sequential_rows``, its test twin).  The inner loop is written in LLVM IR with explicit
+# vector types, because numba cannot express a tile of accumulators that stays in registers.
+
+
+def _vector_lanes() -> int:
+    """float32 lanes of the vector registers the tile is sized for: 16 where numba's target
+    has AVX-512, else 8.  Only speed depends on this: LLVM splits wider vectors into what the
+    target has."""
+    return 16 if "avx512f" in target_features() else 8
+
+
+VL = _vector_lanes()
+NV = 2  # vectors per tile row
+NR = NV * VL  # columns of a tile (and of a packed panel of B)
+MR = 12 if VL == 16 else 6  # rows of a tile: MR*NV accumulators + NV loads + 1 broadcast fit
+# in the 32 (AVX-512) or 16 (AVX2) vector registers
+KC = 256  # k per pass over a tile: a packed A strip (KC x MR) stays in L1, a B panel in L2
+
+
+def _tile_kernel(fused: bool):  # type: ignore[no-untyped-def]
+    """An intrinsic ``tile(Ap, Bp, b_off, C, c_off, ldc, kc, load_c)``: for k < kc,
+    ``acc[r, j] = acc[r, j] + Ap[k, r] * Bp.flat[b_off + k*NR + j]`` (one float32 FMA if
+    ``fused``, else a rounded product then a rounded sum), on the MR x NR tile of C whose first
+    entry is ``C.flat[c_off]`` with row stride ``ldc`` elements; the accumulators start from the
+    tile (``load_c``) or from +0, and are stored back to it."""
+
+    @intrinsic
+    def tile(typingctx, Ap, Bp, b_off, C, c_off, ldc, kc, load_c):  # type: ignore[no-untyped-def]
+        arrays = (Ap, Bp, C)
+        if not all(isinstance(a, types.Array) and a.dtype == types.float32 for a in arrays):
+            return None
+        sig = types.none(Ap, Bp, types.intp, C, types.intp, types.intp, types.intp, types.boolean)
+
+        def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+            _, _, b_off_v, _, c_off_v, ldc_v, kc_v, load_v = args
+            f32 = ir.FloatType()
+            vt = ir.VectorType(f32, VL)
+            vp = ir.PointerType(vt)
+            i64 = b_off_v.type
+            i32 = ir.IntType(32)
+
+            def data(k: int):  # type: ignore[no-untyped-def]
+                return context.make_array(signature.args[k])(context, builder, args[k]).data
+
+            def const(v: int):  # type: ignore[no-untyped-def]
+                return ir.Constant(i64, v)
+
+            def vec_at(base, off):  # type: ignore[no-untyped-def]
+                return builder.bitcast(builder.gep(base, [off]), vp)
+
+            a_p = data(0)
+            b_p = builder.gep(data(1), [b_off_v])
+            c_p = builder.gep(data(3), [c_off_v])
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vt, [vt, vt, vt]), f"llvm.fma.v{VL}f32"
+            )
+            acc = [[cgutils.alloca_once(builder, vt) for _ in range(NV)] for _ in range(MR)]
+            c_rows = [builder.gep(c_p, [builder.mul(ldc_v, const(r))]) for r in range(MR)]
+            with builder.if_else(load_v) as (then, otherwise):
+                with then:
+                    for r in range(MR):
+                        for v in range(NV):
+                            x = builder.load(vec_at(c_rows[r], const(v * VL)), align=4)
+                            builder.store(x, acc[r][v])
+                with otherwise:
+                    for r in range(MR):
+                        for v in range(NV):
+                            builder.store(ir.Constant(vt, [0.0] * VL), acc[r][v])
+            undef = ir.Constant(vt, ir.Undefined)
+            splat = ir.Constant(ir.VectorType(i32, VL), [0] * VL)
+            with cgutils.for_range(builder, kc_v) as loop:
+                k = loop.index
+                b_row = builder.gep(b_p, [builder.mul(k, const(NR))])
+                b = [builder.load(vec_at(b_row, const(v * VL)), align=4) for v in range(NV)]
+                a_row = builder.gep(a_p, [builder.mul(k, const(MR))])
+                for r in range(MR):
+                    s = builder.load(builder.gep(a_row, [const(r)]))
+                    a = builder.shuffle_vector(
+                        builder.insert_element(undef, s, ir.Constant(i32, 0)), undef, splat
+                    )
+                    for v in range(NV):
+                        c = builder.load(acc[r][v])
+                        if fused:
+                            x = builder.call(fma, [a, b[v], c])
+                        else:  # no fast-math flags: LLVM keeps the two roundings
+                            x = builder.fadd(c, builder.fmul(a, b[v]))
+                        builder.store(x, acc[r][v])
+            for r in range(MR):
+                for v in range(NV):
+                    builder.store(builder.load(acc[r][v]), vec_at(c_rows[r], const(v * VL)), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+_tile_fma = _tile_kernel(True)
+_tile_mul_add = _tile_kernel(False)
+
+
+@njit(inline="always", cache=True)
+def _tile(fused, Ap, Bp, b_off, C, c_off, ldc, kc, load_c):  # type: ignore[no-untyped-def]
+    if fused:
+        _tile_fma(Ap, Bp, b_off, C, c_off, ldc, kc, load_c)
+    else:
+        _tile_mul_add(Ap, Bp, b_off, C, c_off, ldc, kc, load_c)
 
 
 @njit(cache=True)
-def _f32_sequential_fma_rows(A, B, C, r0, r1):  # type: ignore[no-untyped-def]
-    """float32 C = 0 + a_i0 b_0j + a_i1 b_1j + ... in k order, each step one float32 FMA.
+def _pack_b(B, Bp, p0, p1):  # type: ignore[no-untyped-def]
+    """Panels p0..p1 of B: ``Bp[p, k, j] = B[k, p*NR + j]``, zero beyond the last column."""
+    K, N = B.shape
+    for p in range(p0, p1):
+        j0 = p * NR
+        w = min(NR, N - j0)
+        for k in range(K):
+            for j in range(w):
+                Bp[p, k, j] = B[k, j0 + j]
+            for j in range(w, NR):
+                Bp[p, k, j] = 0.0
 
-    Register-blocked: 8 rows of C and 4 consecutive k at a time, so that one load of B feeds 8
-    FMAs; each C entry still receives its terms one at a time in increasing k.
+
+@njit(cache=True)
+def _f32_tiled_rows(A, Bp, C, fused, block, rb0, rb1):  # type: ignore[no-untyped-def]
+    """Row blocks rb0..rb1 (MR rows each) of C = A @ B, from B packed by :func:`_pack_b`.
+
+    ``block == 0``: sequential order (C = 0 + a_i0 b_0j + a_i1 b_1j + ... in k order, the tile
+    saved to C between passes of KC terms).  ``block > 0``: blocked order, each block of
+    ``block`` terms summed from +0 in a scratch tile and added to C, which starts at +0.
     """
     M, K = A.shape
-    N = B.shape[1]
-    R = 8
-    _wide_vectors()
-    for ib in range(r0 // R, (r1 + R - 1) // R):  # r0 is a multiple of 8
-        i0 = ib * R
-        if i0 + R <= M:
-            c0 = C[i0]
-            c1 = C[i0 + 1]
-            c2 = C[i0 + 2]
-            c3 = C[i0 + 3]
-            c4 = C[i0 + 4]
-            c5 = C[i0 + 5]
-            c6 = C[i0 + 6]
-            c7 = C[i0 + 7]
-            for j in range(N):
-                c0[j] = 0.0
-                c1[j] = 0.0
-                c2[j] = 0.0
-                c3[j] = 0.0
-                c4[j] = 0.0
-                c5[j] = 0.0
-                c6[j] = 0.0
-                c7[j] = 0.0
-            k = 0
-            while k + 4 <= K:
-                b0 = B[k]
-                b1 = B[k + 1]
-                b2 = B[k + 2]
-                b3 = B[k + 3]
-                a0 = A[i0, k : k + 4]
-                a1 = A[i0 + 1, k : k + 4]
-                a2 = A[i0 + 2, k : k + 4]
-                a3 = A[i0 + 3, k : k + 4]
-                a4 = A[i0 + 4, k : k + 4]
-                a5 = A[i0 + 5, k : k + 4]
-                a6 = A[i0 + 6, k : k + 4]
-                a7 = A[i0 + 7, k : k + 4]
-                x00, x01, x02, x03 = a0[0], a0[1], a0[2], a0[3]
-                x10, x11, x12, x13 = a1[0], a1[1], a1[2], a1[3]
-                x20, x21, x22, x23 = a2[0], a2[1], a2[2], a2[3]
-                x30, x31, x32, x33 = a3[0], a3[1], a3[2], a3[3]
-                x40, x41, x42, x43 = a4[0], a4[1], a4[2], a4[3]
-                x50, x51, x52, x53 = a5[0], a5[1], a5[2], a5[3]
-                x60, x61, x62, x63 = a6[0], a6[1], a6[2], a6[3]
-                x70, x71, x72, x73 = a7[0], a7[1], a7[2], a7[3]
-                for j in range(N):
-                    y0 = b0[j]
-                    y1 = b1[j]
-                    y2 = b2[j]
-                    y3 = b3[j]
-                    c0[j] = _fma32(x03, y3, _fma32(x02, y2, _fma32(x01, y1, _fma32(x00, y0, c0[j]))))
-                    c1[j] = _fma32(x13, y3, _fma32(x12, y2, _fma32(x11, y1, _fma32(x10, y0, c1[j]))))
-                    c2[j] = _fma32(x23, y3, _fma32(x22, y2, _fma32(x21, y1, _fma32(x20, y0, c2[j]))))
-                    c3[j] = _fma32(x33, y3, _fma32(x32, y2, _fma32(x31, y1, _fma32(x30, y0, c3[j]))))
-                    c4[j] = _fma32(x43, y3, _fma32(x42, y2, _fma32(x41, y1, _fma32(x40, y0, c4[j]))))
-                    c5[j] = _fma32(x53, y3, _fma32(x52, y2, _fma32(x51, y1, _fma32(x50, y0, c5[j]))))
-                    c6[j] = _fma32(x63, y3, _fma32(x62, y2, _fma32(x61, y1, _fma32(x60, y0, c6[j]))))
-                    c7[j] = _fma32(x73, y3, _fma32(x72, y2, _fma32(x71, y1, _fma32(x70, y0, c7[j]))))
-                k += 4
-            while k < K:
-                b0 = B[k]
-                for r in range(R):
-                    x = A[i0 + r, k]
-                    c = C[i0 + r]
-                    for j in range(N):
-                        c[j] = _fma32(x, b0[j], c[j])
-                k += 1
-        else:
-            for i in range(i0, M):
-                c = C[i]
-                for j in range(N):
-                    c[j] = 0.0
-                for k in range(K):
-                    x = A[i, k]
-                    b = B[k]
-                    for j in range(N):
-                        c[j] = _fma32(x, b[j], c[j])
+    N = C.shape[1]
+    step = block if block > 0 else KC
+    Ap = np.empty((min(K, step), MR), dtype=np.float32)
+    T = np.empty((MR, NR), dtype=np.float32)
+    ldc = C.strides[0] // 4  # C's rows are contiguous (checked by the entry points)
+    for ib in range(rb0, rb1):
+        i0 = ib * MR
+        h = min(MR, M - i0)
+        if block > 0 or K == 0:
+            for r in range(h):
+                C[i0 + r, :] = 0.0
+        for k0 in range(0, K, step):
+            kc = min(K, k0 + step) - k0
+            for k in range(kc):
+                for r in range(h):
+                    Ap[k, r] = A[i0 + r, k0 + k]
+                for r in range(h, MR):
+                    Ap[k, r] = 0.0
+            for p in range(Bp.shape[0]):
+                j0 = p * NR
+                w = min(NR, N - j0)
+                b_off = (p * K + k0) * NR
+                if block > 0:
+                    _tile(fused, Ap, Bp, b_off, T, 0, NR, kc, False)
+                    for r in range(h):
+                        for j in range(w):
+                            C[i0 + r, j0 + j] = C[i0 + r, j0 + j] + T[r, j]
+                elif h == MR and w == NR:
+                    _tile(fused, Ap, Bp, b_off, C, i0 * ldc + j0, ldc, kc, k0 > 0)
+                else:  # an edge tile: through the scratch tile
+                    for r in range(h):
+                        for j in range(w):
+                            T[r, j] = C[i0 + r, j0 + j]
+                    _tile(fused, Ap, Bp, b_off, T, 0, NR, kc, k0 > 0)
+                    for r in range(h):
+                        for j in range(w):
+                            C[i0 + r, j0 + j] = T[r, j]
 
 
 @njit(cache=True)
@@ -613,7 +717,7 @@ def _ieee_general_rows(
 
 # --- parallel and one-thread entry points ----------------------------------------------------
 
-ROWS = 8  # rows of C per parallel work item (the fp32 kernel works on blocks of 8 rows)
+ROWS = 8  # rows of C per parallel work item
 SERIAL_BELOW = 1 << 22  # multiply-adds below which the one-thread kernels are used
 
 
@@ -660,17 +764,26 @@ def h16_pairwise_serial(A, B, C):  # type: ignore[no-untyped-def]
 
 
 @njit(parallel=True, cache=True)
-def f32_sequential_fma(A, B, C):  # type: ignore[no-untyped-def]
-    """:func:`_f32_sequential_fma_rows` over all rows, in parallel blocks of ``ROWS`` rows."""
-    M = A.shape[0]
-    for c in prange((M + ROWS - 1) // ROWS):
-        _f32_sequential_fma_rows(A, B, C, c * ROWS, min(M, (c + 1) * ROWS))
+def f32_tiled(A, B, C, fused, block):  # type: ignore[no-untyped-def]
+    """:func:`_f32_tiled_rows` over all rows (C's rows contiguous), packing B and running row
+    blocks in parallel."""
+    M, K = A.shape
+    P = (B.shape[1] + NR - 1) // NR
+    Bp = np.empty((P, K, NR), dtype=np.float32)
+    for p in prange(P):
+        _pack_b(B, Bp, p, p + 1)
+    for ib in prange((M + MR - 1) // MR):
+        _f32_tiled_rows(A, Bp, C, fused, block, ib, ib + 1)
 
 
 @njit(cache=True)
-def f32_sequential_fma_serial(A, B, C):  # type: ignore[no-untyped-def]
-    """:func:`_f32_sequential_fma_rows` over all rows on one thread (small products)."""
-    _f32_sequential_fma_rows(A, B, C, 0, A.shape[0])
+def f32_tiled_serial(A, B, C, fused, block):  # type: ignore[no-untyped-def]
+    """:func:`f32_tiled` on one thread (small products)."""
+    M, K = A.shape
+    P = (B.shape[1] + NR - 1) // NR
+    Bp = np.empty((P, K, NR), dtype=np.float32)
+    _pack_b(B, Bp, 0, P)
+    _f32_tiled_rows(A, Bp, C, fused, block, 0, (M + MR - 1) // MR)
 
 
 @njit(parallel=True, cache=True)

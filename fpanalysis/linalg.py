@@ -53,9 +53,11 @@ BLAS and torch), an exact zero sum is -0 only when rounding ``"down"``.
 
 Speed: the ``ieee`` profile for fp16 with ``"nearest-even"`` and no ``fma`` uses binary16
 arithmetic directly (LLVM ``half``; native AVX512-FP16 where available), and ``fp32-accumulate``
-sequential uses a register-blocked float32 FMA kernel; at 512^3 on one core they reach about
-0.3 and 0.5 of numpy's float32 BLAS (``experiments/bench_gemm.py``).  Other modes, formats and
-``fma=True`` use a general float64 kernel, 50 to 100 times slower (0.4 to 1 GFLOP/s per core).
+sequential and blocked (any format, any mode: only the final rounding depends on them) use a
+register-tiled float32 kernel, from 12 rows of A on (6 without AVX-512); at 512^3 on one core
+they reach about 0.35 and 0.8 of numpy's float32 BLAS (``experiments/bench_gemm.py``).  Other
+``ieee`` modes, formats and ``fma=True`` use a general float64 kernel, 50 to 100 times slower
+(0.4 to 1 GFLOP/s per core).
 
 Values
 ------
@@ -309,24 +311,17 @@ def _matmul2d(A: np.ndarray, B: np.ndarray, spec: _Spec, offset: int, dtype: typ
                 acc = A32 @ B32
         else:
             acc = np.empty((M, N), dtype=np.float32)
-            if order is Order.SEQUENTIAL:
-                if (exact_prod or spec.fma) and _FAST_PATHS:
-                    if N % 128 == 0:
-                        # rows 4 KiB apart make loads of one C row wait on stores to another
-                        # (4K aliasing); a padded row stride avoids it (about 15% faster)
-                        Bp = np.zeros((K, N + 16), dtype=np.float32)
-                        Bp[:, :N] = B32
-                        accp = np.empty((M, N + 16), dtype=np.float32)
-                        kern("f32_sequential_fma")(A32, Bp, accp)
-                        acc = accp[:, :N]
-                    else:
-                        kern("f32_sequential_fma")(A32, B32, acc)
-                elif exact_prod or spec.fma:
-                    kern("f32_sequential")(A32, B32, acc, True)
-                else:
-                    kern("f32_sequential")(A32, B32, acc, False)
+            fused = exact_prod or spec.fma  # exact products: an FMA gives the same bits
+            # the tiled kernel packs B and pads rows to tiles of G.MR: worth it from G.MR rows
+            tiled = _FAST_PATHS and M >= G.MR
+            if order is Order.SEQUENTIAL and tiled:
+                kern("f32_tiled")(A32, B32, acc, fused, 0)
+            elif order is Order.SEQUENTIAL:
+                kern("f32_sequential")(A32, B32, acc, fused)
+            elif order is Order.BLOCKED and tiled:
+                kern("f32_tiled")(A32, B32, acc, fused, spec.block)
             elif order is Order.BLOCKED:
-                kern("f32_blocked")(A32, B32, acc, spec.block, exact_prod or spec.fma)
+                kern("f32_blocked")(A32, B32, acc, spec.block, fused)
             else:
                 kern("f32_pairwise")(A32, B32, acc)
         return _round_final(acc, spec, offset, dtype)

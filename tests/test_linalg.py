@@ -278,6 +278,15 @@ def cases(fmt: FloatFormat, seed: int = 0):  # type: ignore[no-untyped-def]
     return [random_case(fmt, rng), adversarial_case(fmt, rng)]
 
 
+def tall_case(fmt: FloatFormat, rng: np.random.Generator):  # type: ignore[no-untyped-def]
+    """27 x 24 times 24 x 37: the adversarial rows and columns among random ones, big enough
+    for the register-tiled fp32 kernel (whole tiles of C and edge tiles in both directions for
+    tiles of 12 x 32 or 6 x 16)."""
+    A1, B1 = adversarial_case(fmt, rng)
+    A2, B2 = random_case(fmt, rng, M=27 - A1.shape[0], K=A1.shape[1], N=37 - B1.shape[1])
+    return np.vstack([A2[:7], A1, A2[7:]]), np.hstack([B2[:, :20], B1, B2[:, 20:]])
+
+
 # --- the oracle itself -------------------------------------------------------------------------
 
 
@@ -393,10 +402,10 @@ def test_fma_single_rounding_differs_from_two_roundings() -> None:
 @pytest.mark.parametrize("order", ["sequential", "pairwise", "blocked"])
 def test_fp32acc_fp16_matches_oracle(order: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     rng = np.random.default_rng(3)
-    data = cases(FP16, seed=3) + [random_case(FP16, rng, M=11, K=37, N=19)]  # 8-row kernel + tails
+    data = cases(FP16, seed=3) + [random_case(FP16, rng, M=13, K=37, N=19)]  # one tile + a row
     for A, B in data:
         want = oracle_fp32acc(A, B, FP16, "nearest-even", order, block=6)
-        for fast in (True, False):  # register-blocked FMA kernel, then the one-row kernel
+        for fast in (True, False):  # register-tiled kernel (from G.MR rows), then the row loops
             monkeypatch.setattr(L, "_FAST_PATHS", fast)
             got = matmul(A, B, "fp16", "fp32-accumulate", order=order, block=6)
             assert same(got, want), fast
@@ -466,22 +475,47 @@ def test_fp32acc_equals_numpy_float16_matmul() -> None:
     assert min(rates.values()) >= 0.999, rates
 
 
-def test_fp32acc_sequential_equals_numpy_float32_loop() -> None:
-    """A larger check against a vectorised twin: float32 numpy steps acc = acc + a_k * b_k
-    (exact products, one float32 rounding per addition, in k order).  N = 128 takes the
-    padded-stride path of the fast kernel, M = 70 its row tail."""
+@pytest.mark.parametrize("fma", [False, True])
+@pytest.mark.parametrize("order", ["sequential", "blocked"])
+@pytest.mark.parametrize("fmt", [FP16, BF16], ids=["fp16", "bf16"])
+def test_fp32acc_tiled_kernel_matches_oracle(fmt: FloatFormat, order: str, fma: bool, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The register-tiled kernel against the exact-rational oracle, adversarial rows included
+    (stagnation, overflow, subnormal products, signed zeros, inf, NaN).  bf16 products are not
+    all binary32 numbers, so ``fma=False`` there runs the kernel's multiply-then-add variant."""
+    import fpanalysis._gemm_kernels as G
+
+    calls = []
+    tiled = G.f32_tiled_serial
+    monkeypatch.setattr(G, "f32_tiled_serial", lambda *a: calls.append(1) or tiled(*a))
+    A, B = tall_case(fmt, np.random.default_rng(21))
+    got = matmul(A, B, fmt, "fp32-accumulate", order=order, block=5, fma=fma)
+    assert calls, "the tiled kernel did not run"
+    assert same(got, oracle_fp32acc(A, B, fmt, "nearest-even", order, block=5, fma=fma))
+
+
+@pytest.mark.parametrize("order", ["sequential", "blocked"])
+@pytest.mark.parametrize("fmt", [FP16, BF16], ids=["fp16", "bf16"])
+def test_fp32acc_equals_numpy_float32_loop(fmt: FloatFormat, order: str) -> None:
+    """Larger checks against a vectorised twin: float32 numpy steps acc = acc + a_k * b_k in k
+    order (a float32 product, exact for fp16, then a float32 sum; numpy does not fuse them).
+    70 x 600 x 130: edge tiles in both directions and three passes over k of the tiled kernel
+    (it keeps a tile in registers for 256 terms at a time); blocks of 100 terms for blocked."""
     rng = np.random.default_rng(8)
-    A = (rng.standard_normal((70, 203)) * 4).astype(np.float16)
-    B = rng.standard_normal((203, 128)).astype(np.float16)
-    A32, B32 = A.astype(np.float32), B.astype(np.float32)
-    acc = np.zeros((70, 128), dtype=np.float32)
-    for k in range(203):
-        acc = acc + A32[:, k : k + 1] * B32[k]
-    want = acc.astype(np.float16).astype(np.float32)
-    assert same(matmul(A, B), want)
-    blas = matmul(A, B, order="blas")
-    assert same(blas, (A32 @ B32).astype(np.float16).astype(np.float32))
-    assert np.mean(blas == want) > 0.99
+    M, K, N, blk = 70, 600, 130, 100
+    A = _fmt_values(fmt, rng.standard_normal((M, K)) * 4).astype(np.float32)
+    B = _fmt_values(fmt, rng.standard_normal((K, N))).astype(np.float32)
+    acc = np.zeros((M, N), dtype=np.float32)
+    for k0 in range(0, K, blk if order == "blocked" else K):
+        s = np.zeros((M, N), dtype=np.float32)
+        for k in range(k0, min(K, k0 + (blk if order == "blocked" else K))):
+            s = s + A[:, k : k + 1] * B[k]
+        acc = acc + s
+    want = _fmt_values(fmt, acc)
+    assert same(matmul(A, B, fmt, "fp32-accumulate", order=order, block=blk), want)
+    if fmt is FP16 and order == "sequential":
+        blas = matmul(A, B, order="blas")
+        assert same(blas, _fmt_values(fmt, A @ B))
+        assert np.mean(blas == want) > 0.99
 
 
 # --- the stagnation example of the issue ------------------------------------------------------
