@@ -2,7 +2,8 @@
 
 :func:`analyze` traces a model (:mod:`fpanalysis.nn.trace`), streams a data set through it
 four ways -- real torch fp32 (``M32``), a float64 reference, the emulator in the chosen
-format/profile/mode, and real torch ``model.half()`` -- records every layer, bounds every
+format/profile/mode, and real torch 16-bit kernels (float16 for fp16, bfloat16 for bf16) --
+records every layer, bounds every
 layer's error from the fp32 run alone (:mod:`fpanalysis.nn.network_bounds`), and turns the
 bound at the logits into per-input certificates (:mod:`fpanalysis.tolerance`).  The result is
 an :class:`~fpanalysis.report.AnalysisReport`.
@@ -113,7 +114,7 @@ def analyze(
     order: str | None = None,
     block: int = 32,
     seed: int | None = None,
-    real_half: bool = True,
+    real_half: bool | None = None,
     half_device: str = "cpu",
     cuda: bool | None = None,
     reference: bool = True,
@@ -155,12 +156,15 @@ def analyze(
         fp32-accumulate, ``"sequential"`` for ieee).
     seed : int, optional
         For stochastic rounding.
-    real_half : bool
-        Also run the real torch half kernels (``model.half()``), step by step, on
-        ``half_device`` (CPU by default).
+    real_half : bool, optional
+        Also run the real torch 16-bit kernels in the format's own dtype, step by step, on
+        ``half_device`` (CPU by default): ``torch.float16`` for fp16 (the run is named
+        ``"torch-half"``), ``torch.bfloat16`` for bf16 (``"torch-bf16"``).  Default: when torch
+        has the format; ``True`` for another format is an error.
     cuda : bool, optional
-        Also run the whole model in half on CUDA and compare its outputs (default: when CUDA
-        is available).  Certified only under the assumption that cuBLAS/cuDNN use classical
+        Also run the whole model in the format's torch dtype on CUDA and compare its outputs
+        (``"cuda-half"`` / ``"cuda-bf16"``; default: when CUDA is available and torch has the
+        format).  Certified only under the assumption that cuBLAS/cuDNN use classical
         algorithms with binary32 accumulation (no Winograd/FFT, no reduced-precision
         reductions): reported, not asserted.
     reference : bool
@@ -198,7 +202,7 @@ def analyze(
 
 def _analyze(torch: Any, model: Any, inputs: Any, fmt: Any, profile: str, mode: str, failure_prob: float,
              batch_size: int, progress: bool, labels: Any, order: str | None, block: int, seed: int | None,
-             real_half: bool, half_device: str, cuda: bool | None, reference: bool, local: bool,
+             real_half: bool | None, half_device: str, cuda: bool | None, reference: bool, local: bool,
              keep_per_input: bool, name: str | None) -> AnalysisReport:
     from .nn.execute import Emulator
     from .nn.network_bounds import BoundConfig, network_lambda
@@ -209,6 +213,12 @@ def _analyze(torch: Any, model: Any, inputs: Any, fmt: Any, profile: str, mode: 
     t_start = time.perf_counter()
     f = get_format(fmt)
     emu = Emulator(f, profile, mode, order, block, seed)
+    half_dtype, tag = real_dtype(torch, f)
+    if real_half and half_dtype is None:
+        raise ValueError(f"real_half=True: torch has no dtype for {f.name} (only fp16 and bf16 run for real)")
+    if cuda and half_dtype is None:
+        raise ValueError(f"cuda=True: torch has no dtype for {f.name} (only fp16 and bf16 run for real)")
+    real_half = half_dtype is not None and real_half is not False
     m = copy.deepcopy(model).float().eval().cpu()
     traced = trace_model(m)
     X = _as_tensor(torch, inputs)
@@ -225,7 +235,8 @@ def _analyze(torch: Any, model: Any, inputs: Any, fmt: Any, profile: str, mode: 
     bs = int(batch_size)
     nb = -(-N // bs)
     batches = (X[i * bs:(i + 1) * bs] for i in range(nb))
-    kw = {"reference": reference, "real_half": real_half, "local": local, "timings": timings, "half_device": half_device}
+    kw = {"reference": reference, "real_half": real_half, "local": local, "timings": timings, "half_device": half_device,
+          "half_dtype": half_dtype or torch.float16}
     if progress and progress_enabled():
         with progress_bar(f"analyze {name or type(model).__name__} ({f.name})", total=nb, unit="batch") as bar:
             out = stream_batches(traced, batches, emu, cfg, stats, on_batch=lambda i: bar.update(1), **kw)
@@ -234,31 +245,32 @@ def _analyze(torch: Any, model: Any, inputs: Any, fmt: Any, profile: str, mode: 
     arrs = out.arrays()
     runs: dict[str, np.ndarray] = {"emulator": arrs["emulator"]}
     if real_half:
-        runs["torch-half"] = arrs["half"]
+        runs[f"torch-{tag}"] = arrs["half"]
     decomposed = any(s.origin == "nn.MultiheadAttention" for s in traced.steps)
     if real_half and decomposed:  # the whole model with torch's fused attention kernels
         t0 = time.perf_counter()
-        runs["torch-half-model"] = _whole_model_half(torch, m, X, bs, "cpu")
+        runs[f"torch-{tag}-model"] = _whole_model_half(torch, m, X, bs, "cpu", half_dtype)
         timings["half-model"] = time.perf_counter() - t0
-    use_cuda = torch.cuda.is_available() if cuda is None else bool(cuda)
+    use_cuda = (half_dtype is not None and torch.cuda.is_available()) if cuda is None else bool(cuda)
+    cuda_run = f"cuda-{tag}"
     if use_cuda:
         if not torch.cuda.is_available():
             raise ValueError("cuda=True but torch reports no CUDA device")
         t0 = time.perf_counter()
-        runs["cuda-half"] = _whole_model_half(torch, m, X, bs, "cuda")
-        timings["cuda-half"] = time.perf_counter() - t0
+        runs[cuda_run] = _whole_model_half(torch, m, X, bs, "cuda", half_dtype)
+        timings[cuda_run] = time.perf_counter() - t0
     fail = sum(s.fail for s in stats.values())
     probability = max(0.0, 1.0 - fail)
     t0 = time.perf_counter()
     tol, per = {}, {}
     for space in ("logits", "probs"):
-        cuda_free = {k: v for k, v in runs.items() if k != "cuda-half"}
+        cuda_free = {k: v for k, v in runs.items() if k != cuda_run}
         summ, per_in = summarize(arrs["fp32"], arrs["G"], arrs["Gp"], probability, cuda_free, space=space)
-        if "cuda-half" in runs:  # observed only: CUDA kernels are outside the bound's assumptions
-            s2, p2 = summarize(arrs["fp32"], arrs["G"], arrs["Gp"], probability, {"cuda-half": runs["cuda-half"]},
+        if cuda_run in runs:  # observed only: CUDA kernels are outside the bound's assumptions
+            s2, p2 = summarize(arrs["fp32"], arrs["G"], arrs["Gp"], probability, {cuda_run: runs[cuda_run]},
                                space=space, warn=False)
             summ.runs.update(s2.runs)
-            per_in.update({k: v for k, v in p2.items() if k.endswith("cuda-half")})
+            per_in.update({k: v for k, v in p2.items() if k.endswith(cuda_run)})
         tol[space] = summ
         if keep_per_input:
             per[space] = {k: np.asarray(v).tolist() for k, v in per_in.items()}
@@ -275,17 +287,29 @@ def _analyze(torch: Any, model: Any, inputs: Any, fmt: Any, profile: str, mode: 
     config = {
         "model": name or type(model).__name__, "fmt": f.name, "profile": emu.profile, "mode": emu.mode,
         "order": emu.order, "block": block, "failure_prob": failure_prob, "lam": lam, "events_per_input": events,
-        "n_inputs": N, "batch_size": bs, "real_half": real_half, "reference": reference, "local": local,
+        "n_inputs": N, "batch_size": bs, "real_half": real_half, "real_dtype": str(half_dtype) if real_half else None,
+        "reference": reference, "local": local,
         "steps": len(traced.steps),
     }
     return AnalysisReport(config=config, layers=[s.report() for s in stats.values()], tolerance=tol, per_input=per,
                           timings=timings, environment=_environment(torch), probability=probability, accuracy=acc)
 
 
-def _whole_model_half(torch: Any, model: Any, X: Any, bs: int, device: str) -> np.ndarray:
-    mh = copy.deepcopy(model).to(device).half().eval()
+def real_dtype(torch: Any, f: Any) -> tuple[Any, str]:
+    """The torch dtype that runs format ``f`` for real, and the tag of its runs:
+    ``(torch.float16, "half")`` for IEEE binary16, ``(torch.bfloat16, "bf16")`` for bfloat16,
+    ``(None, "half")`` for every other format."""
+    if (f.p, f.emin, f.emax, f.subnormals) == (11, -14, 15, True):
+        return torch.float16, "half"
+    if (f.p, f.emin, f.emax, f.subnormals) == (8, -126, 127, True):
+        return torch.bfloat16, "bf16"
+    return None, "half"
+
+
+def _whole_model_half(torch: Any, model: Any, X: Any, bs: int, device: str, dtype: Any) -> np.ndarray:
+    mh = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
     outs = []
     with torch.no_grad():
         for i in range(0, X.shape[0], bs):
-            outs.append(mh(X[i:i + bs].to(device).half()).double().cpu().numpy())
+            outs.append(mh(X[i:i + bs].to(device=device, dtype=dtype)).double().cpu().numpy())
     return np.concatenate(outs, 0)  # non-finite outputs count as delta = inf

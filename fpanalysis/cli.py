@@ -283,8 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "analyze", help="per-layer rounding error vs bounds; certified agreement (Γ > 2B)",
-        description="Run MODEL on test inputs in fp32, a float64 reference, the emulator and torch's half "
-        "kernels; report every layer's measured error against its deterministic and probabilistic bounds, "
+        description="Run MODEL on test inputs in fp32, a float64 reference, the emulator and torch's own "
+        "16-bit kernels (float16 for fp16, bfloat16 for bf16; none for other formats); report every layer's measured error against its deterministic and probabilistic bounds, "
         "range statistics, and the certified vs observed agreement of the classes. Train or load a "
         "checkpoint first: an untrained model has no margins to certify.",
     )

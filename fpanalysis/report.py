@@ -7,7 +7,8 @@ Per layer (:class:`LayerReport`), with "fp16" standing for the analysed format:
 
 * measured error of the emulated run against the fp32 run (``err_max``, ``err_mean``,
   ``err_rel`` = max error / max |fp32 value|), and against the float64 reference
-  (``err_exact_max``); the real ``model.half()`` run's error against fp32 (``half_err_max``);
+  (``err_exact_max``); the real torch 16-bit run's error against fp32 (``half_err_max``: float16
+  kernels for fp16, bfloat16 for bf16);
 * the step's own ("local") error: the emulated op on its emulated input against the exact op
   on that same input (``local_err_max``, ``local_err_mean``) and its signed mean
   (``local_signed_mean``, and ``local_bias`` = signed mean / mean absolute: near 0 when
@@ -17,7 +18,7 @@ Per layer (:class:`LayerReport`), with "fp16" standing for the analysed format:
   for deterministic bounds);
 * ranges of the emulated values: max |value| vs the format's max, fractions subnormal and
   flushed to zero, overflow count; an exponent histogram of the fp32 values;
-* bitwise match of the emulator with torch's half kernel applied to the same (emulated) input.
+* bitwise match of the emulator with torch's 16-bit kernel applied to the same (emulated) input.
 
 >>> r = AnalysisReport(config={"fmt": "fp16"}, layers=[LayerReport(name="fc", kind="linear", shape=(10,))])
 >>> AnalysisReport.from_json(r.to_json()).layers[0].name
@@ -193,7 +194,7 @@ class AnalysisReport:
             lines += s.lines()
         if self.accuracy:
             lines.append("accuracy: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in self.accuracy.items()))
-        lines.append(f"deterministic bound violations (all layers, emulator and torch half): {self.violations}")
+        lines.append(f"deterministic bound violations (all layers, emulator and real torch run): {self.violations}")
         if self.timings:
             lines.append("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in self.timings.items()))
         return "\n".join(lines)

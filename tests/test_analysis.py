@@ -190,6 +190,33 @@ def test_cnn_with_batchnorm_emulator_and_half(rng: np.random.Generator) -> None:
     assert all(lr.local_err_max <= lr.local_bound_max for lr in rep.layers)
 
 
+def test_bf16_runs_torch_bfloat16_and_other_formats_no_real_run(rng: np.random.Generator) -> None:
+    """A bf16 analysis compares against torch's bfloat16 kernels (run "torch-bf16"), not float16
+    ones: the emulator matches them bit for bit, and their delta sits under the bf16 bound.
+    Formats torch cannot run (fp8) have no real run, and asking for one is an error."""
+    torch.manual_seed(2)
+    m = _bn(CNN())
+    x = torch.from_numpy(rng.standard_normal((48, 3, 12, 12)).astype(np.float32))
+    rep = analyze(m, x, "bf16", progress=False, batch_size=24)
+    assert rep.violations == 0
+    assert rep.config["real_dtype"] == "torch.bfloat16"
+    for s in rep.tolerance.values():
+        assert set(s.runs) == {"emulator", "torch-bf16"}
+        assert all(r.bound_violations == 0 and r.flips_certified == 0 for r in s.runs.values())
+    convs = [lr for lr in rep.layers if lr.kind in ("conv2d", "linear")]
+    assert all(lr.half_match >= 0.99 for lr in convs), [(lr.name, lr.half_match) for lr in convs]
+    with torch.no_grad():
+        m32 = m.float().eval()(x).double().numpy()
+        m16 = __import__("copy").deepcopy(m).to(torch.bfloat16)(x.to(torch.bfloat16)).double().numpy()
+    delta = np.abs(m16 - m32).max(axis=1)
+    assert np.all(delta <= np.asarray(rep.per_input["logits"]["B"]))
+    assert rep.tolerance["logits"].runs["torch-bf16"].max_delta == pytest.approx(delta.max(), rel=1e-9)
+    fp8 = analyze(m, x[:8], "fp8_e4m3fn", progress=False)
+    assert set(fp8.tolerance["logits"].runs) == {"emulator"} and fp8.config["real_dtype"] is None
+    with pytest.raises(ValueError, match="fp8_e4m3fn"):
+        analyze(m, x[:8], "fp8_e4m3fn", progress=False, real_half=True)
+
+
 def test_smooth_activations_layernorm_softmax(rng: np.random.Generator) -> None:
     torch.manual_seed(3)
     m = Smooth().eval()

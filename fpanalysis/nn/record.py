@@ -191,11 +191,13 @@ def _inputs(st: dict[str, dict[str, Any]], step: Step, key: str, conv: Callable[
 
 def stream_batches(traced: TracedModel, batches: Any, emu: Emulator, cfg: BoundConfig, stats: dict[str, LayerStats],
                    *, reference: bool = True, real_half: bool = True, local: bool = True, half_device: Any = "cpu",
-                   timings: dict[str, float] | None = None, on_batch: Callable[[int], None] | None = None) -> OutputRecord:
+                   half_dtype: torch.dtype = torch.float16, timings: dict[str, float] | None = None,
+                   on_batch: Callable[[int], None] | None = None) -> OutputRecord:
     """Run every batch through every step, updating ``stats``; return the outputs and bounds.
 
     ``batches`` yields float32 CPU tensors.  ``timings`` accumulates seconds per phase.  The
-    real half run is step by step on ``half_device``.
+    real 16-bit run ("half": ``half_dtype``, float16 or bfloat16) is step by step on
+    ``half_device``.
     """
     t = timings if timings is not None else {}
     for k in ("fp32", "float64", "emulator", "half", "local", "bounds", "stats"):
@@ -216,10 +218,10 @@ def stream_batches(traced: TracedModel, batches: Any, emu: Emulator, cfg: BoundC
                     rec["v64"] = xb.double() if reference else None
                     with clock("emulator"):
                         rec["ve"], rnd = emulate_step(s, [xb], emu, cache, step_index=i, batch_index=bi)
-                    rec["vh"] = xb.to(half_device).half() if real_half else None
+                    rec["vh"] = xb.to(device=half_device, dtype=half_dtype) if real_half else None
                     with clock("bounds"):
                         rec["b"] = step_bound(s, [xb], xb, cfg, cache)
-                    lx, lh, lb = xb.double(), xb.half(), rec["b"]
+                    lx, lh, lb = xb.double(), xb.to(half_dtype) if real_half else None, rec["b"]
                 else:
                     vals = dict(sizes)
                     with clock("fp32"):
@@ -239,7 +241,7 @@ def stream_batches(traced: TracedModel, batches: Any, emu: Emulator, cfg: BoundC
                     rec["vh"] = None
                     if real_half:
                         with clock("half"):
-                            rec["vh"] = torch_step(s, _inputs(st, s, "vh"), torch.float16, cache, vals, half_device)
+                            rec["vh"] = torch_step(s, _inputs(st, s, "vh"), half_dtype, cache, vals, half_device)
                     with clock("bounds"):
                         rec["b"] = step_bound(s, [st[n]["b"] for n in s.inputs], rec["v32"], cfg, cache, vals)
                     if local and s.kind in EXACT_KINDS:  # exact on fmt inputs: no error of its own
@@ -247,13 +249,14 @@ def stream_batches(traced: TracedModel, batches: Any, emu: Emulator, cfg: BoundC
                         zero = torch.zeros(lx.shape, dtype=torch.float64)
                         lb = StepBound(lx, zero, zero)
                     elif local and s.kind == "param":
-                        lx, lh, lb = s.attrs["value"].double(), s.attrs["value"].half(), rec["b"]
+                        lx, lb = s.attrs["value"].double(), rec["b"]
+                        lh = s.attrs["value"].to(half_dtype) if real_half else None
                     elif local:
                         with clock("local"):
                             e64 = _inputs(st, s, "ve", lambda v: v.double())
                             lx = torch_step(s, e64, torch.float64, cache, vals)
                             if real_half:
-                                lh = torch_step(s, _inputs(st, s, "ve", lambda v: v.half()), torch.float16, cache,
+                                lh = torch_step(s, _inputs(st, s, "ve", lambda v: v.to(half_dtype)), half_dtype, cache,
                                                 vals)
                             lb = local_bound(s, e64, lx, cfg, cache, vals)
                 if s.name in stats:
