@@ -62,7 +62,9 @@ def _outcome(fp16: dict, fp32: dict, gap_points: float) -> tuple[str, str]:
     gap = 100 * (fp32["final"]["test_acc"] - fp16["final"]["test_acc"])
     if gap > gap_points:
         return "fails", f"fp16 accuracy {gap:.1f} points below fp32"
-    return "trains", f"fp16 within {gap:.1f} points of fp32"
+    if abs(gap) < 0.05:
+        return "trains", "fp16 as accurate as fp32"
+    return "trains", f"fp16 {abs(gap):.1f} points {'below' if gap > 0 else 'above'} fp32"
 
 
 def main(argv: list[str]) -> None:

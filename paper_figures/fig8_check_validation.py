@@ -80,9 +80,9 @@ def make(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
         if wide:
             ax2.axis("off")
             cells = [[str(r.get("case", "")) + (f" s{r['seed']}" if "seed" in r else ""), str(r.get("verdict", "")),
-                      str(r["outcome"]), str(r.get("cause", ""))[:36]] for r in rows]
+                      str(r["outcome"]), _why(r)] for r in rows]
             tb = ax2.table(cellText=cells, colLabels=["configuration", "verdict", "outcome", "why"], loc="upper center",
-                           cellLoc="left", colWidths=[0.27, 0.27, 0.1, 0.4])
+                           cellLoc="left", colWidths=[0.27, 0.27, 0.11, 0.35])
             tb.auto_set_font_size(False)
             tb.set_fontsize(5.8)
             for (i, j), cell in tb.get_celld().items():
@@ -93,6 +93,18 @@ def make(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
                 elif rows[i - 1]["predicted"] != rows[i - 1]["outcome"]:
                     cell.set_facecolor(to_rgba("#D55E00", 0.15))
         return style.save_figure(fig, NAME, out_dir)
+
+
+def _why(row: dict) -> str:
+    """The outcome's reason: the accuracy gap from the recorded accuracies when fp16 finished,
+    else the recorded cause (e.g. the step at which it diverged)."""
+    a16, a32 = row.get("fp16_test_acc"), row.get("fp32_test_acc")
+    if row.get("fp16_status") == "complete" and a16 is not None and a32 is not None:
+        gap = 100 * (a32 - a16)
+        if abs(gap) < 0.05:
+            return "fp16 as accurate as fp32"
+        return f"fp16 {abs(gap):.1f} points {'below' if gap > 0 else 'above'} fp32"
+    return str(row.get("cause", ""))[:34]
 
 
 if __name__ == "__main__":
