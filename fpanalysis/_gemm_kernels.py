@@ -306,8 +306,8 @@ def _tile_kernel(fused: bool):  # type: ignore[no-untyped-def]
 
     @intrinsic
     def tile(typingctx, Ap, Bp, b_off, C, c_off, ldc, kc, load_c):  # type: ignore[no-untyped-def]
-        arrays = (Ap, Bp, C)
-        if not all(isinstance(a, types.Array) and a.dtype == types.float32 for a in arrays):
+        arrays = (Ap, Bp, C)  # C-contiguous float32 (flat offsets; C's rows ldc apart)
+        if not all(isinstance(a, types.Array) and a.dtype == types.float32 and a.layout == "C" for a in arrays):
             return None
         sig = types.none(Ap, Bp, types.intp, C, types.intp, types.intp, types.intp, types.boolean)
 
