@@ -180,10 +180,11 @@ def main(argv: list[str]) -> dict[str, Any]:
     for r in results["runs"]:
         rep = r["report"]
         lg = rep["tolerance"]["logits"]
-        half = lg["runs"].get("torch-half", {})
+        real = next((k for k in ("torch-half", "torch-bf16") if k in lg["runs"]), "torch-half")
+        half = lg["runs"].get(real, {})
         print(f"{r['model']}: analyze {r['analyze_seconds']:.1f} s (target {targets[r['model']]:.0f} s); "
               f"certified {lg['certified_fraction'] * 100:.1f}% (probabilistic {lg['certified_prob_fraction'] * 100:.1f}%), "
-              f"observed agreement torch-half {100 * half.get('agreement', float('nan')):.2f}%, "
+              f"observed agreement {real} {100 * half.get('agreement', float('nan')):.2f}%, "
               f"flips {half.get('flips')}, bound violations {half.get('bound_violations')}; accuracy {rep['accuracy']}")
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)

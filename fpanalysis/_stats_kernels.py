@@ -1,8 +1,8 @@
 """Private numba kernel: all per-layer statistics of one batch in one pass over the arrays.
 
 ``layer_stats`` reads the emulated values ``ve``, the fp32 values ``v32``, the bounds ``G``,
-``Gp`` and optionally the float64 reference ``v64``, the real-half values ``vh``, the exact and
-torch-half local results ``lx``, ``lh`` and the local bounds ``L``, ``Lp`` (all flat, same
+``Gp`` and optionally the float64 reference ``v64``, the real 16-bit torch values ``vh``
+(float16 or bfloat16), the exact and real 16-bit local results ``lx``, ``lh`` and the local bounds ``L``, ``Lp`` (all flat, same
 length) and returns float sums/maxima, integer counts and an exponent histogram of ``v32``.
 ``layer_stats_numpy`` is its obviously-correct NumPy twin (the test oracle).
 

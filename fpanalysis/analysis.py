@@ -298,10 +298,14 @@ def _analyze(torch: Any, model: Any, inputs: Any, fmt: Any, profile: str, mode: 
 def real_dtype(torch: Any, f: Any) -> tuple[Any, str]:
     """The torch dtype that runs format ``f`` for real, and the tag of its runs:
     ``(torch.float16, "half")`` for IEEE binary16, ``(torch.bfloat16, "bf16")`` for bfloat16,
-    ``(None, "half")`` for every other format."""
-    if (f.p, f.emin, f.emax, f.subnormals) == (11, -14, 15, True):
+    ``(None, "half")`` for every other format (saturating or NaN-on-overflow variants
+    included: torch's dtypes overflow to inf)."""
+    from .formats import Overflow
+
+    ieee_like = f.subnormals and f.overflow is Overflow.INF and f.max_significand is None
+    if ieee_like and (f.p, f.emin, f.emax) == (11, -14, 15):
         return torch.float16, "half"
-    if (f.p, f.emin, f.emax, f.subnormals) == (8, -126, 127, True):
+    if ieee_like and (f.p, f.emin, f.emax) == (8, -126, 127):
         return torch.bfloat16, "bf16"
     return None, "half"
 

@@ -49,7 +49,10 @@ Orders (for ``ieee`` and ``fp32-accumulate``)
     final rounding.  Fast, but the summation order is the library's and not documented here.
 
 Signed zeros follow IEEE 754: a sum that starts from +0 is +0 when every term is -0 (as in
-BLAS and torch), an exact zero sum is -0 only when rounding ``"down"``.
+BLAS and torch), an exact zero sum is -0 only when rounding ``"down"``.  A NaN result is a NaN,
+but its sign and payload are not specified (as in IEEE 754, sec. 6.3): when both operands of
+an addition are NaNs the hardware keeps one of them, and which one can differ between kernels
+(e.g. with the number of rows of A) and between CPUs.  Every non-NaN result is bit-exact.
 
 Speed: the ``ieee`` profile for fp16 with ``"nearest-even"`` and no ``fma`` uses binary16
 arithmetic directly (LLVM ``half``; native AVX512-FP16 where available), and ``fp32-accumulate``
@@ -457,8 +460,9 @@ def _matmul(
     if not batch:
         out = _matmul2d(a2, b2, spec, 0, dtype)
     else:
-        aa = np.broadcast_to(a2, batch + (M, K)).reshape(-1, M, K)
-        bb = np.broadcast_to(b2, batch + (K, N)).reshape(-1, K, N)
+        nb = int(np.prod(batch))  # not -1: that is ambiguous when K or N is 0
+        aa = np.broadcast_to(a2, batch + (M, K)).reshape(nb, M, K)
+        bb = np.broadcast_to(b2, batch + (K, N)).reshape(nb, K, N)
         span = _counter_span(M, K, N)
         out = np.empty((aa.shape[0], M, N), dtype=dtype)
         for t in range(aa.shape[0]):

@@ -24,6 +24,7 @@ from torch import nn
 
 from fpanalysis._stats_kernels import layer_stats_numpy, run_layer_stats
 from fpanalysis.analysis import analyze
+from fpanalysis.formats import FloatFormat
 from fpanalysis.nn.execute import run_model
 from fpanalysis.nn.models import build_model
 from fpanalysis.nn.trace import trace_model
@@ -213,6 +214,8 @@ def test_bf16_runs_torch_bfloat16_and_other_formats_no_real_run(rng: np.random.G
     assert rep.tolerance["logits"].runs["torch-bf16"].max_delta == pytest.approx(delta.max(), rel=1e-9)
     fp8 = analyze(m, x[:8], "fp8_e4m3fn", progress=False)
     assert set(fp8.tolerance["logits"].runs) == {"emulator"} and fp8.config["real_dtype"] is None
+    saturating = FloatFormat("fp16-sat", 11, -14, 15, overflow="saturate")  # torch overflows to inf
+    assert set(analyze(m, x[:8], saturating, progress=False).tolerance["logits"].runs) == {"emulator"}
     with pytest.raises(ValueError, match="fp8_e4m3fn"):
         analyze(m, x[:8], "fp8_e4m3fn", progress=False, real_half=True)
 

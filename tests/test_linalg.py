@@ -584,6 +584,15 @@ def test_stochastic_is_reproducible_and_thread_independent() -> None:
     assert not same(r1, r3) and not same(r1, r4)
 
 
+@pytest.mark.parametrize("profile", ["ieee", "fp32-accumulate", "exact"])
+def test_batched_matmul_with_empty_dimensions(profile: str) -> None:
+    """K = 0 gives +0 sums, N = 0 or M = 0 empty results, also with batch dimensions."""
+    z = matmul(np.zeros((2, 3, 0)), np.zeros((2, 0, 4)), "fp16", profile)
+    assert z.shape == (2, 3, 4) and np.all(z == 0) and not np.any(np.signbit(z))
+    assert matmul(np.ones((2, 3, 5)), np.ones((1, 5, 0)), "fp16", profile).shape == (2, 3, 0)
+    assert matmul(np.ones((2, 0, 5)), np.ones((5, 4)), "fp16", profile).shape == (2, 0, 4)
+
+
 def test_batched_matmul_broadcasts_and_uses_distinct_counters() -> None:
     rng = np.random.default_rng(10)
     A = _fmt_values(FP16, rng.standard_normal((3, 1, 4, 9)))

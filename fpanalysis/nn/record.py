@@ -1,8 +1,9 @@
 """Stream a data set through a traced model, recording per-layer statistics (torch side of analyze).
 
 For each batch and each step, in one pass and without keeping activations after their last use:
-the fp32 run, the float64 reference, the emulator, the real torch half run, the exact and the
-torch-half operation applied to the emulator's own input (local error, bitwise match), and the
+the fp32 run, the float64 reference, the emulator, the real torch 16-bit run (float16 for fp16,
+bfloat16 for bf16), the exact and the real 16-bit operation applied to the emulator's own input
+(local error, bitwise match), and the
 bounds of :mod:`fpanalysis.nn.network_bounds`.  :class:`LayerStats` accumulates what
 :class:`fpanalysis.report.LayerReport` reports.
 

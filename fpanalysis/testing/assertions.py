@@ -773,8 +773,9 @@ def assert_certified_agreement(
         argument).
     run : str
         Which low-precision outputs: ``"emulator"`` (the emulator under ``profile``),
-        ``"torch-half"`` (``model.half()`` on the CPU, layer by layer), or another run
-        ``analyze`` recorded (``"cuda-half"`` when CUDA is present).
+        ``"torch-half"`` (torch's float16 kernels on the CPU, layer by layer; ``"torch-bf16"``
+        for bf16), or another run ``analyze`` recorded (``"cuda-half"`` / ``"cuda-bf16"`` when
+        CUDA is present).
     space : str
         ``"logits"`` or ``"probs"`` (softmax probabilities, with the bound mapped through it).
     check_bound, min_certified :
