@@ -168,6 +168,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     except ImportError as exc:  # pragma: no cover
         rows.append({"check": "arithmetic suite", "oracle": "-", "n": 0, "mismatches": -1,
                      "first_mismatch": f"not available: {exc}"})
+    from . import verify_linalg as _vlin
+
+    suites.append(("linear algebra", lambda cb: _vlin.verify_linalg(seed=args.seed, progress=cb)))
     for name, run in suites:
         with progress_bar(desc=f"verify: {name}", unit="check") as bar:
             rows += run(bar.callback)
@@ -302,8 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_analyze)
 
     p = sub.add_parser("verify", help="compare the emulator with independent oracles",
-                       description="Compare rounding, conversions, encodings and arithmetic with "
-                       "numpy, torch, gmpy2 (MPFR), softfloat and ml_dtypes. Exit status 1 on any mismatch.")
+                       description="Compare rounding, conversions, encodings, arithmetic and matrix "
+                       "products (the GEMM kernels of this CPU) with numpy, torch, gmpy2 (MPFR), softfloat "
+                       "and ml_dtypes. Exit status 1 on any mismatch.")
     p.add_argument("--exhaustive", action="store_true",
                    help="all 2^32 float32 -> fp16 conversions and 10^6 operand pairs per op (minutes)")
     p.add_argument("--n", type=int, default=None, help="random operands per check (default: 10^5, 10^6 with --exhaustive)")
