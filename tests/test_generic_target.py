@@ -22,6 +22,7 @@ SELECTED = {
     "test_exhaustive.py": "fp16_all_patterns or f32_to_fp16_stratified",
     "test_peer_bugs.py": "fp16_overflow_boundary",
     "test_rounding_paths.py": "native_storage or kernels_match_numpy_twin",
+    "test_verify_linalg.py": "real_kernels_pass",
 }
 
 
