@@ -45,13 +45,11 @@ class Config:
 
 
 def _methods(n: int, extra: bool, seed: int) -> tuple[dict[str, Callable[[], object]], set[str]]:
-    from fpanalysis.benchmarks import gemm_methods
+    from fpanalysis.benchmarks import gemm_matrices, gemm_methods
     from fpanalysis.linalg import matmul
 
     m = gemm_methods(n, seed)
-    rng = np.random.default_rng(seed)  # the same matrices as gemm_methods
-    A16 = rng.standard_normal((n, n)).astype(np.float16)
-    B16 = rng.standard_normal((n, n)).astype(np.float16)
+    A16, B16 = gemm_matrices(n, seed)
     m["ieee_pairwise"] = lambda: matmul(A16, B16, "fp16", "ieee", order="pairwise")
     m["ieee_blocked"] = lambda: matmul(A16, B16, "fp16", "ieee", order="blocked", block=32)
     m["fp32acc_blocked"] = lambda: matmul(A16, B16, "fp16", "fp32-accumulate", order="blocked", block=32)

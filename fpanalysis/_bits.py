@@ -6,6 +6,8 @@ The bit casts are LLVM ``bitcast`` instructions, so loops that use them still ve
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -84,6 +86,7 @@ def counter_random(key, index):  # type: ignore[no-untyped-def]
     return mix64(key + (index + U64(1)) * _GOLDEN)
 
 
+@functools.lru_cache(maxsize=1)
 def target_features() -> frozenset[str]:
     """The CPU features numba compiles for (``NUMBA_CPU_FEATURES``, else the host's; numba
     assumes none for ``NUMBA_CPU_NAME=generic``)."""

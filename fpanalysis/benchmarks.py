@@ -15,6 +15,7 @@ import numpy as np
 __all__ = [
     "best_time",
     "time_interleaved",
+    "gemm_matrices",
     "gemm_methods",
     "bench_rounding",
     "bench_gemm",
@@ -179,14 +180,18 @@ def time_interleaved(
     return wall, cpu
 
 
+def gemm_matrices(n: int = 512, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The GEMM benchmark's ``n`` x ``n`` float16 operands."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, n)).astype(np.float16), rng.standard_normal((n, n)).astype(np.float16)
+
+
 def gemm_methods(n: int = 512, seed: int = 0) -> dict[str, Callable[[], Any]]:
-    """The GEMM benchmark's methods on ``n`` x ``n`` fp16 matrices: numpy float32 BLAS (the
+    """The GEMM benchmark's methods on :func:`gemm_matrices`: numpy float32 BLAS (the
     baseline, on the same values) and the emulator's profiles of issue 2's goals."""
     from .linalg import matmul
 
-    rng = np.random.default_rng(seed)
-    A16 = rng.standard_normal((n, n)).astype(np.float16)
-    B16 = rng.standard_normal((n, n)).astype(np.float16)
+    A16, B16 = gemm_matrices(n, seed)
     A32, B32 = A16.astype(np.float32), B16.astype(np.float32)
     return {
         "numpy_fp32_blas": lambda: A32 @ B32,

@@ -130,12 +130,12 @@ def _run(cases: list[tuple[str, np.ndarray, np.ndarray]], fmt: FloatFormat, prof
     first = ""
     for name, A, B in cases:
         got = np.asarray(matmul(A, B, fmt, profile, order=order, block=32), dtype=np.float64)
-        ok = _same(got, oracle(A, B))
+        want = oracle(A, B)
+        ok = _same(got, want)
         n, bad = n + ok.size, bad + int((~ok).sum())
         if not first and not ok.all():
             i, j = np.argwhere(~ok)[0]
-            want = oracle(A, B)[i, j]
-            first = f"{name}: C[{i},{j}] ours {_fmt_value(got[i, j])}, oracle {_fmt_value(want)}"
+            first = f"{name}: C[{i},{j}] ours {_fmt_value(got[i, j])}, oracle {_fmt_value(want[i, j])}"
     return n, bad, first
 
 
