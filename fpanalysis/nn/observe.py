@@ -433,6 +433,44 @@ def _reduction(op: str, args: tuple, kwargs: dict) -> tuple[int | None, str | No
     return None, None
 
 
+_INT_VIEW = {torch.float32: torch.int32, torch.float64: torch.int64}
+_LOW_BITS = {torch.int32: 0x7FFFFFFF, torch.int64: 0x7FFFFFFFFFFFFFFF}
+
+
+def _abs_stats(t: torch.Tensor, finite: float | None) -> tuple[torch.Tensor, float, float, int, tuple[int, int] | None]:
+    """``max |t|``, ``min nonzero |t|`` and the nonzero count in a few passes.
+
+    ``|t|`` is viewed as integers (same width): for non-negative floats the integer order is the
+    float order.  Subtracting 1 and clearing the sign bit maps 0 to the largest integer and every
+    other value ``v`` to ``bits(v) - 1``, so one ``amin`` gives the smallest nonzero magnitude and
+    later ``<=`` comparisons against ``bits(boundary) - 1`` count values up to a boundary without
+    counting zeros.  When ``finite`` is given and exceeded, returns ``(n_overflow, n_nonfinite)``
+    counted before the transform (NaN counts as overflow).  The nonzero count (NaN excluded) is
+    computed only with ``finite`` (else -1).  Half-precision inputs are widened to
+    float32 first (exact).  Returns the transformed integer view, max, min nonzero (inf when all
+    are zero), the nonzero count and the overflow counts (None when nothing exceeds ``finite``).
+    """
+    x = t.detach()
+    if x.dtype not in _INT_VIEW:
+        x = x.float()
+    a = x.abs()
+    mx = float(a.amax())
+    over = None
+    if finite is not None and not (mx <= finite):
+        n_nan = int(torch.isnan(a).sum())
+        over = (int((a > finite).sum()) + n_nan, n_nan + int(torch.isinf(a).sum()))
+    if math.isnan(mx):
+        mx = math.inf
+    nz = int((a > 0).sum()) if finite is not None else -1  # (count_nonzero is several times slower)
+    idt = _INT_VIEW[a.dtype]
+    ai = a.view(idt)
+    ai.sub_(1)
+    ai.bitwise_and_(_LOW_BITS[idt])
+    m = int(ai.amin())
+    mn = math.inf if m == _LOW_BITS[idt] else float(torch.tensor(m + 1, dtype=idt).view(a.dtype))
+    return ai, mx, mn, nz, over
+
+
 # --------------------------------------------------------------------------------------------
 # The observer
 # --------------------------------------------------------------------------------------------
@@ -704,54 +742,42 @@ class Observer:
             self._internal = False
         return out
 
-    def _dtype(self, dtype: torch.dtype) -> tuple[float, float, float]:
+    def _dtype(self, dtype: torch.dtype) -> tuple[float, float, float, int, int]:
+        """Boundaries in ``dtype`` (flush, subnormal, finite) and the first two as ``bits - 1``
+        of the dtype's same-width integer view (see :func:`_abs_stats`)."""
         b = self._dtype_bounds.get(dtype)
         if b is None:
-            b = self._dtype_bounds[dtype] = self.bounds.in_dtype(dtype)
+            fl, sb, fi = self.bounds.in_dtype(dtype)
+            idt = _INT_VIEW[dtype]
+            bits = [int(torch.tensor(v, dtype=dtype).view(idt)) - 1 for v in (fl, sb)]
+            b = self._dtype_bounds[dtype] = (fl, sb, fi, bits[0], bits[1])
         return b
 
     def _input_range(self, a: torch.Tensor) -> tuple[float, float]:
         c = self._cache.get(a)
         if c is not None and c[0] == a._version:
             return c[1], c[2]
-        x = a.detach()
-        if x.dtype not in (torch.float32, torch.float64):
-            x = x.float()
-        x = x.abs()
-        mx = float(x.amax())
-        mn = float(torch.where(x > 0, x, math.inf).amin())
-        if math.isnan(mx):
-            mx = math.inf
+        _, mx, mn, _, _ = _abs_stats(a, None)
         self._cache[a] = (a._version, mx, mn)
         return mx, mn
 
     def _measure_output(self, rec: OpRecord, t: torch.Tensor, in_max: float, in_min: float) -> None:
-        x = t.detach()
-        if x.dtype not in (torch.float32, torch.float64):
-            x = x.float()
-        a = x.abs()
-        mx_t = a.amax()
-        mn_t = torch.where(a > 0, a, math.inf).amin()
-        nz_t = torch.count_nonzero(a)
-        mx, mn, nz = float(mx_t), float(mn_t), int(nz_t)
-        flush, sub, fin = self._dtype(a.dtype)
+        fl_b, sub_b, fin, _, _ = bnd = self._dtype(t.dtype if t.dtype in _INT_VIEW else torch.float32)
         n_over = n_nonfin = n_sub = n_fl = 0
-        if not (mx <= fin):  # overflow, inf or NaN somewhere
-            n_nan = int(torch.isnan(a).sum())
-            n_over = int((a > fin).sum()) + n_nan
-            n_nonfin = n_nan + int(torch.isinf(a).sum())
-            if math.isnan(mx):
-                mx = math.inf
-        if mn <= sub:
-            n_le_flush = int((a <= flush).sum())
-            n_le_sub = int((a <= sub).sum())
-            n_zero = a.numel() - nz
-            n_fl = n_le_flush - n_zero
+        ai, mx, mn, nz, over = _abs_stats(t, fin)
+        if over is not None:
+            n_over, n_nonfin = over
+        if mn <= sub_b and nz:  # some value is subnormal or flushed: count them (skipped otherwise)
+            # in the transformed integer view zeros sit above every boundary
+            n_le_flush = int((ai <= bnd[3]).sum()) if mn <= fl_b else 0
+            n_le_sub = int((ai <= bnd[4]).sum()) if fl_b < sub_b else n_le_flush
+            n_fl = n_le_flush
             n_sub = n_le_sub - n_le_flush
+        numel = t.numel()
         rec.calls += 1
         if not rec.steps or rec.steps[-1] != self._step:
             rec.steps.append(self._step)
-        rec.numel += a.numel()
+        rec.numel += numel
         rec.nonzero += nz
         rec.max_abs = max(rec.max_abs, mx)
         rec.min_abs_nonzero = min(rec.min_abs_nonzero, mn)
@@ -787,10 +813,10 @@ class Observer:
         if not isinstance(x, torch.Tensor) or x.ndim < 2:
             return
         dims = [i for i in range(x.ndim) if i != 1]
-        xf = x.detach().to(torch.float64)
+        xf = x.detach().float()
         n = x.numel() // x.shape[1]
-        var = xf.var(dim=dims, correction=1 if n > 1 else 0).cpu().numpy()
-        mean = xf.mean(dim=dims).cpu().numpy()
+        var = xf.var(dim=dims, correction=1 if n > 1 else 0).to(torch.float64).cpu().numpy()
+        mean = xf.mean(dim=dims).to(torch.float64).cpu().numpy()
         mom = d.get("momentum")
         eps = d.get("eps")
         for key, val in (("running_var", var), ("running_mean", mean)):
