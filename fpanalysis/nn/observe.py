@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import math
 import os
 import sys
@@ -124,6 +125,10 @@ class RangeBoundaries:
 
     @classmethod
     def of(cls, fmt: FloatFormat) -> "RangeBoundaries":
+        return _boundaries(fmt)
+
+    @classmethod
+    def _compute(cls, fmt: FloatFormat) -> "RangeBoundaries":
         ieee = fmt.with_(overflow="inf")
 
         def r(x: float) -> float:
@@ -144,6 +149,11 @@ class RangeBoundaries:
                 t = torch.nextafter(t, torch.tensor(-math.inf, dtype=dtype))
             out.append(float(t))
         return out[0], out[1], out[2]
+
+
+@functools.lru_cache(maxsize=32)
+def _boundaries(fmt: FloatFormat) -> RangeBoundaries:
+    return RangeBoundaries._compute(fmt)
 
 
 # --------------------------------------------------------------------------------------------
@@ -572,6 +582,16 @@ class Observer:
         finally:
             self._end()
             self._seconds += time.perf_counter() - t0
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Torch work inside this block (e.g. a caller's own hooks measuring tensors) is not recorded."""
+        prev = self._internal
+        self._internal = True
+        try:
+            yield
+        finally:
+            self._internal = prev
 
     def result(self) -> Observation:
         """The records so far (BatchNorm predictions computed now)."""
