@@ -87,7 +87,8 @@ def overflow_fixes(over: list[dict[str, Any]], ops: list[dict[str, Any]], fmt: F
             fixes.append(Fix("fp32_region", {"ops": [o["key"] for o in region], "modules": mods},
                              f"keep {op_label(s)} through {op_label(end)} in fp32"))
             texts.append(f"keep {op_label(s)} through {op_label(end)} in fp32 ({len(region)} ops)")
-        else:
+        else:  # the range never comes back: every later op depends on rescaling this one
+            covered.update(o["index"] for o in fwd if o["index"] >= s["index"])
             fixable = False
             texts.append(f"scale the inputs of {op_label(s)} down (by {factor:g} or more: normalise the data "
                          "or scale the weights feeding it); its range never comes back into the format")
