@@ -370,6 +370,7 @@ def gradient_findings(g: dict[str, Any] | None, fmt: FloatFormat) -> list[Findin
                 f"weight gradients below 2^-24 ({100 * lost_frac:.2f}% of them) carry {100 * mass:.2f}% of the "
                 f"gradient's l1 mass and would be lost in {fmt.name}; " + scale_txt,
                 fix=fix, fixable=ok_scale,
+                fixes=[Fix("loss_scale", {"scale": lo, "range": [lo, hi if math.isfinite(hi) else None]}, fix)] if ok_scale else [],
             ))
         elif lost_frac > T["grad_lost_frac"]:
             out.append(Finding(
@@ -402,6 +403,7 @@ def optimizer_findings(o: dict[str, Any], fmt: FloatFormat) -> list[Finding]:
                 f"Adam eps = {eps:g} rounds to 0 in {fmt.name}: wherever the second moment underflows, "
                 "the step divides by zero (inf/NaN)",
                 fix=f"raise Adam eps to {fix_eps:g} (or keep optimizer state in fp32)",
+                fixes=[Fix("adam_eps", {"eps": fix_eps}), Fix("optimizer_state_fp32")],
             ))
         elif eps_r < fmt.min_normal:
             out.append(Finding(
@@ -453,6 +455,7 @@ def stagnation_findings(s: dict[str, Any] | None, fmt: FloatFormat) -> list[Find
             f"{100 * frac:.1f}% of nonzero updates are smaller than half the {fmt.name} spacing at the weight "
             "and would be lost" + (f" (worst layer {worst['layer']}: {100 * worst['frac']:.1f}%)" if worst else ""),
             fix="keep fp32 master weights (mixed precision) or use stochastic rounding for the update",
+            fixes=[Fix("fp32_master_weights"), Fix("stochastic_rounding")],
             layer=worst["layer"] if worst else None,
         ))
     return out

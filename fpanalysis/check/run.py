@@ -310,14 +310,16 @@ def _agreement_findings(model: nn.Module, X: torch.Tensor, c: CheckConfig, meas:
 
 def operation_dicts(obs: Observation, leaves: set[str]) -> list[dict[str, Any]]:
     """The observer's op records as the plain dicts :mod:`.operations` reads (forward order kept
-    in ``index``); ``leaf_output`` marks the ops whose result a leaf module returned."""
+    in ``index``); ``leaf_output`` marks the ops whose result a leaf module returned.  ``max_abs``
+    leaves out values already infinite (or +-float32 max) in float32: masks, not overflow."""
     out = []
     for i, r in enumerate(obs.ops):
         out.append({
             "key": {"phase": r.phase, "module": r.module, "op": f"aten.{r.op}", "occurrence": r.occurrence,
                     "output": r.output},
             "label": r.name, "module_type": r.module_type, "index": i, "node": r.node, "source": r.source,
-            "max_abs": r.max_abs, "in_max_abs": r.in_max_abs, "n_overflow": r.n_overflow, "numel": r.numel,
+            "max_abs": r.max_finite_abs, "in_max_abs": r.in_max_abs, "n_overflow": r.n_overflow, "numel": r.numel,
+            "n_nonfinite": r.n_nonfinite + r.n_sentinel,
             "nonzero": r.nonzero, "n_flushed": r.n_flushed, "n_subnormal": r.n_subnormal,
             "first_overflow_step": r.first_overflow_step, "reduction": r.reduction,
             "leaf_output": bool(r.module_output and r.phase == "forward" and r.module in leaves),

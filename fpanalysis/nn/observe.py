@@ -186,9 +186,11 @@ class OpRecord:
     numel: int = 0
     nonzero: int = 0
     max_abs: float = 0.0
+    max_finite_abs: float = 0.0  # without inf, NaN and +-float32 max (see n_nonfinite, n_sentinel)
     min_abs_nonzero: float = math.inf
-    n_overflow: int = 0  # rounds above max (or is inf/NaN already)
-    n_nonfinite: int = 0  # inf or NaN already in float32
+    n_overflow: int = 0  # finite in float32, rounds above the format's max
+    n_nonfinite: int = 0  # inf or NaN already in float32 (masks, divergence): not counted as overflow
+    n_sentinel: int = 0  # +-float32 max (a mask constant of dtype-aware code): not counted as overflow
     n_subnormal: int = 0
     n_flushed: int = 0
     in_max_abs: float = 0.0
@@ -225,7 +227,7 @@ class OpRecord:
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in (
             "op", "module", "module_type", "phase", "occurrence", "output", "node", "source", "inplace",
-            "module_output", "calls", "steps", "numel", "nonzero", "max_abs", "n_overflow", "n_nonfinite",
+            "module_output", "calls", "steps", "numel", "nonzero", "max_abs", "max_finite_abs", "n_overflow", "n_nonfinite", "n_sentinel",
             "n_subnormal", "n_flushed", "in_max_abs", "reduction", "reduction_what", "first_overflow_step",
             "buffers_updated")}
         d["name"] = self.name
@@ -351,6 +353,7 @@ def call_model(model: nn.Module, x: Any) -> Any:
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SKIP_DIRS = (_TORCH_DIR, _PKG_DIR, os.path.dirname(contextlib.__file__))
+_MODEL_FILE = os.path.join(_PKG_DIR, "nn", "models.py")  # the toolkit's own models are user code here
 
 
 def _user_source() -> str | None:
@@ -359,7 +362,7 @@ def _user_source() -> str | None:
     depth = 0
     while f is not None and depth < 60:
         fn = f.f_code.co_filename
-        if not fn.startswith(_SKIP_DIRS) and not fn.startswith("<"):
+        if (fn == _MODEL_FILE or not fn.startswith(_SKIP_DIRS)) and not fn.startswith("<"):
             return f"{os.path.basename(fn)}:{f.f_lineno} in {f.f_code.co_name}"
         f = f.f_back
         depth += 1
@@ -447,15 +450,19 @@ _INT_VIEW = {torch.float32: torch.int32, torch.float64: torch.int64}
 _LOW_BITS = {torch.int32: 0x7FFFFFFF, torch.int64: 0x7FFFFFFFFFFFFFFF}
 
 
-def _abs_stats(t: torch.Tensor, finite: float | None) -> tuple[torch.Tensor, float, float, int, tuple[int, int] | None]:
+def _abs_stats(t: torch.Tensor, finite: float | None) -> tuple[torch.Tensor, float, float, int, tuple[int, int, int, float] | None]:
     """``max |t|``, ``min nonzero |t|`` and the nonzero count in a few passes.
 
     ``|t|`` is viewed as integers (same width): for non-negative floats the integer order is the
     float order.  Subtracting 1 and clearing the sign bit maps 0 to the largest integer and every
     other value ``v`` to ``bits(v) - 1``, so one ``amin`` gives the smallest nonzero magnitude and
     later ``<=`` comparisons against ``bits(boundary) - 1`` count values up to a boundary without
-    counting zeros.  When ``finite`` is given and exceeded, returns ``(n_overflow, n_nonfinite)``
-    counted before the transform (NaN counts as overflow).  The nonzero count (NaN excluded) is
+    counting zeros.  When ``finite`` is given and exceeded, returns ``(n_overflow, n_nonfinite,
+    n_sentinel, max_finite)`` counted before the transform: finite values above ``finite``; inf and NaN
+    (already non-finite in float32: masks or divergence, not the format's doing); and values equal
+    to the dtype's largest finite value (``torch.finfo(float32).min`` used as a mask, which
+    dtype-aware code such as Hugging Face models replaces by the low-precision dtype's own); and
+    the largest magnitude among the other values.  The nonzero count (NaN excluded) is
     computed only with ``finite`` (else -1).  Half-precision inputs are widened to
     float32 first (exact).  Returns the transformed integer view, max, min nonzero (inf when all
     are zero), the nonzero count and the overflow counts (None when nothing exceeds ``finite``).
@@ -468,7 +475,10 @@ def _abs_stats(t: torch.Tensor, finite: float | None) -> tuple[torch.Tensor, flo
     over = None
     if finite is not None and not (mx <= finite):
         n_nan = int(torch.isnan(a).sum())
-        over = (int((a > finite).sum()) + n_nan, n_nan + int(torch.isinf(a).sum()))
+        n_inf = int(torch.isinf(a).sum())
+        n_sent = int((a == torch.finfo(a.dtype).max).sum()) if mx >= torch.finfo(a.dtype).max else 0
+        mxf = float(torch.where(a < torch.finfo(a.dtype).max, a, 0.0).amax()) if (n_nan or n_inf or n_sent) else mx
+        over = (int((a > finite).sum()) - n_inf - n_sent, n_nan + n_inf, n_sent, mxf)
     if math.isnan(mx):
         mx = math.inf
     nz = int((a > 0).sum()) if finite is not None else -1  # (count_nonzero is several times slower)
@@ -785,8 +795,10 @@ class Observer:
         fl_b, sub_b, fin, _, _ = bnd = self._dtype(t.dtype if t.dtype in _INT_VIEW else torch.float32)
         n_over = n_nonfin = n_sub = n_fl = 0
         ai, mx, mn, nz, over = _abs_stats(t, fin)
+        n_sent = 0
+        mxf = mx
         if over is not None:
-            n_over, n_nonfin = over
+            n_over, n_nonfin, n_sent, mxf = over
         if mn <= sub_b and nz:  # some value is subnormal or flushed: count them (skipped otherwise)
             # in the transformed integer view zeros sit above every boundary
             n_le_flush = int((ai <= bnd[3]).sum()) if mn <= fl_b else 0
@@ -800,9 +812,11 @@ class Observer:
         rec.numel += numel
         rec.nonzero += nz
         rec.max_abs = max(rec.max_abs, mx)
+        rec.max_finite_abs = max(rec.max_finite_abs, mxf)
         rec.min_abs_nonzero = min(rec.min_abs_nonzero, mn)
         rec.n_overflow += n_over
         rec.n_nonfinite += n_nonfin
+        rec.n_sentinel += n_sent
         rec.n_subnormal += n_sub
         rec.n_flushed += n_fl
         rec.in_max_abs = max(rec.in_max_abs, in_max)

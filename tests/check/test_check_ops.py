@@ -222,3 +222,34 @@ def test_a_model_the_check_cannot_run_is_a_clear_error():
 def test_inputs_disagreeing_on_samples_are_refused():
     with pytest.raises(ValueError, match="disagree on the number of samples"):
         check(TwoInputNet(), ((torch.randn(4, 4), torch.randn(5, 6)), torch.zeros(4)), certify=False)
+
+
+def test_check_running_var_stall_for_tiny_inputs():
+    """Batch variance 1e-10 with eps 1e-10: the fp16 running variance settles among the subnormals,
+    hundreds of times too large, and eval mode normalises with a scale several times off."""
+    torch.manual_seed(0)
+    X, y = cls_data(256, 8, scale=1e-5)
+    rep = check(BNNet(eps=1e-10), (X, y), steps=2, certify=False, batch_size=128)
+    f = _by(rep.findings, "running statistics")
+    assert f.status == "fail" and f.layer == "bn" and f.fixes[0].name == "buffers_fp32"
+    assert "bn.running_var" in f.message
+    assert rep.verdict == "SAFE WITH CHANGES" or any(g.status == "fail" and not g.fixable for g in rep.findings)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "bert"])
+def test_check_runs_huggingface_models(arch):
+    tr = pytest.importorskip("transformers", reason="transformers is an optional extra: pip install transformers")
+    torch.manual_seed(0)
+    toks = torch.randint(0, 64, (16, 8))
+    if arch == "gpt2":
+        m = tr.GPT2LMHeadModel(tr.GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+        y = toks  # next-token labels, one per position
+    else:
+        m = tr.BertForSequenceClassification(tr.BertConfig(
+            vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+            max_position_embeddings=16, num_labels=3))
+        y = torch.randint(0, 3, (16,))
+    rep = check(m, ({"input_ids": toks}, y), steps=1, certify=False, batch_size=8)
+    assert rep.verdict in ("SAFE", "SAFE WITH CHANGES", "UNSAFE")
+    assert any(o["op"] == "embedding" for o in rep.details["operations"])
+    assert _by(rep.findings, "operation range").op is not None or any(f.check == "operation overflow" for f in rep.findings)
