@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..formats import FloatFormat
-from ..nn.observe import Observation, Observer, call_model, default_loss, float_inputs
+from ..nn.observe import Observation, Observer, RangeBoundaries, call_model, default_loss, float_inputs
 from ..rounding import round_to
 
 __all__ = [
@@ -61,30 +61,41 @@ class RangeStats:
     abs_values: list[np.ndarray] = field(default_factory=list, repr=False)
 
     def add(self, t: torch.Tensor, fmt: FloatFormat, keep_values: bool = False) -> None:
-        a = t.detach().abs().to(torch.float64).reshape(-1).cpu().numpy()
-        if a.size == 0:
+        """Add the values of ``t``.  Classes use the emulator's exact rounding boundaries
+        (:class:`fpanalysis.nn.observe.RangeBoundaries`): flushed when ``|v|`` rounds to 0,
+        subnormal when it rounds below the smallest normal, overflow when it rounds above the
+        max (with IEEE overflow: for a saturating format, when it would saturate) or is not
+        finite.  Computed with torch reductions (no float64 copy of the whole tensor)."""
+        x = t.detach()
+        if x.dtype not in (torch.float32, torch.float64):
+            x = x.float()
+        a = x.abs().reshape(-1)
+        if a.numel() == 0:
             return
-        finite = np.isfinite(a)
-        self.count += a.size
+        flush, sub, fin = RangeBoundaries.of(fmt).in_dtype(a.dtype)
+        finite = torch.isfinite(a)
+        self.count += a.numel()
+        n_nonfinite = a.numel() - int(finite.sum())
         nz = a[(a > 0) & finite]
-        self.nonzero += nz.size
-        if nz.size:
+        self.nonzero += nz.numel()
+        if nz.numel():
             self.max_abs = max(self.max_abs, float(nz.max()))
             self.min_abs_nonzero = min(self.min_abs_nonzero, float(nz.min()))
-            e = np.floor(np.log2(nz)).astype(np.int64)
-            idx = np.clip(e - _LOG2_BINS[0], 0, len(_LOG2_BINS) - 1)
-            self.hist += np.bincount(idx, minlength=len(_LOG2_BINS))
-            r = np.abs(round_to(nz, fmt))
-            self.n_overflow += int(np.sum(~np.isfinite(r) | (nz > fmt.max)))
-            self.n_flushed += int(np.sum(r == 0))
-            self.n_subnormal += int(np.sum((r > 0) & (r < fmt.min_normal)))
+            e = torch.frexp(nz)[1].to(torch.int64) - 1  # floor(log2 v), exact
+            idx = (e - int(_LOG2_BINS[0])).clamp_(0, len(_LOG2_BINS) - 1)
+            self.hist += torch.bincount(idx, minlength=len(_LOG2_BINS)).numpy()
+            self.n_overflow += int((nz > fin).sum())
+            n_le_flush = int((nz <= flush).sum())
+            self.n_flushed += n_le_flush
+            self.n_subnormal += int((nz <= sub).sum()) - n_le_flush
             below = nz < 2.0**-24
-            self.n_below_2m24 += int(np.sum(below))
-            self.sum_abs += float(nz.sum())
-            self.sum_abs_below_2m24 += float(nz[below].sum())
+            self.n_below_2m24 += int(below.sum())
+            nzd = nz.to(torch.float64)
+            self.sum_abs += float(nzd.sum())
+            self.sum_abs_below_2m24 += float(nzd[below].sum())
             if keep_values:
-                self.abs_values.append(nz)
-        self.n_overflow += int(np.sum(~finite))
+                self.abs_values.append(nzd.numpy().copy())
+        self.n_overflow += n_nonfinite
 
     @property
     def frac_flushed(self) -> float:
