@@ -37,6 +37,10 @@ __all__ = [
 #: 2**-24 they are at best the smallest subnormal, below 2**-14 they are subnormal.
 _LOG2_BINS = np.arange(-160, 130)
 
+#: at most this many of the measured steps run under the operation observer (its cost is a few
+#: reductions per aten op, so it watches a bounded sample; later steps run at full speed).
+OBSERVED_STEPS = 8
+
 
 @dataclass
 class RangeStats:
@@ -192,7 +196,7 @@ def probe_model(
     params = [(n, p) for n, p in m.named_parameters() if p.requires_grad]
     wgrads = {n: RangeStats(n, "weight gradient") for n, _ in params}
     updates = {n: {"layer": n, "n": 0, "lost": 0, "zero_update": 0, "max_abs_w": 0.0} for n, _ in params}
-    obs = Observer(m, fmt, max_steps=max(1, len(batches)))
+    obs = Observer(m, fmt, max_steps=min(max(1, len(batches)), OBSERVED_STEPS))
 
     def grad_hook(name: str) -> Callable[[torch.Tensor], None]:
         def f(g: torch.Tensor) -> None:

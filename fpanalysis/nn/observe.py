@@ -899,24 +899,40 @@ class Observer:
 
 def predict_running_average(b: BufferRecord, fmt: FloatFormat, horizon: int = 5000) -> dict[str, Any]:
     """Simulate a BatchNorm running statistic stored in ``fmt``: ``r <- round((1-m) r + m v)``,
-    from the buffer's value when observation began, with the last observed batch statistic ``v``
-    held fixed, until nothing changes or ``horizon`` steps.
+    with the last observed batch statistic ``v`` held fixed, until nothing changes or ``horizon``
+    steps; from two starts, the buffer's value when observation began (training goes on from this
+    model) and BatchNorm's reset value (1 for a variance, 0 for a mean: training from scratch),
+    keeping the worse outcome.
 
     The update is computed in float64 and rounded once per step (PyTorch's low-precision CPU
-    kernels compute it in float32 and round the stored result).  Returns the first step with a
-    non-finite value (``overflow_step``), the step the simulation settled (``settled_step``), and
-    the error the settled value makes in evaluation mode against the exact limit ``v``:
-    for a running variance the relative error of the normalising scale ``sqrt(r + eps)`` vs
-    ``sqrt(v + eps)``, for a running mean ``|r - v| / sqrt(var + eps)`` (the shift in units of the
-    batch standard deviation).  ``eval_error`` is the largest over channels, ``channel`` its index.
+    kernels compute it in float32 and round the stored result).  The map is monotone in ``r``, so
+    the iterates move monotonically and settle.  Returns the first step with a non-finite value
+    (``overflow_step``), the step the simulation settled (``settled_step``), and the error the
+    settled value makes in evaluation mode against the exact limit ``v``: for a running variance
+    the relative error of the normalising scale ``sqrt(r + eps)`` vs ``sqrt(v + eps)``, for a
+    running mean ``|r - v| / sqrt(var + eps)`` (the shift in units of the batch standard
+    deviation).  ``eval_error`` is the largest over channels, ``channel`` its index, ``start``
+    which start gave it.
     """
-    m = float(b.momentum)
-    eps = float(b.eps or 0.0)
     v = np.asarray(b.target, dtype=np.float64).reshape(-1)
     r0 = np.asarray(b.initial, dtype=np.float64).reshape(-1)
     if r0.shape != v.shape:
         return {"overflow_step": None, "settled_step": None, "eval_error": 0.0, "channel": None,
                 "note": "shape changed"}
+    reset = np.full_like(v, 1.0 if b.kind == "running_var" else 0.0)
+    runs = [(_simulate_average(b, fmt, r0, v, horizon), "current"), (_simulate_average(b, fmt, reset, v, horizon), "reset")]
+
+    def badness(r: dict[str, Any]) -> tuple[float, float]:
+        return (-(r["overflow_step"] or math.inf), r["eval_error"])
+
+    worst, start = max(runs, key=lambda x: badness(x[0]))
+    worst["start"] = start
+    return worst
+
+
+def _simulate_average(b: BufferRecord, fmt: FloatFormat, r0: np.ndarray, v: np.ndarray, horizon: int) -> dict[str, Any]:
+    m = float(b.momentum)
+    eps = float(b.eps or 0.0)
     ieee = fmt.with_(overflow="inf")
     r = round_to(r0, ieee)
     overflow_step = None

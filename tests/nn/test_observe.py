@@ -298,3 +298,16 @@ def test_huggingface_models_from_small_config(arch):
     assert obs.find("embedding", phase="forward") and obs.find("embedding_dense_backward", phase="backward")
     assert any("attn" in r.module or "attention" in r.module for r in obs.ops)
     assert any(r.phase == "backward" and r.module.startswith(("transformer", "bert")) for r in obs.ops)
+
+
+def test_running_var_prediction_also_starts_from_the_reset_value():
+    """A model whose running variance already sits at its fp32 limit (after fp32 training): fp16
+    training from scratch would still stall, which the reset start shows."""
+    torch.manual_seed(0)
+    x, y = _cls_data(256, 8, scale=1e-5)
+    m = BNNet(eps=1e-10)
+    with torch.no_grad():
+        m.bn.running_var.copy_(x.var(0))
+        m.bn.running_mean.copy_(x.mean(0))
+    p = observe_training(m, _batches(x, y, 2), "fp16").buffer("bn.running_var").prediction
+    assert p["start"] == "reset" and p["eval_error"] > 2.0
