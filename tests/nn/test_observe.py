@@ -311,3 +311,16 @@ def test_running_var_prediction_also_starts_from_the_reset_value():
         m.bn.running_mean.copy_(x.mean(0))
     p = observe_training(m, _batches(x, y, 2), "fp16").buffer("bn.running_var").prediction
     assert p["start"] == "reset" and p["eval_error"] > 2.0
+
+
+@pytest.mark.parametrize("scale", [10.0, 1e-6])
+def test_batch_statistic_behind_a_running_var(scale):
+    """The batch variance the running average converges to, read off the kernel's inverse std
+    (scale 10) or, where that cancels against eps, computed from the input (scale 1e-6)."""
+    torch.manual_seed(0)
+    x, y = _cls_data(256, 8, scale=scale)
+    obs = observe_training(BNNet(), _batches(x, y, 1), "fp16")
+    want = x.double().var(0).numpy()
+    np.testing.assert_allclose(obs.buffer("bn.running_var").target, want, rtol=1e-4)
+    np.testing.assert_allclose(obs.buffer("bn.running_mean").target, x.double().mean(0).numpy(), rtol=1e-4,
+                               atol=1e-6 * scale)
