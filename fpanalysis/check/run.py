@@ -209,8 +209,7 @@ def run_check(
             progress=lambda d, t: report((warmup_steps if certify else 0) + d, total_steps, "measuring"),
         )
     except Exception as exc:  # a model the probe cannot run is an error with a reason, not a traceback
-        raise ValueError(f"the check cannot measure this model (training step in fp32 under the "
-                         f"operation observer): {type(exc).__name__}: {exc}") from None
+        raise ValueError(_probe_failure(work, _batches(X, y, batch_size, 1, seed + 2)[0], exc)) from None
     meas = Measurements(profile=c.profile)
     ops = operation_dicts(probe.observation, {n for n, _ in leaf_modules(work)}) if probe.observation else []
     meas.operations = ops
@@ -325,3 +324,16 @@ def operation_dicts(obs: Observation, leaves: set[str]) -> list[dict[str, Any]]:
             "leaf_output": bool(r.module_output and r.phase == "forward" and r.module in leaves),
         })
     return out
+
+
+def _probe_failure(model: nn.Module, batch: tuple[Any, torch.Tensor], exc: Exception) -> str:
+    """Say whose failure it is: one plain fp32 training step on a copy tells the model's own
+    errors (shape bugs, unsupported inputs) from the observer's."""
+    try:
+        m = copy.deepcopy(model).train()
+        default_loss(call_model(m, batch[0]), batch[1]).backward()
+    except Exception as own:
+        return (f"the check cannot measure this model: a plain fp32 training step on a batch fails: "
+                f"{type(own).__name__}: {own}")
+    return (f"the check cannot measure this model: its training step fails only under the operation "
+            f"observer (fpanalysis.nn.observe), a limitation of the check: {type(exc).__name__}: {exc}")

@@ -295,6 +295,8 @@ class Observation:
     buffers: list[BufferRecord]
     steps: list[int]
     seconds_observed: float = 0.0
+    unmeasured: dict[str, int] = field(default_factory=dict)  # ops seen but not measured (tensor kinds
+    # the statistics cannot read, e.g. sparse), with their call counts: "not examined", not "fine"
 
     def forward(self) -> list[OpRecord]:
         return [r for r in self.ops if r.phase == "forward"]
@@ -320,6 +322,7 @@ class Observation:
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": self.format, "steps": self.steps, "seconds_observed": self.seconds_observed,
+                "unmeasured": self.unmeasured,
                 "ops": [r.to_dict() for r in self.ops], "buffers": [b.to_dict() for b in self.buffers]}
 
 
@@ -574,6 +577,7 @@ class Observer:
         self._step: int = -1
         self._seconds = 0.0
         self._mut_args: dict[Any, tuple[int, ...]] = {}
+        self.unmeasured: dict[str, int] = {}  # op -> calls whose tensors the statistics could not read
         for name, b in self._all_buffers():
             self.buffers[name] = self._new_buffer_record(name, b)
 
@@ -615,8 +619,8 @@ class Observer:
         for b in self.buffers.values():
             if b.kind in ("running_var", "running_mean") and b.target is not None and b.momentum is not None:
                 b.prediction = predict_running_average(b, self.fmt)
-        return Observation(self.fmt.name, list(self.ops.values()), list(self.buffers.values()), list(self.steps),
-                           round(self._seconds, 4))
+        return Observation(self.fmt.name, [r for r in self.ops.values() if r.calls], list(self.buffers.values()), list(self.steps),
+                           round(self._seconds, 4), dict(self.unmeasured))
 
     # ---- steps, hooks, buffers ----------------------------------------------------------------
 
@@ -729,55 +733,64 @@ class Observer:
         in_max, in_min = 0.0, math.inf
         flat_in = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
         self._internal = True
+        bn = False
         try:
             for a in flat_in:
-                if a.is_floating_point() and a.numel():
+                if a.is_floating_point() and a.numel() and a.layout == torch.strided:
                     mx, mn = self._input_range(a)
                     in_max = max(in_max, mx)
                     in_min = min(in_min, mn)
             bn = op in _BN_OPS and self._bn_before(func, args, kwargs)
+        except Exception:  # a tensor the statistics cannot read: the op runs, unmeasured
+            self.unmeasured[op] = self.unmeasured.get(op, 0) + 1
         finally:
             self._internal = False
-        out = func(*args, **kwargs)
+        out = func(*args, **kwargs)  # the model's own errors propagate unchanged
         self._internal = True
         try:
-            if backward:
-                path, node = self._backward_path()
-                phase = "backward"
-            else:
-                path, node = (self._stack[-1] if self._stack else _OUTSIDE), None
-                phase = "forward"
-            okey = (phase, path, op)
-            occ = self._occ.get(okey, 0)
-            self._occ[okey] = occ + 1
-            occ = min(occ, _MAX_OCCURRENCE)
-            outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
-            inplace = bool(mut)
-            red = None
-            for j, t in enumerate(outs):
-                if not t.is_floating_point() or t.numel() == 0:
-                    continue
-                key = (phase, path, op, occ, j)
-                rec = self.ops.get(key)
-                if rec is None:
-                    if red is None:
-                        red = _reduction(op, args, kwargs)
-                    rec = self.ops[key] = OpRecord(
-                        op, path, self._types.get(path, "-"), phase, occ, j,
-                        node=node, source=None if backward else _user_source(), inplace=inplace,
-                        reduction=red[0], reduction_what=red[1])
-                self._measure_output(rec, t, in_max, in_min)
-                self._producer[t] = key
-            if bn:
-                self._bn_after(func, args, kwargs, path, out)
-            if mut:
-                for i in mut:
-                    a = args[i] if i < len(args) else None
-                    if isinstance(a, torch.Tensor) and id(a) in self._buffer_ids:
-                        self._note_buffer_update(self._buffer_ids[id(a)], op, path)
+            self._record(func, op, args, kwargs, out, backward, mut, bn, in_max, in_min)
+        except Exception:
+            self.unmeasured[op] = self.unmeasured.get(op, 0) + 1
         finally:
             self._internal = False
         return out
+
+    def _record(self, func: Any, op: str, args: tuple, kwargs: dict, out: Any, backward: bool,
+                mut: tuple[int, ...], bn: bool, in_max: float, in_min: float) -> None:
+        if backward:
+            path, node = self._backward_path()
+            phase = "backward"
+        else:
+            path, node = (self._stack[-1] if self._stack else _OUTSIDE), None
+            phase = "forward"
+        okey = (phase, path, op)
+        occ = self._occ.get(okey, 0)
+        self._occ[okey] = occ + 1
+        occ = min(occ, _MAX_OCCURRENCE)
+        outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        inplace = bool(mut)
+        red = None
+        for j, t in enumerate(outs):
+            if not t.is_floating_point() or t.numel() == 0 or t.layout != torch.strided:
+                continue
+            key = (phase, path, op, occ, j)
+            rec = self.ops.get(key)
+            if rec is None:
+                if red is None:
+                    red = _reduction(op, args, kwargs)
+                rec = self.ops[key] = OpRecord(
+                    op, path, self._types.get(path, "-"), phase, occ, j,
+                    node=node, source=None if backward else _user_source(), inplace=inplace,
+                    reduction=red[0], reduction_what=red[1])
+            self._measure_output(rec, t, in_max, in_min)
+            self._producer[t] = key
+        if bn:
+            self._bn_after(func, args, kwargs, path, out)
+        if mut:
+            for i in mut:
+                a = args[i] if i < len(args) else None
+                if isinstance(a, torch.Tensor) and id(a) in self._buffer_ids:
+                    self._note_buffer_update(self._buffer_ids[id(a)], op, path)
 
     def _dtype(self, dtype: torch.dtype) -> tuple[float, float, float, int, int]:
         """Boundaries in ``dtype`` (flush, subnormal, finite) and the first two as ``bits - 1``

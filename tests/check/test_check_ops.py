@@ -214,7 +214,7 @@ class Breaks(nn.Module):
 
 def test_a_model_the_check_cannot_run_is_a_clear_error():
     X, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
-    with pytest.raises(ValueError, match="cannot measure this model.*RuntimeError") as e:
+    with pytest.raises(ValueError, match="cannot measure this model: a plain fp32 training step.*RuntimeError") as e:
         check(Breaks(), (X, y), steps=1, certify=False, batch_size=8)
     assert e.value.__cause__ is None and e.value.__suppress_context__
 
@@ -253,3 +253,15 @@ def test_check_runs_huggingface_models(arch):
     assert rep.verdict in ("SAFE", "SAFE WITH CHANGES", "UNSAFE")
     assert any(o["op"] == "embedding" for o in rep.details["operations"])
     assert _by(rep.findings, "operation range").op is not None or any(f.check == "operation overflow" for f in rep.findings)
+
+
+def test_an_observer_failure_is_told_apart_from_the_models(monkeypatch):
+    import fpanalysis.check.probe as probe
+
+    def broken(self, step):
+        raise RuntimeError("observer broke")
+
+    monkeypatch.setattr(probe.Observer, "step", broken)
+    X, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    with pytest.raises(ValueError, match="fails only under the operation observer.*observer broke"):
+        check(TwoInputNet(), ((X,), y), steps=1, certify=False, batch_size=8)

@@ -324,3 +324,15 @@ def test_batch_statistic_behind_a_running_var(scale):
     np.testing.assert_allclose(obs.buffer("bn.running_var").target, want, rtol=1e-4)
     np.testing.assert_allclose(obs.buffer("bn.running_mean").target, x.double().mean(0).numpy(), rtol=1e-4,
                                atol=1e-6 * scale)
+
+
+def test_unreadable_tensors_leave_the_op_unmeasured_not_the_model_broken(monkeypatch):
+    import fpanalysis.nn.observe as ob
+
+    def broken(t, finite):
+        raise RuntimeError("cannot read")
+
+    monkeypatch.setattr(ob, "_abs_stats", broken)
+    x, y = _cls_data(16, 8)
+    obs = observe_training(BNNet(), _batches(x, y, 1), "fp16")
+    assert not obs.ops and obs.unmeasured.get("addmm", 0) >= 1
