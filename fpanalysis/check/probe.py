@@ -77,8 +77,36 @@ class RangeStats:
         if a.numel() == 0:
             return
         flush, sub, fin = RangeBoundaries.of(fmt).in_dtype(a.dtype)
-        finite = torch.isfinite(a)
         self.count += a.numel()
+        mx = float(a.amax())
+        if keep_values or not math.isfinite(mx):
+            self._add_masked(a, flush, sub, fin, keep_values)
+            return
+        # all finite: whole-tensor reductions, zeros subtracted where they would count
+        n_zero = a.numel() - int(torch.sign(a).sum(dtype=torch.float64))
+        nz = a.numel() - n_zero
+        self.nonzero += nz
+        if nz == 0:
+            return
+        self.max_abs = max(self.max_abs, mx)
+        self.min_abs_nonzero = min(self.min_abs_nonzero, float(torch.where(a > 0, a, math.inf).amin()))
+        e = torch.frexp(a)[1].to(torch.int64) - 1  # floor(log2 v), exact; 0 gives -1
+        idx = (e - int(_LOG2_BINS[0])).clamp_(0, len(_LOG2_BINS) - 1)
+        h = torch.bincount(idx, minlength=len(_LOG2_BINS)).numpy()
+        h[-1 - int(_LOG2_BINS[0])] -= n_zero  # the zeros' bin (exponent -1)
+        self.hist += h
+        if mx > fin:
+            self.n_overflow += int((a > fin).sum())
+        n_le_flush = int((a <= flush).sum()) - n_zero
+        self.n_flushed += n_le_flush
+        self.n_subnormal += int((a <= sub).sum()) - n_zero - n_le_flush
+        below = a < 2.0**-24
+        self.n_below_2m24 += int(below.sum()) - n_zero
+        self.sum_abs += float(a.sum(dtype=torch.float64))
+        self.sum_abs_below_2m24 += float(torch.where(below, a, 0.0).sum(dtype=torch.float64))
+
+    def _add_masked(self, a: torch.Tensor, flush: float, sub: float, fin: float, keep_values: bool) -> None:
+        finite = torch.isfinite(a)
         n_nonfinite = a.numel() - int(finite.sum())
         nz = a[(a > 0) & finite]
         self.nonzero += nz.numel()

@@ -265,3 +265,29 @@ def test_an_observer_failure_is_told_apart_from_the_models(monkeypatch):
     X, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
     with pytest.raises(ValueError, match="fails only under the operation observer.*observer broke"):
         check(TwoInputNet(), ((X,), y), steps=1, certify=False, batch_size=8)
+
+
+@pytest.mark.parametrize("keep_values", [False, True])
+def test_range_stats_counts_match_numpy_float16(keep_values):
+    """RangeStats (whole-tensor path and masked path) against numpy's correctly rounded float16 cast."""
+    import numpy as np
+
+    from fpanalysis.check.probe import RangeStats
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(10000, generator=g) * 1e-6, torch.zeros(100), torch.randn(1000, generator=g) * 1e5,
+                   torch.randn(1000, generator=g), torch.tensor([65519.0, 65520.0, 2.0**-25, 2.0**-25 * 1.0001])])
+    rs = RangeStats("x", "test")
+    rs.add(x, FP16, keep_values=keep_values)
+    v = x.numpy()
+    with np.errstate(over="ignore"):
+        r = np.abs(v.astype(np.float16).astype(np.float64))
+    nz = v != 0
+    assert rs.nonzero == int(nz.sum())
+    assert rs.n_overflow == int(np.sum(~np.isfinite(r)))
+    assert rs.n_flushed == int(np.sum((r == 0) & nz))
+    assert rs.n_subnormal == int(np.sum((r > 0) & (r < FP16.min_normal)))
+    assert rs.n_below_2m24 == int(np.sum(nz & (np.abs(v) < 2.0**-24)))
+    e = np.floor(np.log2(np.abs(v[nz]).astype(np.float64))).astype(int)
+    assert int(rs.hist.sum()) == int(nz.sum()) and rs.max_abs == float(np.abs(v).max())
+    assert np.bincount(e - e.min()).max() == rs.hist.max()
