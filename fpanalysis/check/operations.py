@@ -26,7 +26,7 @@ from typing import Any
 from ..formats import FloatFormat
 from .findings import THRESHOLDS, Finding, Fix
 
-__all__ = ["buffer_findings", "operation_findings", "overflow_fixes", "op_label"]
+__all__ = ["buffer_findings", "op_label", "operation_findings", "overflow_fixes"]
 
 
 def op_label(o: dict[str, Any]) -> str:

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,10 +28,10 @@ from ..nn.observe import Observation, Observer, RangeBoundaries, call_model, def
 from ..rounding import round_to
 
 __all__ = [
-    "RangeStats",
     "ProbeResult",
-    "probe_model",
+    "RangeStats",
     "leaf_modules",
+    "probe_model",
 ]
 
 #: gradient magnitudes that fp16 loses (docs/theory.md §4.1): below 2**-25 they round to zero, below

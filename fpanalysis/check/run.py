@@ -5,13 +5,15 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..nn.observe import Observation, call_model, default_loss, float_inputs, logits_of
 from .config import CheckConfig
 from .findings import (
     CheckReport,
@@ -22,7 +24,6 @@ from .findings import (
     decide_verdict,
     findings_from_measurements,
 )
-from ..nn.observe import Observation, call_model, default_loss, float_inputs, logits_of
 from .probe import leaf_modules, make_optimizer, probe_model
 
 __all__ = ["as_tensors", "run_check", "validate_model"]

@@ -36,8 +36,9 @@ import functools
 import math
 import os
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,10 +51,10 @@ from ..formats import FloatFormat, get_format
 from ..rounding import round_to
 
 __all__ = [
-    "OpRecord",
     "BufferRecord",
     "Observation",
     "Observer",
+    "OpRecord",
     "RangeBoundaries",
     "call_model",
     "float_inputs",
@@ -124,11 +125,11 @@ class RangeBoundaries:
     finite: float
 
     @classmethod
-    def of(cls, fmt: FloatFormat) -> "RangeBoundaries":
+    def of(cls, fmt: FloatFormat) -> RangeBoundaries:
         return _boundaries(fmt)
 
     @classmethod
-    def _compute(cls, fmt: FloatFormat) -> "RangeBoundaries":
+    def _compute(cls, fmt: FloatFormat) -> RangeBoundaries:
         ieee = fmt.with_(overflow="inf")
 
         def r(x: float) -> float:
@@ -507,7 +508,7 @@ def _abs_stats(t: torch.Tensor, finite: float | None) -> tuple[torch.Tensor, flo
 
 
 class _Mode(TorchDispatchMode):
-    def __init__(self, obs: "Observer") -> None:
+    def __init__(self, obs: Observer) -> None:
         super().__init__()
         self.obs = obs
 
@@ -549,7 +550,7 @@ class Observer:
     >>> obs.result().overflowing()                                       # doctest: +SKIP
     """
 
-    def __init__(self, model: nn.Module, fmt: "str | FloatFormat" = "fp16", *, max_steps: int = 8,
+    def __init__(self, model: nn.Module, fmt: str | FloatFormat = "fp16", *, max_steps: int = 8,
                  extra_buffers: dict[str, torch.Tensor] | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"the model must be a torch.nn.Module, got {type(model).__name__}")
@@ -1002,7 +1003,7 @@ def _simulate_average(b: BufferRecord, fmt: FloatFormat, r0: np.ndarray, v: np.n
 def observe_training(
     model: nn.Module,
     batches: Iterable[tuple[Any, Any]],
-    fmt: "str | FloatFormat" = "fp16",
+    fmt: str | FloatFormat = "fp16",
     *,
     loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
     optimizer: torch.optim.Optimizer | None = None,

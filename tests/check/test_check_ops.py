@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
+from torch import nn
 
-from fpanalysis.check import check  # noqa: E402
-from fpanalysis.check.findings import THRESHOLDS, Fix, decide_verdict, findings_from_measurements  # noqa: E402
-from fpanalysis.formats import get_format  # noqa: E402
+from fpanalysis.check import check
+from fpanalysis.check.findings import THRESHOLDS, Fix, decide_verdict, findings_from_measurements
+from fpanalysis.formats import get_format
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "nn"))
-from _zoo import AttnNet, BasicBlock, BNNet, EmbedNet, ResNet, ScaledNet, TwoInputNet, cls_data  # noqa: E402
+from _zoo import AttnNet, BasicBlock, BNNet, EmbedNet, ResNet, ScaledNet, TwoInputNet, cls_data
 
 FP16 = get_format("fp16")
 
@@ -256,7 +256,7 @@ def test_check_runs_huggingface_models(arch):
 
 
 def test_an_observer_failure_is_told_apart_from_the_models(monkeypatch):
-    import fpanalysis.check.probe as probe
+    from fpanalysis.check import probe
 
     def broken(self, step):
         raise RuntimeError("observer broke")

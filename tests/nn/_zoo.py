@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
 # ---------------------------------------------------------------------------------------------
 # torchvision-style ResNet (a faithful copy of torchvision.models.resnet's BasicBlock/ResNet:
 # inplace ReLU and `out += identity`), smaller depth so that the test stays fast

@@ -14,18 +14,28 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
+from _zoo import (
+    AttnNet,
+    BasicBlock,
+    BNNet,
+    EMANet,
+    EmbedNet,
+    ResNet,
+    RNNNet,
+    ScaledNet,
+    TwoInputNet,
+)
+from _zoo import (
+    cls_data as _cls_data,
+)
+from torch import nn
 
-from fpanalysis.nn.observe import (  # noqa: E402
+from fpanalysis.formats import get_format
+from fpanalysis.nn.observe import (
     Observer,
     RangeBoundaries,
     default_loss,
     observe_training,
-)
-from fpanalysis.formats import get_format  # noqa: E402
-
-from _zoo import (  # noqa: E402
-    AttnNet, BasicBlock, BNNet, EmbedNet, EMANet, ResNet, RNNNet, ScaledNet, TwoInputNet, cls_data as _cls_data,
 )
 
 FP16_MAX = 65504.0
