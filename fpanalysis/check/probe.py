@@ -83,28 +83,44 @@ class RangeStats:
         if keep_values or not math.isfinite(mx):
             self._add_masked(a, flush, sub, fin, keep_values)
             return
-        # all finite: whole-tensor reductions, zeros subtracted where they would count
-        n_zero = a.numel() - int(torch.sign(a).sum(dtype=torch.float64))
-        nz = a.numel() - n_zero
+        if a.dtype != torch.float32:
+            self._add_masked(a, flush, sub, fin, keep_values)
+            return
+        # float32, all finite: the biased exponent field gives floor(log2 v) of every normal value
+        # exactly, so one bincount of it is the histogram; subnormals (exponent field 0, shared
+        # with zeros) get their exponents from frexp on that small subset
+        ai = a.view(torch.int32)
+        eb = ai >> 23
+        h256 = torch.bincount(eb, minlength=256).numpy()
+        nz = int(torch.sign(a).sum(dtype=torch.float64 if a.numel() > 2**24 else torch.float32))
+        n_zero = a.numel() - nz
         self.nonzero += nz
         if nz == 0:
             return
         self.max_abs = max(self.max_abs, mx)
-        self.min_abs_nonzero = min(self.min_abs_nonzero, float(torch.where(a > 0, a, math.inf).amin()))
-        e = torch.frexp(a)[1].to(torch.int64) - 1  # floor(log2 v), exact; 0 gives -1
-        idx = (e - int(_LOG2_BINS[0])).clamp_(0, len(_LOG2_BINS) - 1)
-        h = torch.bincount(idx, minlength=len(_LOG2_BINS)).numpy()
-        h[-1 - int(_LOG2_BINS[0])] -= n_zero  # the zeros' bin (exponent -1)
+        lo = int(_LOG2_BINS[0])
+        h = np.zeros(len(_LOG2_BINS), dtype=np.int64)
+        h[np.arange(1, 255) - 127 - lo] += h256[1:255]
+        if h256[0] > n_zero:  # float32 subnormals
+            sv = a[(eb == 0) & (a > 0)]
+            e = torch.frexp(sv)[1].to(torch.int64) - 1
+            h += torch.bincount((e - lo).clamp_(0, len(_LOG2_BINS) - 1), minlength=len(_LOG2_BINS)).numpy()
         self.hist += h
         if mx > fin:
             self.n_overflow += int((a > fin).sum())
-        n_le_flush = int((a <= flush).sum()) - n_zero
-        self.n_flushed += n_le_flush
-        self.n_subnormal += int((a <= sub).sum()) - n_zero - n_le_flush
-        below = a < 2.0**-24
-        self.n_below_2m24 += int(below.sum()) - n_zero
+        n_small = int(h[: int(np.floor(np.log2(sub))) - lo + 1].sum())  # values below 2**(floor(log2 sub)+1)
+        if n_small:
+            n_le_flush = int((a <= flush).sum()) - n_zero
+            self.n_flushed += n_le_flush
+            self.n_subnormal += int((a <= sub).sum()) - n_zero - n_le_flush
+        n_below = int(h[: -24 - lo].sum())  # floor(log2 v) < -24  <=>  v < 2**-24
+        self.n_below_2m24 += n_below
         self.sum_abs += float(a.sum(dtype=torch.float64))
-        self.sum_abs_below_2m24 += float(torch.where(below, a, 0.0).sum(dtype=torch.float64))
+        if n_below:
+            self.sum_abs_below_2m24 += float(torch.where(a < 2.0**-24, a, 0.0).sum(dtype=torch.float64))
+        ai.sub_(1).bitwise_and_(0x7FFFFFFF)  # zeros to the top, v to bits(v) - 1 (a is our own copy)
+        self.min_abs_nonzero = min(self.min_abs_nonzero,
+                                   float(torch.tensor(int(ai.amin()) + 1, dtype=torch.int32).view(torch.float32)))
 
     def _add_masked(self, a: torch.Tensor, flush: float, sub: float, fin: float, keep_values: bool) -> None:
         finite = torch.isfinite(a)

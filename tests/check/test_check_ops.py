@@ -276,7 +276,8 @@ def test_range_stats_counts_match_numpy_float16(keep_values):
 
     g = torch.Generator().manual_seed(0)
     x = torch.cat([torch.randn(10000, generator=g) * 1e-6, torch.zeros(100), torch.randn(1000, generator=g) * 1e5,
-                   torch.randn(1000, generator=g), torch.tensor([65519.0, 65520.0, 2.0**-25, 2.0**-25 * 1.0001])])
+                   torch.randn(1000, generator=g), torch.randn(100, generator=g) * 1e-40,
+                   torch.tensor([65519.0, 65520.0, 2.0**-25, 2.0**-25 * 1.0001])])
     rs = RangeStats("x", "test")
     rs.add(x, FP16, keep_values=keep_values)
     v = x.numpy()
