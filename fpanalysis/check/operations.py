@@ -103,7 +103,10 @@ def operation_findings(ops: list[dict[str, Any]], fmt: FloatFormat) -> list[Find
     normalisation in ``forward``, and the backward pass."""
     out: list[Finding] = []
     T = THRESHOLDS
-    inner = [o for o in ops if not o.get("leaf_output") and o["key"]["phase"] == "forward"]
+    # ops of the model's forward pass that are not a leaf layer's output (the loss, computed outside
+    # the model, is left out: its bookkeeping outputs such as nll_loss's total weight are no activations)
+    inner = [o for o in ops if not o.get("leaf_output") and o["key"]["phase"] == "forward"
+             and not o["key"]["module"].startswith("<")]
     over = sorted((o for o in inner if o["n_overflow"] > 0), key=lambda o: o["index"])
     if over:
         text, fixes, fixable = overflow_fixes(over, ops, fmt) or ("", [], False)

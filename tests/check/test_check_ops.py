@@ -68,8 +68,9 @@ def test_operation_overflow_without_a_closing_op_is_not_a_verdict_keeping_fix():
 
 @pytest.mark.parametrize("max_abs,status", [(FP16.max / 9, "ok"), (FP16.max / 7, "warn")])
 def test_operation_headroom_both_sides(max_abs, status):
-    ops = [_op(0, "aten.bmm", max_abs=max_abs)]
-    assert _by(findings_from_measurements({"operations": ops}, FP16), "operation range").status == status
+    ops = [_op(0, "aten.bmm", max_abs=max_abs), _op(1, "aten.nll_loss_forward", "<outside the model>", 6e4, 1.0)]
+    f = _by(findings_from_measurements({"operations": ops}, FP16), "operation range")
+    assert f.status == status and f.op == "aten.bmm"
 
 
 def test_leaf_outputs_are_activation_findings_not_operation_findings():
