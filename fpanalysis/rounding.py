@@ -278,7 +278,7 @@ def round_to(
         counts = K.round_array_stats(flat, dest, p, emin, minnorm, maxval, sub, ovf, code, key, 0, kbits)
         stats = RoundingStats(flat.size, *(int(c) for c in counts))
     elif flat.dtype == np.float32 and dest.dtype == np.float32 and code < 6 and K.f32_kernel_applies(
-        f.p, f.emin, f.emax
+        f.p, f.emin, f.emax, f.subnormals
     ):
         kern = K.round_array_f32 if flat.size >= K.SERIAL_BELOW else K.round_array_f32_serial
         kern(flat, dest, p, emin, minnorm, maxval, sub, ovf, code)
@@ -339,7 +339,7 @@ def _round_to_native(
     K.round_array_bits(
         flat, bits, p, emin, minnorm, maxval, sub, ovf, code, key, 0, kbits,
         fb, bias, 1.0 / f.min_subnormal, np.uint64(inf_code), np.uint64(nan_code), total - 1,
-        flat.dtype == np.float32 and K.f32_kernel_applies(f.p, f.emin, f.emax),
+        flat.dtype == np.float32 and K.f32_kernel_applies(f.p, f.emin, f.emax, f.subnormals),
     )
     if out is not None:
         return out
