@@ -83,7 +83,7 @@ from typing import Any
 import numpy as np
 
 from .formats import FloatFormat, Overflow, get_format
-from .rounding import RoundingMode, _kernel_args, fits_float32, round_to
+from .rounding import RoundingMode, _kernel_args, _wide_ints, fits_float32, round_to
 
 __all__ = ["Order", "Profile", "conv2d", "dot", "matmul"]
 
@@ -173,6 +173,15 @@ def _prepare(x: ArrayLike, f: FloatFormat, name: str, round_inputs: bool) -> np.
     Returns a float16 array for IEEE binary16 formats (the kernels read its bits), else a
     float32 or float64 array.
     """
+    _, wide = _wide_ints(x)
+    if wide:  # integers that float64 cannot hold: never numbers of a format (p <= 53)
+        if not round_inputs:
+            raise ValueError(
+                f"{name} has {len(wide)} integer value(s) that are not numbers of format {f.name!r} "
+                f"(first: {wide[0]!r}); round the inputs first (fpanalysis.round_to(x, {f.name!r})) "
+                "or pass round_inputs=True"
+            )
+        x = round_to(x, f, dtype=np.float64)  # rounded exactly, once
     arr = np.asarray(x)
     if arr.dtype.kind not in "fiub":
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")

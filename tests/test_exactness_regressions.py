@@ -17,19 +17,23 @@ _GMPY_MODES = {"nearest-even": gmpy2.RoundToNearest, "toward-zero": gmpy2.RoundT
                "up": gmpy2.RoundUp, "down": gmpy2.RoundDown, "away": gmpy2.RoundAwayZero}
 
 
-def _mpfr_round(x: float, f: FloatFormat, mode: str) -> float:
+def _mpfr_round(x: "float | int", f: FloatFormat, mode: str) -> float:
     """``x`` rounded to ``f`` in ``mode`` by MPFR: the exponent is unbounded below when ``f`` has
     no subnormals (then a result below ``2**emin`` flushes to a signed zero) and bounded with
     subnormals otherwise; above ``f.max`` the IEEE overflow rule for ``overflow="inf"`` formats.
     Nearest-away and round-to-odd are derived from the toward-zero and away-from-zero
-    neighbours (exact Fraction comparisons)."""
+    neighbours (exact Fraction comparisons).  ``x`` may be a Python int of any size (MPFR
+    rounds it once, from the exact integer)."""
     from fractions import Fraction
+
+    # exact: an int with as many bits as it has, a float at 53 bits
+    v = gmpy2.mpfr(x, max(53, abs(x).bit_length())) if isinstance(x, int) else gmpy2.mpfr(x)
 
     emin = f.emin - f.p + 2 if f.subnormals else -100000
     ctx = lambda rnd: gmpy2.context(precision=f.p, emin=emin, emax=100000, subnormalize=f.subnormals, round=rnd)
     if mode in ("nearest-away", "odd"):
-        z = ctx(gmpy2.RoundToZero).plus(gmpy2.mpfr(x))
-        a = ctx(gmpy2.RoundAwayZero).plus(gmpy2.mpfr(x))
+        z = ctx(gmpy2.RoundToZero).plus(v)
+        a = ctx(gmpy2.RoundAwayZero).plus(v)
         if z == a:
             r = z
         elif mode == "nearest-away":
@@ -45,12 +49,13 @@ def _mpfr_round(x: float, f: FloatFormat, mode: str) -> float:
             assert k.denominator == 1
             r = a if k.numerator % 2 == 0 else z
     else:
-        r = ctx(_GMPY_MODES[mode]).plus(gmpy2.mpfr(x))
+        r = ctx(_GMPY_MODES[mode]).plus(v)
     y = float(r)
-    neg = np.signbit(x)
+    neg = bool(x < 0) if isinstance(x, int) else bool(np.signbit(x))
     if abs(y) > f.max:
-        to_max = mode in ("toward-zero", "odd") or (mode == "up" and neg) or (mode == "down" and not neg)
-        y = f.max if to_max else np.inf
+        to_max = (f.overflow.value == "saturate" or mode in ("toward-zero", "odd")
+                  or (mode == "up" and neg) or (mode == "down" and not neg))
+        y = f.max if to_max else (np.nan if f.overflow.value == "nan" else np.inf)
         y = -y if neg else y
     if not f.subnormals and abs(y) < f.min_normal:
         y = -0.0 if neg else 0.0
@@ -121,3 +126,70 @@ def test_f32_path_matches_mpfr_across_formats() -> None:
             assert not bad.size, (f, mode, float(x[bad[0]]), float(got[bad[0]]), float(want[bad[0]]))
             checked += x.size
     assert checked > 100_000
+
+
+# --- integers that float64 cannot hold ------------------------------------------------------
+
+
+def test_python_ints_above_2_53_are_rounded_once() -> None:
+    # exact integer arithmetic: 2**54 + 2**30 + 1 is above the midpoint 2**54 + 2**30 of the
+    # fp32 neighbours 2**54 and 2**54 + 2**31 (quantum 2**31); converting to float64 first
+    # gives the tie 2**54 + 2**30, which rounds to even (2**54).
+    assert round_to(2**54 + 2**30 + 1, "fp32") == float(2**54 + 2**31)
+    # 2**53 + 1 is not an fp32 number: rounding up gives the next one, 2**53 + 2**30
+    assert round_to(2**53 + 1, "fp32", "up") == float(2**53 + 2**30)
+    assert round_to(-(2**53) - 1, "fp32", "down") == -float(2**53 + 2**30)
+    # the same values in int64/uint64 arrays and in a list mixing floats and ints
+    assert round_to(np.array([2**54 + 2**30 + 1, 3], np.int64), "fp32").tolist() == [2**54 + 2**31, 3.0]
+    assert round_to(np.array([2**53 + 1], np.uint64), "fp32", "up").tolist() == [2**53 + 2**30]
+    assert round_to([0.5, 2**54 + 2**30 + 1], "fp32").tolist() == [0.5, 2**54 + 2**31]
+    # beyond float64's range: an overflow, per mode and policy
+    assert round_to(10**400, "fp16") == np.inf
+    assert round_to(-(10**400), "bf16", "toward-zero") == -float.fromhex("0x1.fep+127")
+    y, st = round_to([2**54 + 1, 10**400, 2**54], "fp32", return_stats=True)
+    assert (st.n, st.inexact, st.overflow, st.subnormal, st.flushed) == (3, 2, 1, 0, 0)
+
+
+@pytest.mark.parametrize("fmt", [
+    FloatFormat("fp32", 24, -126, 127), FloatFormat("bf16", 8, -126, 127),
+    FloatFormat("p53", 53, -960, 1000), FloatFormat("p52", 52, -900, 200, overflow="saturate"),
+    FloatFormat("p30", 30, -14, 100, overflow="nan"),
+])
+def test_wide_ints_match_mpfr(fmt: FloatFormat) -> None:
+    """Property: random integers of 54 to 1100 bits (near-ties included) round as MPFR rounds
+    them, in every deterministic mode."""
+    rng = np.random.default_rng(54)
+    xs = []
+    for _ in range(300):
+        bits = int(rng.integers(54, 1100))
+        n = int.from_bytes(rng.bytes(bits // 8 + 1), "little") >> (8 * (bits // 8 + 1) - bits)
+        n |= 1 << (bits - 1)
+        xs.append(n if rng.random() < 0.5 else -n)
+        s = bits - fmt.p
+        if s >= 2:  # the tie and its two neighbours
+            t = ((n >> s) << s) | (1 << (s - 1))
+            xs += [t, t + 1, t - 1]
+    for mode in DET_MODES:
+        got = np.asarray(round_to(xs, fmt, mode))
+        want = np.array([_mpfr_round(v, fmt, mode) for v in xs])
+        same = (got.view(np.uint64) == want.view(np.uint64)) | (np.isnan(got) & np.isnan(want))
+        bad = np.flatnonzero(~same)
+        assert not bad.size, (mode, xs[bad[0]], got[bad[0]], want[bad[0]])
+
+
+def test_ops_and_linalg_refuse_ints_that_are_not_format_numbers() -> None:
+    from fpanalysis import linalg, ops
+
+    with pytest.raises(ValueError, match=r"add: argument 'a' .* not fp32 numbers \(first: 18014398509481985\)"):
+        ops.add(2**54 + 1, 0.0, "fp32")
+    with pytest.raises(ValueError, match="not fp32 numbers"):
+        ops.fma(1.0, 1.0, np.array([2**60 + 1], np.int64), "fp32")
+    with pytest.raises(ValueError, match="not numbers of format 'fp32'"):
+        linalg.dot(np.array([2**54 + 1]), np.array([1.0]), "fp32")
+    with pytest.raises(ValueError, match="not numbers of format 'fp32'"):
+        linalg.matmul([[2**54 + 1]], [[1.0]], "fp32")
+    # round_inputs rounds them exactly, once (2**54 + 2**30 + 1 -> 2**54 + 2**31, see above)
+    assert ops.add(2**54 + 2**30 + 1, 0.0, "fp32", round_inputs=True) == float(2**54 + 2**31)
+    assert linalg.dot(np.array([2**54 + 2**30 + 1]), np.array([1.0]), "fp32", round_inputs=True) == 2**54 + 2**31
+    # integers that are format numbers stay accepted
+    assert ops.add(2**60, 2**60, "fp32") == 2.0**61
