@@ -193,3 +193,56 @@ def test_ops_and_linalg_refuse_ints_that_are_not_format_numbers() -> None:
     assert linalg.dot(np.array([2**54 + 2**30 + 1]), np.array([1.0]), "fp32", round_inputs=True) == 2**54 + 2**31
     # integers that are format numbers stay accepted
     assert ops.add(2**60, 2**60, "fp32") == 2.0**61
+
+
+# --- mpmath references: one rounding to float64 ---------------------------------------------
+
+
+def _gm_float(fn, *args: float) -> float:  # type: ignore[no-untyped-def]
+    """``fn`` evaluated by MPFR at 400 bits, then rounded once to float64 by MPFR's binary64
+    context (subnormals included)."""
+    with gmpy2.context(precision=400, emin=-100000, emax=100000):
+        v = fn(*[gmpy2.mpfr(a) for a in args])
+    return float(gmpy2.ieee(64).plus(v))
+
+
+def test_log_softmax_of_a_nearly_one_hot_row() -> None:
+    from fpanalysis.reference import mp_log_softmax
+
+    # log_softmax([0, -80])[0] = -log1p(exp(-80)) ~ -1.8e-35, not 0
+    want = _gm_float(lambda t: -gmpy2.log1p(gmpy2.exp(t)), -80.0)
+    assert want == -1.8048513878454153e-35
+    assert mp_log_softmax([0.0, -80.0])[0] == want
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        row = np.concatenate([[0.0, 0.0], -rng.uniform(0, 200, 3)]) if rng.random() < 0.3 else -rng.uniform(0, 200, 4)
+        got = mp_log_softmax(row)
+        m = float(np.max(row))
+
+        def lse(*v):  # type: ignore[no-untyped-def]
+            return gmpy2.log(sum(gmpy2.exp(t - m) for t in v))
+
+        for i, xi in enumerate(row.tolist()):
+            want = _gm_float(lambda *v: v[0] - m - lse(*v[1:]), xi, *row.tolist())
+            assert got[i] == want, (row, i, got[i], want)
+
+
+@pytest.mark.parametrize("name", ["exp", "sigmoid", "silu", "gelu"])
+def test_mp_functions_round_subnormal_results_once(name: str) -> None:
+    from fpanalysis import reference as R
+
+    sqrt2 = lambda: gmpy2.sqrt(gmpy2.mpfr(2))  # noqa: E731
+    oracle = {
+        "exp": (lambda t: gmpy2.exp(t), (-745.0, -708.4)),
+        "sigmoid": (lambda t: 1 / (1 + gmpy2.exp(-t)), (-745.0, -708.4)),
+        "silu": (lambda t: t / (1 + gmpy2.exp(-t)), (-745.0, -715.0)),
+        "gelu": (lambda t: t / 2 * gmpy2.erfc(-t / sqrt2()), (-38.5, -37.5)),
+    }[name]
+    fn, (lo, hi) = oracle
+    rng = np.random.default_rng(7)
+    x = np.concatenate([[-708.518761350277], rng.uniform(lo, hi, 300)])
+    got = getattr(R, "mp_" + name)(x)
+    want = np.array([_gm_float(fn, v) for v in x.tolist()])
+    assert np.any((want != 0) & (np.abs(want) < 2.0**-1022))  # the subnormal range is exercised
+    bad = np.flatnonzero(got.view(np.uint64) != want.view(np.uint64))
+    assert not bad.size, (x[bad[0]], got[bad[0]].hex(), want[bad[0]].hex(), bad.size)
