@@ -23,7 +23,8 @@ intermediate overflow: only the final rounding can overflow.  IEEE 754 semantics
 and NaNs: a NaN operand, ``inf * 0`` or ``inf - inf`` among the products gives NaN, otherwise an
 infinite product gives an infinity of its sign; the result then goes through the format's
 overflow policy (``inf`` -> NaN in fp8 E4M3FN, -> max when saturating).  An exact zero sum is
-``+0.0`` in every mode.
+``+0.0`` in every mode (the exact value zero, rounded; the ``exact`` profile of
+:mod:`fpanalysis.linalg` gives it IEEE 754's ``-0`` in round-down instead).
 
 **mpmath references** (``mp_*``) evaluate at ``prec`` bits (default :data:`DEFAULT_PREC` = 113,
 IEEE quad) with the precision scoped by ``mpmath.workprec`` (never set globally), then round to
@@ -289,8 +290,9 @@ def exact_matmul(
     *,
     dtype: Any = None,
 ) -> np.ndarray:
-    """``A @ B`` with every entry the exact dot product rounded once to ``fmt`` (the ``exact``
-    arithmetic profile).  Parallel over the entries.
+    """``A @ B`` with every entry the exact dot product rounded once to ``fmt`` (the values of the
+    ``exact`` arithmetic profile; exact zero sums are ``+0.0`` here, see the module docstring).
+    Parallel over the entries.
 
     Parameters
     ----------

@@ -246,3 +246,38 @@ def test_mp_functions_round_subnormal_results_once(name: str) -> None:
     assert np.any((want != 0) & (np.abs(want) < 2.0**-1022))  # the subnormal range is exercised
     bad = np.flatnonzero(got.view(np.uint64) != want.view(np.uint64))
     assert not bad.size, (x[bad[0]], got[bad[0]].hex(), want[bad[0]].hex(), bad.size)
+
+
+# --- the sign of an exact zero sum in linalg ---------------------------------------------------
+
+
+def _mpfr_sequential(a: np.ndarray, b: np.ndarray, rnd: int) -> float:
+    """MPFR's sum started from +0 with every product and partial sum in rounding ``rnd``: for
+    small-integer inputs every step is exact, and MPFR gives exact zero sums the sign of IEEE 754
+    sec. 6.3 (-0 only in round-down)."""
+    ctx = gmpy2.context(precision=64, round=rnd)
+    s = gmpy2.mpfr(0)
+    for x, y in zip(a.tolist(), b.tolist()):
+        s = ctx.add(s, ctx.mul(gmpy2.mpfr(x), gmpy2.mpfr(y)))
+    return float(s)
+
+
+@pytest.mark.parametrize("mode", ["nearest-even", "down", "up", "toward-zero"])
+def test_exact_zero_sums_have_the_ieee_sign(mode: str) -> None:
+    from fpanalysis import linalg
+
+    rng = np.random.default_rng(65)
+    A = rng.choice(np.array([0.0, -0.0, 1.0, -1.0, 2.0, -2.0], np.float32), size=(40, 3))
+    B = rng.choice(np.array([0.0, -0.0, 1.0, -1.0], np.float32), size=(3, 30))
+    rnd = {"nearest-even": gmpy2.RoundToNearest, "down": gmpy2.RoundDown, "up": gmpy2.RoundUp,
+           "toward-zero": gmpy2.RoundToZero}[mode]
+    want = np.array([[_mpfr_sequential(A[i], B[:, j], rnd) for j in range(B.shape[1])] for i in range(A.shape[0])])
+    zeros = want == 0
+    assert zeros.sum() > 100 and np.signbit(want[zeros]).any() == (mode == "down")
+    for profile in ("exact", "ieee"):
+        got = np.asarray(linalg.matmul(A, B, "fp16", profile, mode=mode), dtype=np.float64)
+        assert (got.view(np.uint64) == want.view(np.uint64)).all(), profile
+    # fp32-accumulate adds in binary32 round-to-nearest-even whatever the final mode: +0
+    got = np.asarray(linalg.matmul(A, B, "fp16", "fp32-accumulate", mode=mode), dtype=np.float64)
+    nearest = np.array([[_mpfr_sequential(A[i], B[:, j], gmpy2.RoundToNearest) for j in range(30)] for i in range(40)])
+    assert (got.view(np.uint64) == nearest.view(np.uint64)).all()
