@@ -1,10 +1,10 @@
 """A resumable grid of training runs (dataset x model x mode x seed x optimizer) and its summary.
 
-    python experiments/sweep.py --out=experiments/results/cpu_sweep/digits \\
+    python -m experiments.sweep --out=experiments/results/cpu_sweep/digits \\
         --datasets=digits --models=mlp,lenet5 --modes=fp32,amp-fp16,fp16,bf16 --seeds=0,1,2 \\
         --optimizers=sgd,adam --epochs=10 --batch_size=32
-    python experiments/sweep.py --out=... --summary_only        # rebuild summary.md / summary.csv
-    python experiments/sweep.py ... --backend=ray [--ray_address=auto]
+    python -m experiments.sweep --out=... --summary_only        # rebuild summary.md / summary.csv
+    python -m experiments.sweep ... --backend=ray [--ray_address=auto]
 
 Grid axes take comma-separated lists; every other ``--key=value`` is a ``train.Config``
 override applied to all runs (``--smoke`` too).  Sweep options: ``--out`` (folder),
@@ -41,11 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
+from experiments import train
 
-import train  # noqa: E402  (experiments/train.py)
+ROOT = Path(__file__).resolve().parent.parent
 
 AXES = {"datasets": "dataset", "models": "model", "modes": "mode", "seeds": "seed", "optimizers": "optimizer"}
 BACKENDS = ("local", "ray", "serial")
@@ -290,8 +288,8 @@ def _run_ray(todo, report, opts, run_fn, deadline):
             kw["address"] = opts.ray_address
         else:
             kw["num_cpus"] = opts.workers or os.cpu_count() or 1
-        # Ray workers must import train/sweep: put experiments/ and the repo on their path.
-        paths = [str(HERE), str(HERE.parent)]
+        # Ray workers must import experiments.train / experiments.sweep: the repo root on their path.
+        paths = [str(ROOT)]
         kw["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(
             paths + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}}
         ray.init(**kw)
@@ -558,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
             base = dataclasses.replace(base, threads=max(1, (os.cpu_count() or 1) // workers))
         configs = expand_grid(base, axes, out, save_weights=opts.save_weights)
         train.write_json_atomic(out / "sweep.json", {
-            "command": "python experiments/sweep.py " + " ".join(argv),
+            "command": "python -m experiments.sweep " + " ".join(argv),
             "axes": axes, "base_config": dataclasses.asdict(base), "options": dataclasses.asdict(opts),
             "runs": [train.run_name(c) for c in configs],
             "timestamp_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})

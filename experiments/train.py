@@ -1,8 +1,8 @@
 """Train one model in one precision mode and write one JSON result (plus the weights).
 
-    python experiments/train.py --smoke
-    python experiments/train.py --model=lenet5 --dataset=mnist5000 --mode=fp16 --epochs=3
-    python experiments/train.py --dataset=mnist --data_dir=../shared/data/mnist --device=cuda
+    python -m experiments.train --smoke
+    python -m experiments.train --model=lenet5 --dataset=mnist5000 --mode=fp16 --epochs=3
+    python -m experiments.train --dataset=mnist --data_dir=../shared/data/mnist --device=cuda
 
 Every field of :class:`Config` below can be overridden with ``--key=value``; ``--smoke`` first
 shrinks the run to a few seconds on a CPU.  The precision mode is one string (``fp32``,
@@ -32,12 +32,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-if str(ROOT) not in sys.path:  # run as a script from a checkout
-    sys.path.insert(0, str(ROOT))
-if str(HERE) not in sys.path:  # experiments/_common.py, also when imported from elsewhere
-    sys.path.insert(0, str(HERE))
-
-from _common import write_json  # noqa: E402
+from experiments._common import write_json
 
 # ============================================================================================
 # configuration

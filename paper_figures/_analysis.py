@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 PATTERN = "analysis/*.json"
-COMMAND = "python experiments/analysis_runs.py"
+COMMAND = "python -m experiments.analysis_runs"
 MODEL_ORDER = ["mlp", "lenet5", "vgg_small", "resnet20", "vit_tiny"]
 PROFILE_ORDER = ["fp32-accumulate", "ieee", "exact"]
 FORMAT_ORDER = ["fp16", "bf16", "fp8_e4m3fn", "fp8_e5m2", "tf32"]

@@ -14,18 +14,14 @@ from __future__ import annotations
 
 import math
 import statistics
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from paper_figures import style
-from paper_figures._inputs import MissingInput, find, fnum, load_json, reading
+from paper_figures._inputs import MissingInput, figure_main, find, fnum, load_json, reading
 
 NAME = "fig5_training"
 INPUT = "**/runs/*.json"
-COMMAND = ("python experiments/sweep.py --out=experiments/results/cpu_sweep/digits --datasets=digits "
+COMMAND = ("python -m experiments.sweep --out=experiments/results/cpu_sweep/digits --datasets=digits "
            "--models=mlp,lenet5 --modes=fp32,amp-fp16,fp16,bf16,amp-bf16 --seeds=0,1,2 --optimizers=sgd,adam "
            "--epochs=6 --batch_size=32   (GPU: bash experiments/gpu_sweep.sh)")
 SCHEMA = "fpanalysis.train/1"
@@ -205,11 +201,4 @@ def make(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--results", default=str(Path(__file__).resolve().parent.parent / "experiments" / "results"))
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "output"))
-    a = ap.parse_args()
-    for p in make(a.results, a.out):
-        print(p)
+    raise SystemExit(figure_main(make, __doc__))

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from experiments import sweep, train
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "experiments"))
-import sweep  # noqa: E402
-import train  # noqa: E402
 
 BASE = train.Config(dataset="gaussian", n_train=64, n_test=32, batch_size=32, epochs=1, width=16, threads=1)
 
@@ -108,11 +107,10 @@ def test_run_that_raises_is_reported_not_retried(tmp_path):
 
 def test_killed_sweep_resumes_without_redoing_or_losing_runs(tmp_path):
     out = tmp_path / "sw"
-    args = [sys.executable, str(ROOT / "experiments" / "sweep.py"), f"--out={out}", "--backend=serial",
+    args = [sys.executable, "-m", "experiments.sweep", f"--out={out}", "--backend=serial",
             "--no_progress", "--datasets=gaussian", "--modes=fp32,bf16", "--seeds=0,1,2,3", "--n_train=1024",
             "--n_test=64", "--batch_size=16", "--epochs=4", "--width=16", "--threads=1", "--no_weights"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
         deadline = time.time() + 120
@@ -142,7 +140,7 @@ def test_ray_backend_local_instance(tmp_path):
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # ship crash_on_seed_1 to workers
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "experiments"), str(ROOT)])}})
+        "PYTHONPATH": str(ROOT)}})
     try:
         _ray_checks(tmp_path)
     finally:

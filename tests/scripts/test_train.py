@@ -7,20 +7,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "experiments"))
-import train  # noqa: E402
-
-from fpanalysis.datasets import load_dataset  # noqa: E402
-from fpanalysis.nn.models import build_model  # noqa: E402
-from fpanalysis.nn.precision import (  # noqa: E402
+from experiments import train
+from fpanalysis.datasets import load_dataset
+from fpanalysis.nn.models import build_model
+from fpanalysis.nn.precision import (
     PRECISION_MODES,
     AmpLossScaler,
     ManualLossScaler,
