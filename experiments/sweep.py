@@ -111,8 +111,11 @@ def is_complete(cfg: train.Config) -> bool:
             res = json.load(f)
     except (OSError, ValueError):
         return False
-    return (isinstance(res, dict) and res.get("schema") == train.SCHEMA
-            and res.get("status") in ("complete", "diverged") and res.get("config") == dataclasses.asdict(cfg))
+    if not (isinstance(res, dict) and res.get("schema") == train.SCHEMA and isinstance(res.get("config"), dict)):
+        return False
+    # a Config field added later (e.g. ``smoke``) takes its default in results written before it
+    recorded = {**dataclasses.asdict(train.Config()), **res["config"]}
+    return res.get("status") in ("complete", "diverged") and recorded == dataclasses.asdict(cfg)
 
 
 def _failure_path(cfg: train.Config) -> Path:

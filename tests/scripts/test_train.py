@@ -24,6 +24,7 @@ from fpanalysis.nn.precision import (
     precision_policy,
 )
 
+ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(dataset="gaussian", n_train=96, n_test=64, batch_size=32, epochs=2, width=32, threads=1)
 
 EXPECTED = {  # mode -> (weights, grads, optimizer state, logits)
@@ -56,6 +57,45 @@ def test_parse_args():
     with pytest.raises(ValueError, match="--key=value"):
         train.parse_args(["fp16"])
     assert train.main(["--bogus=1"]) == 2
+
+
+def _fig5_runs(results: Path) -> list[tuple[str, str]]:
+    from paper_figures import fig5_training
+
+    return sorted((str(r["path"].relative_to(results)), r["mode"]) for r in fig5_training.load_runs(results))
+
+
+def test_smoke_and_adhoc_runs_never_reach_figure_5(tmp_path, monkeypatch):
+    """Issue 12: ``python -m experiments.train --smoke`` with its default output landed in
+    experiments/results/runs/ and figure 5 averaged it into the fp32 baseline."""
+    pytest.importorskip("matplotlib")
+    results = tmp_path / "experiments" / "results"
+    monkeypatch.setattr(train, "HERE", tmp_path / "experiments")  # train.py's folder, for the default --out
+    sweep_run = results / "cpu_sweep" / "toy" / "runs" / "gaussian-mlp-fp32-sgd-s0.json"
+    train.run(dataclasses.replace(tiny(tmp_path, weights="none"), out=str(sweep_run)))
+    assert _fig5_runs(results) == [("cpu_sweep/toy/runs/gaussian-mlp-fp32-sgd-s0.json", "fp32")]
+    # an ad-hoc smoke run with the default output, as in the issue
+    assert train.main(["--smoke", "--dataset=gaussian", "--width=16", "--threads=1", "--weights=none"]) == 0
+    # a smoke run written into a sweep's runs/ folder, and an ad-hoc run in results/runs/
+    smoke = train.parse_args(["--smoke", "--dataset=gaussian", "--width=16", "--threads=1", "--weights=none",
+                              "--seed=1", f"--out={sweep_run.with_name('gaussian-mlp-fp32-sgd-s1.json')}"])
+    train.run(smoke)
+    train.run(dataclasses.replace(tiny(tmp_path, weights="none", seed=2), out=str(results / "runs" / "adhoc.json")))
+    assert len(list(results.rglob("*.json"))) == 4
+    assert _fig5_runs(results) == [("cpu_sweep/toy/runs/gaussian-mlp-fp32-sgd-s0.json", "fp32")]
+    assert json.loads(sweep_run.with_name("gaussian-mlp-fp32-sgd-s1.json").read_text())["config"]["smoke"] is True
+
+
+def test_default_output_is_ignored_by_git():
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    path = train.result_path(train.parse_args(["--smoke"]))
+    assert path.is_relative_to(ROOT / "experiments" / "results" / "_scratch")
+    res = subprocess.run(["git", "check-ignore", "-q", str(path.relative_to(ROOT))], cwd=ROOT, check=False)
+    assert res.returncode == 0, f"{path} is not ignored by git"
 
 
 def test_unknown_names_are_value_errors(tmp_path):
