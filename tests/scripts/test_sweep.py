@@ -52,7 +52,7 @@ def test_expand_grid(tmp_path):
         sweep.expand_grid(BASE, {"lr": [0.1]}, tmp_path)
 
 
-def test_serial_sweep_resumes_and_reruns_changed_configs(tmp_path):
+def test_serial_sweep_resumes_and_reruns_changed_configs(tmp_path, capsys):
     opts = sweep.SweepOptions(out=str(tmp_path), backend="serial", progress=False)
     cfgs = sweep.expand_grid(BASE, {"mode": ["fp32", "bf16"], "seed": [0, 1]}, tmp_path)
     rep = sweep.run_sweep(cfgs, opts)
@@ -65,8 +65,14 @@ def test_serial_sweep_resumes_and_reruns_changed_configs(tmp_path):
     # a corrupt result file and a changed configuration are not "done"
     Path(cfgs[0].out).write_text('{"schema": "fpanalysis.train/1", "status": "comp')
     changed = [dataclasses.replace(c, epochs=2) if i == 1 else c for i, c in enumerate(cfgs)]
+    capsys.readouterr()
     rep = sweep.run_sweep(changed, opts)
     assert sorted(rep.executed) == sorted([train.run_name(cfgs[0]), train.run_name(cfgs[1])])
+    # ... and the sweep says why it re-runs them (issue 12: a truncated file was re-run silently)
+    err = capsys.readouterr().err
+    assert f"re-running {train.run_name(cfgs[0])}: {cfgs[0].out}: result file is truncated or not valid JSON" in err
+    assert f"re-running {train.run_name(cfgs[1])}: {cfgs[1].out}: result file records another configuration (epochs)" in err
+    assert sorted(rep.rerun) == sorted([train.run_name(cfgs[0]), train.run_name(cfgs[1])])
     after = _fingerprints(tmp_path)
     for c in cfgs[2:]:
         name = Path(c.out).name
@@ -219,6 +225,55 @@ def test_summary_table_against_statistics(tmp_path):
     assert [int(rows[k]["diverged"]) for k in rows] == [0, 0, 1]
     md = (tmp_path / "summary.md").read_text()
     assert "| gaussian | mlp | sgd | — | fp16 | 3 | 1 | 63.00 ± 45.90 | -29.00 | -30.00 | 30.000 | 10.00 | 5.00 |" in md
+
+
+def test_summary_names_and_skips_a_result_with_bad_content(tmp_path, capsys):
+    """Issue 12: a result that parses but lacks a key gave a traceback without the file's name."""
+    (tmp_path / "runs").mkdir()
+    for seed in range(2):
+        train.write_json_atomic(tmp_path / "runs" / f"ok{seed}.json", _fake("fp32", seed, 0.9, 2.0, 1e6))
+    bad = _fake("fp32", 2, 0.9, 2.0, 1e6)
+    del bad["final"]["test_acc"]
+    train.write_json_atomic(tmp_path / "runs" / "bad.json", bad)
+    wrong_type = _fake("fp32", 3, 0.9, 2.0, 1e6)
+    wrong_type["memory"] = "lots"
+    train.write_json_atomic(tmp_path / "runs" / "wrong_type.json", wrong_type)
+    (tmp_path / "runs" / "truncated.json").write_text('{"schema": "fpanalysis.train/1", "sta')
+    assert sweep.main([f"--out={tmp_path}", "--summary_only"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"error: skipped {tmp_path / 'runs' / 'bad.json'} in the summary: unusable result (missing key 'test_acc')" in err
+    assert f"error: skipped {tmp_path / 'runs' / 'wrong_type.json'} in the summary: unusable result" in err
+    assert f"error: skipped {tmp_path / 'runs' / 'truncated.json'} in the summary: not readable as JSON" in err
+    table = list(csv.DictReader(io.StringIO((tmp_path / "summary.csv").read_text())))
+    assert [(r["mode"], r["runs"]) for r in table] == [("fp32", "2")]  # the two good runs only
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
+    """Issue 12: Ctrl-C (SIGINT to the terminal's process group) printed two tracebacks."""
+    out = tmp_path / "sw"
+    args = [sys.executable, "-m", "experiments.sweep", f"--out={out}", "--backend=local", "--workers=1",
+            "--no_progress", "--datasets=gaussian", "--modes=fp32", "--seeds=0,1,2,3,4,5", "--n_train=1024",
+            "--n_test=64", "--batch_size=16", "--epochs=3", "--width=16", "--threads=1", "--no_weights"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list((out / "runs").glob("*.json")):
+            time.sleep(0.02)
+        time.sleep(0.5)  # a worker is in the middle of the next run
+        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+    assert proc.returncode == 130, stdout + stderr
+    assert "Traceback" not in stderr, stderr
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("interrupted: "), stderr
+    for p in (out / "runs").glob("*.json"):  # what was written is complete
+        assert json.loads(p.read_text())["status"] == "complete"
 
 
 def test_sweep_cli_parsing():
