@@ -10,13 +10,18 @@ compiles and torch is never imported).  Keys relied on:
 * ``per_input.<space>``: ``gamma``, ``B``, ``B_prob``, ``certified``, ``class_fp32``,
   ``delta_<run>``, ``class_<run>``;
 * optional ``training.fp32_test_acc`` and ``accuracy``.
+
+Numbers go through ``fnum``, which reads the ``"nan"``/``"inf"``/``"-inf"`` strings that stand
+for non-finite values (docs/report_schema.md) as well as the bare tokens of older reports; a
+``schema_version`` newer than :data:`fpanalysis._json.SCHEMA_VERSION` is a malformed input.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from paper_figures._inputs import MissingInput, find, load_json, need
+from fpanalysis._json import SCHEMA_VERSION
+from paper_figures._inputs import MalformedInput, MissingInput, find, load_json, need
 
 __all__ = [
     "COMMAND",
@@ -61,6 +66,9 @@ def load_reports(results_dir: str | Path) -> list[dict[str, Any]]:
     out = []
     for p in paths:
         d = load_json(p)
+        version = d.get("schema_version", 0) if isinstance(d, dict) else 0
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise MalformedInput(p, f"schema_version {version} is newer than these figures read (up to {SCHEMA_VERSION})")
         cfg = need(d, "config", path=p)
         out.append({"path": p, "model": str(need(cfg, "model", path=p)), "fmt": str(need(cfg, "fmt", path=p)),
                     "profile": str(need(cfg, "profile", path=p)), "report": d})
