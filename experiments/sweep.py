@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from experiments import train
+from fpanalysis._json import restore_nonfinite
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -121,7 +122,7 @@ def result_problem(cfg: train.Config) -> str | None:
     except OSError as exc:
         return f"result file not readable ({exc.strerror or exc})"
     try:
-        res = json.loads(text)
+        res = restore_nonfinite(json.loads(text))
     except ValueError as exc:
         return f"result file is truncated or not valid JSON ({exc})"
     if not (isinstance(res, dict) and res.get("schema") == train.SCHEMA and isinstance(res.get("config"), dict)):
@@ -408,7 +409,7 @@ def load_results(out: str | Path, problems: dict[str, str] | None = None) -> lis
     results = []
     for p in sorted((Path(out) / "runs").glob("*.json")):
         try:
-            r = json.loads(p.read_text())
+            r = restore_nonfinite(json.loads(p.read_text()))
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             if problems is not None:
                 problems[str(p)] = f"not readable as JSON ({type(exc).__name__}: {exc})"

@@ -42,8 +42,12 @@ COMMANDS = {
 
 
 def _dump(path: Path, obj: object) -> None:
+    """As the experiments write (experiments._common.write_json): standard JSON, non-finite
+    numbers as "nan" / "inf" / "-inf" strings."""
+    from fpanalysis._json import dumps
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj))
+    path.write_text(dumps(obj))
 
 
 def _analysis_report(model: str, fmt: str, profile: str, rng: np.random.Generator, n: int = 40) -> dict:

@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import os
 import signal
 import statistics
@@ -247,6 +248,24 @@ def test_summary_names_and_skips_a_result_with_bad_content(tmp_path, capsys):
     assert f"error: skipped {tmp_path / 'runs' / 'truncated.json'} in the summary: not readable as JSON" in err
     table = list(csv.DictReader(io.StringIO((tmp_path / "summary.csv").read_text())))
     assert [(r["mode"], r["runs"]) for r in table] == [("fp32", "2")]  # the two good runs only
+
+
+def test_results_are_standard_json_and_read_back(tmp_path):
+    """Non-finite numbers (a diverged run's NaN accuracy) are written as "nan" strings, not the
+    NaN token standard parsers reject, and the summary reads them back as numbers."""
+    (tmp_path / "runs").mkdir()
+    train.write_json_atomic(tmp_path / "runs" / "ok.json", _fake("fp32", 0, 0.9, 2.0, 1e6))
+    diverged = _fake("fp32", 1, math.nan, 2.0, 1e6, "diverged")
+    diverged["final"]["train_loss"] = math.inf
+    train.write_json_atomic(tmp_path / "runs" / "nan.json", diverged)
+    text = (tmp_path / "runs" / "nan.json").read_text()
+    doc = json.loads(text, parse_constant=lambda tok: pytest.fail(f"non-standard JSON token {tok}"))
+    assert doc["final"]["test_acc"] == "nan" and doc["final"]["train_loss"] == "inf"
+    problems: dict = {}
+    results = sweep.load_results(tmp_path, problems)
+    assert not problems and math.isinf(next(r for r in results if r["status"] == "diverged")["final"]["train_loss"])
+    (row,) = sweep.summarize(results)
+    assert row["runs"] == 2 and row["diverged"] == 1 and math.isnan(row["acc_mean"])
 
 
 def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
