@@ -86,16 +86,23 @@ def test_smoke_and_adhoc_runs_never_reach_figure_5(tmp_path, monkeypatch):
     assert json.loads(sweep_run.with_name("gaussian-mlp-fp32-sgd-s1.json").read_text())["config"]["smoke"] is True
 
 
-def test_default_output_is_ignored_by_git():
+def test_default_and_smoke_outputs_are_ignored_by_git():
+    """train.py without --out, and bench_analysis --smoke (which overwrote the committed
+    results/bench_analysis.json), write into the ignored scratch folder."""
     import shutil
     import subprocess
 
+    from experiments import bench_analysis
+
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
-    path = train.result_path(train.parse_args(["--smoke"]))
-    assert path.is_relative_to(ROOT / "experiments" / "results" / "_scratch")
-    res = subprocess.run(["git", "check-ignore", "-q", str(path.relative_to(ROOT))], cwd=ROOT, check=False)
-    assert res.returncode == 0, f"{path} is not ignored by git"
+    paths = [train.result_path(train.parse_args(["--smoke"])), train.result_path(train.parse_args([])),
+             Path(bench_analysis._parse(["--smoke"]).out)]
+    for path in paths:
+        assert path.is_relative_to(ROOT / "experiments" / "results" / "_scratch"), path
+        res = subprocess.run(["git", "check-ignore", "-q", str(path.relative_to(ROOT))], cwd=ROOT, check=False)
+        assert res.returncode == 0, f"{path} is not ignored by git"
+    assert bench_analysis._parse(["--smoke", "--out=x.json"]).out == "x.json"
 
 
 def test_unknown_names_are_value_errors(tmp_path):
