@@ -1,4 +1,5 @@
-"""The experiments behind the paper figures, run as modules from the repository root.
+"""The experiments behind the paper figures: run them from the repository root as
+``python -m experiments.NAME``.
 
     python -m experiments.train --smoke
     python -m experiments.sweep --out=experiments/results/cpu_sweep/digits ...
