@@ -271,10 +271,12 @@ def _cases(cfg: Config, smoke: bool) -> list[Case]:
 def _load(path: Path) -> dict:
     import json
 
+    from fpanalysis._json import restore_nonfinite
+
     if not path.exists():
         return {}
-    try:
-        return json.loads(path.read_text())
+    try:  # write_json stores non-finite numbers as "nan" / "inf" / "-inf" strings
+        return restore_nonfinite(json.loads(path.read_text()))
     except ValueError:
         print(f"{path}: unreadable, starting it again", file=sys.stderr)
         return {}
