@@ -1,0 +1,199 @@
+"""Private numba kernels for block-scaled (MX, NVFP4) quantisation.
+
+One block per loop iteration: the block's largest magnitude gives the shared scale, then every
+element is divided by the scale (exact in float64: a power of two for MX; a 4-bit by 24-bit
+product for NVFP4) and rounded with :func:`fpanalysis._round_kernels.round_scalar`, and the
+rounded value is written as its element bit pattern.
+
+The NumPy twin used as the test oracle is :func:`fpanalysis.scaled._quantize_numpy`; it takes a
+different route (``np.frexp`` for the scale, :func:`fpanalysis.rounding._round_numpy` for the
+element rounding, a sorted value table for the encoding).  The semantics are described in
+docs/scaled_formats.md.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .._bits import ABS64, EXP64, U64, counter_random, f64_to_u64, u64_to_f64
+from .._round_kernels import F_FLUSHED, F_OVERFLOW, OVF_SAT, round_scalar
+
+# Blocks below this count are quantised by the one-thread kernel (no thread start-up cost).
+SERIAL_BELOW_BLOCKS = 2048
+
+
+@njit(inline="always", cache=True)
+def pow2(e):  # type: ignore[no-untyped-def]
+    """``2.0**e`` for an integer ``-1022 <= e <= 1023`` (built from the exponent bits)."""
+    return u64_to_f64(U64(e + 1023) << U64(52))
+
+
+@njit(inline="always", cache=True)
+def encode_element(y, emin, mbits, nbits, minsub):  # type: ignore[no-untyped-def]
+    """Bit pattern of ``y``, a finite number of the element format (sign, exponent with bias
+    ``1 - emin``, ``mbits`` fraction bits; ``nbits`` wide)."""
+    b = f64_to_u64(y)
+    s = np.int64(b >> U64(63))
+    a = b & ABS64
+    ay = u64_to_f64(a)
+    e = np.int64(a >> U64(52)) - 1023
+    if ay < pow2(emin):
+        E = np.int64(0)
+        F = np.int64(ay / minsub)
+    else:
+        E = e - emin + 1
+        F = np.int64((a >> U64(52 - mbits)) & U64((1 << mbits) - 1))
+    return (s << (nbits - 1)) | (E << mbits) | F
+
+
+@njit(inline="always", cache=True)
+def _mx_scale(x, blk, bsize, emax):  # type: ignore[no-untyped-def]
+    """Shared exponent of block ``blk``: ``clamp(floor(log2(amax)) - emax, -127, 127)``, or
+    255 (the NaN code) when the block holds Inf or NaN."""
+    amax = U64(0)
+    for j in range(bsize):
+        a = f64_to_u64(np.float64(x[blk, j])) & ABS64
+        amax = a if a > amax else amax
+    if amax >= EXP64:
+        return np.int64(255)
+    E = np.int64(amax >> U64(52))
+    ea = E - 1023 if E > 0 else np.int64(-1023)  # floor(log2(amax)); any value <= -1023 clamps alike
+    sh = ea - emax
+    sh = sh if sh > -127 else np.int64(-127)
+    return sh if sh < 127 else np.int64(127)
+
+
+@njit(inline="always", cache=True)
+def _mx_elements(x, codes, vals, blk, bsize, sh, p, emin, minnorm, maxval, mode, key, kbits, mbits, nbits, minsub, want_codes):  # type: ignore[no-untyped-def]
+    """Round the elements of block ``blk`` scaled by ``2**-sh``; write codes (``want_codes``)
+    or the dequantised values; returns (saturated, flushed) counts.  ``mode`` is a literal at
+    every call site, so the rounding's mode branches fold away."""
+    nsat = 0
+    nflush = 0
+    inv = pow2(-sh)
+    scl = pow2(sh)
+    for j in range(bsize):
+        v = np.float64(x[blk, j]) * inv
+        rb = counter_random(key, U64(blk * bsize + j)) if mode >= 6 else U64(0)
+        y, fl = round_scalar(v, p, emin, minnorm, maxval, True, OVF_SAT, mode, rb, kbits)
+        nsat += 1 if (fl & F_OVERFLOW) != 0 else 0
+        nflush += 1 if (fl & F_FLUSHED) != 0 else 0
+        if want_codes:
+            codes[blk, j] = np.uint8(encode_element(y, emin, mbits, nbits, minsub))
+        else:
+            vals[blk, j] = y * scl
+    return nsat, nflush
+
+
+@njit(inline="always", cache=True)
+def _mx_block(x, codes, vals, scales, blk, bsize, p, emin, emax, minnorm, maxval, mode, key, kbits, mbits, nbits, minsub, want_codes):  # type: ignore[no-untyped-def]
+    """Quantise block ``blk`` of ``x`` (shape ``(nblocks, bsize)``); returns the numbers of
+    saturated and of flushed (nonzero to zero) elements."""
+    sh = _mx_scale(x, blk, bsize, emax)
+    if sh == 255:  # Inf or NaN in the block: the scale is NaN
+        scales[blk] = 255
+        for j in range(bsize):
+            if want_codes:
+                codes[blk, j] = 0
+            else:
+                vals[blk, j] = np.nan
+        return 0, 0
+    scales[blk] = np.uint8(sh + 127)
+    if mode == 0:
+        return _mx_elements(x, codes, vals, blk, bsize, sh, p, emin, minnorm, maxval, 0, key, kbits, mbits, nbits, minsub, want_codes)
+    if mode == 6:
+        return _mx_elements(x, codes, vals, blk, bsize, sh, p, emin, minnorm, maxval, 6, key, kbits, mbits, nbits, minsub, want_codes)
+    return _mx_elements(x, codes, vals, blk, bsize, sh, p, emin, minnorm, maxval, 7, key, kbits, mbits, nbits, minsub, want_codes)
+
+
+@njit(parallel=True, cache=True)
+def mx_quantize(x, codes, scales, p, emin, emax, minnorm, maxval, mode, key, kbits, mbits, nbits, minsub):  # type: ignore[no-untyped-def]
+    """MX quantisation of ``x`` (float32 or float64, shape ``(nblocks, bsize)``) into element
+    codes (uint8, same shape) and E8M0 scale codes (uint8, ``(nblocks,)``); returns the counts
+    of saturated and flushed elements."""
+    nb, bsize = x.shape
+    nsat = 0
+    nflush = 0
+    for blk in prange(nb):
+        s, f = _mx_block(x, codes, codes, scales, blk, bsize, p, emin, emax, minnorm, maxval, mode, key, kbits, mbits, nbits, minsub, True)
+        nsat += s
+        nflush += f
+    return nsat, nflush
+
+
+@njit(cache=True)
+def mx_quantize_serial(x, codes, scales, p, emin, emax, minnorm, maxval, mode, key, kbits, mbits, nbits, minsub):  # type: ignore[no-untyped-def]
+    """:func:`mx_quantize` on one thread."""
+    nb, bsize = x.shape
+    nsat = 0
+    nflush = 0
+    for blk in range(nb):
+        s, f = _mx_block(x, codes, codes, scales, blk, bsize, p, emin, emax, minnorm, maxval, mode, key, kbits, mbits, nbits, minsub, True)
+        nsat += s
+        nflush += f
+    return nsat, nflush
+
+
+@njit(parallel=True, cache=True)
+def mx_qdq(x, out, scales, p, emin, emax, minnorm, maxval, mode, key, kbits):  # type: ignore[no-untyped-def]
+    """Fused quantise-dequantise: like :func:`mx_quantize` but writes the block-scaled values
+    (``element * 2**shared``, exact in float64, rounded once to ``out``'s dtype) into ``out``
+    (shape of ``x``)."""
+    nb, bsize = x.shape
+    nsat = 0
+    nflush = 0
+    for blk in prange(nb):
+        s, f = _mx_block(x, out, out, scales, blk, bsize, p, emin, emax, minnorm, maxval, mode, key, kbits, 0, 0, 0.0, False)
+        nsat += s
+        nflush += f
+    return nsat, nflush
+
+
+@njit(inline="always", cache=True)
+def _nv_block(x, codes, scales, blk, bsize, tscale, p, emin, minnorm, maxval, mode, key, kbits, mbits, nbits, minsub, sp, semin, sminnorm, smax):  # type: ignore[no-untyped-def]
+    """NVFP4 block: scale ``s = E4M3(amax / (elem_max * tscale))`` (round to nearest even,
+    saturating), elements ``E2M1(x / (s * tscale))``.  Scale codes are E4M3 bit patterns
+    (0x7F: NaN, for blocks holding Inf or NaN)."""
+    amax = U64(0)
+    for j in range(bsize):
+        a = f64_to_u64(np.float64(x[blk, j])) & ABS64
+        amax = a if a > amax else amax
+    nsat = 0
+    nflush = 0
+    if amax >= EXP64:
+        scales[blk] = 0x7F
+        for j in range(bsize):
+            codes[blk, j] = 0
+        return nsat, nflush
+    q = u64_to_f64(amax) / (maxval * tscale)
+    s, _ = round_scalar(q, sp, semin, sminnorm, smax, True, OVF_SAT, 0, U64(0), 0)
+    scales[blk] = np.uint8(encode_element(s, semin, sp - 1, 8, pow2(semin - sp + 1)))
+    d = s * tscale
+    for j in range(bsize):
+        xv = np.float64(x[blk, j])
+        if d == 0.0:
+            codes[blk, j] = 0
+            nflush += 1 if xv != 0.0 else 0
+            continue
+        v = xv / d
+        rb = counter_random(key, U64(blk * bsize + j)) if mode >= 6 else U64(0)
+        y, fl = round_scalar(v, p, emin, minnorm, maxval, True, OVF_SAT, mode, rb, kbits)
+        nsat += 1 if (fl & F_OVERFLOW) != 0 else 0
+        nflush += 1 if (fl & F_FLUSHED) != 0 else 0
+        codes[blk, j] = np.uint8(encode_element(y, emin, mbits, nbits, minsub))
+    return nsat, nflush
+
+
+@njit(parallel=True, cache=True)
+def nv_quantize(x, codes, scales, tscale, p, emin, minnorm, maxval, mode, key, kbits, mbits, nbits, minsub, sp, semin, sminnorm, smax):  # type: ignore[no-untyped-def]
+    """NVFP4 quantisation of ``x`` (shape ``(nblocks, bsize)``) with the per-tensor scale
+    ``tscale``; element codes, E4M3 scale codes; returns (saturated, flushed) counts."""
+    nb, bsize = x.shape
+    nsat = 0
+    nflush = 0
+    for blk in prange(nb):
+        s, f = _nv_block(x, codes, scales, blk, bsize, tscale, p, emin, minnorm, maxval, mode, key, kbits, mbits, nbits, minsub, sp, semin, sminnorm, smax)
+        nsat += s
+        nflush += f
+    return nsat, nflush
