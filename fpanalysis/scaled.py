@@ -330,7 +330,13 @@ def _tensor_scale(x: np.ndarray) -> float:
     amax = float(fin.max()) if fin.size else 0.0
     if amax == 0.0:
         return 1.0
-    t = float(np.float32(amax / (FP4_E2M1.max * _E4M3_SAT.max)))
+    t64 = amax / (FP4_E2M1.max * _E4M3_SAT.max)
+    if t64 > float(np.finfo(np.float32).max):
+        raise ValueError(
+            f"nvfp4: the per-tensor scale amax / (6 * 448) = {t64:.3g} exceeds the fp32 range "
+            "(inputs beyond about 9e41 in magnitude cannot be quantised to NVFP4)"
+        )
+    t = float(np.float32(t64))
     return t if t > 0.0 else 2.0**-149
 
 
