@@ -46,24 +46,24 @@ from .formats import FP4_E2M1, FP6_E2M3, FP6_E3M2, FP8_E4M3FN, FP8_E5M2, FloatFo
 from .rounding import RoundingMode, _round_numpy
 
 __all__ = [
-    "BlockScaledFormat",
-    "BlockScaledTensor",
-    "SCALED_FORMATS",
-    "MXFP8_E4M3",
-    "MXFP8_E5M2",
+    "MXFP4_E2M1",
     "MXFP6_E2M3",
     "MXFP6_E3M2",
-    "MXFP4_E2M1",
+    "MXFP8_E4M3",
+    "MXFP8_E5M2",
     "NVFP4",
-    "get_scaled_format",
-    "quantize",
-    "dequantize",
-    "quantize_dequantize",
-    "element_values",
-    "encode_elements",
+    "SCALED_FORMATS",
+    "BlockScaledFormat",
+    "BlockScaledTensor",
     "decode_elements",
+    "dequantize",
     "e8m0_decode",
     "e8m0_encode",
+    "element_values",
+    "encode_elements",
+    "get_scaled_format",
+    "quantize",
+    "quantize_dequantize",
 ]
 
 # Element formats as the MX and NVFP4 conversions use them: every overflow saturates.
@@ -155,7 +155,7 @@ SCALED_FORMATS: dict[str, BlockScaledFormat] = {
 _SCALED_ALIASES = {"mxfp8": "mxfp8_e4m3", "mxfp6": "mxfp6_e2m3", "mxfp4": "mxfp4_e2m1"}
 
 
-def get_scaled_format(fmt: "str | BlockScaledFormat") -> BlockScaledFormat:
+def get_scaled_format(fmt: str | BlockScaledFormat) -> BlockScaledFormat:
     """Look a block-scaled format up by name, or pass a ``BlockScaledFormat`` through.
 
     >>> get_scaled_format("mxfp4").name
@@ -212,7 +212,7 @@ def decode_elements(codes: Any, element: str) -> np.ndarray:
     return table[c.astype(np.int64)]
 
 
-def encode_elements(values: Any, element: str, mode: "str | RoundingMode" = "nearest-even", *, seed: Any = None) -> np.ndarray:
+def encode_elements(values: Any, element: str, mode: str | RoundingMode = "nearest-even", *, seed: Any = None) -> np.ndarray:
     """Round real values to an element format (saturating) and return their bit patterns (uint8).
 
     NaN encodes as E4M3 0x7F / E5M2 0x7F; the FP6 and FP4 formats have no NaN (error).
@@ -369,10 +369,10 @@ def _mode_args(mode: Any, seed: Any, random_bits: Any, stream: int) -> tuple[Rou
 
 def quantize(
     x: Any,
-    fmt: "str | BlockScaledFormat" = "mxfp8_e4m3",
+    fmt: str | BlockScaledFormat = "mxfp8_e4m3",
     axis: int = -1,
     *,
-    mode: "str | RoundingMode" = "nearest-even",
+    mode: str | RoundingMode = "nearest-even",
     seed: Any = None,
     random_bits: int | None = None,
     stream: int = 0,
@@ -412,8 +412,8 @@ def quantize(
 
     f = get_scaled_format(fmt)
     arr, ax = _check_input(x, axis)
-    m, key, code, kbits = _mode_args(mode, seed, random_bits, stream)
-    xb, L = _blocks(arr, ax, f.block_size)
+    _, key, code, kbits = _mode_args(mode, seed, random_bits, stream)
+    xb, _ = _blocks(arr, ax, f.block_size)
     lead = xb.shape[:-1]
     x2 = xb.reshape(-1, f.block_size)
     codes = np.empty(x2.shape, dtype=np.uint8)
@@ -424,7 +424,7 @@ def quantize(
         kern = K.mx_quantize if x2.shape[0] >= K.SERIAL_BELOW_BLOCKS else K.mx_quantize_serial
         nsat, nflush = kern(
             x2, codes, scales, ef.p, ef.emin, ef.emax, ef.min_normal, ef.max, code, key, kbits,
-            mbits, nbits, ef.min_subnormal,
+            mbits, nbits, ef.min_subnormal, x2.dtype == np.float32,
         )
         nonfinite = int(np.count_nonzero(scales == 255))
     else:
@@ -463,10 +463,10 @@ def dequantize(q: BlockScaledTensor, dtype: Any = None) -> np.ndarray:
 
 def quantize_dequantize(
     x: Any,
-    fmt: "str | BlockScaledFormat" = "mxfp8_e4m3",
+    fmt: str | BlockScaledFormat = "mxfp8_e4m3",
     axis: int = -1,
     *,
-    mode: "str | RoundingMode" = "nearest-even",
+    mode: str | RoundingMode = "nearest-even",
     seed: Any = None,
     random_bits: int | None = None,
     stream: int = 0,
@@ -492,19 +492,22 @@ def quantize_dequantize(
     # float32 inputs give shared exponents <= 127 - emax_elem, so float32 holds every product
     out = np.empty(x2.shape, dtype=arr.dtype)
     scales = np.empty(x2.shape[0], dtype=np.uint8)
-    K.mx_qdq(x2, out, scales, ef.p, ef.emin, ef.emax, ef.min_normal, ef.max, code, key, kbits)
+    kern = K.mx_qdq if x2.shape[0] >= K.SERIAL_BELOW_BLOCKS else K.mx_qdq_serial
+    kern(x2, out, scales, ef.p, ef.emin, ef.emax, ef.min_normal, ef.max, code, key, kbits, x2.dtype == np.float32)
     y = out.reshape(xb.shape[:-2] + (-1,))[..., :L]
     return np.ascontiguousarray(np.moveaxis(y, -1, ax))
 
 
-# --- the NumPy twin (test oracle and speed baseline) ----------------------------------------
+# --- the NumPy twin (test oracle) -------------------------------------------------------------
+
+_KEY0 = np.uint64(0)
 
 
 def _quantize_numpy(
     x2: np.ndarray,
     fmt: BlockScaledFormat,
     mode: RoundingMode = RoundingMode.NEAREST_EVEN,
-    key: np.uint64 = np.uint64(0),
+    key: np.uint64 = _KEY0,
     kbits: int | None = None,
     tscale: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, int, int]:

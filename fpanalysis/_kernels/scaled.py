@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .._bits import ABS64, EXP64, U64, counter_random, f64_to_u64, u64_to_f64
-from .._round_kernels import F_FLUSHED, F_OVERFLOW, OVF_SAT, round_scalar
+from .._bits import ABS64, EXP64, U64, counter_random, f64_to_u64, u32_to_f32, u64_to_f64
+from .._round_kernels import F_FLUSHED, F_OVERFLOW, OVF_INF, OVF_SAT, round_scalar, round_scalar_f32
 
 # Blocks below this count are quantised by the one-thread kernel (no thread start-up cost).
 SERIAL_BELOW_BLOCKS = 2048
@@ -54,7 +54,7 @@ def _mx_scale(x, blk, bsize, emax):  # type: ignore[no-untyped-def]
     amax = U64(0)
     for j in range(bsize):
         a = f64_to_u64(np.float64(x[blk, j])) & ABS64
-        amax = a if a > amax else amax
+        amax = max(amax, a)
     if amax >= EXP64:
         return np.int64(255)
     E = np.int64(amax >> U64(52))
@@ -87,7 +87,34 @@ def _mx_elements(x, codes, vals, blk, bsize, sh, p, emin, minnorm, maxval, mode,
 
 
 @njit(inline="always", cache=True)
-def _mx_block(x, codes, vals, scales, blk, bsize, p, emin, emax, minnorm, maxval, mode, key, kbits, mbits, nbits, minsub, want_codes):  # type: ignore[no-untyped-def]
+def _mx_elements_f32(x, codes, vals, blk, bsize, sh, p, emin, minnorm, maxval, mbits, nbits, minsub, want_codes):  # type: ignore[no-untyped-def]
+    """:func:`_mx_elements` for float32 ``x`` and nearest-even rounding, in float32 arithmetic
+    (twice the vector lanes).  ``x * 2**-sh`` is exact unless it falls below 2**-126, far below
+    half the smallest element subnormal, where it rounds to zero either way; a saturated element
+    is one whose rounding with an infinite-overflow policy gives Inf; a flushed one is a nonzero
+    input that rounds to zero."""
+    nsat = 0
+    nflush = 0
+    inv = u32_to_f32(np.uint32((127 - sh) << 23)) if sh > -127 else np.float32(2.0**127)
+    mx32 = np.float32(maxval)
+    mn32 = np.float32(minnorm)
+    for j in range(bsize):
+        xv = np.float32(x[blk, j])
+        v = xv * inv
+        y = round_scalar_f32(v, p, emin, mn32, mx32, True, OVF_INF, 0)
+        over = np.isinf(y)
+        nsat += 1 if over else 0
+        y = np.float32(np.copysign(mx32, y)) if over else y
+        nflush += 1 if ((y == np.float32(0.0)) & (xv != np.float32(0.0))) else 0
+        if want_codes:
+            codes[blk, j] = np.uint8(encode_element(np.float64(y), emin, mbits, nbits, minsub))
+        else:
+            vals[blk, j] = np.float64(y) * pow2(sh)
+    return nsat, nflush
+
+
+@njit(inline="always", cache=True)
+def _mx_block(x, codes, vals, scales, blk, bsize, p, emin, emax, minnorm, maxval, mode, key, kbits, mbits, nbits, minsub, want_codes, f32):  # type: ignore[no-untyped-def]
     """Quantise block ``blk`` of ``x`` (shape ``(nblocks, bsize)``); returns the numbers of
     saturated and of flushed (nonzero to zero) elements."""
     sh = _mx_scale(x, blk, bsize, emax)
@@ -100,6 +127,8 @@ def _mx_block(x, codes, vals, scales, blk, bsize, p, emin, emax, minnorm, maxval
                 vals[blk, j] = np.nan
         return 0, 0
     scales[blk] = np.uint8(sh + 127)
+    if mode == 0 and f32:
+        return _mx_elements_f32(x, codes, vals, blk, bsize, sh, p, emin, minnorm, maxval, mbits, nbits, minsub, want_codes)
     if mode == 0:
         return _mx_elements(x, codes, vals, blk, bsize, sh, p, emin, minnorm, maxval, 0, key, kbits, mbits, nbits, minsub, want_codes)
     if mode == 6:
@@ -108,35 +137,37 @@ def _mx_block(x, codes, vals, scales, blk, bsize, p, emin, emax, minnorm, maxval
 
 
 @njit(parallel=True, cache=True)
-def mx_quantize(x, codes, scales, p, emin, emax, minnorm, maxval, mode, key, kbits, mbits, nbits, minsub):  # type: ignore[no-untyped-def]
+def mx_quantize(x, codes, scales, p, emin, emax, minnorm, maxval, mode, key, kbits, mbits, nbits, minsub, f32):  # type: ignore[no-untyped-def]
     """MX quantisation of ``x`` (float32 or float64, shape ``(nblocks, bsize)``) into element
     codes (uint8, same shape) and E8M0 scale codes (uint8, ``(nblocks,)``); returns the counts
-    of saturated and flushed elements."""
+    of saturated and flushed elements.  ``f32``: ``x`` is float32 and the formats' quanta are
+    normal float32 numbers (every element format here), so nearest-even rounding may run in
+    float32 arithmetic."""
     nb, bsize = x.shape
     nsat = 0
     nflush = 0
     for blk in prange(nb):
-        s, f = _mx_block(x, codes, codes, scales, blk, bsize, p, emin, emax, minnorm, maxval, mode, key, kbits, mbits, nbits, minsub, True)
+        s, f = _mx_block(x, codes, codes, scales, blk, bsize, p, emin, emax, minnorm, maxval, mode, key, kbits, mbits, nbits, minsub, True, f32)
         nsat += s
         nflush += f
     return nsat, nflush
 
 
 @njit(cache=True)
-def mx_quantize_serial(x, codes, scales, p, emin, emax, minnorm, maxval, mode, key, kbits, mbits, nbits, minsub):  # type: ignore[no-untyped-def]
+def mx_quantize_serial(x, codes, scales, p, emin, emax, minnorm, maxval, mode, key, kbits, mbits, nbits, minsub, f32):  # type: ignore[no-untyped-def]
     """:func:`mx_quantize` on one thread."""
     nb, bsize = x.shape
     nsat = 0
     nflush = 0
     for blk in range(nb):
-        s, f = _mx_block(x, codes, codes, scales, blk, bsize, p, emin, emax, minnorm, maxval, mode, key, kbits, mbits, nbits, minsub, True)
+        s, f = _mx_block(x, codes, codes, scales, blk, bsize, p, emin, emax, minnorm, maxval, mode, key, kbits, mbits, nbits, minsub, True, f32)
         nsat += s
         nflush += f
     return nsat, nflush
 
 
 @njit(parallel=True, cache=True)
-def mx_qdq(x, out, scales, p, emin, emax, minnorm, maxval, mode, key, kbits):  # type: ignore[no-untyped-def]
+def mx_qdq(x, out, scales, p, emin, emax, minnorm, maxval, mode, key, kbits, f32):  # type: ignore[no-untyped-def]
     """Fused quantise-dequantise: like :func:`mx_quantize` but writes the block-scaled values
     (``element * 2**shared``, exact in float64, rounded once to ``out``'s dtype) into ``out``
     (shape of ``x``)."""
@@ -144,7 +175,20 @@ def mx_qdq(x, out, scales, p, emin, emax, minnorm, maxval, mode, key, kbits):  #
     nsat = 0
     nflush = 0
     for blk in prange(nb):
-        s, f = _mx_block(x, out, out, scales, blk, bsize, p, emin, emax, minnorm, maxval, mode, key, kbits, 0, 0, 0.0, False)
+        s, f = _mx_block(x, out, out, scales, blk, bsize, p, emin, emax, minnorm, maxval, mode, key, kbits, 0, 0, 0.0, False, f32)
+        nsat += s
+        nflush += f
+    return nsat, nflush
+
+
+@njit(cache=True)
+def mx_qdq_serial(x, out, scales, p, emin, emax, minnorm, maxval, mode, key, kbits, f32):  # type: ignore[no-untyped-def]
+    """:func:`mx_qdq` on one thread."""
+    nb, bsize = x.shape
+    nsat = 0
+    nflush = 0
+    for blk in range(nb):
+        s, f = _mx_block(x, out, out, scales, blk, bsize, p, emin, emax, minnorm, maxval, mode, key, kbits, 0, 0, 0.0, False, f32)
         nsat += s
         nflush += f
     return nsat, nflush
@@ -158,7 +202,7 @@ def _nv_block(x, codes, scales, blk, bsize, tscale, p, emin, minnorm, maxval, mo
     amax = U64(0)
     for j in range(bsize):
         a = f64_to_u64(np.float64(x[blk, j])) & ABS64
-        amax = a if a > amax else amax
+        amax = max(amax, a)
     nsat = 0
     nflush = 0
     if amax >= EXP64:
