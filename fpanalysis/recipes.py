@@ -38,15 +38,15 @@ from .formats import FP8_E4M3FN, FP8_E5M2, FloatFormat, Overflow
 from .rounding import round_to
 
 __all__ = [
-    "ScaledOperand",
     "FP8_ELEMENTS",
     "ROLES",
-    "recipe_format",
+    "DelayedScaling",
+    "ScaledOperand",
+    "block_scaling",
+    "current_scaling",
     "per_tensor_scale",
     "quantize_per_tensor",
-    "current_scaling",
-    "DelayedScaling",
-    "block_scaling",
+    "recipe_format",
 ]
 
 # FP8 formats as GEMM operands use them: conversions saturate (Transformer Engine's casts do).
