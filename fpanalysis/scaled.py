@@ -55,6 +55,7 @@ __all__ = [
     "SCALED_FORMATS",
     "BlockScaledFormat",
     "BlockScaledTensor",
+    "block_scaled_matmul",
     "decode_elements",
     "dequantize",
     "e8m0_decode",
@@ -555,3 +556,118 @@ def _quantize_numpy(
 
 def _stream_key(seed: int, stream: int = 0) -> np.uint64:
     return stream_key(seed, stream)
+
+
+# --- block-scaled matrix products: the Blackwell block-scale MMA model ----------------------
+
+# exponent given to zero terms, and fraction bits kept per aligned term, of the two datapaths
+_MMA_K32 = {"e_zero": -133, "F": 25}
+_MMA_K64 = {"e_zero": -139, "F": 35, "G": 16}
+
+
+def _normalize(v: np.ndarray, e_sub: int) -> tuple[np.ndarray, np.ndarray]:
+    """``v = s * 2**e`` with ``1 <= |s| < 2``, or ``e = e_sub`` (and ``|s| < 1``) below ``2**e_sub``."""
+    av = np.abs(v)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        _, ex = np.frexp(np.where(np.isfinite(av), av, 1.0))
+    e = np.maximum(ex.astype(np.int64) - 1, e_sub)
+    e = np.where(av == 0, e_sub, e)
+    return np.ldexp(v, -e), e
+
+
+def _rz_fp32(s: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """``s * 2**e`` (exact in float64) truncated to fp32 (subnormals included); NaN stays NaN,
+    finite values beyond the fp32 range become Inf; -0 becomes +0."""
+    v = np.ldexp(s, e)
+    m, e2 = _normalize(v, -126)
+    t = np.trunc(np.ldexp(m, 23))
+    with np.errstate(over="ignore", invalid="ignore"):
+        r = np.ldexp(t, e2 - 23).astype(np.float32)
+    return r + np.float32(0.0)
+
+
+def _fused_sum(s: np.ndarray, e: np.ndarray, F: int) -> tuple[np.ndarray, np.ndarray]:
+    """Terms ``s * 2**e`` aligned to the largest exponent, each truncated to ``F`` fraction
+    bits there, and summed (exactly: float64 holds every partial sum)."""
+    emax = e.max(axis=-1)
+    t = np.trunc(np.ldexp(s, e - emax[..., None] + F))
+    return np.ldexp(t.sum(axis=-1), -F), emax
+
+
+def block_scaled_matmul(qa: BlockScaledTensor, qb: BlockScaledTensor, c: Any = None) -> np.ndarray:
+    """``qa @ qb + c`` as NVIDIA Blackwell's block-scaled MMA instructions compute it (fp32).
+
+    ``qa`` is ``(M, K)`` quantised along axis 1 and ``qb`` ``(K, N)`` quantised along axis 0,
+    in the same family: MX formats run the ``kind::mxf8f6f4`` datapath (one K=32 block per step:
+    the 32 exact products, scales applied, and the accumulator are aligned to the largest
+    exponent, truncated to 25 fraction bits, summed, and truncated to fp32); NVFP4 runs
+    ``kind::mxf4nvf4`` with 16-element E4M3 scales (K=64 per step: exact sums of 16 products,
+    scaled, aligned with the accumulator, truncated to 35 fraction bits, summed, truncated to
+    fp32).  Steps chain through the fp32 accumulator, starting from ``c`` (default 0).  Zero
+    terms take a fixed small exponent (-133 and -139), so they never set the alignment.  The
+    datapath model and its parameters are those of the mmasim package's ``MMABlockScale``
+    (RTX Blackwell ``mma.sync`` block-scale instructions), which the tests check bit for bit; see
+    docs/scaled_formats.md.  The NVFP4 per-tensor scales are not applied (multiply the result by
+    ``qa.tensor_scale * qb.tensor_scale``).
+    """
+    for q, name, ax in ((qa, "qa", 1), (qb, "qb", 0)):
+        if not isinstance(q, BlockScaledTensor):
+            raise TypeError(f"{name} must be a BlockScaledTensor (from quantize)")
+        if len(q.shape) != 2 or q.axis != ax:
+            raise ValueError(f"{name} must be 2-D and quantised along axis {ax} (the reduction axis)")
+    if qa.fmt.scale != qb.fmt.scale or qa.fmt.block_size != qb.fmt.block_size:
+        raise ValueError(f"operands of one MMA share the block and scale format; got {qa.fmt.name} and {qb.fmt.name}")
+    M, K = qa.shape
+    K2, N = qb.shape
+    if K != K2:
+        raise ValueError(f"inner dimensions differ: {qa.shape} @ {qb.shape}")
+    step = 32 if qa.fmt.scale == "e8m0" else 64
+    if K % step:
+        raise ValueError(f"K = {K} must be a multiple of {step} for {qa.fmt.name}")
+    acc = np.zeros((M, N), dtype=np.float32) if c is None else np.array(c, dtype=np.float32).reshape(M, N)
+    av = qa.element_values().reshape(M, -1)  # (M, K)
+    bv = qb.element_values().reshape(N, -1)  # (N, K)
+    if qa.fmt.scale == "e8m0":
+        ea_sub = _ELEMENTS[qa.fmt.element][0].emin
+        eb_sub = _ELEMENTS[qb.fmt.element][0].emin
+        sa, ea = _normalize(av, ea_sub)
+        sb, eb = _normalize(bv, eb_sub)
+        nan_a = qa.scales == 255
+        nan_b = qb.scales == 255
+        xa = qa.scales.astype(np.int64) - 127  # (M, K/32)
+        xb = qb.scales.astype(np.int64) - 127  # (N, K/32)
+        for k in range(K // 32):
+            sl = slice(32 * k, 32 * k + 32)
+            s = sa[:, None, sl] * sb[None, :, sl]
+            e = ea[:, None, sl] + eb[None, :, sl] + (xa[:, None, k] + xb[None, :, k])[..., None]
+            e = np.where(s == 0, _MMA_K32["e_zero"], e)
+            nan = nan_a[:, None, k] | nan_b[None, :, k]
+            s = np.where(nan[..., None], np.nan, s)
+            sc, ec = _normalize(acc.astype(np.float64), -126)
+            ec = np.where(sc == 0, _MMA_K32["e_zero"], ec)
+            tot, emax = _fused_sum(np.concatenate([s, sc[..., None]], -1), np.concatenate([e, ec[..., None]], -1), _MMA_K32["F"])
+            acc = _rz_fp32(tot, emax)
+    else:
+        G, F, ez = _MMA_K64["G"], _MMA_K64["F"], _MMA_K64["e_zero"]
+        sva = element_values("e4m3")[qa.scales.astype(np.int64) & 0x7F]  # unsigned E4M3 (sign bit dropped)
+        svb = element_values("e4m3")[qb.scales.astype(np.int64) & 0x7F]
+        ssa, esa = _normalize(sva, -6)
+        ssb, esb = _normalize(svb, -6)
+        for k in range(K // 64):
+            sl = slice(64 * k, 64 * k + 64)
+            p = (av[:, None, sl] * bv[None, :, sl]).reshape(M, N, 4, G)
+            zero = (p == 0).all(axis=-1)
+            ps = p.sum(axis=-1)  # exact: products are multiples of 1/4 below 37
+            gs = slice(4 * k, 4 * k + 4)
+            s_sc = ssa[:, None, gs] * ssb[None, :, gs]
+            e_sc = esa[:, None, gs] + esb[None, :, gs]
+            e_sc = np.where(zero | (s_sc == 0), ez, e_sc)
+            sc, ec = _normalize(acc.astype(np.float64), -126)
+            ec = np.where(sc == 0, ez, ec)
+            tot, emax = _fused_sum(np.concatenate([ps * s_sc, sc[..., None]], -1), np.concatenate([e_sc, ec[..., None]], -1), F)
+            acc = _rz_fp32(tot, emax)
+    nan = np.isnan(acc)
+    if nan.any():
+        acc = acc.copy()
+        acc.view(np.uint32)[nan] = 0x7FFFFFFF
+    return acc
