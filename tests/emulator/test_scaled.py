@@ -202,6 +202,9 @@ def test_kernel_matches_numpy_twin(name: str, mode: str, rng: np.random.Generato
         assert (q.saturated, q.underflow) == (sat, und)
         assert q.nonfinite_blocks == 2
         assert q.saturated > 0 and q.underflow > 0
+        # the fused quantise-dequantise kernel (float64 path here) gives the same values
+        y = S.quantize_dequantize(x, fmt, mode=mode, seed=seed, random_bits=rbits)
+        np.testing.assert_array_equal(y, S.dequantize(q))
 
 
 def test_nan_block_and_zero_block() -> None:
@@ -371,3 +374,19 @@ def test_matmul_argument_errors() -> None:
         S.block_scaled_matmul(qa, S.quantize(x.T, "nvfp4", axis=0))
     with pytest.raises(ValueError, match="multiple of 32"):
         S.block_scaled_matmul(S.quantize(x[:, :48], "mxfp8", axis=1), S.quantize(x.T[:48], "mxfp8", axis=0))
+
+
+@pytest.mark.parametrize("name, ml", [("fp6_e2m3", ml_dtypes.float6_e2m3fn), ("fp6_e3m2", ml_dtypes.float6_e3m2fn),
+                                      ("fp4_e2m1", ml_dtypes.float4_e2m1fn)])
+def test_fp6_fp4_presets_match_ml_dtypes(name: str, ml: type) -> None:
+    """The FloatFormat presets field by field, and round_to on every bf16/fp16 value."""
+    from fpanalysis import get_format, round_to
+
+    f = get_format(name)
+    fi = ml_dtypes.finfo(ml)
+    assert (f.p, f.emin, f.max, f.min_normal, f.min_subnormal) == (
+        fi.nmant + 1, fi.minexp, float(fi.max), float(fi.smallest_normal), float(fi.smallest_subnormal)
+    )
+    assert f.overflow is Overflow.SATURATE
+    x = _all_bf16_and_f16()
+    np.testing.assert_array_equal(round_to(x, f), x.astype(ml).astype(np.float64))
