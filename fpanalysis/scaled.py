@@ -41,9 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from ._rng import stream_key
+from ._kernels.rng import stream_key
 from .formats import FP4_E2M1, FP6_E2M3, FP6_E3M2, FP8_E4M3FN, FP8_E5M2, FloatFormat, Overflow
-from .rounding import RoundingMode, _round_numpy
+from .rounding import RoundingMode, round_numpy
 
 __all__ = [
     "MXFP4_E2M1",
@@ -362,9 +362,9 @@ def _mode_args(mode: Any, seed: Any, random_bits: Any, stream: int) -> tuple[Rou
             f"block-scaled quantisation rounds elements with 'nearest-even' (the specification's) "
             f"or 'stochastic'; got {m.value!r}"
         )
-    from .rounding import _kernel_args
+    from .rounding import kernel_args
 
-    args = _kernel_args(FP4_E2M1, m, seed, random_bits, stream)
+    args = kernel_args(FP4_E2M1, m, seed, random_bits, stream)
     return m, args[7], args[6], args[8]
 
 
@@ -515,7 +515,7 @@ def _quantize_numpy(
     """Straightforward NumPy block quantisation of ``x2`` (shape ``(nblocks, block_size)``).
 
     Returns ``(codes, scale_codes, saturated, underflow)``.  Scale exponent from ``np.frexp``,
-    element rounding by :func:`fpanalysis.rounding._round_numpy`, encoding by searching the
+    element rounding by :func:`fpanalysis.rounding.round_numpy`, encoding by searching the
     table of element values.
     """
     from .rounding import to_bits
@@ -533,15 +533,15 @@ def _quantize_numpy(
         scale_codes = np.where(bad, 255, sh + 127).astype(np.uint8)
         d = np.ldexp(1.0, sh)
     else:
-        s = _round_numpy(amax / (ef.max * tscale), _E4M3_SAT, RoundingMode.NEAREST_EVEN)
+        s = round_numpy(amax / (ef.max * tscale), _E4M3_SAT, RoundingMode.NEAREST_EVEN)
         scale_codes = np.where(bad, 0x7F, to_bits(s, FP8_E4M3FN)).astype(np.uint8)
         d = s * tscale
     dz = d == 0.0
     v = np.where(dz[:, None] | ~finite, 0.0, x / np.where(dz, 1.0, d)[:, None])
     flat = v.reshape(-1)
     kb = None if mode is RoundingMode.NEAREST_EVEN or not kbits else kbits
-    y = _round_numpy(flat, ef, mode, key=key, kbits=kb)
-    y_inf = _round_numpy(flat, ef.with_(overflow=Overflow.INF), mode, key=key, kbits=kb)
+    y = round_numpy(flat, ef, mode, key=key, kbits=kb)
+    y_inf = round_numpy(flat, ef.with_(overflow=Overflow.INF), mode, key=key, kbits=kb)
     table = element_values(fmt.element)
     half = table[: table.size // 2]
     idx = np.searchsorted(np.where(np.isfinite(half), half, np.inf), np.abs(y))

@@ -2,11 +2,11 @@
 
 One block per loop iteration: the block's largest magnitude gives the shared scale, then every
 element is divided by the scale (exact in float64: a power of two for MX; a 4-bit by 24-bit
-product for NVFP4) and rounded with :func:`fpanalysis._round_kernels.round_scalar`, and the
+product for NVFP4) and rounded with :func:`fpanalysis._kernels.round.round_scalar`, and the
 rounded value is written as its element bit pattern.
 
 The NumPy twin used as the test oracle is :func:`fpanalysis.scaled._quantize_numpy`; it takes a
-different route (``np.frexp`` for the scale, :func:`fpanalysis.rounding._round_numpy` for the
+different route (``np.frexp`` for the scale, :func:`fpanalysis.rounding.round_numpy` for the
 element rounding, a sorted value table for the encoding).  The semantics are described in
 docs/scaled_formats.md.
 """
@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .._bits import ABS64, EXP64, U64, counter_random, f64_to_u64, u32_to_f32, u64_to_f64
-from .._round_kernels import F_FLUSHED, F_OVERFLOW, OVF_INF, OVF_SAT, round_scalar, round_scalar_f32
+from .bits import ABS64, EXP64, U64, counter_random, f64_to_u64, u32_to_f32, u64_to_f64
+from .round import F_FLUSHED, F_OVERFLOW, OVF_INF, OVF_SAT, round_scalar, round_scalar_f32
 
 # Blocks below this count are quantised by the one-thread kernel (no thread start-up cost).
 SERIAL_BELOW_BLOCKS = 2048

@@ -10,7 +10,7 @@ import pytest
 from fpanalysis import scaled as S
 from fpanalysis._kernels import scaled as K
 from fpanalysis.formats import FloatFormat, Overflow
-from fpanalysis.rounding import RoundingMode, _round_numpy
+from fpanalysis.rounding import RoundingMode, round_numpy
 
 ML = {
     "e4m3": ml_dtypes.float8_e4m3fn,
@@ -243,7 +243,7 @@ def test_saturation_and_underflow_counts_independent(rng: np.random.Generator) -
     sh = np.floor(np.log2(np.abs(x.astype(np.float64)).max(axis=1))) - 2
     v = x / np.exp2(sh)[:, None]
     wide = FloatFormat("e2m1-wide", p=2, emin=0, emax=10, overflow=Overflow.INF)
-    r = _round_numpy(v.reshape(-1), wide, RoundingMode.NEAREST_EVEN)
+    r = round_numpy(v.reshape(-1), wide, RoundingMode.NEAREST_EVEN)
     assert q.saturated == int(np.count_nonzero(np.abs(r) > 6.0)) > 0
     y = S.dequantize(q)
     assert q.underflow == int(np.count_nonzero((x != 0) & (y == 0))) > 0
