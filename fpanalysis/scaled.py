@@ -422,11 +422,16 @@ def quantize(
     ef, nbits, mbits = _ELEMENTS[f.element]
     if f.scale == "e8m0":
         tscale = 1.0
-        kern = K.mx_quantize if x2.shape[0] >= K.SERIAL_BELOW_BLOCKS else K.mx_quantize_serial
-        nsat, nflush = kern(
-            x2, codes, scales, ef.p, ef.emin, ef.emax, ef.min_normal, ef.max, code, key, kbits,
-            mbits, nbits, ef.min_subnormal, x2.dtype == np.float32,
-        )
+        if x2.dtype == np.float32 and code == 0:
+            nsat, nflush = K.mx_quantize_f32(
+                x2, codes, scales, ef.p, ef.emin, ef.emax, ef.max, mbits, nbits, ef.min_subnormal
+            )
+        else:
+            kern = K.mx_quantize if x2.shape[0] >= K.SERIAL_BELOW_BLOCKS else K.mx_quantize_serial
+            nsat, nflush = kern(
+                x2, codes, scales, ef.p, ef.emin, ef.emax, ef.min_normal, ef.max, code, key, kbits,
+                mbits, nbits, ef.min_subnormal,
+            )
         nonfinite = int(np.count_nonzero(scales == 255))
     else:
         tscale = _tensor_scale(arr)
@@ -493,8 +498,11 @@ def quantize_dequantize(
     # float32 inputs give shared exponents <= 127 - emax_elem, so float32 holds every product
     out = np.empty(x2.shape, dtype=arr.dtype)
     scales = np.empty(x2.shape[0], dtype=np.uint8)
-    kern = K.mx_qdq if x2.shape[0] >= K.SERIAL_BELOW_BLOCKS else K.mx_qdq_serial
-    kern(x2, out, scales, ef.p, ef.emin, ef.emax, ef.min_normal, ef.max, code, key, kbits, x2.dtype == np.float32)
+    if x2.dtype == np.float32 and code == 0:
+        K.mx_qdq_f32(x2, out, scales, ef.p, ef.emin, ef.emax, ef.max)
+    else:
+        kern = K.mx_qdq if x2.shape[0] >= K.SERIAL_BELOW_BLOCKS else K.mx_qdq_serial
+        kern(x2, out, scales, ef.p, ef.emin, ef.emax, ef.min_normal, ef.max, code, key, kbits)
     y = out.reshape(xb.shape[:-2] + (-1,))[..., :L]
     return np.ascontiguousarray(np.moveaxis(y, -1, ax))
 

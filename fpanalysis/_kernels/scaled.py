@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .bits import ABS64, EXP64, U64, counter_random, f64_to_u64, u32_to_f32, u64_to_f64
-from .round import F_FLUSHED, F_OVERFLOW, OVF_INF, OVF_SAT, round_scalar, round_scalar_f32
+from .bits import ABS64, EXP64, U64, counter_random, f32_to_u32, f64_to_u64, u32_to_f32, u64_to_f64
+from .round import F_FLUSHED, F_OVERFLOW, OVF_SAT, round_scalar
 
 # Blocks below this count are quantised by the one-thread kernel (no thread start-up cost).
 SERIAL_BELOW_BLOCKS = 2048
@@ -45,6 +45,20 @@ def encode_element(y, emin, mbits, nbits, minsub):  # type: ignore[no-untyped-de
         E = e - emin + 1
         F = np.int64((a >> U64(52 - mbits)) & U64((1 << mbits) - 1))
     return (s << (nbits - 1)) | (E << mbits) | F
+
+
+@njit(inline="always", cache=True)
+def encode_element_f32(y, emin, mbits, nbits, inv_minsub):  # type: ignore[no-untyped-def]
+    """:func:`encode_element` for a float32 ``y`` from its bits (selects only)."""
+    b = f32_to_u32(y)
+    s = np.int64(b >> np.uint32(31))
+    a = np.uint32(b & np.uint32(0x7FFFFFFF))
+    sub = np.int64(u32_to_f32(a) * inv_minsub)
+    E = np.int64(a >> np.uint32(23)) - 127 - emin + 1
+    F = np.int64(np.uint32(a >> np.uint32(23 - mbits)) & np.uint32((1 << mbits) - 1))
+    code = (E << mbits) | F
+    code = sub if E <= 0 else code
+    return (s << (nbits - 1)) | code
 
 
 @njit(inline="always", cache=True)
@@ -87,34 +101,7 @@ def _mx_elements(x, codes, vals, blk, bsize, sh, p, emin, minnorm, maxval, mode,
 
 
 @njit(inline="always", cache=True)
-def _mx_elements_f32(x, codes, vals, blk, bsize, sh, p, emin, minnorm, maxval, mbits, nbits, minsub, want_codes):  # type: ignore[no-untyped-def]
-    """:func:`_mx_elements` for float32 ``x`` and nearest-even rounding, in float32 arithmetic
-    (twice the vector lanes).  ``x * 2**-sh`` is exact unless it falls below 2**-126, far below
-    half the smallest element subnormal, where it rounds to zero either way; a saturated element
-    is one whose rounding with an infinite-overflow policy gives Inf; a flushed one is a nonzero
-    input that rounds to zero."""
-    nsat = 0
-    nflush = 0
-    inv = u32_to_f32(np.uint32((127 - sh) << 23)) if sh > -127 else np.float32(2.0**127)
-    mx32 = np.float32(maxval)
-    mn32 = np.float32(minnorm)
-    for j in range(bsize):
-        xv = np.float32(x[blk, j])
-        v = xv * inv
-        y = round_scalar_f32(v, p, emin, mn32, mx32, True, OVF_INF, 0)
-        over = np.isinf(y)
-        nsat += 1 if over else 0
-        y = np.float32(np.copysign(mx32, y)) if over else y
-        nflush += 1 if ((y == np.float32(0.0)) & (xv != np.float32(0.0))) else 0
-        if want_codes:
-            codes[blk, j] = np.uint8(encode_element(np.float64(y), emin, mbits, nbits, minsub))
-        else:
-            vals[blk, j] = np.float64(y) * pow2(sh)
-    return nsat, nflush
-
-
-@njit(inline="always", cache=True)
-def _mx_block(x, codes, vals, scales, blk, bsize, p, emin, emax, minnorm, maxval, mode, key, kbits, mbits, nbits, minsub, want_codes, f32):  # type: ignore[no-untyped-def]
+def _mx_block(x, codes, vals, scales, blk, bsize, p, emin, emax, minnorm, maxval, mode, key, kbits, mbits, nbits, minsub, want_codes):  # type: ignore[no-untyped-def]
     """Quantise block ``blk`` of ``x`` (shape ``(nblocks, bsize)``); returns the numbers of
     saturated and of flushed (nonzero to zero) elements."""
     sh = _mx_scale(x, blk, bsize, emax)
@@ -127,8 +114,6 @@ def _mx_block(x, codes, vals, scales, blk, bsize, p, emin, emax, minnorm, maxval
                 vals[blk, j] = np.nan
         return 0, 0
     scales[blk] = np.uint8(sh + 127)
-    if mode == 0 and f32:
-        return _mx_elements_f32(x, codes, vals, blk, bsize, sh, p, emin, minnorm, maxval, mbits, nbits, minsub, want_codes)
     if mode == 0:
         return _mx_elements(x, codes, vals, blk, bsize, sh, p, emin, minnorm, maxval, 0, key, kbits, mbits, nbits, minsub, want_codes)
     if mode == 6:
@@ -137,37 +122,35 @@ def _mx_block(x, codes, vals, scales, blk, bsize, p, emin, emax, minnorm, maxval
 
 
 @njit(parallel=True, cache=True)
-def mx_quantize(x, codes, scales, p, emin, emax, minnorm, maxval, mode, key, kbits, mbits, nbits, minsub, f32):  # type: ignore[no-untyped-def]
+def mx_quantize(x, codes, scales, p, emin, emax, minnorm, maxval, mode, key, kbits, mbits, nbits, minsub):  # type: ignore[no-untyped-def]
     """MX quantisation of ``x`` (float32 or float64, shape ``(nblocks, bsize)``) into element
     codes (uint8, same shape) and E8M0 scale codes (uint8, ``(nblocks,)``); returns the counts
-    of saturated and flushed elements.  ``f32``: ``x`` is float32 and the formats' quanta are
-    normal float32 numbers (every element format here), so nearest-even rounding may run in
-    float32 arithmetic."""
+    of saturated and flushed elements."""
     nb, bsize = x.shape
     nsat = 0
     nflush = 0
     for blk in prange(nb):
-        s, f = _mx_block(x, codes, codes, scales, blk, bsize, p, emin, emax, minnorm, maxval, mode, key, kbits, mbits, nbits, minsub, True, f32)
+        s, f = _mx_block(x, codes, codes, scales, blk, bsize, p, emin, emax, minnorm, maxval, mode, key, kbits, mbits, nbits, minsub, True)
         nsat += s
         nflush += f
     return nsat, nflush
 
 
 @njit(cache=True)
-def mx_quantize_serial(x, codes, scales, p, emin, emax, minnorm, maxval, mode, key, kbits, mbits, nbits, minsub, f32):  # type: ignore[no-untyped-def]
+def mx_quantize_serial(x, codes, scales, p, emin, emax, minnorm, maxval, mode, key, kbits, mbits, nbits, minsub):  # type: ignore[no-untyped-def]
     """:func:`mx_quantize` on one thread."""
     nb, bsize = x.shape
     nsat = 0
     nflush = 0
     for blk in range(nb):
-        s, f = _mx_block(x, codes, codes, scales, blk, bsize, p, emin, emax, minnorm, maxval, mode, key, kbits, mbits, nbits, minsub, True, f32)
+        s, f = _mx_block(x, codes, codes, scales, blk, bsize, p, emin, emax, minnorm, maxval, mode, key, kbits, mbits, nbits, minsub, True)
         nsat += s
         nflush += f
     return nsat, nflush
 
 
 @njit(parallel=True, cache=True)
-def mx_qdq(x, out, scales, p, emin, emax, minnorm, maxval, mode, key, kbits, f32):  # type: ignore[no-untyped-def]
+def mx_qdq(x, out, scales, p, emin, emax, minnorm, maxval, mode, key, kbits):  # type: ignore[no-untyped-def]
     """Fused quantise-dequantise: like :func:`mx_quantize` but writes the block-scaled values
     (``element * 2**shared``, exact in float64, rounded once to ``out``'s dtype) into ``out``
     (shape of ``x``)."""
@@ -175,20 +158,20 @@ def mx_qdq(x, out, scales, p, emin, emax, minnorm, maxval, mode, key, kbits, f32
     nsat = 0
     nflush = 0
     for blk in prange(nb):
-        s, f = _mx_block(x, out, out, scales, blk, bsize, p, emin, emax, minnorm, maxval, mode, key, kbits, 0, 0, 0.0, False, f32)
+        s, f = _mx_block(x, out, out, scales, blk, bsize, p, emin, emax, minnorm, maxval, mode, key, kbits, 0, 0, 0.0, False)
         nsat += s
         nflush += f
     return nsat, nflush
 
 
 @njit(cache=True)
-def mx_qdq_serial(x, out, scales, p, emin, emax, minnorm, maxval, mode, key, kbits, f32):  # type: ignore[no-untyped-def]
+def mx_qdq_serial(x, out, scales, p, emin, emax, minnorm, maxval, mode, key, kbits):  # type: ignore[no-untyped-def]
     """:func:`mx_qdq` on one thread."""
     nb, bsize = x.shape
     nsat = 0
     nflush = 0
     for blk in range(nb):
-        s, f = _mx_block(x, out, out, scales, blk, bsize, p, emin, emax, minnorm, maxval, mode, key, kbits, 0, 0, 0.0, False, f32)
+        s, f = _mx_block(x, out, out, scales, blk, bsize, p, emin, emax, minnorm, maxval, mode, key, kbits, 0, 0, 0.0, False)
         nsat += s
         nflush += f
     return nsat, nflush
@@ -240,4 +223,106 @@ def nv_quantize(x, codes, scales, tscale, p, emin, minnorm, maxval, mode, key, k
         s, f = _nv_block(x, codes, scales, blk, bsize, tscale, p, emin, minnorm, maxval, mode, key, kbits, mbits, nbits, minsub, sp, semin, sminnorm, smax)
         nsat += s
         nflush += f
+    return nsat, nflush
+
+
+# --- float32 input, nearest even: one monolithic loop each ---------------------------------
+# Measured 2-3x faster than the same block code split into inlined helpers (which vectorised
+# less), and on the shared two-core machine a single thread beat the threaded version.
+
+
+@njit(cache=True)
+def mx_qdq_f32(x, out, scales, p, emin, emax, maxval):  # type: ignore[no-untyped-def]
+    """MX quantise-dequantise of float32 ``x`` (shape ``(nblocks, bsize)``) with nearest-even
+    element rounding, in float32 arithmetic on bit patterns; writes float32 ``out`` and the
+    E8M0 codes, returns (saturated, flushed) counts.
+
+    For float32 inputs the shared exponent ``sh`` lies in ``[-127, 127 - emax]``.
+    ``v = x * 2**-sh`` is exact unless it falls below 2**-126, far below half the smallest
+    element subnormal, where it rounds to zero either way; ``|v| * 2**-qe`` (``qe`` the exponent
+    of the element quantum at ``|v|``) is exact and ``np.rint`` rounds it to nearest even; the
+    result times ``2**sh`` is exact in float32 (the smallest element subnormal times 2**-127 is
+    at least 2**-143).  Saturated: the rounded magnitude exceeds ``maxval`` (then clamped);
+    flushed: a nonzero input whose result is zero.
+    """
+    nb, bsize = x.shape
+    mx32 = np.float32(maxval)
+    lo = np.int32(emin)
+    nsat = 0
+    nflush = 0
+    for blk in range(nb):
+        amax = np.uint32(0)
+        for j in range(bsize):
+            a = np.uint32(f32_to_u32(x[blk, j]) & np.uint32(0x7FFFFFFF))
+            amax = max(amax, a)
+        if amax >= np.uint32(0x7F800000):  # Inf or NaN: NaN scale
+            scales[blk] = 255
+            for j in range(bsize):
+                out[blk, j] = np.nan
+            continue
+        E = np.int64(amax >> np.uint32(23))
+        ea = E - 127 if E > 0 else np.int64(-127)  # floor(log2(amax)); subnormal amax clamps alike
+        sh = ea - emax
+        sh = sh if sh > -127 else np.int64(-127)
+        scales[blk] = np.uint8(sh + 127)
+        inv = u32_to_f32(np.uint32((127 - sh) << 23))
+        scl = u32_to_f32(np.uint32((127 + sh) << 23)) if sh > -127 else np.float32(2.0**-127)
+        for j in range(bsize):
+            xv = x[blk, j]
+            v = xv * inv
+            av = abs(v)
+            ev = np.int32(f32_to_u32(av) >> np.uint32(23)) - np.int32(127)
+            ee = max(lo, ev)
+            qe = ee - np.int32(p - 1)
+            q = u32_to_f32(np.uint32((qe + 127) << 23))
+            iq = u32_to_f32(np.uint32((127 - qe) << 23))
+            r = np.rint(av * iq) * q
+            over = r > mx32
+            nsat += 1 if over else 0
+            r = mx32 if over else r
+            nflush += 1 if ((r == np.float32(0.0)) & (xv != np.float32(0.0))) else 0
+            out[blk, j] = np.float32(np.copysign(r, v)) * scl
+    return nsat, nflush
+
+
+@njit(cache=True)
+def mx_quantize_f32(x, codes, scales, p, emin, emax, maxval, mbits, nbits, minsub):  # type: ignore[no-untyped-def]
+    """:func:`mx_qdq_f32` writing element codes instead of values."""
+    nb, bsize = x.shape
+    mx32 = np.float32(maxval)
+    lo = np.int32(emin)
+    inv_minsub = np.float32(1.0 / minsub)
+    nsat = 0
+    nflush = 0
+    for blk in range(nb):
+        amax = np.uint32(0)
+        for j in range(bsize):
+            a = np.uint32(f32_to_u32(x[blk, j]) & np.uint32(0x7FFFFFFF))
+            amax = max(amax, a)
+        if amax >= np.uint32(0x7F800000):
+            scales[blk] = 255
+            for j in range(bsize):
+                codes[blk, j] = 0
+            continue
+        E = np.int64(amax >> np.uint32(23))
+        ea = E - 127 if E > 0 else np.int64(-127)
+        sh = ea - emax
+        sh = sh if sh > -127 else np.int64(-127)
+        scales[blk] = np.uint8(sh + 127)
+        inv = u32_to_f32(np.uint32((127 - sh) << 23))
+        for j in range(bsize):
+            xv = x[blk, j]
+            v = xv * inv
+            av = abs(v)
+            ev = np.int32(f32_to_u32(av) >> np.uint32(23)) - np.int32(127)
+            ee = max(lo, ev)
+            qe = ee - np.int32(p - 1)
+            q = u32_to_f32(np.uint32((qe + 127) << 23))
+            iq = u32_to_f32(np.uint32((127 - qe) << 23))
+            r = np.rint(av * iq) * q
+            over = r > mx32
+            nsat += 1 if over else 0
+            r = mx32 if over else r
+            nflush += 1 if ((r == np.float32(0.0)) & (xv != np.float32(0.0))) else 0
+            codes[blk, j] = np.uint8(encode_element_f32(np.float32(np.copysign(r, v)), emin, mbits, nbits, inv_minsub))
     return nsat, nflush

@@ -143,12 +143,12 @@ def test_injected_scale_exponent_bug_is_caught(rng: np.random.Generator, monkeyp
     """A kernel that picks the shared exponent one too large (ceil-like selection) fails."""
     x = _test_data(rng, rows=8)
     assert _mismatches(x, "mxfp8_e4m3") == 0
-    real = K.mx_quantize_serial
+    real = K.mx_quantize_f32  # the kernel of float32 input, nearest even
 
     def wrong_scale(x2, c, s, p, emin, emax, *rest):  # type: ignore[no-untyped-def]
         return real(x2, c, s, p, emin, emax - 1, *rest)
 
-    monkeypatch.setattr(K, "mx_quantize_serial", wrong_scale)
+    monkeypatch.setattr(K, "mx_quantize_f32", wrong_scale)
     assert _mismatches(x, "mxfp8_e4m3") > 0
 
 
@@ -156,12 +156,12 @@ def test_injected_rounding_bug_is_caught(rng: np.random.Generator, monkeypatch: 
     """A kernel that truncates the elements (toward zero) instead of rounding to nearest fails."""
     x = _test_data(rng, rows=8)
     assert _mismatches(x, "mxfp4") == 0
-    real = K.mx_quantize_serial
+    generic = K.mx_quantize_serial
 
-    def truncating(x2, c, s, p, emin, emax, mn, mx, mode, *rest):  # type: ignore[no-untyped-def]
-        return real(x2, c, s, p, emin, emax, mn, mx, 2, *rest)
+    def truncating(x2, c, s, p, emin, emax, mx, mbits, nbits, minsub):  # type: ignore[no-untyped-def]
+        return generic(x2, c, s, p, emin, emax, 2.0**emin, mx, 2, np.uint64(0), 0, mbits, nbits, minsub)
 
-    monkeypatch.setattr(K, "mx_quantize_serial", truncating)
+    monkeypatch.setattr(K, "mx_quantize_f32", truncating)
     assert _mismatches(x, "mxfp4") > 0
 
 
@@ -182,13 +182,19 @@ def test_reference_catches_nvfp4_scale_bug(rng: np.random.Generator, monkeypatch
 
 @pytest.mark.parametrize("name", list(S.SCALED_FORMATS))
 @pytest.mark.parametrize("mode", ["nearest-even", "stochastic"])
-def test_kernel_matches_numpy_twin(name: str, mode: str, rng: np.random.Generator) -> None:
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_kernel_matches_numpy_twin(name: str, mode: str, dtype: type, rng: np.random.Generator) -> None:
     fmt = S.get_scaled_format(name)
     x = _test_data(rng).astype(np.float64)
     x[6, 7] = np.nan
     x[7, 50] = -np.inf
-    x[8] *= 2.0**700 if not fmt.tensor_scale else 2.0**-300  # float64 beyond the E8M0 range: scale clamps at 2**127, elements saturate
-    x[9] *= 2.0**-700
+    if dtype is np.float64:  # beyond the E8M0 range: scale clamps at 2**127, elements saturate
+        x[8] *= 2.0**700 if not fmt.tensor_scale else 2.0**-300
+        x[9] *= 2.0**-700
+    else:
+        x[8] = 3.0e38 * np.sign(x[8])  # the top of float32: saturation in every format
+        x[9] *= 2.0**-100
+    x = x.astype(dtype)
     m = RoundingMode.parse(mode)
     seed = 11 if m is RoundingMode.STOCHASTIC else None
     for rbits in ([None, 5] if seed is not None else [None]):
