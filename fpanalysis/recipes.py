@@ -39,12 +39,18 @@ from .rounding import round_to
 
 __all__ = [
     "FP8_ELEMENTS",
+    "RECIPES",
     "ROLES",
     "DelayedScaling",
+    "GemmReport",
     "ScaledOperand",
     "block_scaling",
     "current_scaling",
+    "delayed_saturating_steps",
+    "gemm_report",
+    "min_history_len",
     "per_tensor_scale",
+    "quantize_operand",
     "quantize_per_tensor",
     "recipe_format",
 ]
@@ -226,3 +232,74 @@ def block_scaling(
     xf = _as_f32(x)
     vals, q = quantize_dequantize(xf, fmt, axis, mode=mode, seed=seed, stream=stream, return_tensor=True)
     return ScaledOperand(vals, "block", q.fmt.name, None, q.saturated, q.underflow, q.n, _amax(xf))
+
+
+# --- per-GEMM summaries (building blocks for the FP8/MX pre-flight check) -------------------
+
+RECIPES = ("current", "mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e2m3", "mxfp6_e3m2", "mxfp4_e2m1", "nvfp4")
+
+
+def quantize_operand(x: Any, recipe: str, role: str = "activation", axis: int = -1, *, hybrid: bool = True,
+                     margin: int = 0) -> ScaledOperand:
+    """Quantise-dequantise a GEMM operand under ``recipe``: ``"current"`` (per-tensor current
+    scaling, E4M3 or, for gradients under the hybrid recipe, E5M2) or a block-scaled format
+    (blocks along ``axis``, the reduction axis)."""
+    if recipe == "current":
+        return current_scaling(x, recipe_format(role, hybrid), margin)
+    if recipe in RECIPES:
+        recipe_format(role, hybrid)  # validates the role
+        return block_scaling(x, recipe, axis)
+    raise ValueError(f"unknown recipe {recipe!r}; valid recipes are: {', '.join(RECIPES)} (delayed scaling: DelayedScaling)")
+
+
+@dataclass
+class GemmReport:
+    """Effect of a recipe on one GEMM ``a @ b``.
+
+    ``a`` and ``b``: the two :class:`ScaledOperand` (saturation and underflow shares).
+    ``rel_error``: ``||Q(a) Q(b) - a b||_F / ||a b||_F`` with both products in float64, so it
+    measures the quantisation of the inputs alone (no accumulation error).
+    """
+
+    recipe: str
+    a: ScaledOperand
+    b: ScaledOperand
+    rel_error: float
+
+
+def gemm_report(a: Any, b: Any, recipe: str, role_a: str = "activation", role_b: str = "weight",
+                *, hybrid: bool = True) -> GemmReport:
+    """Quantise both operands of ``a @ b`` (2-D; blocks along the reduction axis) and measure
+    the relative error of the product against the product of the unquantised fp32 operands."""
+    A, B = _as_f32(a), _as_f32(b)
+    if A.ndim != 2 or B.ndim != 2 or A.shape[1] != B.shape[0]:
+        raise ValueError(f"gemm_report needs 2-D operands with matching inner dimensions, got {A.shape} and {B.shape}")
+    qa = quantize_operand(A, recipe, role_a, axis=1, hybrid=hybrid)
+    qb = quantize_operand(B, recipe, role_b, axis=0, hybrid=hybrid)
+    ref = A.astype(np.float64) @ B.astype(np.float64)
+    got = qa.values.astype(np.float64) @ qb.values.astype(np.float64)
+    nref = float(np.linalg.norm(ref))
+    err = float(np.linalg.norm(got - ref)) / nref if nref > 0 else float(np.linalg.norm(got))
+    return GemmReport(recipe, qa, qb, err)
+
+
+def delayed_saturating_steps(amaxes: Any, history_len: int, fmt: str = "e4m3", margin: int = 0,
+                             algo: str = "max") -> int:
+    """Steps of an amax sequence at which delayed scaling with this history saturates the
+    tensor: ``fp32(amax_t * scale_t)`` rounds above the format's largest value (the first
+    step, scale 1, included)."""
+    d = DelayedScaling(fmt, history_len, margin, algo)
+    n = 0
+    for a in np.asarray(amaxes, dtype=np.float32).ravel():
+        n += d(np.array([a], dtype=np.float32)).saturated
+    return int(n)
+
+
+def min_history_len(amaxes: Any, candidates: Any = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+                    fmt: str = "e4m3", margin: int = 0, max_saturating: int = 0) -> int | None:
+    """Shortest amax history (among ``candidates``) with at most ``max_saturating`` saturating
+    steps over the amax sequence; ``None`` when none qualifies (then raise the margin)."""
+    for h in sorted(int(c) for c in candidates):
+        if delayed_saturating_steps(amaxes, h, fmt, margin) <= max_saturating:
+            return h
+    return None

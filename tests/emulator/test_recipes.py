@@ -103,3 +103,39 @@ def test_recipe_errors() -> None:
         R.DelayedScaling(history_len=0)
     with pytest.raises(ValueError, match="scale"):
         R.quantize_per_tensor(np.ones(3), 0.0)
+
+
+def test_gemm_report_quantises_along_the_reduction_axis(rng: np.random.Generator) -> None:
+    a = _data(rng, 64 * 96).reshape(64, 96)
+    b = _data(rng, 96 * 32).reshape(96, 32)
+    r = R.gemm_report(a, b, "mxfp4_e2m1")
+    np.testing.assert_array_equal(r.a.values, quantize_dequantize(a, "mxfp4_e2m1", axis=1))
+    np.testing.assert_array_equal(r.b.values, quantize_dequantize(b, "mxfp4_e2m1", axis=0))
+    assert not np.array_equal(r.a.values, quantize_dequantize(a, "mxfp4_e2m1", axis=0))
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    got = r.a.values.astype(np.float64) @ r.b.values.astype(np.float64)
+    assert r.rel_error == pytest.approx(np.linalg.norm(got - ref) / np.linalg.norm(ref), rel=1e-12)
+    e8 = R.gemm_report(a, b, "mxfp8_e4m3").rel_error
+    assert 0 < e8 < r.rel_error
+    # per-tensor E4M3: every normal element is within 2**-4 relative, so the product is within
+    # about 2 * 2**-4 (plus the flushed tail); the data spans 40 binades, so some flush
+    cur = R.gemm_report(a, b, "current")
+    assert cur.a.fmt == "e4m3" and cur.a.underflow > 0
+    g = R.gemm_report(a, b, "current", role_a="gradient")
+    assert g.a.fmt == "e5m2" and g.b.fmt == "e4m3"
+    with pytest.raises(ValueError, match="current, mxfp8_e4m3"):
+        R.gemm_report(a, b, "fp3")
+    with pytest.raises(ValueError, match="inner dimensions"):
+        R.gemm_report(a, a, "current")
+
+
+def test_history_length_for_periodic_spikes() -> None:
+    """amax 1, 1, 1, 8 repeating: a history shorter than the period forgets the spike and every
+    spike saturates; from length 4 on only the first spike does (the scale then stays 448/8)."""
+    amaxes = [1.0, 1.0, 1.0, 8.0] * 6
+    assert R.delayed_saturating_steps(amaxes, 3) == 6
+    assert R.delayed_saturating_steps(amaxes, 4) == 1
+    assert R.min_history_len(amaxes, max_saturating=1) == 4
+    assert R.min_history_len(amaxes, max_saturating=0) is None
+    # a margin of 3 bits absorbs the 8x spike at any history length
+    assert R.min_history_len(amaxes, fmt="e4m3", margin=3, max_saturating=0) == 1
