@@ -331,9 +331,9 @@ def _operands(rng: np.random.Generator, K: int) -> tuple[np.ndarray, np.ndarray,
     a = (rng.standard_normal((16, K)) * np.exp2(rng.integers(-12, 12, (16, 1)))).astype(np.float32)
     b = (rng.standard_normal((K, 8)) * np.exp2(rng.integers(-12, 12, (1, 8)))).astype(np.float32)
     a[3, :40] = 0.0  # a zero block
-    b[:, 5] *= 2.0**-120  # tiny scales: subnormal fp32 results
+    b[:, 5] *= 2.0**-115  # tiny scales and, with c = 0 there, subnormal fp32 results
     c = (rng.standard_normal((16, 8)) * np.exp2(rng.integers(-20, 20, (16, 8)))).astype(np.float32)
-    c[0, 0] = 0.0
+    c[:, 5] = 0.0
     return a, b, c
 
 
@@ -345,6 +345,8 @@ def test_mx_matmul_matches_mmasim(name_a: str, name_b: str, rng: np.random.Gener
     mine = S.block_scaled_matmul(qa, qb, c)
     ref = _mmasim_matmul(qa, qb, c)
     np.testing.assert_array_equal(mine.view(np.uint32), ref.view(np.uint32))
+    if name_a == name_b == "mxfp8_e4m3":
+        assert np.count_nonzero((np.abs(mine) < 2.0**-126) & (mine != 0)) > 0
 
 
 def test_nvfp4_matmul_matches_mmasim(rng: np.random.Generator) -> None:
