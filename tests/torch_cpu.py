@@ -11,10 +11,14 @@ report it (a printed line, shown by ``pytest -rP``, and a ``record_property`` en
 ``--junitxml`` reports), never silently pass.
 
 The probes use crafted inputs whose result tells the summation order apart: the dot product of
-``x = [1024] + [3 * 2**-16] * 29999`` (fp16 numbers) with ones is 1024 for a sequential binary32
-loop (each small term is below half an ulp of 1024 in binary32, ``2**-14``, so the sum
-stagnates) and 1025 for any accumulation that sums the small terms apart (lanes, blocks,
-pairwise): ``1024 + 29999 * 3 * 2**-16 = 1025.37`` rounds to 1025 in fp16.
+``x = [1024] + [3 * 2**-16] * 99999`` (fp16 and bf16 numbers) with ones is 1024 for a sequential
+binary32 loop (each small term is below half an ulp of 1024 in binary32, ``2**-14``, so the sum
+stagnates) and more for any accumulation that sums the small terms apart (lanes, blocks,
+pairwise): ``1024 + 99999 * 3 * 2**-16 = 1028.58`` rounds to 1029 in fp16 and 1032 in bf16.
+(With 29999 terms, 1025.37, the fp16 probe alone works: 1025 on an AMD EPYC with AVX-512.)
+A second probe makes sure the accumulator is binary32 and not the 16-bit format itself, which
+stagnates too: ``[1] + [2**-12] * 256`` with ones is exactly 1.0625 in binary32 (in any order)
+and 1 in a fp16 or bf16 accumulator (``2**-12`` is below half their ulp of 1).
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-_K = 30000
+_K = 100000
 _SMALL = 3 * 2.0**-16
 
 
@@ -35,28 +39,38 @@ def capability() -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def half_mm_is_sequential_fp32() -> bool:
-    """Whether torch's float16 ``mm`` and ``linear`` sum every dot product in k order in
-    binary32 (the ``fp32-accumulate`` sequential model), probed as (8, K) x (K, 8) products."""
+def half_mm_is_sequential_fp32(dtype: str = "float16") -> bool:
+    """Whether torch's ``dtype`` (float16 or bfloat16) ``mm`` and ``linear`` sum every dot product
+    in k order in binary32 (the ``fp32-accumulate`` sequential model), probed as (8, K) x (K, 8)
+    products."""
     import torch
 
-    a = torch.full((8, _K), _SMALL, dtype=torch.float16)
+    dt = getattr(torch, dtype)
+    a = torch.full((8, _K), _SMALL, dtype=dt)
     a[:, 0] = 1024
-    b = torch.ones((_K, 8), dtype=torch.float16)
+    b = torch.ones((_K, 8), dtype=dt)
     outs = [a.mm(b), torch.nn.functional.linear(a, b.t().contiguous())]
-    return all(bool((o == 1024).all()) for o in outs)
+    c = torch.full((8, 257), 2.0**-12, dtype=dt)
+    c[:, 0] = 1
+    d = torch.ones((257, 8), dtype=dt)
+    fp32 = [c.mm(d), torch.nn.functional.linear(c, d.t().contiguous())]
+    return all(bool((o == 1024).all()) for o in outs) and all(bool((o == 1.0625).all()) for o in fp32)
 
 
 @functools.lru_cache(maxsize=None)
-def half_conv2d_is_sequential_fp32() -> bool:
-    """The same probe for float16 ``conv2d`` (3x3 kernels over 3334 channels: K = 30006)."""
+def half_conv2d_is_sequential_fp32(dtype: str = "float16") -> bool:
+    """The same probe for ``conv2d`` (3x3 kernels over 11112 channels: K = 100008)."""
     import torch
 
+    dt = getattr(torch, dtype)
     c = -(-_K // 9)
-    x = torch.full((1, c, 3, 3), _SMALL, dtype=torch.float16)
+    x = torch.full((1, c, 3, 3), _SMALL, dtype=dt)
     x[0, 0, 0, 0] = 1024
-    w = torch.ones((2, c, 3, 3), dtype=torch.float16)
-    return bool((torch.nn.functional.conv2d(x, w) == 1024).all())
+    w = torch.ones((2, c, 3, 3), dtype=dt)
+    c = torch.full((1, 257, 1, 1), 2.0**-12, dtype=dt)
+    c[0, 0, 0, 0] = 1
+    fp32 = torch.nn.functional.conv2d(c, torch.ones((2, 257, 1, 1), dtype=dt))
+    return bool((torch.nn.functional.conv2d(x, w) == 1024).all()) and bool((fp32 == 1.0625).all())
 
 
 def all_finite_fp16() -> np.ndarray:
@@ -67,10 +81,12 @@ def all_finite_fp16() -> np.ndarray:
 _ELEMENTWISE_PROBES: dict[str, bool] = {}
 
 
-def half_elementwise_is_fp32_opmath(key: str, fn: Callable[[Any], Any], shape: tuple[int, ...]) -> bool:
-    """Whether torch's float16 kernel of ``fn`` equals its float32 kernel on the fp16 input
-    rounded once to fp16 (the emulator's model), on every finite fp16 value of magnitude at
-    most 8 laid out as tensors of ``shape`` (trailing values dropped).  Cached by ``key``."""
+def half_elementwise_is_fp32_opmath(key: str, fn16: Callable[[Any], Any], fn32: Callable[[Any], Any],
+                                    shape: tuple[int, ...]) -> bool:
+    """Whether torch's float16 kernel (``fn16``, on half tensors) equals its float32 kernel
+    (``fn32``: the same fp16 parameters, fp32 arithmetic) rounded once to fp16 (the emulator's
+    model), on every finite fp16 value of magnitude at most 8 laid out as tensors of ``shape``
+    (trailing values dropped).  Cached by ``key``."""
     if key not in _ELEMENTWISE_PROBES:
         import torch
 
@@ -79,8 +95,8 @@ def half_elementwise_is_fp32_opmath(key: str, fn: Callable[[Any], Any], shape: t
         per = int(np.prod(shape))
         x = torch.from_numpy(v[: v.size // per * per].copy()).reshape((-1,) + tuple(shape[1:]))
         with torch.no_grad():
-            h = fn(x).float()
-            r = fn(x.float()).half().float()
+            h = fn16(x).float()
+            r = fn32(x.float()).half().float()
         _ELEMENTWISE_PROBES[key] = bool(((h == r) | (h.isnan() & r.isnan())).all())
     return _ELEMENTWISE_PROBES[key]
 
