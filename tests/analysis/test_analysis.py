@@ -193,6 +193,7 @@ def _conv_linear_half_match(rep: AnalysisReport, record_property, dtype: str) ->
             assert lr.half_match >= 0.99, (lr.name, lr.half_match)
 
 
+@pytest.mark.torch_kernels
 def test_cnn_with_batchnorm_emulator_and_half(rng: np.random.Generator, record_property) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(2)
     m = _bn(CNN())
@@ -206,6 +207,7 @@ def test_cnn_with_batchnorm_emulator_and_half(rng: np.random.Generator, record_p
     assert all(lr.local_err_max <= lr.local_bound_max for lr in rep.layers)
 
 
+@pytest.mark.torch_kernels
 def test_bf16_runs_torch_bfloat16_and_other_formats_no_real_run(rng: np.random.Generator, record_property) -> None:  # type: ignore[no-untyped-def]
     """A bf16 analysis compares against torch's bfloat16 kernels (run "torch-bf16"), not float16
     ones: the emulator matches them bit for bit, and their delta sits under the bf16 bound.

@@ -462,6 +462,7 @@ def _fp32acc_bound(abs_terms: np.ndarray, exact: np.ndarray, n: int) -> np.ndarr
     return np.asarray(accumulation_bound(abs_terms, n, "fp16", "fp32-accumulate", abs_result=abs_result).value)
 
 
+@pytest.mark.torch_kernels
 def test_fp32acc_equals_torch_half_mm(record_property) -> None:  # type: ignore[no-untyped-def]
     """torch CPU half ``mm``: within the fp32-accumulate bound of the exact product on every
     CPU; bit for bit (>= 0.999 of the entries) with the sequential emulation only where the
@@ -692,6 +693,7 @@ def test_conv2d_ieee_matches_direct_oracle() -> None:
         assert same(got, _conv_direct(x, w, bias, 2, 1, 2, FP16, mode))
 
 
+@pytest.mark.torch_kernels
 def test_conv2d_fp32acc_equals_torch_half(record_property) -> None:  # type: ignore[no-untyped-def]
     """torch CPU half ``conv2d``: within the fp32-accumulate bound (bias as one more term) on
     every CPU; >= 0.99 bitwise matches with the sequential emulation only where the probe shows

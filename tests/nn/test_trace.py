@@ -114,6 +114,7 @@ def test_unsupported_function_and_untraceable() -> None:
 
 @pytest.mark.parametrize("name, shape", [("lenet5", (1, 28, 28)), ("resnet20", (3, 16, 16)),
                                          ("vit_tiny", (3, 16, 16)), ("vgg_small", (3, 16, 16)), ("mlp", (10,))])
+@pytest.mark.torch_kernels
 def test_fp32_steps_reproduce_the_model_bitwise(name: str, shape: tuple) -> None:
     gen = torch.Generator().manual_seed(1)
     torch.manual_seed(2)
@@ -178,6 +179,7 @@ def test_mha_masks_rejected() -> None:
 
 @pytest.mark.parametrize("layer", [nn.GELU(), nn.GELU(approximate="tanh"), nn.Tanh(), nn.Sigmoid(), nn.SiLU(),
                                    nn.Softmax(dim=-1), nn.LayerNorm(16), nn.AvgPool2d(2), nn.AdaptiveAvgPool2d(3)])
+@pytest.mark.torch_kernels
 def test_elementwise_emulation_is_fp32_opmath_rounded_once(layer: nn.Module, record_property) -> None:  # type: ignore[no-untyped-def]
     """Oracle: torch fp32 kernel on the fp16 input, rounded once to fp16 by torch (.half()).
 
@@ -250,6 +252,7 @@ def _exact_and_local_bound(layer: nn.Module, x: torch.Tensor) -> tuple[np.ndarra
         return mean, np.asarray(LB.avgpool_local_bound(mean, mean_abs, kk, "fp16").value)
 
 
+@pytest.mark.torch_kernels
 def test_linear_conv_emulator_matches_torch_half_bitwise(record_property) -> None:  # type: ignore[no-untyped-def]
     """fp32-accumulate emulator vs torch CPU half on Linear and Conv2d.  On every CPU torch's
     result is within the fp32-accumulate bound of the exact result (bias as one more term); the
