@@ -215,7 +215,11 @@ def oracle_exact(A, B, fmt, mode):  # type: ignore[no-untyped-def]
                 out[i, j] = round_frac(math.fsum(vals), fmt, mode)
                 continue
             z = sum((Fraction(float(A[i, k])) * Fraction(float(B[k, j])) for k in range(K)), Fraction(0))
-            out[i, j] = round_frac(z, fmt, mode) if z != 0 else 0.0
+            if z != 0:
+                out[i, j] = round_frac(z, fmt, mode)
+            else:  # IEEE 754 sec. 6.3 once: -0 in round-down unless every product is +0
+                plus_zeros = all(v == 0 and math.copysign(1.0, v) > 0 for v in vals)
+                out[i, j] = -0.0 if (mode == "down" and not plus_zeros) else 0.0
     return out
 
 
