@@ -407,8 +407,9 @@ def tc_matmul(A: Any, B: Any, tensor_core: str | TensorCoreModel = "hopper", inp
         raise ValueError(f"tc_matmul needs A (..., M, K) and B (..., K, N), got shapes {Av.shape} and {Bv.shape}")
     batch = np.broadcast_shapes(Av.shape[:-2], Bv.shape[:-2])
     M, N = Av.shape[-2], Bv.shape[-1]
-    Ab = np.broadcast_to(Av, batch + Av.shape[-2:]).reshape((-1,) + Av.shape[-2:])
-    Bb = np.broadcast_to(Bv, batch + Bv.shape[-2:]).reshape((-1,) + Bv.shape[-2:])
+    nb = int(np.prod(batch, dtype=np.int64))
+    Ab = np.broadcast_to(Av, batch + Av.shape[-2:]).reshape((nb,) + Av.shape[-2:])
+    Bb = np.broadcast_to(Bv, batch + Bv.shape[-2:]).reshape((nb,) + Bv.shape[-2:])
     out = np.empty((Ab.shape[0], M, N))
     for t in range(Ab.shape[0]):
         out[t] = _matmul2d(Ab[t], Bb[t], model)

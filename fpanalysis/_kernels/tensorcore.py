@@ -265,6 +265,7 @@ def _round_python(v: Fraction, rho: int) -> float:
 def block_python(a: list[float], b: list[float], c: float, F: int, rho: int, e_zero: int,
                  emin_a: int, emin_b: int, emin_c: int) -> float:
     """Twin of :func:`block` in exact rational arithmetic."""
+    a, b, c = [float(v) for v in a], [float(v) for v in b], float(c)
     vals = [x * y for x, y in zip(a, b)] + [c]  # float64: only the special values are used
     if any(math.isnan(v) for v in vals) or any(math.isnan(x) or math.isnan(y) for x, y in zip(a, b)):
         return math.nan
