@@ -83,6 +83,13 @@ def _make(fmt: str, sig: np.ndarray, e: np.ndarray) -> np.ndarray:
     return np.minimum(v, 448.0) if fmt == "fp8_e4m3fn" else v  # e4m3fn's top binade stops at 448
 
 
+def _split(g: np.ndarray, lo_a: int, lo_b: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exponents ``ea + eb = g`` with ``ea >= lo_a`` and ``eb >= lo_b`` (``g >= lo_a + lo_b``)."""
+    ea = np.maximum(np.ceil(g / 2).astype(np.int64), lo_a)
+    eb = np.maximum(g - ea, lo_b)
+    return g - eb, eb
+
+
 def _case(name: str, model: TensorCoreModel, R: int, rng: np.random.Generator, torch: Any, gen: Any
           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(a (R, K), b (R, K), c (R,)) float64 numbers of the model's formats."""
@@ -165,17 +172,16 @@ def _case(name: str, model: TensorCoreModel, R: int, rng: np.random.Generator, t
         else:
             m = rng.choice([1, 3, 5, 7], R)
             g = np.full(R, -25)
-        g = np.maximum(g, lo_a + lo_b + 3)
-        ea = np.maximum(np.ceil(g / 2).astype(np.int64), lo_a + 3)
-        eb = g - ea
+        g = np.maximum(g, lo_a + lo_b)
+        ea, eb = _split(g, lo_a, lo_b)
         a = np.zeros((R, k))
         b = np.zeros((R, k))
         a[:, 1] = np.ldexp(m.astype(np.float64), ea) * sign(R)
         b[:, 1] = np.ldexp(1.0, eb)
         t = np.maximum(model.e_zero - F + rng.integers(-1, 1, R), lo_a + lo_b)
-        ua = np.maximum(np.ceil(t / 2).astype(np.int64), lo_a)
+        ua, ub = _split(t, lo_a, lo_b)
         a[:, 0] = -np.sign(a[:, 1]) * np.ldexp(1.0, ua)
-        b[:, 0] = np.ldexp(1.0, t - ua)
+        b[:, 0] = np.ldexp(1.0, ub)
         c = np.zeros(R)
         full = rng.random(R) < 0.3  # no zero term: E is the largest product exponent
         if k > 2:
