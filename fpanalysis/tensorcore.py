@@ -416,6 +416,11 @@ def tc_matmul(A: Any, B: Any, tensor_core: str | TensorCoreModel = "hopper", inp
     return _out(out.reshape(batch + (M, N)), model)
 
 
+# precision of the input formats; those whose products are exact normal float32 numbers
+_PRECISION = {"fp16": 11, "bf16": 8, "tf32": 11, "fp8_e4m3fn": 4, "fp8_e5m2": 3}
+_F32_EXACT = ("fp16", "fp8_e4m3fn", "fp8_e5m2")
+
+
 def _matmul2d(A: np.ndarray, B: np.ndarray, model: TensorCoreModel) -> np.ndarray:
     from ._kernels import tensorcore as K
 
@@ -430,7 +435,13 @@ def _matmul2d(A: np.ndarray, B: np.ndarray, model: TensorCoreModel) -> np.ndarra
     EB, B0 = K.exponents(B, emin_b)
     ZA = (A0 == 0).reshape(M, Kp // n, n).any(axis=2)
     ZB = (B0 == 0).reshape(Kp // n, n, N).any(axis=1)
-    out = K.gemm(A0, B0, EA, EB, ZA, ZB, n, F, rho, e_zero, emin_c, promote)
+    pa, pb = _PRECISION[model.a_format], _PRECISION[model.b_format]
+    if model.a_format in _F32_EXACT and model.b_format in _F32_EXACT and \
+            n * (2.0 - 2.0 ** (1 - pa)) * (2.0 - 2.0 ** (1 - pb)) * 2.0**F < 2.0**31:
+        out = K.gemm_f32(A0.astype(np.float32), B0.astype(np.float32), EA.astype(np.float32),
+                         EB.astype(np.float32), ZA, ZB, n, F, rho, e_zero, emin_c, promote)
+    else:
+        out = K.gemm(A0, B0, EA, EB, ZA, ZB, n, F, rho, e_zero, emin_c, promote)
     bad_rows = np.flatnonzero(~np.isfinite(A).all(axis=1))
     bad_cols = np.flatnonzero(~np.isfinite(B).all(axis=0))
     if bad_rows.size or bad_cols.size:

@@ -238,6 +238,91 @@ def gemm(A, B, EA, EB, ZA, ZB, n, F, rho, e_zero, emin_c, promote):  # type: ign
     return out
 
 
+@njit(parallel=True, cache=True)
+def gemm_f32(A, B, EA, EB, ZA, ZB, n, F, rho, e_zero, emin_c, promote):  # type: ignore[no-untyped-def]
+    """:func:`gemm` for inputs whose products are exact normal float32 numbers (fp16, FP8) and
+    whose aligned products cannot overflow int32 (``n * 4 * 2**F <= 2**31``; the caller checks).
+
+    ``A``, ``B`` float32; ``EA``, ``EB`` the exponents as float32 (small integers: their sums and
+    maxima are exact, and float32 ``max`` vectorises where 64-bit integer ``max`` does not).
+    Each aligned product is ``int32(a * b * 2**(F - E))``: a product of at most 22 bits scaled
+    by a power of two is an exact float32 below ``2**27``, and the conversion truncates toward
+    zero; the products are summed in int32 and the accumulator's truncated term in float64.
+    Tiles of 8 rows x 128 columns: every slice of ``B`` read from memory serves 8 rows of ``A``.
+    """
+    M, Kp = A.shape
+    N = B.shape[1]
+    nb = Kp // n
+    R = 4
+    JC = N
+    out = np.empty((M, N))
+    nti = (M + R - 1) // R
+    ntj = (N + JC - 1) // JC
+    for t in prange(nti * ntj):
+        i0 = (t // ntj) * R
+        j0 = (t % ntj) * JC
+        rows = min(R, M - i0)
+        W = min(JC, N - j0)
+        acc = np.zeros((R, JC))
+        tot = np.zeros((R, JC), np.float32)
+        E = np.empty((R, JC), np.float32)
+        S = np.empty((R, JC), np.int32)
+        sc = np.empty((R, JC), np.float32)
+        ct = np.empty((R, JC))
+        for blk in range(nb):
+            k0 = blk * n
+            for r in range(rows):
+                Er = E[r]
+                for j in range(W):
+                    Er[j] = np.float32(-(1 << 28))
+                for k in range(k0, k0 + n):
+                    ea = EA[i0 + r, k]
+                    EBk = EB[k, j0:j0 + W]
+                    for j in range(W):
+                        Er[j] = max(Er[j], ea + EBk[j])
+                za = ZA[i0 + r, blk]
+                for j in range(W):
+                    c = acc[r, j]
+                    cc = c if math.isfinite(c) else 0.0
+                    e = np.int64(Er[j])
+                    if cc != 0.0:
+                        e = max(e, max(_exp(cc), emin_c))
+                    if za or ZB[blk, j0 + j] or cc == 0.0:
+                        e = max(e, e_zero)
+                    Er[j] = np.float32(e)
+                    sc[r, j] = np.float32(_pow2(min(F - e, 127)))
+                    ct[r, j] = np.trunc(cc * _pow2(F - e))
+                    S[r, j] = 0
+            for k in range(k0, k0 + n):
+                Bk = B[k, j0:j0 + W]
+                for r in range(rows):
+                    a = A[i0 + r, k]
+                    Sr = S[r]
+                    scr = sc[r]
+                    for j in range(W):
+                        Sr[j] += np.int32((a * Bk[j]) * scr[j])
+            for r in range(rows):
+                for j in range(W):
+                    c = acc[r, j]
+                    v = round_out((np.float64(S[r, j]) + ct[r, j]) * _pow2(np.int64(E[r, j]) - F), rho)
+                    acc[r, j] = v if math.isfinite(c) else c
+                if promote > 0 and ((blk + 1) * n) % promote == 0:
+                    for j in range(W):
+                        tot[r, j] = tot[r, j] + np.float32(acc[r, j])
+                        acc[r, j] = 0.0
+        for r in range(rows):
+            if promote > 0:
+                if (nb * n) % promote != 0:
+                    for j in range(W):
+                        tot[r, j] = tot[r, j] + np.float32(acc[r, j])
+                for j in range(W):
+                    out[i0 + r, j0 + j] = tot[r, j]
+            else:
+                for j in range(W):
+                    out[i0 + r, j0 + j] = acc[r, j]
+    return out
+
+
 # --- pure-Python twin (test oracle) ------------------------------------------------------------
 
 
