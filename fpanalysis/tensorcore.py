@@ -293,6 +293,23 @@ def get_tensor_core(name: str | TensorCoreModel = "hopper", inputs: str = "fp16"
     return model.with_promotion(promote_every) if promote_every is not None else model
 
 
+_FORMAT_INPUTS = {"fp16": "fp16", "bf16": "bf16", "tf32": "tf32", "fp8_e4m3fn": "fp8_e4m3fn", "fp8_e5m2": "fp8_e5m2"}
+
+
+def tensor_core_for_format(arch: str, fmt: Any) -> TensorCoreModel:
+    """The model of ``arch`` whose inputs are numbers of ``fmt`` (fp32 accumulator): the
+    arithmetic of the tensor-core profiles of :mod:`fpanalysis.linalg`.  Raises ValueError for a
+    format the architecture's tensor cores do not take."""
+    from .formats import get_format
+
+    f = get_format(fmt)
+    name = _FORMAT_INPUTS.get(f.name)
+    if name is None:
+        raise ValueError(f"the {arch} tensor-core profile takes inputs in {', '.join(ARCHITECTURES[_arch_name(arch)].shapes)} "
+                         f"(fp8: fp8_e4m3fn, fp8_e5m2), not {f.name!r}")
+    return get_tensor_core(arch, name, "fp32")
+
+
 def all_models() -> list[TensorCoreModel]:
     """Every (architecture, inputs, accumulator) model of the table, FP8 format pairs included."""
     out = []

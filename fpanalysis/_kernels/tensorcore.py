@@ -41,7 +41,7 @@ from fractions import Fraction
 import numpy as np
 from numba import njit, prange
 
-from .._bits import f64_to_u64, u64_to_f64
+from .bits import f64_to_u64, u64_to_f64
 
 RZ_FP32, RZ_E8M13, RNE_FP16 = 0, 1, 2
 # (precision p, emin, overflow threshold 2**(emax + 1)) of each output rounding

@@ -20,10 +20,7 @@ from fpanalysis.tensorcore import (
     tc_matmul,
 )
 
-try:
-    from fpanalysis.bounds.tensorcore import tc_dot_error_bound, tc_gamma, tc_running_error_bound
-except ImportError:  # before the package layout move
-    from fpanalysis.bounds_tensorcore import tc_dot_error_bound, tc_gamma, tc_running_error_bound
+from fpanalysis.bounds.tensorcore import tc_dot_error_bound, tc_gamma, tc_running_error_bound
 
 F32 = np.float32
 

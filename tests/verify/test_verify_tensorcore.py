@@ -10,10 +10,7 @@ import pytest
 
 from fpanalysis.tensorcore import all_models, get_tensor_core
 
-try:
-    from fpanalysis.verify.tensorcore import CASES, verify_tensorcore
-except ImportError:  # before the package layout move
-    from fpanalysis.verify_tensorcore import CASES, verify_tensorcore
+from fpanalysis.verify.tensorcore import CASES, verify_tensorcore
 
 pytest.importorskip("mmasim")
 

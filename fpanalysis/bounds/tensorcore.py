@@ -71,9 +71,10 @@ from typing import Any
 
 import numpy as np
 
-from .tensorcore import TensorCoreModel, _ACCS, _INPUTS, _pad, _values, get_tensor_core
+from ..tensorcore import TensorCoreModel, _ACCS, _INPUTS, _pad, _values, get_tensor_core
 
-__all__ = ["tc_unit", "tc_gamma", "tc_dot_error_bound", "tc_running_error_bound", "tc_bound_constants"]
+__all__ = ["tc_unit", "tc_gamma", "tc_dot_error_bound", "tc_running_error_bound", "tc_bound_constants",
+           "tc_accumulation_coefficients"]
 
 _U32 = 2.0**-24
 _UP = 1.0 + 2.0**-40  # margin for the float64 evaluation of the bounds (a few dozen operations)
@@ -110,6 +111,31 @@ def tc_gamma(K: int, model: TensorCoreModel | str = "hopper", inputs: str = "fp1
     steps = -(-int(K) // m.n)
     theta = tc_bound_constants(m)["theta"]
     return math.expm1(steps * math.log1p(theta)) * _UP
+
+
+def tc_accumulation_coefficients(n: int, model: TensorCoreModel, input_max: tuple[float, float] | None = None
+                                 ) -> tuple[float, float]:
+    """``(gamma, absolute)`` with ``|s^ - s| <= gamma * sum|a_i b_i| + absolute`` for a chain of
+    ``n`` products from +0 (no promotion): the closed form of the module docstring with the
+    per-step maximum ``Q_j <= max|a_i b_i| + lambda_in``,
+    ``lambda_in = lambda_a max|b| + lambda_b max|a| + lambda_a lambda_b``::
+
+        gamma = (1 + theta)**m - 1,   absolute = gamma / theta * ((1 + u) delta (lambda_in + Lambda) + eta).
+
+    ``input_max = (max|a|, max|b|)``; default the largest numbers of the input formats.
+    """
+    from ..formats import get_format
+
+    k = tc_bound_constants(model)
+    if input_max is None:
+        input_max = (get_format(model.a_format).max, get_format(model.b_format).max)
+    amax, bmax = (float(v) for v in input_max)
+    lam_in = k["lambda_a"] * bmax + k["lambda_b"] * amax + k["lambda_a"] * k["lambda_b"]
+    steps = -(-int(n) // model.n)
+    theta = k["theta"]
+    g = math.expm1(steps * math.log1p(theta)) * _UP
+    absolute = g / theta * ((1 + k["u"]) * k["delta"] * (lam_in + k["Lambda"]) + k["eta"]) * _UP
+    return g, absolute
 
 
 def tc_dot_error_bound(x: Any, y: Any, model: TensorCoreModel | str = "hopper", inputs: str = "fp16",
@@ -152,7 +178,7 @@ def tc_running_error_bound(x: Any, y: Any, model: TensorCoreModel | str = "hoppe
     """``(result, bound)``: the chained tensor-core dot product and an a-posteriori bound on its
     error (per step ``nz 2**(E - F)`` plus one unit, half to nearest, in the last place of the
     step's result; no promotion).  ``bound`` is ``inf`` for a non-finite result."""
-    from ._kernels import tensorcore as K
+    from .._kernels import tensorcore as K
 
     m = get_tensor_core(model, inputs, accumulator)
     n, F, rho, e_zero, emin_a, emin_b, emin_c, _ = m.kernel_args()

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from ._verify_core import ProgressFn, Row, _optional, _row, _unavailable
-from .tensorcore import TensorCoreModel, _out, _values, all_models, get_tensor_core
+from .core import ProgressFn, Row, optional_import, row, unavailable_row
+from ..tensorcore import TensorCoreModel, _out, _values, all_models, get_tensor_core
 
 __all__ = ["verify_tensorcore", "mmasim_operation", "CASES"]
 
@@ -41,7 +41,7 @@ def mmasim_operation(model: TensorCoreModel) -> Any:
     """The ``mmasim`` operation simulating ``model``'s instruction (raises ImportError without it)."""
     from mmasim import nv_ptx as mmasim
 
-    from .tensorcore import ARCHITECTURES
+    from ..tensorcore import ARCHITECTURES
 
     arch = ARCHITECTURES[model.arch]
     cls, name = arch.mmasim
@@ -227,7 +227,7 @@ def _compare(ours: np.ndarray, ref: np.ndarray, a: np.ndarray, b: np.ndarray, c:
 
 
 def _ours_blocks(model: TensorCoreModel, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-    from ._kernels import tensorcore as K
+    from .._kernels import tensorcore as K
 
     av, bv = _values(a, model.a_format, "a"), _values(b, model.b_format, "b")
     r = K.dot_rows(np.ascontiguousarray(av), np.ascontiguousarray(bv), np.ascontiguousarray(c, np.float64),
@@ -247,7 +247,7 @@ def _mmasim_blocks(torch: Any, op: Any, model: TensorCoreModel, a: np.ndarray, b
 def _gemm_case(model: TensorCoreModel, torch: Any, op: Any, rng: np.random.Generator, gen: Any,
                size: int) -> tuple[int, int, str]:
     """tc_matmul (the fast kernel) against the simulator's matrix operation, C = 0."""
-    from .tensorcore import tc_matmul
+    from ..tensorcore import tc_matmul
 
     M, N, K = size, size, 4 * model.k
     A = _bits_values(torch, model.a_format, (M, K), gen)
@@ -271,13 +271,13 @@ def _gemm_case(model: TensorCoreModel, torch: Any, op: Any, rng: np.random.Gener
 def _mmaemu_rows(blocks: int, seed: int, torch: Any, progress: ProgressFn | None) -> list[Row]:
     """Hopper FP8 GEMMs against mmaemu's H100 ``_scaled_mm`` accumulator (fast and slow
     accumulation, no split-K)."""
-    mmaemu = _optional("mmaemu")
+    mmaemu = optional_import("mmaemu")
     check = "tensorcore gemm vs torch._scaled_mm (H100)"
     if mmaemu is None:
-        return [_unavailable(check, "fp8", "-", "mmaemu", "pip install mmaemu")]
+        return [unavailable_row(check, "fp8", "-", "mmaemu", "pip install mmaemu")]
     import warnings
 
-    from .tensorcore import tc_matmul
+    from ..tensorcore import tc_matmul
 
     rows = []
     rng = np.random.default_rng(seed)
@@ -306,7 +306,7 @@ def _mmaemu_rows(blocks: int, seed: int, torch: Any, progress: ProgressFn | None
                 bad += int(d.sum())
                 total += M * N
             mode = "fast-accum (chain)" if fast else "slow-accum (promote every 128)"
-            rows.append(_row(check, _PTX[fa], mode, f"mmaemu {mmaemu.__version__} accumulate(profile='hopper', "
+            rows.append(row(check, _PTX[fa], mode, f"mmaemu {mmaemu.__version__} accumulate(profile='hopper', "
                              "splitk=1)", total, bad, first))
             if progress:
                 progress(rows[-1])
@@ -335,10 +335,10 @@ def verify_tensorcore(blocks: int = 2000, seed: int = 0, progress: ProgressFn | 
     """
     import time
 
-    torch = _optional("torch")
-    mmasim = _optional("mmasim")
+    torch = optional_import("torch")
+    mmasim = optional_import("mmasim")
     if mmasim is None or torch is None:
-        return [_unavailable("tensorcore", "-", "-", "mmasim", "pip install mmasim==2.1.1 (the verify extra)")]
+        return [unavailable_row("tensorcore", "-", "-", "mmasim", "pip install mmasim==2.1.1 (the verify extra)")]
     models = all_models() if models is None else models
     fp8_hopper = any(m.arch == "hopper" and m.a_format.startswith("fp8") for m in models)
     rows: list[Row] = []
@@ -359,7 +359,7 @@ def verify_tensorcore(blocks: int = 2000, seed: int = 0, progress: ProgressFn | 
                 ref = _mmasim_blocks(torch, op, model, a, b, c)
                 n = R
                 bad, first = _compare(ours, ref, a, b, c)
-            rows.append(_row(f"tensorcore {model.name}", model.a_format, case, oracle, n, bad, first,
+            rows.append(row(f"tensorcore {model.name}", model.a_format, case, oracle, n, bad, first,
                              time.perf_counter() - t0))
             if progress:
                 progress(rows[-1])
