@@ -273,3 +273,57 @@ def test_bound_with_promotion_and_gamma(rng: np.random.Generator) -> None:
     # gamma ~ (K/n) ((n + 1) 2**-F + u): Hopper fp16 n = 16, F = 25, u = 2**-23
     assert tc_gamma(4096, "hopper") == pytest.approx(256 * (17 * 2.0**-25 + 2.0**-23), rel=1e-3)
     assert tc_dot_error_bound([math.inf], [1.0], "hopper") == math.inf
+
+
+# --- the tensor-core profiles of linalg and the bounds ---------------------------------------
+
+
+def test_linalg_tensor_core_profiles(rng: np.random.Generator) -> None:
+    from fpanalysis.linalg import Profile, conv2d, dot, matmul
+
+    A = _fmt_values(rng, "fp16", (6, 70), 3)
+    B = _fmt_values(rng, "fp16", (70, 4), 3)
+    want = tc_matmul(A, B, "hopper").astype(np.float16).astype(np.float32)  # fp32 result, then the output fp16
+    assert np.array_equal(matmul(A, B, "fp16", "hopper"), want)
+    assert np.array_equal(matmul(A, B, "fp16", "h100"), want)
+    assert Profile.parse("A100") is Profile.AMPERE and Profile.AMPERE.tensor_core == "ampere"
+    assert Profile.FP32_ACCUMULATE.tensor_core is None
+    # 1 + 2**-11 is a tie of the fp16 output; two 2**-24 tip it upwards on Hopper (F = 25 keeps them:
+    # fp32 result 1 + 2**-11 + 2**-23) but not on Volta (F = 23 truncates both: an exact tie, to even)
+    x = np.array([1.0, 2.0**-11, 2.0**-24, 2.0**-24], np.float16)
+    assert dot(x, np.ones(4, np.float16), "fp16", "volta") == np.float16(1.0)
+    assert dot(x, np.ones(4, np.float16), "fp16", "hopper") == np.float16(1 + 2.0**-10)
+    # conv2d: 3x3 kernel on one channel: K = 9 <= n, one fused step (any order of the terms gives the same)
+    img = _fmt_values(rng, "bf16", (1, 1, 5, 5), 2)
+    ker = _fmt_values(rng, "bf16", (1, 1, 3, 3), 2)
+    out = conv2d(img, ker, fmt="bf16", profile="ampere")
+    patch = img[0, 0, 1:4, 2:5].reshape(-1)
+    ref = tc_dot(patch, ker.reshape(-1), "ampere", "bf16")
+    assert out[0, 0, 1, 2] == float(round_to(float(ref), "bf16"))
+    with pytest.raises(ValueError, match="volta has no tensor-core instruction for bf16"):
+        matmul(A, B, "bf16", "volta", round_inputs=True)
+    with pytest.raises(ValueError, match="not 'fp32'"):
+        matmul(A, B, "fp32", "hopper")
+    with pytest.raises(ValueError, match="tensor-core aliases"):
+        matmul(A, B, "fp16", "pascal")
+
+
+def test_accumulation_bound_tensor_core_branch(rng: np.random.Generator) -> None:
+    from fpanalysis.analysis.network_bounds import BoundConfig
+    from fpanalysis.bounds import accumulation_bound, matmul_bound
+    from fpanalysis.linalg import matmul
+    from fpanalysis.reference import exact_matmul
+
+    # with |s| = 0 only the accumulation term is left: Volta (4-term steps, F = 23) is worse than binary32
+    # recursive summation, Hopper (16-term steps, F = 25) better: gamma ~ 1024 * 6 * 2**-23 vs 4096 * 2**-24
+    volta = accumulation_bound(1.0, 4096, "fp16", "volta", abs_result=0.0, input_max=(1.0, 1.0)).value
+    hopper = accumulation_bound(1.0, 4096, "fp16", "hopper", abs_result=0.0, input_max=(1.0, 1.0)).value
+    fp32 = accumulation_bound(1.0, 4096, "fp16", "fp32-accumulate", abs_result=0.0).value
+    assert hopper < fp32 < volta
+    assert volta == pytest.approx(1024 * (5 * 2.0**-23 * (1 + 2.0**-23) + 2.0**-23), rel=0.01)
+    for prof in ("volta", "ampere", "hopper"):
+        A = _fmt_values(rng, "fp16", (5, 300), 4)
+        B = _fmt_values(rng, "fp16", (300, 3), 4)
+        err = np.abs(matmul(A, B, "fp16", prof) - np.asarray(exact_matmul(A, B), dtype=np.float64))
+        assert (err <= matmul_bound(A, B, "fp16", prof).value).all()
+    assert BoundConfig.make("fp16", "H200").profile == "hopper"
