@@ -89,7 +89,7 @@ from typing import Any
 import numpy as np
 
 from .formats import FloatFormat, Overflow, get_format
-from .rounding import RoundingMode, kernel_args, fits_float32, round_to
+from .rounding import RoundingMode, fits_float32, kernel_args, round_to
 
 __all__ = ["Order", "Profile", "conv2d", "dot", "matmul"]
 

@@ -1,4 +1,5 @@
-"""Tensor-core arithmetic: NVIDIA's multi-term fused dot products, per architecture.
+"""Tensor-core arithmetic: NVIDIA's multi-term fused dot products, per architecture
+(``docs/semantics.md`` §1.4; the profiles ``volta`` ... ``blackwell`` of :mod:`fpanalysis.linalg`).
 
 A tensor-core instruction ``D = A B + C`` computes every entry of ``D`` as a chain of *fused
 steps*: a step takes ``n`` products and the accumulator ``c`` and returns one rounded number,
@@ -51,8 +52,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ARCHITECTURES", "Architecture", "TensorCoreModel", "get_tensor_core", "tc_dot", "tc_matmul",
-           "ACCUMULATORS", "INPUT_FORMATS"]
+__all__ = [
+    "ACCUMULATORS",
+    "ARCHITECTURES",
+    "INPUT_FORMATS",
+    "Architecture",
+    "TensorCoreModel",
+    "get_tensor_core",
+    "tc_dot",
+    "tc_matmul",
+]
 
 # input format -> (fpanalysis format name, emin, mmasim/PTX type)
 _INPUTS = {

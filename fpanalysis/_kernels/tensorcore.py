@@ -88,13 +88,13 @@ def round_out(v, rho):  # type: ignore[no-untyped-def]
 @njit(cache=True)
 def block(a, b, k0, k1, c, F, rho, e_zero, emin_a, emin_b, emin_c):  # type: ignore[no-untyped-def]
     """One fused step ``a[k0:k1] . b[k0:k1] + c`` (float64 values) rounded by ``rho``."""
-    nan = c != c
+    nan = math.isnan(c)
     pinf = c == math.inf
     ninf = c == -math.inf
     for k in range(k0, k1):
         x = a[k]
         y = b[k]
-        if x != x or y != y:
+        if math.isnan(x) or math.isnan(y):
             nan = True
         elif math.isinf(x) or math.isinf(y):
             if x == 0.0 or y == 0.0:

@@ -61,8 +61,8 @@ import torch
 import torch.nn.functional as F
 
 from ..bounds import accumulation, layers
-from ..linalg import Profile
 from ..formats import FloatFormat, get_format
+from ..linalg import Profile
 from ..nn.execute import ParamCache
 from ..nn.trace import Step
 from ..rounding import RoundingMode, round_to

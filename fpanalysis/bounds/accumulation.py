@@ -55,8 +55,8 @@ __all__ = [
     "Bound",
     "accumulation_bound",
     "choose_lambda",
-    "conv2d_float64",
     "conv2d_bound",
+    "conv2d_float64",
     "dot_bound",
     "gamma",
     "gamma_tilde",
@@ -518,8 +518,8 @@ def accumulation_bound(
         ok = A + err <= f.max
         note = f"gamma_{k}(u) |x|^T|y| + underflow"
     elif tc:
-        from .tensorcore import tc_accumulation_coefficients
         from ..tensorcore import tensor_core_for_format
+        from .tensorcore import tc_accumulation_coefficients
 
         model = tensor_core_for_format(Profile.parse(prof).tensor_core, f)
         g, absolute = tc_accumulation_coefficients(n, model, input_max)

@@ -71,10 +71,16 @@ from typing import Any
 
 import numpy as np
 
-from ..tensorcore import TensorCoreModel, _ACCS, _INPUTS, _pad, _values, get_tensor_core
+from ..tensorcore import _ACCS, _INPUTS, TensorCoreModel, _pad, _values, get_tensor_core
 
-__all__ = ["tc_unit", "tc_gamma", "tc_dot_error_bound", "tc_running_error_bound", "tc_bound_constants",
-           "tc_accumulation_coefficients"]
+__all__ = [
+    "tc_accumulation_coefficients",
+    "tc_bound_constants",
+    "tc_dot_error_bound",
+    "tc_gamma",
+    "tc_running_error_bound",
+    "tc_unit",
+]
 
 _U32 = 2.0**-24
 _UP = 1.0 + 2.0**-40  # margin for the float64 evaluation of the bounds (a few dozen operations)
@@ -82,7 +88,7 @@ _UP = 1.0 + 2.0**-40  # margin for the float64 evaluation of the bounds (a few d
 
 def tc_unit(model: TensorCoreModel) -> tuple[float, float]:
     """``(u, eta)``: relative and absolute (subnormal) error of one rounding to the accumulator."""
-    rho, emin_c, p = _ACCS[model.accumulator]
+    _, emin_c, p = _ACCS[model.accumulator]
     if model.rounding == "nearest-even":
         return 2.0**-p, 2.0 ** (emin_c - p)
     return 2.0 ** (1 - p), 2.0 ** (emin_c - p + 1)

@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from .core import ProgressFn, Row, optional_import, row, unavailable_row
 from ..tensorcore import TensorCoreModel, _out, _values, all_models, get_tensor_core
+from .core import ProgressFn, Row, optional_import, row, unavailable_row
 
-__all__ = ["verify_tensorcore", "mmasim_operation", "CASES"]
+__all__ = ["CASES", "mmasim_operation", "verify_tensorcore"]
 
 CASES = ("bits", "normal", "cancel", "spread", "ties", "subnormal", "floor", "special", "chain", "gemm")
 _PTX = {"fp16": "f16", "bf16": "bf16", "tf32": "tf32", "fp8_e4m3fn": "e4m3", "fp8_e5m2": "e5m2"}
@@ -96,9 +96,9 @@ def _case(name: str, model: TensorCoreModel, R: int, rng: np.random.Generator, t
     fa, fb = model.a_format, model.b_format
     fc = "fp16" if model.accumulator == "fp16" else "fp32"
     k, F = model.k, model.F
-    sign = lambda shape: rng.choice([-1.0, 1.0], shape)  # noqa: E731
-    U = lambda shape: rng.uniform(1.0, 2.0, shape)  # noqa: E731
-    cemin, cemax, cp = _FMT[fc]
+    sign = lambda shape: rng.choice([-1.0, 1.0], shape)
+    U = lambda shape: rng.uniform(1.0, 2.0, shape)
+    cemin, _, cp = _FMT[fc]
     if name in ("bits", "chain"):
         K = 4 * k if name == "chain" else k
         a, b = _bits_values(torch, fa, (R, K), gen), _bits_values(torch, fb, (R, K), gen)
@@ -281,7 +281,6 @@ def _mmaemu_rows(blocks: int, seed: int, torch: Any, progress: ProgressFn | None
 
     rows = []
     rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
     M = N = 32
     for fa in ("fp8_e4m3fn", "fp8_e5m2"):
         for fast in (True, False):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fpanalysis._kernels import tensorcore as K
+from fpanalysis.bounds.tensorcore import tc_dot_error_bound, tc_gamma, tc_running_error_bound
 from fpanalysis.reference import exact_dot_fraction
 from fpanalysis.rounding import round_to
 from fpanalysis.tensorcore import (
@@ -19,8 +20,6 @@ from fpanalysis.tensorcore import (
     tc_dot,
     tc_matmul,
 )
-
-from fpanalysis.bounds.tensorcore import tc_dot_error_bound, tc_gamma, tc_running_error_bound
 
 F32 = np.float32
 

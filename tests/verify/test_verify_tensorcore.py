@@ -9,7 +9,6 @@ from dataclasses import replace
 import pytest
 
 from fpanalysis.tensorcore import all_models, get_tensor_core
-
 from fpanalysis.verify.tensorcore import CASES, verify_tensorcore
 
 pytest.importorskip("mmasim")
