@@ -39,9 +39,9 @@ and the order in which split partial sums are combined, which change the chainin
 >>> import numpy as np
 >>> from fpanalysis.tensorcore import tc_dot
 >>> x = np.array([1.0] + [2.0**-24] * 15, dtype=np.float16)  # 1 and fifteen 2**-24
->>> tc_dot(x, np.ones(16, np.float16), "hopper")              # F = 25: the small terms survive
+>>> print(tc_dot(x, np.ones(16, np.float16), "hopper"))       # F = 25: the small terms survive
 1.0000008
->>> tc_dot(x, np.ones(16, np.float16), "volta")               # F = 23: truncated away
+>>> print(tc_dot(x, np.ones(16, np.float16), "volta"))        # F = 23: truncated away
 1.0
 """
 
