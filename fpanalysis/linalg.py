@@ -34,8 +34,9 @@ Profiles
     The tensor-core profiles (docs/semantics.md §1.4, :mod:`fpanalysis.tensorcore`): the
     architecture's multi-term fused steps with inputs of ``fmt`` (fp16, bf16, tf32, fp8 E4M3 or
     E5M2, as the architecture supports) and its fp32 accumulator (13 fraction bits for FP8 on
-    Ada and Hopper), chained along ``K`` from +0, then one final rounding to ``fmt`` with
-    ``mode`` (the GEMM's output conversion).  ``order``, ``block`` and ``fma`` do not apply.
+    Ada and Hopper, promoted to binary32 every 128 terms as in cuBLAS's default FP8 GEMMs),
+    chained along ``K`` from +0, then one final rounding to ``fmt`` with ``mode`` (the GEMM's
+    output conversion).  ``order``, ``block`` and ``fma`` do not apply.
 
 Orders (for ``ieee`` and ``fp32-accumulate``)
 ---------------------------------------------

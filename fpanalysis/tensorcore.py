@@ -307,8 +307,10 @@ _FORMAT_INPUTS = {"fp16": "fp16", "bf16": "bf16", "tf32": "tf32", "fp8_e4m3fn": 
 
 def tensor_core_for_format(arch: str, fmt: Any) -> TensorCoreModel:
     """The model of ``arch`` whose inputs are numbers of ``fmt`` (fp32 accumulator): the
-    arithmetic of the tensor-core profiles of :mod:`fpanalysis.linalg`.  Raises ValueError for a
-    format the architecture's tensor cores do not take."""
+    arithmetic of the tensor-core profiles of :mod:`fpanalysis.linalg`.  FP8 on Ada and Hopper
+    is promoted to binary32 every 128 terms, as cuBLAS does for ``torch._scaled_mm`` by default
+    (``use_fast_accum=False``).  Raises ValueError for a format the architecture's tensor cores
+    do not take."""
     from .formats import get_format
 
     f = get_format(fmt)
@@ -316,7 +318,12 @@ def tensor_core_for_format(arch: str, fmt: Any) -> TensorCoreModel:
     if name is None:
         raise ValueError(f"the {arch} tensor-core profile takes inputs in {', '.join(ARCHITECTURES[_arch_name(arch)].shapes)} "
                          f"(fp8: fp8_e4m3fn, fp8_e5m2), not {f.name!r}")
-    return get_tensor_core(arch, name, "fp32")
+    model = get_tensor_core(arch, name, "fp32")
+    if name.startswith("fp8") and model.accumulator == "fp32-e8m13":
+        # torch._scaled_mm's default (use_fast_accum=False): cuBLAS promotes every 128 terms
+        # (mmaemu 0.1.0's presets ada and hopper: slow_chunk = 128)
+        model = model.with_promotion(128)
+    return model
 
 
 def all_models() -> list[TensorCoreModel]:

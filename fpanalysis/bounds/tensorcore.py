@@ -122,13 +122,16 @@ def tc_gamma(K: int, model: TensorCoreModel | str = "hopper", inputs: str = "fp1
 def tc_accumulation_coefficients(n: int, model: TensorCoreModel, input_max: tuple[float, float] | None = None
                                  ) -> tuple[float, float]:
     """``(gamma, absolute)`` with ``|s^ - s| <= gamma * sum|a_i b_i| + absolute`` for a chain of
-    ``n`` products from +0 (no promotion): the closed form of the module docstring with the
+    ``n`` products from +0: the closed form of the module docstring with the
     per-step maximum ``Q_j <= max|a_i b_i| + lambda_in``,
     ``lambda_in = lambda_a max|b| + lambda_b max|a| + lambda_a lambda_b``::
 
         gamma = (1 + theta)**m - 1,   absolute = gamma / theta * ((1 + u) delta (lambda_in + Lambda) + eta).
 
-    ``input_max = (max|a|, max|b|)``; default the largest numbers of the input formats.
+    ``input_max = (max|a|, max|b|)``; default the largest numbers of the input formats.  With
+    promotion every ``N`` terms, each of the ``c = ceil(n/N)`` chunks obeys that bound (``g``,
+    ``absolute`` for ``N`` terms) and the chunk results are added in binary32:
+    ``gamma = g (1 + g32) + g32``, ``absolute = c absolute (1 + g32)``, ``g32 = c u32 / (1 - c u32)``.
     """
     from ..formats import get_format
 
@@ -137,11 +140,18 @@ def tc_accumulation_coefficients(n: int, model: TensorCoreModel, input_max: tupl
         input_max = (get_format(model.a_format).max, get_format(model.b_format).max)
     amax, bmax = (float(v) for v in input_max)
     lam_in = k["lambda_a"] * bmax + k["lambda_b"] * amax + k["lambda_a"] * k["lambda_b"]
-    steps = -(-int(n) // model.n)
     theta = k["theta"]
+    chunk = int(n) if not model.promote_every else min(int(n), model.promote_every)
+    steps = -(-chunk // model.n)
     g = math.expm1(steps * math.log1p(theta)) * _UP
     absolute = g / theta * ((1 + k["u"]) * k["delta"] * (lam_in + k["Lambda"]) + k["eta"]) * _UP
-    return g, absolute
+    if not model.promote_every or int(n) <= model.promote_every:
+        return g, absolute
+    # promotion: chunk results R_i = S_i + e_i, |e_i| <= g A_i + absolute, added in binary32 from +0
+    # (recursive summation: error <= gamma_c(u32) sum|R_i|, Higham 2002 eq. (4.4))
+    chunks = -(-int(n) // model.promote_every)
+    g32 = chunks * _U32 / (1 - chunks * _U32)
+    return (g * (1 + g32) + g32) * _UP, chunks * absolute * (1 + g32) * _UP
 
 
 def tc_dot_error_bound(x: Any, y: Any, model: TensorCoreModel | str = "hopper", inputs: str = "fp16",

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 
 from fpanalysis._kernels import tensorcore as K
-from fpanalysis.bounds.tensorcore import tc_dot_error_bound, tc_gamma, tc_running_error_bound
+from fpanalysis.bounds.tensorcore import (
+    tc_accumulation_coefficients,
+    tc_dot_error_bound,
+    tc_gamma,
+    tc_running_error_bound,
+)
 from fpanalysis.reference import exact_dot_fraction
 from fpanalysis.rounding import round_to
 from fpanalysis.tensorcore import (
@@ -326,3 +331,23 @@ def test_accumulation_bound_tensor_core_branch(rng: np.random.Generator) -> None
         err = np.abs(matmul(A, B, "fp16", prof) - np.asarray(exact_matmul(A, B), dtype=np.float64))
         assert (err <= matmul_bound(A, B, "fp16", prof).value).all()
     assert BoundConfig.make("fp16", "H200").profile == "hopper"
+
+
+def test_fp8_profile_promotes_and_its_bound_holds(rng: np.random.Generator) -> None:
+    from fpanalysis.bounds import matmul_bound
+    from fpanalysis.linalg import matmul
+    from fpanalysis.reference import exact_matmul
+
+    A = _fmt_values(rng, "fp8_e4m3fn", (4, 700), 2)
+    B = _fmt_values(rng, "fp8_e4m3fn", (700, 3), 2)
+    promoted = tc_matmul(A, B, "hopper", "e4m3", promote_every=128)
+    out = matmul(A, B, "fp8_e4m3fn", "hopper")
+    assert np.array_equal(out, np.asarray(round_to(promoted, "fp8_e4m3fn"), dtype=np.float32))
+    exact = np.asarray(exact_matmul(A, B), dtype=np.float64)
+    for every in (128, None):
+        model = get_tensor_core("hopper", "e4m3", promote_every=every)
+        err = np.abs(tc_matmul(A, B, model).astype(np.float64) - exact)
+        gam, absolute = tc_accumulation_coefficients(700, model, (448.0, 448.0))
+        assert (err <= gam * (np.abs(A) @ np.abs(B)) + absolute).all()
+    err = np.abs(out - exact)
+    assert (err <= matmul_bound(A, B, "fp8_e4m3fn", "hopper").value).all()
