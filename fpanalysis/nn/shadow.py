@@ -634,23 +634,46 @@ def _evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, mode: ShadowRo
     return out
 
 
+def _recipe(plan: PrecisionPlan | None, spec: _OptSpec) -> tuple:
+    """The parts of a plan that change the training recipe itself (they act in fp32 too)."""
+    if plan is None:
+        return (spec.eps, 1.0, ())
+    return (float(plan.optimizer.get("eps", spec.eps)), float(plan.input_scale), tuple(sorted(plan.weight_scale.items())))
+
+
+def _scale_weights(model: nn.Module, weight_scale: dict[str, float] | Iterable[tuple[str, float]]) -> None:
+    mods = dict(model.named_modules())
+    items = weight_scale.items() if isinstance(weight_scale, dict) else weight_scale
+    with torch.no_grad():
+        for mname, factor in items:
+            if mname not in mods or not isinstance(getattr(mods[mname], "weight", None), torch.Tensor):
+                raise ValueError(f"weight-scale names module {mname!r}, which has no 'weight' parameter")
+            mods[mname].weight.mul_(factor)
+
+
 def _train(model0: nn.Module, batches: Sequence[tuple[Any, torch.Tensor]], eval_data: tuple[torch.Tensor, torch.Tensor] | None,
            spec: _OptSpec, plan: PrecisionPlan | None, fmt: FloatFormat | None, loss_fn: Callable,
-           seed: int, progress: Callable[[int], None] | None = None) -> _Trace:
-    """Train a copy of ``model0`` on ``batches``: in fp32 (``plan is None``) or as the shadow run."""
+           seed: int, progress: Callable[[int], None] | None = None, recipe: tuple | None = None) -> _Trace:
+    """Train a copy of ``model0`` on ``batches``: in fp32 (``fmt is None``, following ``recipe``:
+    Adam eps, input scale, weight scale) or as the shadow run under ``plan``."""
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     model = copy.deepcopy(model0).float()
     model.train()
     tr = _Trace()
-    shadow = plan is not None
+    shadow = fmt is not None
     if not shadow:
-        opt = spec.build(list(model.parameters()))
+        r_eps, r_in, r_w = recipe if recipe is not None else _recipe(None, spec)
+        _scale_weights(model, r_w)
+
+        def prep32(x: torch.Tensor) -> torch.Tensor:
+            return x.float() * r_in if x.is_floating_point() and r_in != 1.0 else x
+        opt = spec.build(list(model.parameters()), r_eps)
         for step, (xb, yb) in enumerate(batches):
             params = [p for p in model.parameters()]
             old = [p.detach().clone() for p in params]
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), yb)
+            loss = loss_fn(model(prep32(xb)), yb)
             tr.losses.append(float(loss.detach()))
             if not math.isfinite(tr.losses[-1]):
                 tr.diverged_step = step
@@ -668,18 +691,14 @@ def _train(model0: nn.Module, batches: Sequence[tuple[Any, torch.Tensor]], eval_
             if progress:
                 progress(step + 1)
         if eval_data is not None:
-            tr.evaluation = _evaluate(model, eval_data[0], eval_data[1], None, lambda x: x)
+            tr.evaluation = _evaluate(model, eval_data[0], eval_data[1], None, prep32)
         tr.seconds = time.perf_counter() - t0
         return tr
 
     assert fmt is not None
+    assert plan is not None
     rounder = tensor_rounder_cache(fmt)
-    mods = dict(model.named_modules())
-    with torch.no_grad():
-        for mname, factor in plan.weight_scale.items():
-            if mname not in mods or getattr(mods[mname], "weight", None) is None:
-                raise ValueError(f"weight-scale names module {mname!r}, which has no 'weight' parameter")
-            mods[mname].weight.mul_(factor)
+    _scale_weights(model, plan.weight_scale)
     fp32_mods = _module_set(model, plan.fp32_modules)
     named_params = list(model.named_parameters())
     hi_names = {n for n, _ in named_params if _under(n.rsplit(".", 1)[0] if "." in n else "", fp32_mods)}
@@ -784,7 +803,7 @@ def _train(model0: nn.Module, batches: Sequence[tuple[Any, torch.Tensor]], eval_
                         grads.append(None)
                         continue
                     if scale != 1.0:
-                        if n in hi_names:
+                        if n in hi_names or plan.master_weights:  # unscaled in fp32 (AMP)
                             p.grad.mul_(1.0 / scale)
                         else:
                             mode.phase = "unscale"
@@ -837,14 +856,19 @@ def _train(model0: nn.Module, batches: Sequence[tuple[Any, torch.Tensor]], eval_
                         p.copy_(kept)
                     if plan.stochastic_rounding and masters:
                         masters[i].copy_(kept)  # pure storage: the master holds the format's value
+                    if tracker.first_nonfinite is None and not bool(torch.isfinite(kept).all()) \
+                            and bool(torch.isfinite(o).all()):
+                        tracker.first_nonfinite = {"step": step, "phase": "optimizer", "op": "step", "module": n,
+                                                   "key": f"optimizer:{n}", "max_abs": math.inf}
                     if g is None:
                         continue
                     upd = ex - o
                     gd = -(g * upd)
                     dec += float(gd.sum())
                     if n not in hi_names and not (plan.master_weights and not plan.stochastic_rounding):
+                        # first-order loss decrease the rounding took away: g . (intended - kept update)
                         lost = (kept == o) & (upd != 0)
-                        ld = float(gd[lost].sum())
+                        ld = float((-(g * (upd - (kept - o)))).sum())
                         lost_dec += ld
                         nl, nz = int(lost.sum()), int((upd != 0).sum())
                         tr.lost += nl
@@ -970,6 +994,14 @@ def _measure(ref: _Trace, sh: _Trace, fmt: FloatFormat, steps: int) -> dict[str,
                      and not all(math.isfinite(x) for x in v)]
         m["nonfinite_buffers"] = nonfinite
     m["buffers"] = bufs
+    fwd: dict[str, float] = {}
+    if tk is not None:
+        for k_, v in tk.series.items():
+            phase, where, _op = k_.split(":", 2) if k_.count(":") >= 2 else ("", "", "")
+            fin = [x for x in v if math.isfinite(x)]
+            if phase == "forward" and fin:
+                fwd[where] = max(fwd.get(where, 0.0), max(fin))
+    m["forward_max"] = fwd
     m["loss_scale"] = {"final": sh.final_scale, "skipped_steps": sh.skipped_steps}
     return m
 
@@ -1106,17 +1138,24 @@ def dry_run(
     lf = loss_fn or nn.functional.cross_entropy
     n = len(batches)
     t0 = time.perf_counter()
-    if reference is None:
-        reference = _train(model, batches, eval_data, spec, None, None, lf, seed,
-                           (lambda d: progress(d, 2 * n)) if progress else None)
+    # fp32 runs are cached by recipe: the fixes that act in fp32 too (Adam eps, input and weight
+    # scaling) are compared with fp32 under the same change, the others with the original fp32
+    refs: dict[tuple, _Trace] = reference if isinstance(reference, dict) else {}
+    key = _recipe(plan, spec)
+    if key not in refs:
+        refs[key] = _train(model, batches, eval_data, spec, None, None, lf, seed,
+                           (lambda d: progress(d, 2 * n)) if progress else None, recipe=key)
     sh = _train(model, batches, eval_data, spec, plan, f, lf, seed,
                 (lambda d: progress(n + d, 2 * n)) if progress else None)
-    meas = _measure(reference, sh, f, n)
+    meas = _measure(refs[key], sh, f, n)
+    base_key = _recipe(None, spec)
+    if key != base_key and base_key in refs:
+        meas["recipe_fp32_loss"] = {"original": _tail_mean(refs[base_key].losses), "changed": _tail_mean(refs[key].losses)}
     meas["arithmetic"] = ("fp32 opmath, one rounding per op output" +
                           ("; ieee accumulation inside long sums is not modelled" if profile == "ieee" else ""))
     problems = judge_dry_run(meas, f.name)
     return DryRunResult(f.name, profile, plan.to_dict(), n, meas, problems, time.perf_counter() - t0,
-                        sh.seconds / max(1, sh.steps_run), reference)
+                        sh.seconds / max(1, sh.steps_run), refs)
 
 
 # ------------------------------------------------------------------------------------------
@@ -1134,6 +1173,19 @@ def _safe_eps(fmt: FloatFormat) -> float:
 
 def _pow2(x: float) -> float:
     return 2.0 ** round(math.log2(x))
+
+
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d,
+          nn.InstanceNorm2d)
+_PRODUCERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
+
+
+def _is_norm(mod: nn.Module) -> bool:
+    return isinstance(mod, _NORMS)
+
+
+def _producer(mod: nn.Module) -> bool:
+    return isinstance(mod, _PRODUCERS)
 
 
 def _input_rms(batches: Sequence[tuple[Any, torch.Tensor]]) -> float:
@@ -1173,14 +1225,22 @@ def propose_fixes(result: DryRunResult, model: nn.Module, batches: Sequence[tupl
     owners = sorted({b.rsplit(".", 1)[0] for b in bad_buffers if "." in b})
     if adam and eps_r < f.min_normal:
         add(Fix("adam-eps", {"eps": _safe_eps(f)}))
-    if bad_buffers and (rms > 8 or rms < 1 / 8):
+        add(Fix("adam-eps", {"eps": 10 * _safe_eps(f)}))
+    fwd = m.get("forward_max", {})
+    if (bad_buffers or (ev is not None and ev["phase"] in ("forward", "eval"))) and (rms > 8 or rms < 1 / 8):
         add(Fix("input-scale", {"factor": 1.0 / _pow2(rms)}))
-    if ev is not None and ev["phase"] in ("forward", "eval") and ev["module"] != "<model>":
-        if rms > 8:
-            add(Fix("input-scale", {"factor": 1.0 / _pow2(rms)}))
-        mod = mods.get(ev["module"])
-        if mod is not None and isinstance(getattr(mod, "weight", None), torch.Tensor):
-            add(Fix("weight-scale", {"modules": [ev["module"]], "factor": 1.0 / 64}))
+    # rescale the layer that produces the large values, where a normalisation follows it
+    hot = owners + ([ev["module"]] if ev is not None and ev["phase"] in ("forward", "eval") else [])
+    names = list(mods)
+    for h in hot:
+        if h not in mods:
+            continue
+        src = h if _producer(mods[h]) else None
+        if src is None and _is_norm(mods[h]):
+            before = [n for n in names[:names.index(h)] if n and _producer(mods[n])]
+            src = before[-1] if before else None
+        if src is not None and fwd.get(src, 0.0) > 1.0:
+            add(Fix("weight-scale", {"modules": [src], "factor": 1.0 / (2.0 ** math.ceil(math.log2(fwd[src])))}))
     if ev is not None and ev["phase"] == "backward":
         add(Fix("loss-scale", {"mode": "dynamic", "scale": 1.0, "growth_interval": 2000}))
     underflow_like = probs & {"loss gap", "accuracy gap (train mode)", "accuracy gap (eval mode)"}
