@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
+from torch import nn
 
-from fpanalysis.formats import FP16, FloatFormat  # noqa: E402
-from fpanalysis.nn.shadow import (  # noqa: E402
+from fpanalysis.formats import FP16, FloatFormat
+from fpanalysis.nn.shadow import (
     DRY_RUN_THRESHOLDS,
     Fix,
     PrecisionPlan,
@@ -27,7 +27,7 @@ from fpanalysis.nn.shadow import (  # noqa: E402
     tensor_rounder,
     verify_fixes,
 )
-from fpanalysis.rounding import round_to  # noqa: E402
+from fpanalysis.rounding import round_to
 
 # ---------------------------------------------------------------------------------------------
 # small problems with a known outcome
@@ -273,14 +273,14 @@ def _meas(**over):
 def test_judge_thresholds_both_sides():
     T = DRY_RUN_THRESHOLDS
     assert judge_dry_run(_meas()) == []
-    checks = lambda m: {(p["check"], p["status"]) for p in judge_dry_run(m)}  # noqa: E731
+    checks = lambda m: {(p["check"], p["status"]) for p in judge_dry_run(m)}
     w = T["stagnation_fail"]
     assert ("update stagnation", "fail") in checks(_meas(stagnation={"weighted": w * 1.01, "count_fraction": 0.1, "worst": []}))
     assert ("update stagnation", "warn") in checks(_meas(stagnation={"weighted": w * 0.99, "count_fraction": 0.9, "worst": []}))
     # a high count of lost updates that carry no loss decrease is not a problem
     assert checks(_meas(stagnation={"weighted": 0.01, "count_fraction": 0.9, "worst": []})) == set()
     a = T["agreement_fail"]
-    acc = lambda ag, gap=0.0: {"eval": {"fp32": 0.9, "shadow": 0.9 - gap, "gap": gap, "agreement": ag}}  # noqa: E731
+    acc = lambda ag, gap=0.0: {"eval": {"fp32": 0.9, "shadow": 0.9 - gap, "gap": gap, "agreement": ag}}
     assert ("accuracy gap (eval mode)", "fail") in checks(_meas(accuracy=acc(a - 0.01)))
     assert checks(_meas(accuracy=acc(a + 0.01))) == set()
     g = T["accuracy_gap_fail"]
@@ -359,7 +359,7 @@ def _fp32_train(model, batches, lr, momentum=0.9):
 def test_real_fp16_training_confirms_the_batchnorm_prediction_and_its_plan():
     """Real pure fp16 training (torch half, CPU) of the BN model: running_var becomes inf and eval
     mode breaks, as the dry run predicts; the verified plan (BatchNorm in fp32) trains like fp32."""
-    model, b, (Xe, ye) = _case("bn", steps=12)
+    model, b, (Xe, _ye) = _case("bn", steps=12)
     ref = _fp32_train(copy.deepcopy(model), b, lr=0.01).eval()
     with torch.no_grad():
         pred32 = ref(Xe).argmax(1)

@@ -42,8 +42,9 @@ import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,18 +57,18 @@ from ..rounding import fits_float32, round_to
 __all__ = [
     "DRY_RUN_THRESHOLDS",
     "FIX_NAMES",
-    "Fix",
-    "PrecisionPlan",
     "DryRunResult",
+    "Fix",
     "FixResult",
+    "PlanTrainer",
+    "PrecisionPlan",
     "ShadowRounding",
-    "tensor_rounder",
+    "apply_precision_plan",
     "dry_run",
     "judge_dry_run",
     "propose_fixes",
+    "tensor_rounder",
     "verify_fixes",
-    "apply_precision_plan",
-    "PlanTrainer",
 ]
 
 #: Thresholds of the dry run's judgement ("does the shadow run match fp32?").
@@ -159,7 +160,7 @@ class PrecisionPlan:
         return text
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PrecisionPlan":
+    def from_dict(cls, d: dict[str, Any]) -> PrecisionPlan:
         known = set(cls.__dataclass_fields__)
         bad = sorted(set(d) - known - {"verified"})
         if bad:
@@ -167,7 +168,7 @@ class PrecisionPlan:
         return cls(**{k: copy.deepcopy(v) for k, v in d.items() if k in known})
 
     @classmethod
-    def from_json(cls, text_or_path: str) -> "PrecisionPlan":
+    def from_json(cls, text_or_path: str) -> PrecisionPlan:
         text = text_or_path
         if not text.lstrip().startswith("{"):
             with open(text_or_path) as fh:
@@ -259,7 +260,7 @@ def _same_numbers(a: FloatFormat, b: FloatFormat) -> bool:
         b.p, b.emin, b.emax, b.subnormals, b.overflow, b.max_significand)
 
 
-def tensor_rounder(fmt: "str | FloatFormat") -> Callable[[torch.Tensor], torch.Tensor]:
+def tensor_rounder(fmt: str | FloatFormat) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function rounding a float32 tensor to ``fmt`` (round to nearest even), returning float32.
 
     fp16 and bf16 (IEEE overflow to inf) use torch's own conversion, which is round-to-nearest-
@@ -332,7 +333,7 @@ class ShadowRounding(TorchDispatchMode):
     """
 
     def __init__(self, rounder: Callable[[torch.Tensor], torch.Tensor], fmt: FloatFormat,
-                 tracker: "_Tracker | None" = None) -> None:
+                 tracker: _Tracker | None = None) -> None:
         super().__init__()
         self.rounder = rounder
         self.round_ = _inplace_rounder(fmt, rounder)
@@ -513,11 +514,11 @@ class _Boundary(torch.autograd.Function):
     the mode when it runs outside the fp32 scope)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
         return x.clone()
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
         return g.clone()
 
 
@@ -1075,7 +1076,7 @@ def dry_run(
     batches: Sequence[tuple[Any, torch.Tensor]],
     eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
     *,
-    fmt: "str | FloatFormat" = "fp16",
+    fmt: str | FloatFormat = "fp16",
     plan: PrecisionPlan | None = None,
     profile: str = "fp32-accumulate",
     optimizer: str = "sgd",
@@ -1443,7 +1444,7 @@ class PlanTrainer:
 
 
 def apply_precision_plan(model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                         plan: "PrecisionPlan | dict | str | None" = None, *, seed: int = 0) -> PlanTrainer:
+                         plan: PrecisionPlan | dict | str | None = None, *, seed: int = 0) -> PlanTrainer:
     """Apply ``plan`` to ``model`` (in place) for real fp16 or bf16 training; returns a :class:`PlanTrainer`.
 
     The model is converted with ``module.to(dtype)`` except the modules in ``fp32_modules``, which
