@@ -188,9 +188,9 @@ def main(argv: list[str]) -> dict[str, Any]:
               f"flips {half.get('flips')}, bound violations {half.get('bound_violations')}; accuracy {rep['accuracy']}")
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    from fpanalysis.report import _finite
+    from fpanalysis.analysis.report import json_safe
 
-    out.write_text(json.dumps(_finite(results), indent=1))
+    out.write_text(json.dumps(json_safe(results), indent=1))
     print(f"wrote {out}")
     return results
 

@@ -76,8 +76,8 @@ def main(argv: list[str]) -> None:
         cases = [c for c in CASES if c[0] in ("mlp-sgd", "mlp-adam-eps1e-8")]
     import numpy as np
     import torch
-
     import train as T
+
     from fpanalysis.check import check
     from fpanalysis.datasets import load_dataset
     from fpanalysis.nn.models import build_model

@@ -73,7 +73,7 @@ def _draw(rng: np.random.Generator, dist: str, shape: tuple[int, ...]) -> np.nda
 
 def measure(fmt: str, dist: str, n: int, trials: int, failure_prob: float, rng: np.random.Generator) -> dict:
     """One (format, distribution, n) point: errors of every method and the bounds."""
-    from fpanalysis.bounds import (
+    from fpanalysis.bounds.accumulation import (
         accumulation_bound,
         choose_lambda,
         gamma,
@@ -120,7 +120,7 @@ def main(argv: list[str]) -> None:
     if smoke:
         cfg = replace(cfg, n_max_log2=10, points_per_octave=1, trials=3,
                       out=str(RESULTS / "_scratch" / "error_growth_smoke.json"))
-    from fpanalysis.bounds import unit_roundoff
+    from fpanalysis.bounds.accumulation import unit_roundoff
 
     rng = np.random.default_rng(cfg.seed)
     rows = []

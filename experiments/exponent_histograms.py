@@ -78,7 +78,7 @@ def hist_quantile_exponent(hist: dict[int, int], q: float) -> int | None:
 
 def choose_loss_scale(report: dict, fmt: str, q: float) -> dict:
     """The loss scale for the "after scaling" histogram (see the module docstring)."""
-    from fpanalysis.check import loss_scale_interval
+    from fpanalysis.check.findings import loss_scale_interval
     from fpanalysis.formats import get_format
 
     f = get_format(fmt)

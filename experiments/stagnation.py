@@ -13,7 +13,6 @@ import sys
 from dataclasses import asdict, dataclass
 
 import numpy as np
-
 from _common import RESULTS, environment, parse_overrides, write_json
 
 

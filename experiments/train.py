@@ -39,7 +39,6 @@ if str(HERE) not in sys.path:  # experiments/_common.py, also when imported from
 
 from _common import write_json  # noqa: E402
 
-
 # ============================================================================================
 # configuration
 

@@ -5,11 +5,10 @@ imported only by the modules that need them (``fpanalysis.nn``, plotting functio
 """
 
 from . import bounds, datasets, ops, tolerance
-from .analysis import analyze
+from .analysis import AnalysisReport, analyze
 from .formats import FORMATS, FloatFormat, get_format
 from .linalg import Order, Profile, conv2d, dot, matmul
 from .reference import exact_dot, exact_dot_fraction, exact_matmul, exact_sum
-from .report import AnalysisReport
 from .rounding import RoundingMode, RoundingStats, from_bits, round_to, to_bits
 
 __all__ = [

@@ -44,7 +44,7 @@ def bench_rounding(n: int = 10**7, repeats: int = 5, seed: int = 0) -> dict[str,
     preallocated float16 array, against ``np.copyto`` into one).
     Baselines: numpy ``astype(float16)``, torch ``.half()`` (when torch is installed) and pychop's
     torch backend (when pychop is installed; it is a speed baseline only: its overflow handling
-    is wrong, see semantics.md).  Both allocating (a new output array per call) and
+    is wrong, see docs/semantics.md §7).  Both allocating (a new output array per call) and
     preallocated-output (``out=`` / ``np.copyto``) variants are timed.
     """
     from .rounding import round_to
@@ -109,7 +109,7 @@ def bench_exact_dot(n: int = 1024, pairs: int = 10, calls: int = 2000, mp_calls:
     """Exact dot product of fp16 vectors vs mpmath's ``fdot`` at a precision that holds the sum
     exactly (computed outside the timing); the results must be identical.  CPU-process times
     (``time.process_time``) so that time spent descheduled on a shared machine does not count."""
-    from .reference import _prec_for_exact_dot, exact_dot, mp_dot
+    from .reference import prec_for_exact_dot, exact_dot, mp_dot
 
     def per_call(fn: Callable[[], Any], k: int) -> float:
         fn()
@@ -126,7 +126,7 @@ def bench_exact_dot(n: int = 1024, pairs: int = 10, calls: int = 2000, mp_calls:
     for _ in range(pairs):
         x = rng.standard_normal(n).astype(np.float16).astype(np.float32)
         y = rng.standard_normal(n).astype(np.float16).astype(np.float32)
-        prec = _prec_for_exact_dot(x.astype(np.float64).tolist(), y.astype(np.float64).tolist())
+        prec = prec_for_exact_dot(x.astype(np.float64).tolist(), y.astype(np.float64).tolist())
         mismatches += int(exact_dot(x, y) != mp_dot(x, y, prec))
         te = per_call(lambda x=x, y=y: exact_dot(x, y), calls)
         tm = per_call(lambda x=x, y=y, prec=prec: mp_dot(x, y, prec), mp_calls)

@@ -17,7 +17,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ._table import format_table
 
@@ -76,6 +76,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
         raise UserError("name a model (a built-in name or path/to/file.py:factory), or run with --demo")
     if not args.data:
         raise UserError("name the data with --data (a built-in dataset or a directory), or run with --demo")
+    from .check.config import CheckConfig
+
+    config = CheckConfig(  # every option checked before anything loads or runs
+        fmt=args.format, optimizer=args.optimizer, lr=args.lr, eps=args.eps, momentum=args.momentum,
+        batch_size=args.batch_size, steps=args.steps, warmup_steps=args.warmup_steps,
+        certify=not args.no_certify, certify_samples=args.certify_samples, profile=args.profile,
+        seed=args.seed, model_name=f"{args.model} on {args.data}",
+    )
     import torch
 
     from .check import check
@@ -87,18 +95,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if args.checkpoint:
         load_checkpoint(model, args.checkpoint)
     with progress_bar(desc="fpanalysis check", unit="step") as bar:
-        report = check(
-            model, (ds.x_train, ds.y_train), fmt=args.format, optimizer=args.optimizer, lr=args.lr,
-            eps=args.eps, momentum=args.momentum, batch_size=args.batch_size, steps=args.steps,
-            warmup_steps=args.warmup_steps, certify=not args.no_certify, certify_samples=args.certify_samples,
-            profile=args.profile, seed=args.seed, model_name=f"{args.model} on {args.data}",
-            progress=bar.callback,
-        )
+        report = check(model, (ds.x_train, ds.y_train), config, progress=bar.callback)
     print(report.render(color=args.color == "always" or (args.color == "auto" and sys.stdout.isatty())))
     if args.json:
         _write_json(args.json, report.to_dict())
     if args.plots:
-        from .check_plots import plot_check
+        from .check.plots import plot_check
 
         for path in plot_check(report, args.plots):
             print(f"wrote {path}")
@@ -146,36 +148,15 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from .progress import progress_bar
+    from .verify import COLUMNS, SUITES, run_suites
 
-    rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    suites: list[tuple[str, Callable[..., list[dict[str, Any]]]]] = []
-    try:
-        from . import verify as _verify
-
-        suites.append(
-            ("rounding and conversions", lambda cb: _verify.run_all(
-                exhaustive=args.exhaustive, n=args.n, seed=args.seed, progress=cb))
-        )
-    except ImportError as exc:  # pragma: no cover - only while a module is missing
-        rows.append({"check": "rounding suite", "oracle": "-", "n": 0, "mismatches": -1,
-                     "first_mismatch": f"not available: {exc}"})
-    try:
-        from . import verify_ops as _vops
-
-        suites.append(("arithmetic", lambda cb: _vops.verify_ops(
-            n_pairs=args.n, seed=args.seed, progress=cb)))
-    except ImportError as exc:  # pragma: no cover
-        rows.append({"check": "arithmetic suite", "oracle": "-", "n": 0, "mismatches": -1,
-                     "first_mismatch": f"not available: {exc}"})
-    from . import verify_linalg as _vlin
-
-    suites.append(("linear algebra", lambda cb: _vlin.verify_linalg(seed=args.seed, progress=cb)))
-    for name, run in suites:
-        with progress_bar(desc=f"verify: {name}", unit="check") as bar:
-            rows += run(bar.callback)
-    columns = ["check", "format", "mode", "oracle", "n", "mismatches", "first_mismatch"]
-    print(format_table(rows, columns))
+    rows: list[dict[str, Any]] = []
+    for suite in SUITES:
+        with progress_bar(desc=f"verify: {suite.name}", unit="check") as bar:
+            rows += run_suites(args.n, seed=args.seed, exhaustive=args.exhaustive,
+                               progress=lambda name, cb=bar.callback: cb, suites=[suite])
+    print(format_table(rows, COLUMNS))
     total = sum(int(r.get("n", 0)) for r in rows)
     bad = sum(int(r.get("mismatches", 0)) for r in rows if int(r.get("mismatches", 0)) > 0)
     unavailable = sum(1 for r in rows if int(r.get("mismatches", 0)) < 0)

@@ -330,7 +330,7 @@ def load_mnist_idx(data_dir: str | os.PathLike, *, normalize: bool = True) -> Da
     Accepts ``train-images-idx3-ubyte`` and ``train-images.idx3-ubyte`` spellings, each
     optionally gzip-compressed (detected from the content, not the name).
 
-    >>> ds = load_mnist_idx("../shared/data/mnist")             # doctest: +SKIP
+    >>> ds = load_mnist_idx("path/to/mnist")             # doctest: +SKIP
     >>> ds.x_train.shape, ds.x_test.shape                       # doctest: +SKIP
     ((60000, 1, 28, 28), (10000, 1, 28, 28))
     """
@@ -452,7 +452,7 @@ def load_cifar10(data_dir: str | os.PathLike, *, test_set: str = "exact", normal
     ``test_set="jpeg-mixed"`` (all 10000 test images, 9000 of them JPEG-decoded: reports must
     say "JPEG-decoded CIFAR-10 test set").  Images come out as ``(N, 3, 32, 32)``.
 
-    >>> ds = load_cifar10("../shared/data/cifar10")             # doctest: +SKIP
+    >>> ds = load_cifar10("path/to/cifar10")             # doctest: +SKIP
     >>> ds.x_train.shape, ds.x_test.shape                       # doctest: +SKIP
     ((20000, 3, 32, 32), (1000, 3, 32, 32))
     """

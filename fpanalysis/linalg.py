@@ -1,5 +1,5 @@
 """Emulated low-precision linear algebra: ``dot``, ``matmul`` and ``conv2d`` under a named
-arithmetic profile (see ``shared/design/semantics.md``).
+arithmetic profile (see ``docs/semantics.md`` §1).
 
 >>> import numpy as np
 >>> from fpanalysis.linalg import dot
@@ -29,7 +29,7 @@ Profiles
     (:func:`fpanalysis.reference.exact_matmul`).  ``order``, ``block`` and ``fma`` do not apply.
     With ``mode="stochastic"`` the exact sum is first rounded to odd at 53 bits.
 
-The ``tensor-core`` profile of semantics.md is not implemented yet.
+The tensor-core profiles of docs/semantics.md §1.4 are not modelled here yet.
 
 Orders (for ``ieee`` and ``fp32-accumulate``)
 ---------------------------------------------
@@ -83,7 +83,7 @@ from typing import Any
 import numpy as np
 
 from .formats import FloatFormat, Overflow, get_format
-from .rounding import RoundingMode, _kernel_args, fits_float32, round_to
+from .rounding import RoundingMode, kernel_args, fits_float32, round_to
 
 __all__ = ["Order", "Profile", "conv2d", "dot", "matmul"]
 
@@ -218,15 +218,15 @@ def _h16_as_f32(a: np.ndarray) -> np.ndarray:
 def _kernel(name: str, work: int, threshold: int) -> Any:
     """The parallel kernel ``name``, or its one-thread variant when ``work`` is below
     ``threshold`` (waking the worker threads costs more than small jobs)."""
-    from . import _gemm_kernels as G
+    from ._kernels import gemm
 
-    return getattr(G, name if work >= threshold else name + "_serial")
+    return getattr(gemm, name if work >= threshold else name + "_serial")
 
 
 def _elementwise(name: str, n: int) -> Any:
-    from . import _gemm_kernels as G
+    from ._kernels import gemm
 
-    return _kernel(name, n, G.SERIAL_ELEMENTS)
+    return _kernel(name, n, gemm.SERIAL_ELEMENTS)
 
 
 def _as(a: np.ndarray, dtype: type) -> np.ndarray:
@@ -264,7 +264,7 @@ class _Spec:
             )
         if self.fma and self.order is Order.PAIRWISE and self.profile is not Profile.EXACT:
             raise ValueError("fma=True applies to the sequential and blocked orders, not pairwise")
-        self.kargs = _kernel_args(f, self.mode, seed, None, stream)
+        self.kargs = kernel_args(f, self.mode, seed, None, stream)
 
     def out_dtype(self, *arrays: np.ndarray) -> type:
         wide = any(a.dtype == np.float64 for a in arrays)  # binary16 inputs arrive as float16
@@ -293,7 +293,7 @@ def _round_final(acc: np.ndarray, spec: _Spec, offset: int, dtype: type) -> np.n
 
 def _matmul2d(A: np.ndarray, B: np.ndarray, spec: _Spec, offset: int, dtype: type) -> np.ndarray:
     """One 2-D product of validated arrays; ``offset`` starts this product's random counters."""
-    from . import _gemm_kernels as G
+    from ._kernels import gemm
 
     M, K = A.shape
     N = B.shape[1]
@@ -301,7 +301,7 @@ def _matmul2d(A: np.ndarray, B: np.ndarray, spec: _Spec, offset: int, dtype: typ
     work = M * N * K
 
     def kern(name: str, cost: int = 1) -> Any:  # cost: time per multiply-add relative to the fast kernels
-        return _kernel(name, work * cost, G.SERIAL_BELOW)
+        return _kernel(name, work * cost, gemm.SERIAL_BELOW)
 
     code = spec.kargs[6]
     if prof is Profile.EXACT:
@@ -315,8 +315,8 @@ def _matmul2d(A: np.ndarray, B: np.ndarray, spec: _Spec, offset: int, dtype: typ
         else:
             acc = np.empty((M, N), dtype=np.float32)
             fused = exact_prod or spec.fma  # exact products: an FMA gives the same bits
-            # the tiled kernel packs B and pads rows to tiles of G.MR: worth it from G.MR rows
-            tiled = _FAST_PATHS and M >= G.MR
+            # the tiled kernel packs B and pads rows to tiles of gemm.MR: worth it from gemm.MR rows
+            tiled = _FAST_PATHS and M >= gemm.MR
             if order is Order.SEQUENTIAL and tiled:
                 kern("f32_tiled")(A32, B32, acc, fused, 0)
             elif order is Order.SEQUENTIAL:

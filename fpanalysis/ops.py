@@ -11,13 +11,13 @@ what an IEEE 754 unit working natively in that format would return.
 >>> add(1.0, 2.0**-11, "fp16", mode="up")
 1.0009765625
 
-The known case where double rounding through binary32 goes wrong (theory.md §1):
+The known case where double rounding through binary32 goes wrong (docs/theory.md §1.4):
 
 >>> float.hex(fma(float.fromhex("0x1.eacp+7"), float.fromhex("0x1.3f4p+4"), float.fromhex("0x1.c04p+14")))
 '0x1.0640000000000p+15'
 
 How: the exact result is computed with error-free transformations in float64, rounded to odd
-at 53 bits, and then rounded to the format (see :mod:`fpanalysis._ops_kernels` for the method and
+at 53 bits, and then rounded to the format (see :mod:`fpanalysis._kernels.ops` for the method and
 its sources).  Works for every :class:`~fpanalysis.formats.FloatFormat` with ``p <= 26``,
 ``emax <= 509`` and ``emin - p + 1 >= -509`` (fp16, bf16, tf32, fp32, the fp8 formats, ...).
 
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from .formats import FloatFormat, get_format
-from .rounding import RoundingMode, RoundingStats, _as_float_array, _kernel_args, fits_float32, round_to
+from .rounding import RoundingMode, RoundingStats, as_float_array, kernel_args, fits_float32, round_to
 
 __all__ = ["add", "sub", "mul", "div", "sqrt", "fma", "check_ops_format"]
 
@@ -79,8 +79,8 @@ def _prepare(
 ) -> tuple[FloatFormat, tuple, list[np.ndarray], tuple[int, ...], type, bool]:
     f = check_ops_format(fmt)
     m = RoundingMode.parse(mode)
-    kargs = _kernel_args(f, m, seed, random_bits, stream)
-    arrays = [_as_float_array(x) for x in args]
+    kargs = kernel_args(f, m, seed, random_bits, stream)
+    arrays = [as_float_array(x) for x in args]
     weak = [type(x) in (float, int, bool) for x in args]
     scalar_in = all(weak)
     if dtype is None:
@@ -148,14 +148,14 @@ def _binary(
     name: str, a: Any, b: Any, fmt: Any, mode: Any, seed: Any, random_bits: Any, stream: int,
     return_stats: bool, round_inputs: bool, dtype: Any,
 ) -> Any:
-    from . import _ops_kernels as K
+    from ._kernels import ops as ops_kernels
 
     f, kargs, flat, shape, out_dtype, scalar_in = _prepare(
         name, (a, b), fmt, mode, seed, random_bits, stream, round_inputs, dtype
     )
     p, emin, minnorm, maxval, sub, ovf, code, key, kbits = kargs
     out = np.empty(flat[0].shape, dtype=np.float64)
-    counts = K.binary_kernel(
+    counts = ops_kernels.binary_kernel(
         _OPS[name], flat[0], flat[1], out, p, emin, minnorm, maxval, sub, ovf, code, key, kbits, not round_inputs
     )
     return _finish(name, f, flat, counts, out, shape, out_dtype, scalar_in, return_stats)
@@ -232,14 +232,14 @@ def sqrt(
     a : array_like
         Values of the format.
     """
-    from . import _ops_kernels as K
+    from ._kernels import ops as ops_kernels
 
     f, kargs, flat, shape, out_dtype, scalar_in = _prepare(
         "sqrt", (a,), fmt, mode, seed, random_bits, stream, round_inputs, dtype
     )
     p, emin, minnorm, maxval, sub_, ovf, code, key, kbits = kargs
     out = np.empty(flat[0].shape, dtype=np.float64)
-    counts = K.sqrt_kernel(flat[0], out, p, emin, minnorm, maxval, sub_, ovf, code, key, kbits, not round_inputs)
+    counts = ops_kernels.sqrt_kernel(flat[0], out, p, emin, minnorm, maxval, sub_, ovf, code, key, kbits, not round_inputs)
     return _finish("sqrt", f, flat, counts, out, shape, out_dtype, scalar_in, return_stats)
 
 
@@ -255,14 +255,14 @@ def fma(
     a, b, c : array_like
         Values of the format; broadcast together like NumPy arrays.
     """
-    from . import _ops_kernels as K
+    from ._kernels import ops as ops_kernels
 
     f, kargs, flat, shape, out_dtype, scalar_in = _prepare(
         "fma", (a, b, c), fmt, mode, seed, random_bits, stream, round_inputs, dtype
     )
     p, emin, minnorm, maxval, sub_, ovf, code, key, kbits = kargs
     out = np.empty(flat[0].shape, dtype=np.float64)
-    counts = K.fma_kernel(
+    counts = ops_kernels.fma_kernel(
         flat[0], flat[1], flat[2], out, p, emin, minnorm, maxval, sub_, ovf, code, key, kbits, not round_inputs
     )
     return _finish("fma", f, flat, counts, out, shape, out_dtype, scalar_in, return_stats)
@@ -309,8 +309,8 @@ fma.__doc__ = (fma.__doc__ or "") + _PARAMS_DOC + """
 def _ops_numpy(op: str, args: tuple[np.ndarray, ...], fmt: FloatFormat, mode: RoundingMode) -> np.ndarray:
     """Plain NumPy twin of the kernels for the deterministic modes: builds the exact result's
     round-to-odd float64 with ``np.nextafter`` (instead of bit arithmetic), then rounds it with
-    :func:`fpanalysis.rounding._round_numpy`."""
-    from .rounding import _round_numpy
+    :func:`fpanalysis.rounding.round_numpy`."""
+    from .rounding import round_numpy
 
     if mode is RoundingMode.STOCHASTIC:
         raise ValueError("the NumPy twin covers the deterministic modes only")
@@ -355,4 +355,4 @@ def _ops_numpy(op: str, args: tuple[np.ndarray, ...], fmt: FloatFormat, mode: Ro
         nb = np.nextafter(hi, target)
         odd = (hi.view(np.uint64) & np.uint64(1)) == 1
         xo = np.where((lo != 0) & ~odd, nb, hi)
-    return _round_numpy(xo, fmt, mode)
+    return round_numpy(xo, fmt, mode)

@@ -13,7 +13,7 @@ Fraction(1, 16777216)
 1.0
 
 **Exact products.**  ``exact_dot``, ``exact_sum`` and ``exact_matmul`` compute
-``sum_i x_i*y_i`` exactly (a Kulisch accumulator; see :mod:`fpanalysis._exact_kernels`) and
+``sum_i x_i*y_i`` exactly (a Kulisch accumulator; see :mod:`fpanalysis._kernels.exact`) and
 round the exact value once, correctly, to float64 (``fmt=None``) or to any
 :class:`~fpanalysis.formats.FloatFormat` in any deterministic rounding mode, with the same
 semantics as :func:`fpanalysis.round_to` (overflow policy, subnormals or flush to zero).  They are
@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from .formats import FloatFormat, get_format
-from .rounding import RoundingMode, _kernel_args, fits_float32
+from .rounding import RoundingMode, kernel_args, fits_float32
 
 __all__ = [
     "DEFAULT_PREC",
@@ -74,7 +74,7 @@ FormatLike = str | FloatFormat | None
 DEFAULT_PREC = 113
 
 _F64_ARGS = (53, -1022, sys.float_info.min, sys.float_info.max, True, 0)
-_CARRY_EVERY = 1 << 13  # blocks between carry passes (fpanalysis._exact_kernels.CARRY_EVERY)
+_CARRY_EVERY = 1 << 13  # blocks between carry passes (fpanalysis._kernels.exact.CARRY_EVERY)
 
 
 # --- argument handling --------------------------------------------------------------------
@@ -88,7 +88,7 @@ def _round_args_uncached(fmt: FormatLike, mode: str | RoundingMode) -> tuple:
     if fmt is None:
         return (*_F64_ARGS, m.code)
     f = get_format(fmt)
-    p, emin, minnorm, maxval, sub, ovf, code, _, _ = _kernel_args(f, m, None, None, 0)
+    p, emin, minnorm, maxval, sub, ovf, code, _, _ = kernel_args(f, m, None, None, 0)
     return (p, emin, minnorm, maxval, sub, ovf, code)
 
 
@@ -126,7 +126,7 @@ def _kernels() -> Any:
     """The numba kernel module, imported on first use (``import fpanalysis`` stays cheap)."""
     global _KERNELS
     if _KERNELS is None:
-        from . import _exact_kernels
+        from ._kernels import exact as _exact_kernels
 
         _KERNELS = _exact_kernels
     return _KERNELS
@@ -385,7 +385,7 @@ def _exact_dot_python(x: ArrayLike, y: ArrayLike) -> Fraction | float:
 def _round_fraction(
     q: Fraction | float, fmt: FormatLike = None, mode: str | RoundingMode = "nearest-even"
 ) -> float:
-    """Twin of :func:`fpanalysis._exact_kernels.round_exact`: round an exact rational once.
+    """Twin of :func:`fpanalysis._kernels.exact.round_exact`: round an exact rational once.
 
     Integer arithmetic on ``q / 2**qe`` with the quantum ``2**qe`` of ``q``'s binade in the
     format, then the format's overflow and flush-to-zero policies (as ``round_to``).
@@ -432,7 +432,7 @@ def _round_fraction(
 # --- mpmath references --------------------------------------------------------------------
 
 
-def _prec_for_exact_dot(xs: list, ys: list) -> int:
+def prec_for_exact_dot(xs: list, ys: list) -> int:
     """Bits that hold ``sum x_i y_i`` exactly: the span from the lowest set bit of any product
     to the top of the largest, plus the carries of ``n`` terms."""
     hi = None
@@ -470,7 +470,7 @@ def mp_dot(x: ArrayLike, y: ArrayLike, prec: int | None = None, *, as_mpf: bool 
     if len(xs) != len(ys):
         raise ValueError(f"x and y must have the same length, got {len(xs)} and {len(ys)}")
     if prec is None:
-        prec = _prec_for_exact_dot(xs, ys)
+        prec = prec_for_exact_dot(xs, ys)
     with mpmath.workprec(int(prec)):
         s = mpmath.fdot(xs, ys)
     return s if as_mpf else float(s)

@@ -20,7 +20,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from ._rng import counter_random_numpy, stream_key
+from ._kernels.rng import counter_random_numpy, stream_key
 from .formats import FloatFormat, Overflow, get_format
 
 __all__ = [
@@ -80,7 +80,7 @@ _MODE_ALIASES = {
     "round-to-odd": "odd",
     "sr": "stochastic",
 }
-# Codes shared with the private kernels (fpanalysis._round_kernels).
+# Codes shared with the private kernels (fpanalysis._kernels.round).
 _MODE_CODES = {
     RoundingMode.NEAREST_EVEN: 0,
     RoundingMode.NEAREST_AWAY: 1,
@@ -128,7 +128,7 @@ def fits_float32(fmt: FloatFormat) -> bool:
     return fmt.p <= 24 and fmt.emin - fmt.p + 1 >= -149 and fmt.emax <= 127
 
 
-def _kernel_args(fmt: FloatFormat, mode: RoundingMode, seed: Any, random_bits: int | None, stream: int):
+def kernel_args(fmt: FloatFormat, mode: RoundingMode, seed: Any, random_bits: int | None, stream: int):
     """Validated plain-number arguments for the private kernels."""
     code = mode.code
     kbits = 0
@@ -164,7 +164,7 @@ def _kernel_args(fmt: FloatFormat, mode: RoundingMode, seed: Any, random_bits: i
     )
 
 
-def _as_float_array(x: ArrayLike) -> np.ndarray:
+def as_float_array(x: ArrayLike) -> np.ndarray:
     arr = np.asarray(x)
     if arr.dtype.kind == "f":
         if arr.dtype.itemsize < 4:
@@ -239,12 +239,12 @@ def round_to(
     >>> st.overflow, st.flushed, st.inexact
     (1, 1, 2)
     """
-    from . import _round_kernels as K
+    from ._kernels import round as round_kernels
 
     f = get_format(fmt)
     m = RoundingMode.parse(mode)
-    args = _kernel_args(f, m, seed, random_bits, stream)
-    arr = _as_float_array(x)
+    args = kernel_args(f, m, seed, random_bits, stream)
+    arr = as_float_array(x)
     if dtype is None and out is not None and _storage_name(out.dtype) in _NATIVE_STORAGE:
         dtype = out.dtype
     if dtype is not None and _storage_name(dtype) in _NATIVE_STORAGE:
@@ -275,15 +275,15 @@ def round_to(
         dest = out.reshape(-1)
     p, emin, minnorm, maxval, sub, ovf, code, key, kbits = args
     if return_stats:
-        counts = K.round_array_stats(flat, dest, p, emin, minnorm, maxval, sub, ovf, code, key, 0, kbits)
+        counts = round_kernels.round_array_stats(flat, dest, p, emin, minnorm, maxval, sub, ovf, code, key, 0, kbits)
         stats = RoundingStats(flat.size, *(int(c) for c in counts))
-    elif flat.dtype == np.float32 and dest.dtype == np.float32 and code < 6 and K.f32_kernel_applies(
+    elif flat.dtype == np.float32 and dest.dtype == np.float32 and code < 6 and round_kernels.f32_kernel_applies(
         f.p, f.emin, f.emax
     ):
-        kern = K.round_array_f32 if flat.size >= K.SERIAL_BELOW else K.round_array_f32_serial
+        kern = round_kernels.round_array_f32 if flat.size >= round_kernels.SERIAL_BELOW else round_kernels.round_array_f32_serial
         kern(flat, dest, p, emin, minnorm, maxval, sub, ovf, code)
     else:
-        kern = K.round_array if flat.size >= K.SERIAL_BELOW else K.round_array_serial
+        kern = round_kernels.round_array if flat.size >= round_kernels.SERIAL_BELOW else round_kernels.round_array_serial
         kern(flat, dest, p, emin, minnorm, maxval, sub, ovf, code, key, 0, kbits)
     result = dest.reshape(arr.shape) if out is None else out
     if result.ndim == 0 and out is None:
@@ -312,7 +312,7 @@ def _storage_name(dtype: Any) -> str:
 def _round_to_native(
     arr: np.ndarray, f: FloatFormat, name: str, dt: np.dtype, args: tuple, out: np.ndarray | None
 ) -> Any:
-    from . import _round_kernels as K
+    from ._kernels import round as round_kernels
 
     native = get_format(_NATIVE_STORAGE[name])
     same = (native.p, native.emin, native.emax, native.subnormals, native.overflow, native.max) == (
@@ -330,16 +330,16 @@ def _round_to_native(
     if name == "float16" and code == 0 and flat.dtype == np.float32:
         # binary16, nearest even, from float32: the hardware conversion is exactly this rounding
         dest = np.empty(flat.shape, dtype=np.uint16) if out is None else out.reshape(-1).view(np.uint16)
-        K.f32_to_binary16_bits(flat, dest)
+        round_kernels.f32_to_binary16_bits(flat, dest)
         if out is not None:
             return out
         res = dest.view(dt).reshape(arr.shape)
         return res[()] if res.ndim == 0 else res
     bits = np.empty(flat.shape, dtype=_uint_dtype(total)) if out is None else out.reshape(-1).view(_uint_dtype(total))
-    K.round_array_bits(
+    round_kernels.round_array_bits(
         flat, bits, p, emin, minnorm, maxval, sub, ovf, code, key, 0, kbits,
         fb, bias, 1.0 / f.min_subnormal, np.uint64(inf_code), np.uint64(nan_code), total - 1,
-        flat.dtype == np.float32 and K.f32_kernel_applies(f.p, f.emin, f.emax),
+        flat.dtype == np.float32 and round_kernels.f32_kernel_applies(f.p, f.emin, f.emax),
     )
     if out is not None:
         return out
@@ -347,7 +347,7 @@ def _round_to_native(
     return result[()] if result.ndim == 0 else result
 
 
-def _round_numpy(
+def round_numpy(
     x: np.ndarray,
     fmt: FloatFormat,
     mode: RoundingMode,

@@ -8,7 +8,7 @@ Yun et al., "Revisiting 16-bit Neural Network Training" (arXiv:2305.10947), defi
 
 and prove: ``Gamma(M32, x) > 2 delta(x)  =>  argmax M16(x) = argmax M32(x)``.  The paper
 measures ``delta`` after the fact.  Given a bound ``B(x) >= delta(x)`` computed from the fp32
-run alone (:mod:`fpanalysis.nn.network_bounds`), ``Gamma(x) > 2 B(x)`` *certifies* before running
+run alone (:mod:`fpanalysis.analysis.network_bounds`), ``Gamma(x) > 2 B(x)`` *certifies* before running
 fp16 that it will classify ``x`` as fp32 does: deterministically (a sound certificate) or with
 a stated probability (the probabilistic bound).
 
@@ -113,7 +113,7 @@ def softmax_error_bound(logits: Any, bound: Any) -> np.ndarray:
 
     ``min(max_j b_j / 2, max_i min(1, t_i, sum_{j != i} t_j))`` with ``p = softmax(z)``,
     ``t_i = p_i expm1(b_i + max_j b_j)``: the 1/2-Lipschitz constant of softmax in the
-    max-norm (theory.md section 2); the exact ratio lemma ``|log p^_i - log p_i| <= b_i +
+    max-norm (docs/theory.md §2.4); the exact ratio lemma ``|log p^_i - log p_i| <= b_i +
     max_j b_j``, so ``|p^_i - p_i| <= t_i``; and, since both vectors sum to 1,
     ``|p^_i - p_i| <= sum_{j != i} |p^_j - p_j|``.  Relative float64 slack ``2**-40``.
     ``inf`` where some ``b_j`` is infinite (the perturbed logits may be non-finite).

@@ -11,7 +11,7 @@ Every step of a :class:`~fpanalysis.nn.trace.TracedModel` can be evaluated
   (``fp32-accumulate``: exact products, binary32 accumulation, one rounding); every other
   operation computed in binary32 "opmath" from the ``fmt`` inputs and rounded once to ``fmt``
   (activations, softmax, batch/layer norm with binary32 statistics, pooling, means, residual
-  additions), exactly like PyTorch's reduced-precision CPU/CUDA kernels (semantics.md).
+  additions), exactly like PyTorch's reduced-precision CPU/CUDA kernels (docs/semantics.md §1.2, §2, §3).
   Parameters and the input are converted with round-to-nearest-even (like ``tensor.half()``);
   ``mode`` applies to the results of arithmetic.
 
@@ -38,20 +38,19 @@ import torch
 import torch.nn.functional as F
 
 from ..formats import FloatFormat, get_format
+from ..linalg import Order, Profile
 from ..rounding import RoundingMode, RoundingStats, fits_float32, round_to
 from .trace import Step, TracedModel
 
-__all__ = ["EXACT_KINDS", "Emulator", "ParamCache", "emulate_step", "run_model", "torch_step"]
+__all__ = ["EXACT_KINDS", "LayerEmulator", "ParamCache", "emulate_step", "run_model", "torch_step"]
 
 #: Steps whose result is exactly representable when their inputs are (no rounding).
 EXACT_KINDS = frozenset({"relu", "maxpool2d", "shape", "cat", "identity", "size", "output"})
 
-_PROFILES = ("fp32-accumulate", "ieee", "exact")
-_ORDERS = ("blas", "sequential", "pairwise", "blocked")
 
 
 @dataclass(frozen=True)
-class Emulator:
+class LayerEmulator:
     """How the emulator computes: format, arithmetic profile, rounding mode, summation order.
 
     Parameters
@@ -61,7 +60,7 @@ class Emulator:
     profile : str
         ``"fp32-accumulate"`` (PyTorch/cuBLAS semantics), ``"ieee"`` (every product and sum
         rounded to ``fmt``) or ``"exact"`` (one rounding of the exact result), for Linear,
-        Conv2d and matmul; see semantics.md.
+        Conv2d and matmul; see docs/semantics.md §1.
     mode : str
         Rounding mode of every rounding to ``fmt``.
     order : str or None
@@ -87,14 +86,10 @@ class Emulator:
         if not fits_float32(f):
             raise ValueError(f"format {f.name!r}: the emulator computes in binary32 opmath and needs a format "
                              "whose numbers binary32 holds")
-        prof = str(self.profile).strip().lower().replace("_", "-")
-        if prof not in _PROFILES:
-            raise ValueError(f"unknown profile {self.profile!r}; valid profiles are: {', '.join(_PROFILES)}")
+        prof = Profile.parse(self.profile).value
         object.__setattr__(self, "profile", prof)
         object.__setattr__(self, "mode", RoundingMode.parse(self.mode).value)
-        order = self.order or ("blas" if prof == "fp32-accumulate" else "sequential")
-        if order not in _ORDERS:
-            raise ValueError(f"unknown order {self.order!r}; valid orders are: {', '.join(_ORDERS)}")
+        order = Order.parse(self.order).value if self.order else ("blas" if prof == "fp32-accumulate" else "sequential")
         if order == "blas" and prof != "fp32-accumulate":
             raise ValueError("order='blas' applies only to the fp32-accumulate profile")
         object.__setattr__(self, "order", order)
@@ -130,7 +125,7 @@ class ParamCache:
             self._c[k] = v.detach().to(device=device, dtype=dtype)
         return self._c[k]
 
-    def rounded(self, step: Step, key: str, emu: Emulator) -> torch.Tensor | None:
+    def rounded(self, step: Step, key: str, emu: LayerEmulator) -> torch.Tensor | None:
         """``fl(p)`` as float32 (round to nearest even, like ``tensor.half()``)."""
         v = step.attrs.get(key)
         if v is None:
@@ -244,7 +239,7 @@ def _stream(step_index: int, batch_index: int) -> int:
     return (batch_index << 16) + step_index
 
 
-def emulate_step(step: Step, ins: list[Any], emu: Emulator, cache: ParamCache, values: dict | None = None, *,
+def emulate_step(step: Step, ins: list[Any], emu: LayerEmulator, cache: ParamCache, values: dict | None = None, *,
                  step_index: int = 0, batch_index: int = 0) -> tuple[Any, RoundingStats | None]:
     """Evaluate ``step`` in the emulator; returns (float32 tensor of ``fmt`` numbers, rounding stats).
 
@@ -254,7 +249,7 @@ def emulate_step(step: Step, ins: list[Any], emu: Emulator, cache: ParamCache, v
     >>> import torch
     >>> from fpanalysis.nn.trace import trace_model
     >>> t = trace_model(torch.nn.Sequential(torch.nn.Sigmoid()))
-    >>> y, st = emulate_step(t.steps[1], [torch.tensor([0.1])], Emulator("fp16"), ParamCache())
+    >>> y, st = emulate_step(t.steps[1], [torch.tensor([0.1])], LayerEmulator("fp16"), ParamCache())
     >>> y.item() == torch.sigmoid(torch.tensor([0.1]).half()).item(), st.n
     (True, 1)
     """
@@ -293,19 +288,19 @@ def _stats_of(y: torch.Tensor, fmt: FloatFormat) -> RoundingStats:
     return RoundingStats(y.numel(), 0, ovf, sub, 0)
 
 
-def _emulate_linear(step: Step, ins: list[torch.Tensor], emu: Emulator, cache: ParamCache, stream: int) -> torch.Tensor:
-    from .. import linalg as la
+def _emulate_linear(step: Step, ins: list[torch.Tensor], emu: LayerEmulator, cache: ParamCache, stream: int) -> torch.Tensor:
+    from .. import linalg
 
     k, a = step.kind, step.attrs
     kw = {"order": emu.order, "block": emu.block, "mode": emu.mode, "seed": emu.seed, "stream": stream}
     if k == "matmul":
         A, B = ins[0].numpy(), ins[1].numpy()
-        return torch.from_numpy(np.ascontiguousarray(la.matmul(A, B, emu.fmt, emu.profile, **kw), dtype=np.float32))
+        return torch.from_numpy(np.ascontiguousarray(linalg.matmul(A, B, emu.fmt, emu.profile, **kw), dtype=np.float32))
     W = cache.rounded(step, "weight", emu)
     b = cache.rounded(step, "bias", emu)
     x = ins[0]
     if k == "conv2d":
-        y = la.conv2d(x.numpy(), W.numpy(), None if b is None else b.numpy(), a["stride"], a["padding"],
+        y = linalg.conv2d(x.numpy(), W.numpy(), None if b is None else b.numpy(), a["stride"], a["padding"],
                       a["dilation"], a["groups"], emu.fmt, emu.profile, **kw)
         return torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
     # linear: the bias is one more term of each inner product (weight b_o, input 1), as torch does
@@ -314,7 +309,7 @@ def _emulate_linear(step: Step, ins: list[torch.Tensor], emu: Emulator, cache: P
     Wt = cache.memo((step.name, "Wt_aug", emu.fmt), lambda: _augmented_weight(W, b))
     if b is not None:
         X = np.concatenate([X, np.ones((X.shape[0], 1), dtype=np.float32)], axis=1)
-    y = la.matmul(X, Wt, emu.fmt, emu.profile, **kw)
+    y = linalg.matmul(X, Wt, emu.fmt, emu.profile, **kw)
     return torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)).reshape(*lead, W.shape[0])
 
 
@@ -326,7 +321,7 @@ def _augmented_weight(W: torch.Tensor, b: torch.Tensor | None) -> np.ndarray:
 
 
 def run_model(traced: TracedModel, x: torch.Tensor, fmt: Any = "fp16", profile: str = "fp32-accumulate", *,
-              emulator: Emulator | None = None, backends: tuple[str, ...] = ("float32", "float64", "emulator", "half"),
+              emulator: LayerEmulator | None = None, backends: tuple[str, ...] = ("float32", "float64", "emulator", "half"),
               device: Any = "cpu") -> dict[str, dict[str, Any]]:
     """Run a traced model on a batch ``x``, recording every step, in several ways.
 
@@ -336,7 +331,7 @@ def run_model(traced: TracedModel, x: torch.Tensor, fmt: Any = "fp16", profile: 
     x : torch.Tensor
         A batch of inputs (first dimension); taken as float32 (the fp32 model's input).
     fmt, profile : str
-        Emulator format and profile (or pass ``emulator``).
+        LayerEmulator format and profile (or pass ``emulator``).
     backends : tuple of str
         Any of ``"float32"`` (real torch fp32), ``"float64"`` (reference), ``"emulator"``,
         ``"half"`` (real torch half kernels, on ``device``).
@@ -347,7 +342,7 @@ def run_model(traced: TracedModel, x: torch.Tensor, fmt: Any = "fp16", profile: 
         ``{backend: {step name: value}}``.  Keeps every value: for small batches (tests);
         :func:`fpanalysis.analysis.analyze` streams instead.
     """
-    emu = emulator or Emulator(fmt, profile)
+    emu = emulator or LayerEmulator(fmt, profile)
     cache = ParamCache()
     x32 = x.detach().to("cpu", torch.float32)
     out: dict[str, dict[str, Any]] = {}

@@ -35,7 +35,7 @@ from torch import fx, nn
 
 __all__ = ["STEP_KINDS", "SUPPORTED_LAYERS", "Ref", "Step", "TracedModel", "trace_model"]
 
-#: Kinds of steps, each with its own executor and bound (see fpanalysis.nn.network_bounds).
+#: Kinds of steps, each with its own executor and bound (see fpanalysis.analysis.network_bounds).
 STEP_KINDS = (
     "input", "param", "output", "size",
     "linear", "conv2d", "matmul",

@@ -693,7 +693,7 @@ def assert_certificates_hold(
     names: tuple[str, str] = ("fp32", "fp16"),
 ) -> CertificateCheck:
     """Assert the tolerance certificate on a batch: wherever ``Gamma(x) > 2 B(x)``, the
-    low-precision outputs keep the reference argmax (theory.md section 2; Yun et al.,
+    low-precision outputs keep the reference argmax (docs/theory.md §2.2; Yun et al.,
     arXiv:2305.10947, the lemma: ``Gamma > 2 delta`` implies equal argmax).
 
     ``Gamma > 2B`` is evaluated as :func:`fpanalysis.tolerance.certify` does (float64 rounding

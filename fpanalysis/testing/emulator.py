@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from ..formats import FloatFormat, get_format
+from ..linalg import Profile
 from ..rounding import RoundingMode
 
 __all__ = [
@@ -65,7 +66,8 @@ __all__ = [
     "reference_arithmetic",
 ]
 
-PROFILES = ("ieee", "fp32-accumulate", "exact")
+#: The arithmetic profiles of :class:`fpanalysis.linalg.Profile`, by name.
+PROFILES = tuple(p.value for p in Profile)
 REFERENCES = ("float64", "exact")
 _SQRT_BITS = 200
 # Below this many elements an operation runs its (parallel) kernel on one thread: starting the
@@ -179,7 +181,7 @@ class Emulator(Arithmetic):
     profile : str
         How ``dot``, ``matmul`` and ``sum`` round (``"ieee"``: every product and addition in
         ``fmt``; ``"fp32-accumulate"``: exact products, binary32 accumulation, one final
-        rounding; ``"exact"``: one rounding of the exact result); see ``semantics.md``.
+        rounding; ``"exact"``: one rounding of the exact result); see ``docs/semantics.md`` §1.
     order, block, fma :
         Summation order (``"sequential"``, ``"pairwise"``, ``"blocked"``), block length and
         fused accumulation for ``dot``/``matmul``/``sum``, as in :func:`fpanalysis.linalg.matmul`.

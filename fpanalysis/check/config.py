@@ -1,0 +1,112 @@
+"""The options of one check, validated once, before anything runs."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..formats import FloatFormat, get_format
+from ..linalg import Profile
+
+__all__ = ["OPTIMIZERS", "CheckConfig"]
+
+#: Optimizers the check knows how to simulate.
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+def _positive_int(name: str, v: Any, minimum: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v) or int(v) < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
+    return int(v)
+
+
+def _finite(name: str, v: Any, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> float:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {v!r}") from None
+    ok = math.isfinite(x) and (x > lo if lo_open else x >= lo) and (x < hi if hi_open else x <= hi)
+    if not ok:
+        interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        raise ValueError(f"{name} must be a finite number in {interval}, got {v!r}")
+    return x
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """What to check and how: the target format, the training set-up to simulate, and the
+    size of each measurement.  Every field is checked when the object is made, so a bad option
+    is refused before any model runs.
+
+    Parameters
+    ----------
+    fmt : str or FloatFormat
+        Target format (``"fp16"``; any format of :func:`fpanalysis.formats.get_format`).
+    optimizer : {"sgd", "adam", "adamw"}
+    lr, eps, momentum, betas
+        The optimizer's settings (``eps`` for Adam/AdamW, ``momentum`` for SGD).
+    batch_size : int
+        Samples per training step.
+    steps : int
+        fp32 training steps measured by the probes.
+    warmup_steps : int
+        fp32 training steps before the certificate (0: certify the model as given).
+    certify : bool
+        Run the agreement certificate (``analyze`` on ``certify_samples`` inputs).
+    certify_samples : int
+        Inputs the certificate examines.
+    profile : str
+        Arithmetic profile of the emulated linear algebra (:class:`fpanalysis.linalg.Profile`).
+    seed : int
+        Seed of the batch order and the initialisation of the warm-up.
+    model_name : str, optional
+        Name shown in the report.
+    """
+
+    fmt: Any = "fp16"
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    eps: float = 1e-8
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    batch_size: int = 64
+    steps: int = 8
+    warmup_steps: int = 200
+    certify: bool = True
+    certify_samples: int = 256
+    profile: str = "fp32-accumulate"
+    seed: int = 0
+    model_name: str | None = None
+
+    def __post_init__(self) -> None:
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen dataclass
+        set_("fmt", get_format(self.fmt))
+        opt = str(self.optimizer).strip().lower()
+        if opt not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; valid optimizers are: {', '.join(OPTIMIZERS)}")
+        set_("optimizer", opt)
+        set_("lr", _finite("the learning rate (lr)", self.lr, 0.0, math.inf, lo_open=True, hi_open=True))
+        set_("eps", _finite("Adam's eps", self.eps, 0.0, math.inf, lo_open=True, hi_open=True))
+        set_("momentum", _finite("momentum", self.momentum, 0.0, 1.0, hi_open=True))
+        try:
+            b1, b2 = self.betas
+        except (TypeError, ValueError):
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {self.betas!r}") from None
+        set_("betas", (_finite("beta1", b1, 0.0, 1.0, hi_open=True), _finite("beta2", b2, 0.0, 1.0, hi_open=True)))
+        set_("batch_size", _positive_int("batch_size", self.batch_size))
+        set_("steps", _positive_int("steps", self.steps))
+        set_("warmup_steps", _positive_int("warmup_steps", self.warmup_steps, minimum=0))
+        set_("certify_samples", _positive_int("certify_samples", self.certify_samples))
+        set_("profile", Profile.parse(self.profile).value)
+        set_("seed", _positive_int("seed", self.seed, minimum=0))
+        set_("certify", bool(self.certify))
+
+    @property
+    def format(self) -> FloatFormat:
+        """The target format (``fmt`` after parsing)."""
+        return self.fmt  # type: ignore[return-value]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["fmt"] = self.format.name
+        return d
