@@ -82,8 +82,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
         fmt=args.format, optimizer=args.optimizer, lr=args.lr, eps=args.eps, momentum=args.momentum,
         batch_size=args.batch_size, steps=args.steps, warmup_steps=args.warmup_steps,
         certify=not args.no_certify, certify_samples=args.certify_samples, profile=args.profile,
-        seed=args.seed, model_name=f"{args.model} on {args.data}",
+        dry_run_steps=args.dry_run_steps, seed=args.seed, model_name=f"{args.model} on {args.data}",
     )
+    if args.plan and args.dry_run_steps == 0:
+        raise UserError("--plan needs the dry run (it writes the plan the dry run verified); drop --dry-run-steps 0")
     import torch
 
     from .check import check
@@ -95,10 +97,21 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if args.checkpoint:
         load_checkpoint(model, args.checkpoint)
     with progress_bar(desc="fpanalysis check", unit="step") as bar:
-        report = check(model, (ds.x_train, ds.y_train), config, progress=bar.callback)
+        report = check(model, (ds.x_train, ds.y_train), config, progress=bar.callback,
+                       log=lambda line: print(line, file=sys.stderr, flush=True))
     print(report.render(color=args.color == "always" or (args.color == "auto" and sys.stdout.isatty())))
     if args.json:
         _write_json(args.json, report.to_dict())
+    if args.plan:
+        plan = report.details.get("plan")
+        if plan is None and report.verdict == "SAFE":
+            from .nn.shadow import PrecisionPlan
+
+            plan = PrecisionPlan(format=config.format.name, profile=config.profile).to_dict()
+        if plan is None:
+            print(f"no plan written to {args.plan}: no change was verified (verdict {report.verdict})")
+        else:
+            _write_json(args.plan, plan)
     if args.plots:
         from .check.plots import plot_check
 
@@ -257,6 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--certify-samples", type=int, default=256, help="inputs for the agreement certificate")
     p.add_argument("--no-certify", action="store_true", help="skip the inference-agreement certificate")
     p.add_argument("--profile", default="fp32-accumulate", help="arithmetic profile of the fp16 run")
+    p.add_argument("--dry-run-steps", type=int, default=16,
+                   help="steps of the shadow low-precision dry run that also verifies each fix (default 16; 0 skips it)")
+    p.add_argument("--plan", metavar="PATH", help="write the verified precision plan as JSON "
+                   "(apply it with fpanalysis.nn.shadow.apply_precision_plan)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="write the report as JSON")
     p.add_argument("--plots", metavar="DIR", help="write plots (ranges vs format bands, gradient histograms)")

@@ -141,10 +141,12 @@ def _reduction_lengths(model: nn.Module, sample: torch.Tensor) -> list[dict[str,
         return f
 
     handles = [m.register_forward_hook(hook(n)) for n, m in leaf_modules(model)]
-    try:
+    was_training = model.training
+    try:  # eval mode: one sample through BatchNorm1d is fine, and no running statistic moves
         with torch.no_grad():
-            model(sample[:1])
+            model.eval()(sample[:1])
     finally:
+        model.train(was_training)
         for h in handles:
             h.remove()
     for name, m in leaf_modules(model):
