@@ -308,6 +308,12 @@ _BN_OPS = {"native_batch_norm", "_native_batch_norm_legit", "_batch_norm_with_up
 # ops whose outputs are exact copies or constants that need no rounding ("copy_" into a stored
 # tensor is rounded by the dry run itself where the destination is stored in the format)
 _NO_ROUND = {"copy_", "detach", "lift_fresh", "empty", "empty_like", "zeros", "zeros_like", "alias"}
+# ops whose outputs are some of their inputs' values (or zeros) unchanged: when every floating
+# input holds values of the format -- as every tensor of the shadow run does -- rounding their
+# output changes nothing, so it is skipped (rounding is idempotent)
+_EXACT = {"relu", "threshold_backward", "max_pool2d_with_indices", "max_pool3d_with_indices", "clone", "neg",
+          "abs", "cat", "stack", "gather", "index_select", "select_backward", "slice_backward", "permute_copy",
+          "transpose_copy", "hardtanh"}
 
 
 def _packet(func: Any) -> str:
@@ -387,7 +393,7 @@ class ShadowRounding(TorchDispatchMode):
                 if bname is not None and m.is_floating_point():
                     old_buffers.append((bname, m, m.detach().clone()))
         out = func(*args, **kwargs)
-        if keep or name in _NO_ROUND:
+        if keep or name in _NO_ROUND or (name in _EXACT and not self.fp32_depth and not self.exempt):
             return out
         for bname, m, old in old_buffers:
             self.tracker.buffer_update(bname, old, m)
@@ -403,7 +409,7 @@ class ShadowRounding(TorchDispatchMode):
             if id(t) in self.exempt or t.numel() == 0:
                 continue
             self.round_(t)
-            if self.tracker is not None:
+            if self.tracker is not None and self.phase == "forward":
                 self.tracker.op_output(self, name, t, args)
         return out
 
@@ -458,10 +464,15 @@ class _Tracker:
         st["subnormal"] = int(sub.sum())
         st["overflow"] += int(ovf.sum())
 
-    def record(self, key: str, t: torch.Tensor) -> None:
-        if t.numel():
-            amax = float(t.detach().abs().amax())
-            self.step_max[key] = max(self.step_max.get(key, 0.0), amax) if math.isfinite(amax) else amax
+    def record(self, key: str, t: torch.Tensor) -> float:
+        """Record ``max|t|`` for this step under ``key``; returns it."""
+        if not t.numel():
+            return 0.0
+        lo, hi = torch.aminmax(t.detach().reshape(-1))
+        amax = max(-float(lo), float(hi))
+        if not amax <= self.step_max.get(key, 0.0):
+            self.step_max[key] = amax
+        return amax
 
     def end_step(self) -> None:
         for k, v in self.step_max.items():
@@ -515,11 +526,11 @@ class _Boundary(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        return x.clone()
+        return x.mul(1.0)  # not clone: the mode skips rounding clones (values unchanged)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
-        return g.clone()
+        return g.mul(1.0)
 
 
 @dataclass
@@ -798,6 +809,7 @@ def _train(model0: nn.Module, batches: Sequence[tuple[Any, torch.Tensor]], eval_
                 loss.backward(torch.full_like(loss, scale))
             mode.fp32_nodes = set()
             grads: list[torch.Tensor | None] = []
+            bad_grads: list[str] = []
             with torch.no_grad():
                 for n, p in named_params:
                     if p.grad is None:
@@ -811,8 +823,13 @@ def _train(model0: nn.Module, batches: Sequence[tuple[Any, torch.Tensor]], eval_
                             with mode:
                                 p.grad.mul_(1.0 / scale)
                     grads.append(p.grad.detach().clone())
-                    tracker.record(f"grad:{n}", p.grad)
-            finite = all(g is None or bool(torch.isfinite(g).all()) for g in grads)
+                    gmax = tracker.record(f"grad:{n}", p.grad)
+                    if not math.isfinite(gmax):
+                        bad_grads.append(n)
+            finite = not bad_grads
+            if bad_grads and tracker.first_nonfinite is None:
+                tracker.first_nonfinite = {"step": step, "phase": "backward", "op": "gradient", "module": bad_grads[0],
+                                           "key": f"grad:{bad_grads[0]}", "max_abs": math.inf}
             if ls and ls.get("mode") == "dynamic":
                 if not finite:
                     scale = max(scale / 2.0, 1.0)
@@ -857,7 +874,7 @@ def _train(model0: nn.Module, batches: Sequence[tuple[Any, torch.Tensor]], eval_
                         p.copy_(kept)
                     if plan.stochastic_rounding and masters:
                         masters[i].copy_(kept)  # pure storage: the master holds the format's value
-                    if tracker.first_nonfinite is None and not bool(torch.isfinite(kept).all()) \
+                    if tracker.first_nonfinite is None and not math.isfinite(float(kept.sum())) \
                             and bool(torch.isfinite(o).all()):
                         tracker.first_nonfinite = {"step": step, "phase": "optimizer", "op": "step", "module": n,
                                                    "key": f"optimizer:{n}", "max_abs": math.inf}

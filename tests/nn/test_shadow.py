@@ -400,3 +400,37 @@ def test_real_fp16_master_weights_and_dynamic_loss_scale_run():
     assert all(p.dtype == torch.float32 for g in tr.optimizer.param_groups for p in g["params"])
     assert tr.steps + tr.skipped_steps == 6 and math.isfinite(tr.scale)
     assert torch.isfinite(m[0].weight).all()
+
+
+def test_fp32_module_output_is_rounded_at_its_boundary():
+    """A module kept in fp32 computes unrounded inside, and its output is cast to the format."""
+    from fpanalysis.nn import shadow as S
+
+    class Scale(nn.Module):
+        def forward(self, x):
+            return x * 1.0001
+
+    model = nn.Sequential(nn.Linear(2, 2), Scale())
+    seen = {}
+    def keep(key):
+        def hook(m, a, o):
+            seen.setdefault(key, o.detach().clone())
+        return hook
+
+    model[1].register_forward_hook(keep("inner"))
+    model[0].register_forward_hook(keep("outer_in"))
+    b = [(torch.randn(8, 2), torch.randint(0, 2, (8,)))]
+    out_seen = {}
+    orig = nn.functional.cross_entropy
+
+    def lf(out, y):
+        out_seen.setdefault("out", out.detach().clone())
+        return orig(out, y)
+
+    S._train(model, b, None, S._OptSpec(lr=0.0, momentum=0.0), PrecisionPlan(fp32_modules=["1"]), FP16, lf, 0)
+    r = tensor_rounder("fp16")
+    # inside the fp32 module: x * 1.0001 unrounded (not an fp16 value in general)
+    assert not torch.equal(seen["inner"], r(seen["inner"]))
+    assert torch.equal(seen["inner"], seen["outer_in"] * 1.0001)
+    # what leaves the module is the fp16 rounding of it
+    assert torch.equal(out_seen["out"], r(seen["inner"]))
