@@ -33,7 +33,8 @@ fp16/bf16 training.
 
 Sources: update stagnation and fp32 master weights, loss scaling -- Micikevicius et al., "Mixed
 Precision Training", ICLR 2018; stochastic rounding of updates -- Zamirai et al., "Revisiting
-BFloat16 Training", arXiv:2010.06192 (2020).  See docs/semantics.md for the arithmetic profiles.
+BFloat16 Training", arXiv:2010.06192 (2020).  See docs/theory.md §4.7 for the method and
+docs/semantics.md for the arithmetic it models.
 """
 
 from __future__ import annotations
