@@ -366,7 +366,7 @@ class ShadowRounding(TorchDispatchMode):
                 base = node.name().split("::")[-1].lower()
                 return any(base.startswith(op) for op in self.fp32_backward_ops)
             return False
-        path = ".".join(self.scope)
+        path = self.scope[-1] if self.scope else ""
         for op, mod in self.fp32_ops:
             if op == name and (mod is None or path == mod or path.startswith(mod + ".")):
                 return True
@@ -439,7 +439,7 @@ class _Tracker:
             node = torch._C._current_autograd_node()
             where = node.name() if node is not None else "?"
         else:
-            where = ".".join(mode.scope) or "<model>"
+            where = mode.scope[-1] if mode.scope else "<model>"
         key = f"{mode.phase}:{where}:{name}"
         if not amax <= self.step_max.get(key, 0.0):
             self.step_max[key] = amax
@@ -729,7 +729,7 @@ def _train(model0: nn.Module, batches: Sequence[tuple[Any, torch.Tensor]], eval_
     mode = ShadowRounding(rounder, fmt, tracker)
     mode.buffers = {id(b): n for n, b in model.named_buffers()}
     mode.fp32_ops = [(str(e["op"]), e.get("module")) for e in plan.fp32_ops]
-    mode.fp32_backward_ops = {str(e["op"]).lower() for e in plan.fp32_ops}
+    mode.fp32_backward_ops = {str(e["op"]).lower().replace("_", "") for e in plan.fp32_ops}
     boundaries: list[set[Any]] = []
     hooks = []
 
@@ -950,6 +950,7 @@ class DryRunResult:
     seconds: float
     seconds_per_step: float
     reference: Any = field(default=None, repr=False, compare=False)
+    seed: int = 0
 
     @property
     def matches_fp32(self) -> bool:
@@ -1174,7 +1175,7 @@ def dry_run(
                           ("; ieee accumulation inside long sums is not modelled" if profile == "ieee" else ""))
     problems = judge_dry_run(meas, f.name)
     return DryRunResult(f.name, profile, plan.to_dict(), n, meas, problems, time.perf_counter() - t0,
-                        sh.seconds / max(1, sh.steps_run), refs)
+                        sh.seconds / max(1, sh.steps_run), refs, seed)
 
 
 # ------------------------------------------------------------------------------------------
@@ -1326,6 +1327,7 @@ def verify_fixes(model: nn.Module, batches: Sequence[tuple[Any, torch.Tensor]],
             plan = fx.apply(plan)
         if progress:
             progress(" + ".join(fx.name for fx in group))
+        kwargs.setdefault("seed", base.seed)
         r = dry_run(model, batches, eval_data, fmt=base.format, profile=base.profile, plan=plan,
                     reference=base.reference, **kwargs)
         out.append(FixResult(list(group), r.matches_fp32, r.problems, r.measurements, plan))
@@ -1365,11 +1367,11 @@ class _Fp32Ops(TorchDispatchMode):
         kwargs = kwargs or {}
         name = _packet(func)
         node = torch._C._current_autograd_node()
-        path = ".".join(self.scope)
+        path = self.scope[-1] if self.scope else ""
         hit = False
         for op, mod in self.ops:
             if node is not None:
-                hit = hit or node.name().split("::")[-1].lower().startswith(op.lower())
+                hit = hit or node.name().split("::")[-1].lower().startswith(op.lower().replace("_", ""))
             elif op == name and (mod is None or path == mod or path.startswith(mod + ".")):
                 hit = True
         if not hit or func._schema.is_mutable:

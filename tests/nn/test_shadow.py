@@ -434,3 +434,38 @@ def test_fp32_module_output_is_rounded_at_its_boundary():
     assert torch.equal(seen["inner"], seen["outer_in"] * 1.0001)
     # what leaves the module is the fp16 rounding of it
     assert torch.equal(out_seen["out"], r(seen["inner"]))
+
+
+def test_overflow_inside_a_module_is_named_by_op_and_module_path():
+    """Attention logits q @ k^T overflow fp16 inside a module whose leaf outputs fit: the dry run
+    names the op (not a leaf module), the module path and the step."""
+
+    class Attn(nn.Module):
+        def __init__(self, d: int) -> None:
+            super().__init__()
+            self.q, self.k, self.v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+
+        def forward(self, x):
+            s = self.q(x) @ self.k(x).transpose(-2, -1)
+            return torch.softmax(s, -1) @ self.v(x)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn, self.head = Attn(16), nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.head(self.attn(x).mean(1))
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(96, 6, 16, generator=g) * 150
+    y = torch.randint(0, 3, (96,), generator=g)
+    torch.manual_seed(0)
+    model = Net()
+    with torch.no_grad():
+        leaf = max(float(model.attn.q(X).abs().max()), float(model.attn.k(X).abs().max()))
+    assert leaf < FP16.max / 8  # every leaf module's output fits with room
+    r = dry_run(model, [(X[i * 32:(i + 1) * 32], y[i * 32:(i + 1) * 32]) for i in range(3)], lr=1e-3)
+    ev = r.measurements["first_nonfinite"]
+    assert (ev["op"], ev["module"], ev["phase"], ev["step"]) == ("bmm", "attn", "forward", 0)
+    assert "divergence" in _fails(r)
