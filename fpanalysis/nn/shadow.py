@@ -1266,7 +1266,8 @@ def propose_fixes(result: DryRunResult, model: nn.Module, batches: Sequence[tupl
     underflow_like = probs & {"loss gap", "accuracy gap (train mode)", "accuracy gap (eval mode)"}
     if underflow_like and not bad_buffers and (ev is None or ev["phase"] != "forward"):
         add(Fix("loss-scale", {"mode": "dynamic", "scale": 2.0**10, "growth_interval": 2000}))
-    if "update stagnation" in probs:
+    if "update stagnation" in probs:  # the standard cure first (mixed precision), then the pure-format one
+        add(Fix("fp32-master-weights"))
         add(Fix("stochastic-rounding"))
     if owners:
         add(Fix("fp32-modules", {"modules": owners}))
