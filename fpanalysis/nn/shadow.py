@@ -1259,8 +1259,12 @@ def propose_fixes(result: DryRunResult, model: nn.Module, batches: Sequence[tupl
         if src is None and _is_norm(mods[h]):
             before = [n for n in names[:names.index(h)] if n and _producer(mods[n])]
             src = before[-1] if before else None
-        if src is not None and fwd.get(src, 0.0) > 1.0:
+        if src is None:
+            continue
+        if fwd.get(src, 0.0) > 1.0:  # bring its outputs to about 1
             add(Fix("weight-scale", {"modules": [src], "factor": 1.0 / (2.0 ** math.ceil(math.log2(fwd[src])))}))
+        elif ev is not None and ev["module"] == src:  # it overflowed before any finite maximum was seen
+            add(Fix("weight-scale", {"modules": [src], "factor": 2.0**-8}))
     if ev is not None and ev["phase"] == "backward":
         add(Fix("loss-scale", {"mode": "dynamic", "scale": 1.0, "growth_interval": 2000}))
     underflow_like = probs & {"loss gap", "accuracy gap (train mode)", "accuracy gap (eval mode)"}

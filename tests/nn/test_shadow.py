@@ -225,6 +225,7 @@ def test_batchnorm_running_var_overflow_is_seen_and_fixed():
     res = {fr.describe(): fr for fr in verify_fixes(model, b, ev, r, fixes, **KW["bn"])}
     assert res["keep module(s) 1 in fp32 (casts at their boundaries)"].verified
     assert res["multiply the inputs by 0.000976562 (normalise the data)"].verified
+    assert res["compute op(s) native_batch_norm in 1 in fp32"].verified
     # fp32 master weights do not touch the buffer: tried, measured, not offered
     assert not res["keep fp32 master weights and optimizer state (mixed precision)"].verified
 
@@ -240,6 +241,38 @@ def test_stagnation_is_weighed_and_fixed():
     assert res["stochastic-rounding"].verified
     assert res["stochastic-rounding"].measurements["stagnation"]["weighted"] < DRY_RUN_THRESHOLDS["stagnation_warn"]
     assert res["fp32-master-weights"].verified
+
+
+def test_weight_scale_is_verified_on_large_weights_before_batchnorm():
+    """Weights x3000 before a BatchNorm: activations ~6e3 fit, running_var does not; scaling that
+    layer's weights down leaves the normalised function unchanged and is verified."""
+    X, y = _data(1200, 20, 4)
+    model = _mlp(20, 4, bn=True)
+    with torch.no_grad():
+        model[0].weight.mul_(3000.0)
+    b, ev = _batches(X[:1000], y[:1000], 64, 10), (X[1000:], y[1000:])
+    r = dry_run(model, b, ev, lr=0.01)
+    assert "buffer overflow" in _fails(r)
+    fixes = [f for f in propose_fixes(r, model, b) if f.name == "weight-scale"]
+    assert [f.params["modules"] for f in fixes] == [["0"]]
+    (res,) = verify_fixes(model, b, ev, r, fixes, combine=False, lr=0.01)
+    assert res.verified and res.plan.weight_scale == {"0": fixes[0].params["factor"]}
+
+
+def test_loss_scale_is_verified_on_gradient_underflow():
+    """A loss multiplied by 1e-4 (lr by 1e4): backward intermediate gradients fall into fp16's
+    subnormals and the shadow run drifts from fp32; dynamic loss scaling is verified."""
+    X, y = _data(3000, 20, 4)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
+    b, ev = _batches(X[:2500], y[:2500], 256, 12), (X[2500:], y[2500:])
+    kw = {"lr": 1e3, "momentum": 0.9, "loss_fn": lambda out, t: 1e-4 * nn.functional.cross_entropy(out, t)}
+    r = dry_run(model, b, ev, **kw)
+    assert not r.matches_fp32
+    fixes = [f for f in propose_fixes(r, model, b) if f.name == "loss-scale"]
+    assert fixes and fixes[0].params["mode"] == "dynamic"
+    (res,) = verify_fixes(model, b, ev, r, fixes[:1], combine=False, **kw)
+    assert res.verified, res.problems
 
 
 def test_fp32_module_backward_is_not_rounded():
