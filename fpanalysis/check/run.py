@@ -253,6 +253,12 @@ def _static_fixes(meas: Measurements, findings: list[Finding], c: CheckConfig) -
         names = [a["name"] for a in meas.activations or [] if a["n_overflow"] > 0]
         if names:
             out.append(Fix("fp32-modules", {"modules": names}))
+    if failing & {"optimizer epsilon", "second-moment underflow", "Adam step finite"}:
+        from .findings import _smallest_safe_eps
+
+        out.append(Fix("adam-eps", {"eps": _smallest_safe_eps(c.format)}))
+        out.append(Fix("adam-eps", {"eps": 10 * _smallest_safe_eps(c.format)}))
+        out.append(Fix("fp32-master-weights"))
     g = meas.weight_grads
     if "gradient underflow" in failing and g:
         lo, hi = loss_scale_interval(g["small_quantile"], g["max_abs"], c.format)
