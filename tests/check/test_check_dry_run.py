@@ -100,7 +100,7 @@ class ScaledBN(nn.Module):
         self.fc1, self.bn, self.fc2 = nn.Linear(d, 32), nn.BatchNorm1d(32), nn.Linear(32, k)
 
     def forward(self, x):
-        return self.fc2(torch.relu(self.bn(self.fc1(x.flatten(1) * 300.0))))
+        return self.fc2(torch.relu(self.bn(self.fc1(x.flatten(1) * 1000.0))))
 
 def scaled_bn(input_shape, num_classes):
     torch.manual_seed(0)
