@@ -44,7 +44,7 @@ __all__ = ["AnalysisConfig", "analyze"]
 def _environment(torch: Any) -> dict[str, Any]:
     import numba
 
-    from .. import __version__
+    from ..version import __version__
 
     env: dict[str, Any] = {
         "fpanalysis": __version__, "python": platform.python_version(), "numpy": np.__version__,
