@@ -569,10 +569,6 @@ def _under(name: str, prefixes: set[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-def _first_float(x: Any) -> torch.Tensor | None:
-    return x if isinstance(x, torch.Tensor) and x.is_floating_point() else None
-
-
 def _map_tensors(x: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     if isinstance(x, torch.Tensor):
         return fn(x) if x.is_floating_point() else x
