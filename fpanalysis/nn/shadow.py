@@ -68,6 +68,8 @@ __all__ = [
     "dry_run",
     "judge_dry_run",
     "propose_fixes",
+    "range_trends",
+    "recommended_plan",
     "tensor_rounder",
     "verify_fixes",
 ]
