@@ -93,6 +93,9 @@ DRY_RUN_THRESHOLDS: dict[str, float] = {
     "trend_horizon_steps": 1000.0,
 }
 
+#: Losses below this are compared in absolute terms (the loss gap divides by at least this).
+LOSS_FLOOR = 0.1
+
 FIX_NAMES = (
     "adam-eps",
     "loss-scale",
@@ -978,8 +981,10 @@ def _measure(ref: _Trace, sh: _Trace, fmt: FloatFormat, steps: int) -> dict[str,
         m["first_nonfinite"] = tk.first_nonfinite
     n = min(len(ref.losses), len(sh.losses))
     lr_, ls_ = _tail_mean(ref.losses[:n]), _tail_mean(sh.losses[:n])
+    # relative to fp32's loss, or to LOSS_FLOOR for a nearly fitted model (whose tiny loss fp16's
+    # rounding of the log-probabilities cannot follow in relative terms)
     m["loss"] = {"fp32": lr_, "shadow": ls_,
-                 "gap": (ls_ - lr_) / max(abs(lr_), 1e-12) if math.isfinite(ls_) and math.isfinite(lr_) else math.inf}
+                 "gap": (ls_ - lr_) / max(abs(lr_), LOSS_FLOOR) if math.isfinite(ls_) and math.isfinite(lr_) else math.inf}
     acc: dict[str, Any] = {}
     for label in ("train", "eval"):
         r, s = ref.evaluation.get(label), sh.evaluation.get(label)
