@@ -502,3 +502,15 @@ def test_overflow_inside_a_module_is_named_by_op_and_module_path():
     ev = r.measurements["first_nonfinite"]
     assert (ev["op"], ev["module"], ev["phase"], ev["step"]) == ("bmm", "attn", "forward", 0)
     assert "divergence" in _fails(r)
+
+
+def test_loss_gap_of_a_nearly_fitted_model_is_absolute():
+    from fpanalysis.nn import shadow as S
+
+    ref, sh = S._Trace(losses=[0.001] * 8), S._Trace(losses=[0.0015] * 8)
+    m = S._measure(ref, sh, FP16, 8)
+    assert m["loss"]["gap"] == pytest.approx(0.0005 / S.LOSS_FLOOR)
+    assert judge_dry_run(m) == []
+    ref, sh = S._Trace(losses=[1.0] * 8), S._Trace(losses=[1.3] * 8)
+    m = S._measure(ref, sh, FP16, 8)
+    assert [p["check"] for p in judge_dry_run(m)] == ["loss gap"]
