@@ -13,6 +13,7 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -85,8 +86,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
         fmt=args.format, optimizer=args.optimizer, lr=args.lr, eps=args.eps, momentum=args.momentum,
         batch_size=args.batch_size, steps=args.steps, warmup_steps=args.warmup_steps,
         certify=not args.no_certify, certify_samples=args.certify_samples, profile=args.profile,
-        seed=args.seed, model_name=f"{args.model} on {args.data}",
+        dry_run_steps=args.dry_run_steps, seed=args.seed, model_name=f"{args.model} on {args.data}",
     )
+    if args.plan and args.dry_run_steps == 0:
+        raise UserError("--plan needs the dry run (it writes the plan the dry run verified); drop --dry-run-steps 0")
     import torch
 
     from .check import check
@@ -98,10 +101,21 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if args.checkpoint:
         load_checkpoint(model, args.checkpoint)
     with progress_bar(desc="fpanalysis check", unit="step") as bar:
-        report = check(model, (ds.x_train, ds.y_train), config, progress=bar.callback)
+        report = check(model, (ds.x_train, ds.y_train), config, progress=bar.callback,
+                       log=lambda line: print(line, file=sys.stderr, flush=True))
     print(report.render(color=args.color == "always" or (args.color == "auto" and sys.stdout.isatty())))
     if args.json:
         _write_json(args.json, report)
+    if args.plan:
+        plan = report.details.get("plan")
+        if plan is None and report.verdict == "SAFE":
+            from .nn.shadow import PrecisionPlan
+
+            plan = PrecisionPlan(format=config.format.name, profile=config.profile).to_dict()
+        if plan is None:
+            print(f"no plan written to {args.plan}: no change was verified (verdict {report.verdict})")
+        else:
+            _write_json(args.plan, plan)
     if args.plots:
         from .check.plots import plot_check
 
@@ -262,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="fp32-accumulate",
                    help="arithmetic profile of the fp16 run: fp32-accumulate, ieee, exact, or a tensor core "
                         "(volta, turing, ampere, ada, hopper, blackwell; h100, a100, ...)")
+    p.add_argument("--dry-run-steps", type=int, default=16,
+                   help="steps of the shadow low-precision dry run that also verifies each fix (default 16; 0 skips it)")
+    p.add_argument("--plan", metavar="PATH", help="write the verified precision plan as JSON "
+                   "(apply it with fpanalysis.nn.shadow.apply_precision_plan)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="write the report as JSON")
     p.add_argument("--plots", metavar="DIR", help="write plots (ranges vs format bands, gradient histograms)")
@@ -323,6 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # OpenMP workers of torch and of numba's parallel kernels otherwise spin after each parallel
+    # call and slow each other down on a machine with few cores: measured on this project's 2-core
+    # machine (load ~5), `check --demo` took 96 s with the default policy and 7.4 s with PASSIVE.
+    # Read once, when the OpenMP runtime starts (torch and numba are imported later); a value set
+    # by the user wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):

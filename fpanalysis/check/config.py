@@ -57,6 +57,9 @@ class CheckConfig:
         Inputs the certificate examines.
     profile : str
         Arithmetic profile of the emulated linear algebra (:class:`fpanalysis.linalg.Profile`).
+    dry_run_steps : int
+        Steps of the shadow low-precision dry run (:mod:`fpanalysis.nn.shadow`), which also
+        verifies each proposed fix; 0 skips it (fixes are then proposed unverified).
     seed : int
         Seed of the batch order and the initialisation of the warm-up.
     model_name : str, optional
@@ -75,6 +78,7 @@ class CheckConfig:
     certify: bool = True
     certify_samples: int = 256
     profile: str = "fp32-accumulate"
+    dry_run_steps: int = 16
     seed: int = 0
     model_name: str | None = None
 
@@ -97,6 +101,7 @@ class CheckConfig:
         set_("steps", _positive_int("steps", self.steps))
         set_("warmup_steps", _positive_int("warmup_steps", self.warmup_steps, minimum=0))
         set_("certify_samples", _positive_int("certify_samples", self.certify_samples))
+        set_("dry_run_steps", _positive_int("dry_run_steps", self.dry_run_steps, minimum=0))
         set_("profile", Profile.parse(self.profile).value)
         set_("seed", _positive_int("seed", self.seed, minimum=0))
         set_("certify", bool(self.certify))

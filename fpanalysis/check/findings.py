@@ -36,6 +36,7 @@ from ..rounding import round_to
 
 __all__ = [
     "FIX_NAMES", "THRESHOLDS", "CheckReport", "Finding", "Fix", "Measurements", "agreement_findings", "decide_verdict",
+    "dry_run_findings",
     "findings_from_measurements", "forward_findings", "gradient_findings", "optimizer_findings",
     "reduction_findings", "stagnation_findings",
 ]
@@ -66,11 +67,11 @@ THRESHOLDS: dict[str, float] = {
     # optimizer
     "adam_v_underflow_frac": 0.01,  # second moment (1-b2) g^2 flushed to zero for >1% of params
     "adam_step_error_frac": 0.01,  # first step non-finite (fail) or off by > 2x (warn) for >1% of params
-    # stagnation (fraction of nonzero updates lost to rounding, over all parameters)
+    # stagnation counted (fraction of nonzero updates lost to rounding, over all parameters): a
+    # count alone only warns, since lost updates may not matter; the dry run weighs them
     "stagnation_warn_frac": 0.10,
-    "stagnation_fail_frac": 0.50,
-    # inference agreement with fp32
-    "agreement_warn": 0.99,
+    # inference agreement with fp32: observed agreement below this fails
+    "agreement_fail": 0.99,
     # operations (every aten op, not only layer outputs): any overflow fails; headroom warns
     "op_overflow_count": 0,
     "op_headroom_warn": 8.0,
@@ -191,8 +192,17 @@ class CheckReport:
         lines.append("")
         vcol = {SAFE: "32", SAFE_WITH_CHANGES: "33", UNSAFE: "31"}[self.verdict]
         lines.append("verdict: " + paint(self.verdict, "1;" + vcol))
+        fixes = self.details.get("fixes")
+        verified_here = fixes is not None
         for c in self.changes:
-            lines.append(f"  - {c}")
+            lines.append(f"  - {c}" + ("  (verified by the dry run)" if verified_here else ""))
+        if fixes:
+            lines.append("")
+            lines.append("changes tried in the dry run (verified: the shadow run then matches fp32):")
+            for r in fixes:
+                left = [p["check"] for p in r["problems"] if p["status"] == "fail"]
+                lines.append(f"  {'verified    ' if r['verified'] else 'not verified'}  {r['description']}"
+                             + ("" if r["verified"] else f"  (still: {', '.join(left)})"))
         return "\n".join(lines)
 
 
@@ -209,10 +219,21 @@ def _fmt_num(v: float) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def decide_verdict(findings: list[Finding]) -> tuple[str, list[str]]:
+def decide_verdict(findings: list[Finding], verified: list[str] | None = None) -> tuple[str, list[str]]:
     """SAFE when nothing failed; SAFE WITH CHANGES when every failure has a fix that keeps the
-    model in the format; UNSAFE otherwise.  Returns the verdict and the list of changes."""
+    model in the format; UNSAFE otherwise.  Returns the verdict and the list of changes.
+
+    ``verified``: when the dry run ran, the changes it verified (after them the shadow run
+    matched fp32).  Then only those count: SAFE WITH CHANGES needs every failure fixable and at
+    least one verified change, and the changes are the verified ones.
+    """
     fails = [f for f in findings if f.status == "fail"]
+    if verified is not None:
+        if not fails:
+            return SAFE, []
+        if verified and all(f.fixable for f in fails):
+            return SAFE_WITH_CHANGES, list(verified)
+        return UNSAFE, list(verified)
     changes: list[str] = []
     for f in fails:
         if f.fix and f.fix not in changes:
@@ -445,14 +466,14 @@ def stagnation_findings(s: dict[str, Any] | None, fmt: FloatFormat) -> list[Find
     T = THRESHOLDS
     if s and s["nonzero"] > 0:
         frac = s["lost"] / s["nonzero"]
-        st = "fail" if frac > T["stagnation_fail_frac"] else ("warn" if frac > T["stagnation_warn_frac"] else "ok")
+        st = "warn" if frac > T["stagnation_warn_frac"] else "ok"
         worst = max(s.get("per_layer", []), key=lambda r: r["frac"], default=None)
         out.append(Finding(
-            "update stagnation", st, frac,
-            T["stagnation_fail_frac"] if st == "fail" else T["stagnation_warn_frac"],
+            "update stagnation (count)", st, frac, T["stagnation_warn_frac"],
             ">" if st != "ok" else "<=",
             f"{100 * frac:.1f}% of nonzero updates are smaller than half the {fmt.name} spacing at the weight "
-            "and would be lost" + (f" (worst layer {worst['layer']}: {100 * worst['frac']:.1f}%)" if worst else ""),
+            "and would be lost" + (f" (worst layer {worst['layer']}: {100 * worst['frac']:.1f}%)" if worst else "")
+            + "; a count: the dry run weighs what they cost",
             fix="keep fp32 master weights (mixed precision) or use stochastic rounding for the update",
             fixes=[Fix("fp32_master_weights"), Fix("stochastic_rounding")],
             layer=worst["layer"] if worst else None,
@@ -465,14 +486,14 @@ def agreement_findings(a: dict[str, Any] | None, fmt: FloatFormat) -> list[Findi
     out: list[Finding] = []
     T = THRESHOLDS
     if a:
-        st = "warn" if a["observed"] < T["agreement_warn"] else "ok"
+        st = "fail" if a["observed"] < T["agreement_fail"] else "ok"
         out.append(Finding(
-            "inference agreement", st, a["observed"], T["agreement_warn"], "<" if st != "ok" else ">=",
+            "inference agreement", st, a["observed"], T["agreement_fail"], "<" if st != "ok" else ">=",
             f"{100 * a['certified']:.1f}% of {a['n']} inputs certified by the sound bound (Γ > 2B)"
             + (f", {100 * a['certified_prob']:.1f}% by the probabilistic one (each with probability >= "
                f"{a['probability']:.6g})" if "certified_prob" in a else "")
             + f"; {100 * a['observed']:.1f}% observed to keep the fp32 class in emulated {fmt.name}",
-            fix="inspect the flipped inputs; they have small fp32 margins",
+            fix="inspect the flipped inputs; they have small fp32 margins", fixable=False,
         ))
     return out
 
@@ -527,3 +548,42 @@ def adam_first_step_errors(grads: np.ndarray, fmt: FloatFormat, lr: float, eps: 
     nonfinite = ~np.isfinite(step16)
     off = ~nonfinite & (exact != 0) & ((ratio > 2) | (ratio < 0.5))
     return v_under, float(np.mean(nonfinite)), float(np.mean(off))
+
+
+def dry_run_findings(d: dict[str, Any] | None, fmt: FloatFormat, verified: list[str] | None = None) -> list[Finding]:
+    """Findings from the shadow low-precision dry run (:func:`fpanalysis.nn.shadow.dry_run`,
+    ``result.to_dict()``): each of its problems, or one ``ok`` finding saying how closely the
+    shadow run followed fp32.  A failure is fixable when the dry run verified a change
+    (``verified``, the descriptions of the changes after which the shadow run matched fp32)."""
+    if not d:
+        return []
+    m = d["measurements"]
+    fix = "; ".join(verified) if verified else None
+    steps = d.get("steps")
+    out: list[Finding] = []
+    for p in d.get("problems", []):
+        where = p.get("where") or {}
+        layer = where.get("module") or where.get("buffer") or where.get("parameter") or where.get("range")
+        if p["check"] == "divergence" and where:
+            layer = f"{where.get('op')} in {where.get('module')}"
+        thr = p["threshold"]
+        if p["check"] in ("buffer overflow", "op overflow"):
+            thr = fmt.max  # a value above the format's largest finite number
+        out.append(Finding(
+            p["check"], p["status"], float(p["measured"]), float(thr) if thr is not None else math.nan,
+            ">" if p["check"] not in ("divergence", "range trend") else "at step" if p["check"] == "divergence" else "<",
+            p["message"] + f" ({steps}-step dry run)",
+            fix=fix if p["status"] == "fail" else (fix or None), fixable=bool(verified), layer=layer,
+        ))
+    if not out:
+        loss = m.get("loss", {})
+        acc = m.get("accuracy", {}).get("eval", {})
+        st = m.get("stagnation", {})
+        out.append(Finding(
+            "dry run", "ok", float(acc.get("agreement", math.nan)), math.nan, "agreement",
+            f"{steps} training steps in {fmt.name} (op-by-op rounding, {fmt.name} storage) follow fp32: loss "
+            f"{loss.get('shadow', math.nan):.4g} vs {loss.get('fp32', math.nan):.4g}, eval-mode class kept for "
+            f"{100 * acc.get('agreement', math.nan):.1f}% of held-out inputs, stagnation costs "
+            f"{100 * st.get('weighted', 0.0):.2f}% of fp32's loss decrease",
+        ))
+    return out

@@ -164,13 +164,15 @@ def run_check(
     config: CheckConfig | None = None,
     *,
     progress: Callable[[int, int, str], None] | None = None,
+    log: Callable[[str], None] | None = None,
     **options: Any,
 ) -> CheckReport:
     """Measure ``model`` on ``data`` in fp32 and judge it for pure low-precision training.
 
     ``config`` holds every option (:class:`~fpanalysis.check.config.CheckConfig`); keyword
     ``options`` with its field names build one (or override the given one's fields).
-    ``progress(done, total, phase)`` follows the run.
+    ``progress(done, total, phase)`` follows the run; ``log(line)`` receives one line per phase
+    of the dry run and per fix it verifies.
     """
     c = CheckConfig(**options) if config is None else (replace(config, **options) if options else config)
     f = c.format
@@ -190,7 +192,7 @@ def run_check(
             progress(done, total, what)
 
     cert_batches = -(-min(c.certify_samples, _n_samples(X)) // CERTIFY_BATCH) if certify else 0
-    total_steps = steps + (warmup_steps if certify else 0) + cert_batches
+    total_steps = steps + (warmup_steps if certify else 0) + cert_batches + 2 * c.dry_run_steps
     # warm-up in fp32 so that margins (and gradients) mean something
     if certify and warmup_steps > 0:
         opt = make_optimizer(work.parameters(), c.optimizer, c.lr, c.eps, c.momentum, c.betas)
@@ -268,14 +270,26 @@ def run_check(
     }
     findings = findings_from_measurements(meas, f)
     if certify:
-        base = total_steps - cert_batches
+        base = total_steps - cert_batches - 2 * c.dry_run_steps
         findings += _agreement_findings(work, X, c, meas, details,
                                         progress=lambda d, t, what: report(base + d, total_steps, what))
-    verdict, changes = decide_verdict(findings)
+    if c.dry_run_steps > 0 and not isinstance(X, torch.Tensor):
+        findings.append(Finding("dry run", "ok", math.nan, math.nan, "n/a",
+                                "not examined: the dry run needs one input tensor (this model takes several)"))
+        verdict, changes = decide_verdict(findings)
+    elif c.dry_run_steps > 0:
+        done0 = total_steps - 2 * c.dry_run_steps
+        findings, verified = _dry_run_findings(
+            work, X, y, c, meas, findings, details, log or (lambda line: None),
+            lambda d, t: report(done0 + d, total_steps, "dry run"))
+        verdict, changes = decide_verdict(findings, verified)
+    else:
+        verdict, changes = decide_verdict(findings)
     config = {
         "model": c.model_name or type(model).__name__, "format": f.name, "optimizer": optimizer, "lr": lr,
         "eps": eps, "momentum": momentum, "batch_size": batch_size, "steps": steps,
         "warmup_steps": warmup_steps if certify else 0, "samples": _n_samples(X), "profile": c.profile,
+        "dry_run_steps": c.dry_run_steps,
         "seed": seed, "seconds": round(time.perf_counter() - t0, 2),
     }
     return CheckReport(verdict, findings, changes, config, details)
@@ -343,3 +357,84 @@ def _probe_failure(model: nn.Module, batch: tuple[Any, torch.Tensor], exc: Excep
                 f"{type(own).__name__}: {own}")
     return (f"the check cannot measure this model: its training step fails only under the operation "
             f"observer (fpanalysis.nn.observe), a limitation of the check: {type(exc).__name__}: {exc}")
+
+
+#: Held-out inputs for the dry run's accuracy and agreement, and the most fixes it verifies.
+DRY_RUN_EVAL = 512
+DRY_RUN_MAX_FIXES = 6
+
+
+def _static_fixes(meas: Measurements, findings: list[Finding], c: CheckConfig) -> list[Any]:
+    """Changes the fp32 probes' failing findings ask for, as :class:`~fpanalysis.nn.shadow.Fix`
+    objects, so that the dry run verifies them too."""
+    from ..nn.shadow import Fix
+    from .findings import loss_scale_interval
+
+    failing = {f.check for f in findings if f.status == "fail"}
+    out = []
+    if "activation overflow" in failing:
+        names = [a["name"] for a in meas.activations or [] if a["n_overflow"] > 0]
+        if names:
+            out.append(Fix("fp32-modules", {"modules": names}))
+    if failing & {"optimizer epsilon", "second-moment underflow", "Adam step finite"}:
+        from .findings import _smallest_safe_eps
+
+        out.append(Fix("adam-eps", {"eps": _smallest_safe_eps(c.format)}))
+        out.append(Fix("adam-eps", {"eps": 10 * _smallest_safe_eps(c.format)}))
+        out.append(Fix("fp32-master-weights"))
+    g = meas.weight_grads
+    if "gradient underflow" in failing and g:
+        lo, hi = loss_scale_interval(g["small_quantile"], g["max_abs"], c.format)
+        if lo <= hi:
+            out.append(Fix("loss-scale", {"mode": "static", "scale": lo}))
+            out.append(Fix("fp32-master-weights"))
+    return out
+
+
+def _dry_run_findings(work: nn.Module, X: torch.Tensor, y: torch.Tensor, c: CheckConfig, meas: Measurements,
+                      findings: list[Finding], details: dict[str, Any], log: Callable[[str], None],
+                      progress: Callable[[int, int], None]) -> tuple[list[Finding], list[str]]:
+    """Run the shadow dry run from the measured model, verify the proposed fixes, and return the
+    findings (the counted stagnation replaced by the weighed one) and the verified changes."""
+    from ..nn.shadow import propose_fixes, verify_fixes
+    from .findings import dry_run_findings
+
+    f = c.format
+    batches = _batches(X, y, c.batch_size, c.dry_run_steps, c.seed + 3)
+    g = torch.Generator().manual_seed(c.seed + 4)
+    idx = torch.randperm(X.shape[0], generator=g)[:DRY_RUN_EVAL]
+    ev = (X[idx], y[idx])
+    kw = {"optimizer": c.optimizer, "lr": c.lr, "eps": c.eps, "momentum": c.momentum, "betas": c.betas}
+    from ..nn.shadow import dry_run
+
+    log(f"dry run: {c.dry_run_steps} steps in {f.name} (op-by-op rounding, {f.name} storage) beside fp32 ...")
+    base = dry_run(work, batches, ev, fmt=f, profile=c.profile, seed=c.seed, progress=progress, **kw)
+    fails = [p for p in base.problems if p["status"] == "fail"]
+    log(f"dry run: {base.seconds:.1f} s ({1000 * base.seconds_per_step:.0f} ms per {f.name} step); "
+        + ("matches fp32" if not fails else "problems: " + ", ".join(p["check"] for p in fails)))
+    candidates = []
+    static_fail = any(x.status == "fail" for x in findings)
+    if fails or static_fail:
+        for fx in propose_fixes(base, work, batches, optimizer=c.optimizer, eps=c.eps) + _static_fixes(meas, findings, c):
+            if all(fx != o for o in candidates):
+                candidates.append(fx)
+    candidates = candidates[:DRY_RUN_MAX_FIXES]
+    results = []
+    if candidates:
+        def one(desc: str) -> None:
+            log(f"dry run: verifying {desc} ...")
+        results = verify_fixes(work, batches, ev, base, candidates, progress=one, **kw)
+        for r in results:
+            left = [p["check"] for p in r.problems if p["status"] == "fail"]
+            log(f"dry run: {r.describe()}: " + ("verified (matches fp32)" if r.verified else "not verified (" + ", ".join(left) + ")"))
+    good = [r for r in results if r.verified]
+    verified = [good[0].describe()] if good else []
+    details["dry_run"] = base.to_dict()
+    details["fixes"] = [r.to_dict() for r in results]
+    details["plan"] = good[0].plan.to_dict() if good else None
+    details["also_verified"] = [r.describe() for r in good[1:]]
+    kept = [x for x in findings if x.check != "update stagnation (count)" or x.status == "ok"]
+    counted = [x for x in findings if x.check == "update stagnation (count)" and x.status != "ok"]
+    for x in counted:  # the count stays, as information next to the weighed measure
+        kept.append(Finding(x.check, "ok", x.measured, x.threshold, "info", x.message, layer=x.layer))
+    return kept + dry_run_findings(base.to_dict(), f, verified), verified

@@ -102,12 +102,13 @@ def test_sgd_has_no_epsilon_finding() -> None:
 
 @pytest.mark.parametrize(
     "frac, status",
-    [(T["stagnation_fail_frac"] + 0.01, "fail"), (T["stagnation_fail_frac"] - 0.01, "warn"),
-     (T["stagnation_warn_frac"] - 0.01, "ok")],
+    [(0.99, "warn"), (T["stagnation_warn_frac"] + 0.01, "warn"), (T["stagnation_warn_frac"] - 0.01, "ok")],
 )
-def test_stagnation_thresholds(frac: float, status: str) -> None:
+def test_stagnation_count_only_warns(frac: float, status: str) -> None:
+    """A count of lost updates never fails by itself (issue 13: the lost updates may not matter);
+    the dry run weighs them by the loss decrease they would have brought."""
     meas = {"stagnation": {"lost": int(frac * 10000), "nonzero": 10000, "per_layer": [{"layer": "fc", "frac": frac}]}}
-    assert _one(meas, "update stagnation").status == status
+    assert _one(meas, "update stagnation (count)").status == status
 
 
 def test_long_reductions_only_matter_when_accumulating_in_the_format() -> None:
@@ -125,6 +126,33 @@ def test_verdicts() -> None:
     assert decide_verdict([ok, warn]) == (SAFE, [])
     assert decide_verdict([ok, fix, fix]) == (SAFE_WITH_CHANGES, ["do y"])
     assert decide_verdict([fix, nofix])[0] == UNSAFE
+    # with the dry run, only verified changes count
+    assert decide_verdict([ok, fix], verified=[]) == (UNSAFE, [])
+    assert decide_verdict([ok, fix], verified=["keep module(s) bn in fp32"]) == (SAFE_WITH_CHANGES, ["keep module(s) bn in fp32"])
+    assert decide_verdict([fix, nofix], verified=["x"])[0] == UNSAFE
+    assert decide_verdict([ok, warn], verified=[]) == (SAFE, [])
+
+
+def test_observed_agreement_below_threshold_fails() -> None:
+    a = {"certified": 0.5, "observed": T["agreement_fail"] - 0.001, "n": 1000}
+    f = _one({"agreement": a}, "inference agreement")
+    assert f.status == "fail" and not f.fixable
+    assert decide_verdict([f])[0] == UNSAFE
+    assert _one({"agreement": {**a, "observed": T["agreement_fail"]}}, "inference agreement").status == "ok"
+
+
+def test_dry_run_findings() -> None:
+    from fpanalysis.check.findings import dry_run_findings
+
+    prob = {"status": "fail", "check": "buffer overflow", "measured": float("inf"), "threshold": float("nan"),
+            "message": "buffer 1.running_var became inf/NaN in fp16", "where": {"buffer": "1.running_var"}}
+    d = {"steps": 8, "measurements": {}, "problems": [prob]}
+    f = dry_run_findings(d, FP16, verified=["keep module(s) 1 in fp32"])[0]
+    assert f.status == "fail" and f.fixable and f.layer == "1.running_var" and f.fix == "keep module(s) 1 in fp32"
+    assert not dry_run_findings(d, FP16, verified=[])[0].fixable
+    ok = dry_run_findings({"steps": 8, "problems": [], "measurements": {
+        "loss": {"fp32": 1.0, "shadow": 1.0}, "accuracy": {"eval": {"agreement": 1.0}}, "stagnation": {"weighted": 0.0}}}, FP16)
+    assert [g.status for g in ok] == ["ok"]
 
 
 def test_adam_first_step_simulation_matches_hand_computation() -> None:

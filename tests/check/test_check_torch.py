@@ -100,7 +100,8 @@ def test_update_stagnation(healthy) -> None:  # type: ignore[no-untyped-def]
     rep = _run(Scaled(), lr=1e-7, momentum=0.0)
     assert _status(rep, "update stagnation") == "fail"
     assert any("master weights" in c for c in rep.changes)
-    assert _status(healthy, "update stagnation") in ("ok", "warn")
+    # weighed by the dry run, the healthy model's lost updates cost nothing worth a finding
+    assert not [f for f in healthy.findings if f.check == "update stagnation" and f.status != "ok"]
 
 
 def test_bad_python_inputs() -> None:
