@@ -139,7 +139,7 @@ def test_sigma_matches_explicit_jacobian() -> None:
     m = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3)).eval()
     x = torch.randn(9, 5)
     res = adjoint_certificate(trace_model(m), x, CFG)
-    W2 = torch.from_numpy(np.asarray(round_to(m[2].weight.double().numpy(), "fp16"), dtype=np.float64))
+    W2 = torch.from_numpy(np.asarray(round_to(m[2].weight.detach().double().numpy(), "fp16"), dtype=np.float64))
     with torch.no_grad():
         h = m[0](x)
         y = m(x)
