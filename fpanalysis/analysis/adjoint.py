@@ -54,8 +54,10 @@ is added to ``e_bar``).  If any ``e_bar`` or ``eta_bar`` of an input is infinite
 overflow), that input is not certified and its bounds are infinite.
 
 The limit.  Any bound that only knows ``|e_s| <= e_bar_s`` cannot go below
-``sum_s |g_s| e_bar_s`` (the errors may align with the signs of ``g``); it is reported per input
-(``limit``) so users see how far a certificate is from what interval-style reasoning allows.
+``sum_s |g_s| e_bar_s`` (the errors may align with the signs of ``g``).  It is reported per input
+(``limit``, ``max_i``, with the local bounds at radius 0, i.e. at the fp32 point: what the
+certificate would give with exact radii and no switching), so users see how far a certificate is
+from what interval-style reasoning allows; on deep networks the gap is the radius (see above).
 
 The predictor (NOT sound).  Modelling each rounding error as independent, zero-mean and uniform
 over one ulp of the result (Higham & Mary, "A New Approach to Probabilistic Rounding Error
@@ -132,7 +134,7 @@ class AdjointResult:
     margin_bound: np.ndarray   # (N, K) sound bound on |change of z_c - z_j| (0 at j = c)
     margin: np.ndarray         # (N, K) z_c - z_j of the fp32 run
     certified: np.ndarray      # (N,) every margin exceeds its bound
-    limit: np.ndarray          # (N,) max_i sum_s |g_is| e_s (no interval-style bound goes below)
+    limit: np.ndarray          # (N,) max_i sum_s |g_is| e_bar_s at radius 0 (no interval-style bound goes below)
     mu: np.ndarray             # (N, K) known part J k (input and parameter roundings)
     sigma: np.ndarray          # (N, K) predictor's standard deviation
     predicted: np.ndarray      # (N,) delta_pred = max_i (|mu_i| + sigma_i)  (NOT sound)
@@ -141,10 +143,10 @@ class AdjointResult:
 
 
 class _Rec:
-    __slots__ = ("z", "G", "mu", "Ak", "Aw", "lin", "w", "is_eta", "var")
+    __slots__ = ("z", "G", "mu", "Ak", "Aw", "lin", "w", "w0", "is_eta", "var")
 
     def __init__(self) -> None:
-        self.z = self.G = self.mu = self.Ak = self.Aw = self.lin = self.w = self.var = None
+        self.z = self.G = self.mu = self.Ak = self.Aw = self.lin = self.w = self.w0 = self.var = None
         self.is_eta = False
 
 
@@ -260,6 +262,7 @@ def _chunk(traced: TracedModel, x: torch.Tensor, cfg: BoundConfig, cache: ParamC
     cls = torch.argmax(z, 1)
     Sabs = torch.zeros(K, B, dtype=torch.float64)   # sum |g_i| w
     Seta = torch.zeros(K, B, dtype=torch.float64)   # sum |g_i| eta
+    Slim = torch.zeros(K, B, dtype=torch.float64)   # sum |g_i| e_bar(radius 0)
     Mabs = torch.zeros(K, B, dtype=torch.float64)   # sum |g_c - g_j| w
     Var = torch.zeros(K, B, dtype=torch.float64)
     grads: dict[str, torch.Tensor] = {traced.output: torch.eye(K, dtype=torch.float64)[:, None, :].expand(K, B, K)}
@@ -277,6 +280,8 @@ def _chunk(traced: TracedModel, x: torch.Tensor, cfg: BoundConfig, cache: ParamC
                 Sabs += contrib
                 if r.is_eta:
                     Seta += contrib
+                else:
+                    Slim += (ga * torch.nan_to_num(r.w0, nan=0.0, posinf=0.0)).reshape(K, B, -1).sum(-1)
                 gc = g[cls, ar]  # (B, ...)
                 Mabs += ((gc.unsqueeze(0) - g).abs() * w).reshape(K, B, -1).sum(-1)
             if r.var is not None:
@@ -304,7 +309,7 @@ def _chunk(traced: TracedModel, x: torch.Tensor, cfg: BoundConfig, cache: ParamC
     cert = ok.all(1) & finite
     bound = torch.where(finite[:, None], bound, torch.full_like(bound, math.inf))
     mb = torch.where(finite[:, None], mb, torch.full_like(mb, math.inf))
-    lim = (Sabs - Seta).T
+    lim = Slim.T * _PAD
     sig = Var.T.sqrt()
     pred = (mu.abs() + sig).max(1).values
     return {"bound": bound.numpy(), "margin_bound": mb.numpy(), "margin": margin.numpy(), "certified": cert.numpy(),
@@ -393,6 +398,8 @@ def _forward(s: Step, ins: list[_Rec], r: _Rec, cfg: BoundConfig, cache: ParamCa
         with np.errstate(all="ignore"):
             loc = _t(LB.avgpool_local_bound(mean, mean_abs, n, f, radius=rad, mode=cfg.mode).value, shape)
             own32 = _t(LB.avgpool_local_bound(mean, mean_abs, n, "fp32").value, shape)
+            loc0 = _t(LB.avgpool_local_bound(mean, mean_abs, n, f, mode=cfg.mode).value, shape)
+        r.w0 = _fix(loc0 + own32)
         loc = torch.where(torch.isfinite(op(x.G)), loc, torch.full_like(loc, math.inf))
         r.w = _fix(loc + own32)
         r.var = _ulp_var(r.z, f)
@@ -412,6 +419,7 @@ def _forward(s: Step, ins: list[_Rec], r: _Rec, cfg: BoundConfig, cache: ParamCa
             loc = _t(LB.add_local_bound(zan, zbn, f, radius=_np(torch.nan_to_num(Gs, posinf=0.0)),
                                         mode=cfg.mode).value, shape)
             own32 = _t(LB.add_local_bound(zan, zbn, "fp32").value, shape)
+            r.w0 = _fix(_t(LB.add_local_bound(zan, zbn, f, mode=cfg.mode).value, shape) + own32)
         loc = torch.where(torch.isfinite(Gs), loc, torch.full_like(loc, math.inf))
         r.w = _fix(loc + own32)
         r.var = _ulp_var(r.z, f)
@@ -434,6 +442,7 @@ def _forward(s: Step, ins: list[_Rec], r: _Rec, cfg: BoundConfig, cache: ParamCa
         loc = _fix(comp + _rnd(T, cfg))
         own32 = 4 * 2.0**-24 * (sa * xa + abs(sh)) + 2.0**-149
         r.w = _fix(loc + own32)
+        r.w0 = _fix(own32 + own32 + _rnd(_fix(sa * xa + abs(sh) + own32), cfg))
         r.var = _ulp_var(r.z, f)
         r.mu = lin * x.mu
         r.Ak = sa * x.Ak
@@ -480,6 +489,9 @@ def _linear(s: Step, x: _Rec, r: _Rec, cfg: BoundConfig, cache: ParamCache) -> N
     loc = accumulation_bounds(A, Rr, nt, cfg, probabilistic=False)[0]
     kslack = 2.0 * (nt + 2) * _U64 * (DX + bias("db"))
     r.w = _fix(loc + acc32 + kslack)
+    loc0 = accumulation_bounds(WX + bias("bh"), _fix(out32.abs() + acc32 + DX + bias("db")), nt, cfg,
+                               probabilistic=False)[0]
+    r.w0 = _fix(loc0 + acc32 + kslack)
     r.var = _ulp_var(r.z, cfg.fmt)
     Wh, dWs, dbs = _signed_weights(s, cfg, cache)
     kk = _op(s, z, dWs) + (0.0 if dbs is None else _bshape(s, dbs))
@@ -530,6 +542,8 @@ def _batchnorm(s: Step, x: _Rec, r: _Rec, cfg: BoundConfig, cache: ParamCache) -
                                           eps, cfg.fmt, radius=rn, mode=cfg.mode).value, shape)
         own32 = _t(LB.batchnorm_local_bound(zn, p["running_mean"], p["running_var"], p["weight"], p["bias"],
                                             eps, "fp32").value, shape)
+        loc0 = _t(LB.batchnorm_local_bound(zn, p["running_mean_h"], p["running_var_h"], p["weight_h"], p["bias_h"],
+                                           eps, cfg.fmt, mode=cfg.mode).value, shape)
 
         def val(key: str, default: float) -> np.ndarray:
             v = p[key]
@@ -548,6 +562,7 @@ def _batchnorm(s: Step, x: _Rec, r: _Rec, cfg: BoundConfig, cache: ParamCache) -
     A_h, dA, dB = _chan(alh, nd), _chan(alh - al, nd), _chan(beh - be, nd)
     kk = dA * z + dB
     r.w = _fix(loc + own32 + _chan(sa, nd) * z.abs() + _chan(sb, nd))
+    r.w0 = _fix(loc0 + own32 + _chan(sa, nd) * z.abs() + _chan(sb, nd))
     r.var = _ulp_var(r.z, cfg.fmt)
     r.lin = A_h
     r.mu = A_h * x.mu + kk
