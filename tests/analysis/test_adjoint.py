@@ -206,3 +206,38 @@ def test_smooth_layers_reported_not_certified() -> None:
     assert kinds == ["gelu", "layernorm"]
     with pytest.raises(ValueError, match="not certified by the adjoint method"):
         adjoint_certificate(tr, torch.randn(3, 4), CFG)
+
+
+def test_analyze_uses_adjoint_by_default_and_reports_it() -> None:
+    from fpanalysis.analysis import AnalysisReport, analyze
+
+    m = _cnn(1)
+    torch.manual_seed(8)
+    x = torch.randn(24, 2, 8, 8)
+    rep = analyze(m, x, "fp16", progress=False, local=False, reference=False)
+    info = rep.certificate
+    assert info["method"] == "adjoint"
+    old = analyze(m, x, "fp16", progress=False, local=False, reference=False, certificate="interval")
+    assert old.certificate["method"] == "interval"
+    # the combined certificate certifies at least what the interval one does
+    assert rep.tolerance["logits"].certified >= old.tolerance["logits"].certified
+    assert info["certified_interval"] == old.tolerance["logits"].certified
+    for run in info["runs"].values():
+        assert run["bound_violations"] == run["margin_violations"] == run["flips_certified"] == 0
+        assert 0.0 < run["calibration"]["q50"] < 10.0
+    assert "adjoint:" in rep.summary() and "delta/delta_pred" in rep.summary()
+    assert AnalysisReport.from_json(rep.to_json()).certificate["certified_adjoint"] == info["certified_adjoint"]
+    assert len(rep.per_input["adjoint"]["limit"]) == 24
+    with pytest.raises(ValueError, match="valid certificates are: adjoint, interval"):
+        analyze(m, x, certificate="lipschitz", progress=False)
+
+
+def test_analyze_smooth_model_says_interval_is_used() -> None:
+    from fpanalysis.analysis import analyze
+
+    torch.manual_seed(9)
+    m = nn.Sequential(nn.Linear(4, 6), nn.GELU(), nn.Linear(6, 3)).eval()
+    rep = analyze(m, torch.randn(10, 4), progress=False, local=False, reference=False)
+    assert rep.certificate["method"] == "interval"
+    assert "not certified by the adjoint method" in rep.certificate["note"]
+    assert "not examined" in rep.summary()
