@@ -195,10 +195,23 @@ def adjoint_certificate(traced: TracedModel, X: torch.Tensor, cfg: BoundConfig, 
     return AdjointResult(stats=parts[0]["stats"], **cat)
 
 
+def _dot(a: torch.Tensor, w: torch.Tensor, B: int) -> torch.Tensor:
+    """``sum_n a[k, b, n] w[b, n]`` (K, B) for nonnegative ``a``; infinite ``w`` (an input that is
+    not certified anyway) counts as 0 here."""
+    wf = torch.nan_to_num(w.reshape(B, -1), nan=0.0, posinf=0.0)
+    return torch.einsum("kbn,bn->kb", a, wf)
+
+
 def _gamma64(traced: TracedModel, shapes: dict) -> float:
+    """Relative float64 error allowance: ``gamma_N(u64)`` with ``N`` the reduction lengths of all
+    steps plus the largest sum over one step's elements (the weighted sums of the certificate)."""
     n = 0
+    widest = 1
     for s in traced.steps:
         n += (reduction_length(s, shapes.get(s.name, [])) or 1) + 4
+        for shp in shapes.get(s.name, []):
+            widest = max(widest, int(np.prod(shp[1:])))
+    n += widest
     nu = n * _U64
     return 4 * nu / (1 - 4 * nu)
 
@@ -273,19 +286,20 @@ def _chunk(traced: TracedModel, x: torch.Tensor, cfg: BoundConfig, cache: ParamC
                 continue
             g = grads.pop(s.name)
             r = R[s.name]
+            gf = g.reshape(K, B, -1)
             if r.w is not None:
-                w = torch.nan_to_num(r.w, nan=0.0, posinf=0.0)
-                ga = g.abs()
-                contrib = (ga * w).reshape(K, B, -1).sum(-1)
+                ga = gf.abs()
+                contrib = _dot(ga, r.w, B)
                 Sabs += contrib
                 if r.is_eta:
                     Seta += contrib
                 else:
-                    Slim += (ga * torch.nan_to_num(r.w0, nan=0.0, posinf=0.0)).reshape(K, B, -1).sum(-1)
-                gc = g[cls, ar]  # (B, ...)
-                Mabs += ((gc.unsqueeze(0) - g).abs() * w).reshape(K, B, -1).sum(-1)
+                    Slim += _dot(ga, r.w0, B)
+                del ga
+                gc = gf[cls, ar]  # (B, n): the seed of the fp32 class
+                Mabs += _dot((gc.unsqueeze(0) - gf).abs_(), r.w, B)
             if r.var is not None:
-                Var += (g * g * r.var).reshape(K, B, -1).sum(-1)
+                Var += _dot(gf * gf, r.var, B)
             if s.kind == "input":
                 continue
             for name, gi in _backward(s, g, r, [R[n] for n in s.inputs if n in R], K, B, cache, sizes):
