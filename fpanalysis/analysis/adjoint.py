@@ -68,7 +68,7 @@ It is a calibrated estimate, labelled as such, never used to certify.
 Smooth layers (layer norm, softmax, GELU, tanh, sigmoid, SiLU, products of activations such as
 ``Q K^T``) are not certified by the adjoint method: :func:`unsupported_steps` lists them and
 :func:`fpanalysis.analysis.analyze` falls back to the interval certificate, saying so.
-See docs/theory.md for the interval bounds this builds on.
+See docs/theory.md (sections 2.3a and 3.3) for the certificate and the interval bounds it builds on.
 
 >>> import torch
 >>> from fpanalysis.nn.trace import trace_model
