@@ -695,8 +695,14 @@ def summarize_adjoint(res: AdjointResult, fp32: Any, interval_bound: Any, runs: 
             "median_delta": float(np.median(delta)),
             "median_bound_over_delta": float(np.median(rowb[fin] / delta[fin])) if fin.any() else float("nan"),
             "median_limit_over_delta": float(np.median(res.limit[fin] / delta[fin])) if fin.any() else float("nan"),
-            "calibration": {f"q{int(round(100 * q)):02d}": float(np.quantile(ratio, q)) for q in CALIBRATION_QUANTILES}
+            "calibration": {f"q{int(round(100 * q)):02d}": _quantile(ratio, q) for q in CALIBRATION_QUANTILES}
             | {"within_0.25_2": float(np.mean((ratio >= 0.25) & (ratio <= 2.0)))},
         }
     return out
 
+
+
+def _quantile(v: np.ndarray, q: float) -> float:
+    """Order-statistic quantile (no interpolation, so infinite ratios stay infinite, never NaN)."""
+    srt = np.sort(np.asarray(v, dtype=np.float64).reshape(-1))
+    return float(srt[min(len(srt) - 1, int(np.ceil(q * (len(srt) - 1))))]) if len(srt) else float("nan")
