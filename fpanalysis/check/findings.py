@@ -24,13 +24,13 @@ Thresholds are module constants (``THRESHOLDS``) so they can be read, tested and
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
+from .._json import SCHEMA_VERSION, dumps
 from ..formats import FloatFormat
 from ..rounding import round_to
 
@@ -39,6 +39,9 @@ __all__ = [
     "findings_from_measurements", "forward_findings", "gradient_findings", "optimizer_findings",
     "reduction_findings", "stagnation_findings",
 ]
+
+#: the ``schema`` field of a saved check report
+SCHEMA = "fpanalysis.check"
 
 SAFE = "SAFE"
 SAFE_WITH_CHANGES = "SAFE WITH CHANGES"
@@ -115,7 +118,11 @@ class CheckReport:
         }
 
     def to_json(self, path: str | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2, default=_json_default)
+        """The report as standard JSON (docs/report_schema.md): ``schema`` (``"fpanalysis.check"``),
+        ``schema_version``, then :meth:`to_dict`'s fields; non-finite numbers as the strings
+        ``"nan"``, ``"inf"``, ``"-inf"``, numpy values as numbers and lists.  Written to ``path``
+        if given."""
+        text = dumps({"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **self.to_dict()}, indent=2)
         if path:
             with open(path, "w") as fh:
                 fh.write(text)
@@ -154,14 +161,6 @@ def _fmt_num(v: float) -> str:
     if v == 0 or not math.isfinite(v):
         return str(v)
     return f"{v:.3g}"
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    return str(o)
 
 
 # --------------------------------------------------------------------------------------------
