@@ -94,8 +94,19 @@ from ..bounds import layers as LB
 from ..nn.execute import ParamCache, torch_step
 from ..nn.trace import Step, TracedModel
 from ..rounding import round_to
-from .network_bounds import (BoundConfig, _bn_params, _fix, _mag, _np, _pool_op, _rnd, _t, _weights,
-                             accumulation_bounds, reduction_length)
+from .network_bounds import (
+    BoundConfig,
+    _bn_params,
+    _fix,
+    _mag,
+    _np,
+    _pool_op,
+    _rnd,
+    _t,
+    _weights,
+    accumulation_bounds,
+    reduction_length,
+)
 
 __all__ = ["ADJOINT_KINDS", "AdjointResult", "adjoint_certificate", "adjoint_radii", "unsupported_steps"]
 
@@ -112,9 +123,7 @@ def unsupported_steps(traced: TracedModel) -> list[Step]:
     """Steps the adjoint method does not cover (smooth or bilinear layers: not certified by it)."""
     out = []
     for s in traced.steps:
-        if s.kind not in ADJOINT_KINDS:
-            out.append(s)
-        elif s.kind == "maxpool2d" and s.attrs.get("ceil_mode"):
+        if s.kind not in ADJOINT_KINDS or s.kind == "maxpool2d" and s.attrs.get("ceil_mode"):
             out.append(s)
     return out
 
@@ -143,7 +152,7 @@ class AdjointResult:
 
 
 class _Rec:
-    __slots__ = ("z", "G", "mu", "Ak", "Aw", "lin", "w", "w0", "is_eta", "var")
+    __slots__ = ("Ak", "Aw", "G", "is_eta", "lin", "mu", "var", "w", "w0", "z")
 
     def __init__(self) -> None:
         self.z = self.G = self.mu = self.Ak = self.Aw = self.lin = self.w = self.w0 = self.var = None
@@ -382,7 +391,6 @@ def _forward(s: Step, ins: list[_Rec], r: _Rec, cfg: BoundConfig, cache: ParamCa
         Rs = WR.gather(2, idx)
         others = torch.where(onehot > 0, torch.full_like(Wz, -math.inf), Wz + WR)
         eta = torch.clamp(others.max(2).values - zs[:, :, 0] + Rs[:, :, 0], min=0.0)
-        Bn, C = z.shape[:2]
         oshape = r.z.shape
         eta = eta.reshape(oshape)
         eta = torch.where(torch.isnan(eta), torch.full_like(eta, math.inf), eta)
@@ -695,7 +703,7 @@ def summarize_adjoint(res: AdjointResult, fp32: Any, interval_bound: Any, runs: 
             "median_delta": float(np.median(delta)),
             "median_bound_over_delta": float(np.median(rowb[fin] / delta[fin])) if fin.any() else float("nan"),
             "median_limit_over_delta": float(np.median(res.limit[fin] / delta[fin])) if fin.any() else float("nan"),
-            "calibration": {f"q{int(round(100 * q)):02d}": _quantile(ratio, q) for q in CALIBRATION_QUANTILES}
+            "calibration": {f"q{round(100 * q):02d}": _quantile(ratio, q) for q in CALIBRATION_QUANTILES}
             | {"within_0.25_2": float(np.mean((ratio >= 0.25) & (ratio <= 2.0)))},
         }
     return out

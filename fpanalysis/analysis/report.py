@@ -324,19 +324,21 @@ class AnalysisReport:
             fig.savefig(path, dpi=120)
         return fig
 
+
 def certificate_lines(info: dict[str, Any]) -> list[str]:
     """Text lines of the ``certificate`` entry of an analysis report."""
     if not info:
         return []
     if info.get("method") != "adjoint":
         note = info.get("note")
-        return [f"[certificate] interval (Gamma > 2 B){': ' + note if note else ''}; "
-                "adjoint bound, limit and predictor: not examined"]
+        return [(f"[certificate] interval (Gamma > 2 B){': ' + note if note else ''}; "
+                 "adjoint bound, limit and predictor: not examined")]
     n = max(info.get("n", 0), 1)
-    out = [f"[certificate] adjoint: {info['certified_adjoint']}/{info['n']} ({100 * info['certified_adjoint'] / n:.2f}%) "
-           f"certified (sound), interval alone {info['certified_interval']}/{info['n']} "
-           f"({100 * info['certified_interval'] / n:.2f}%); medians: bound {info['median_bound']:.3g}, limit "
-           f"sum|g|e {info['median_limit']:.3g}, predicted {info['median_predicted']:.3g} (not sound)"]
+    out = [(f"[certificate] adjoint: {info['certified_adjoint']}/{info['n']} "
+            f"({100 * info['certified_adjoint'] / n:.2f}%) certified (sound), interval alone "
+            f"{info['certified_interval']}/{info['n']} ({100 * info['certified_interval'] / n:.2f}%); medians: bound "
+            f"{info['median_bound']:.3g}, limit sum|g|e {info['median_limit']:.3g}, predicted "
+            f"{info['median_predicted']:.3g} (not sound)")]
     for name, r in info.get("runs", {}).items():
         cal = r["calibration"]
         out.append(f"  {name}: median delta {r['median_delta']:.3g}, bound/delta {r['median_bound_over_delta']:.3g}, "
