@@ -142,7 +142,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     x, y = ds.x_test[: args.n], ds.y_test[: args.n]
     rep = analyze(model, x, fmt=args.format, profile=args.profile, mode=args.mode,
                   failure_prob=args.failure_prob, labels=y, progress=True, name=args.model,
-                  seed=args.seed if args.mode == "stochastic" else None)
+                  seed=args.seed if args.mode == "stochastic" else None, certificate=args.certificate)
     print(rep.table())
     print()
     print(rep.summary())
@@ -306,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="nearest-even")
     p.add_argument("--failure-prob", type=float, default=1e-6, help="of the probabilistic bound, per input")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--certificate", default="adjoint", choices=("adjoint", "interval"),
+                   help="adjoint (default; piecewise-linear networks, else the interval one) or interval (Gamma > 2B)")
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--plots", metavar="DIR", help="write layer_errors.png and exponents.png there")
     p.set_defaults(func=_cmd_analyze)

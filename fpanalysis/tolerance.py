@@ -269,7 +269,8 @@ class ToleranceSummary:
 
 
 def summarize(ref: Any, bound: Any, bound_prob: Any, probability: float, runs: dict[str, Any], *,
-              space: str = "logits", warn: bool = True) -> tuple[ToleranceSummary, dict[str, np.ndarray]]:
+              space: str = "logits", warn: bool = True,
+              certified: Any = None) -> tuple[ToleranceSummary, dict[str, np.ndarray]]:
     """Certificates and observed agreement of low-precision runs against the fp32 outputs.
 
     Parameters
@@ -288,6 +289,10 @@ def summarize(ref: Any, bound: Any, bound_prob: Any, probability: float, runs: d
         by :func:`softmax_error_bound`).
     warn : bool
         Emit :class:`BoundViolationWarning` when a run exceeds its deterministic bound.
+    certified : array_like of bool (N,), optional
+        Inputs certified by another sound argument (the adjoint margins of
+        :mod:`fpanalysis.analysis.adjoint`); an input is certified when it or ``Gamma > 2 B`` says so
+        (deterministic and probabilistic).
 
     Returns
     -------
@@ -319,6 +324,9 @@ def summarize(ref: Any, bound: Any, bound_prob: Any, probability: float, runs: d
     g = classification_tolerance(R)
     cert = certify(R, B)
     certp = certify(R, Bp)
+    if certified is not None:
+        extra = np.asarray(certified, dtype=bool).reshape(n)
+        cert, certp = cert | extra, certp | extra
     per: dict[str, np.ndarray] = {"gamma": g, "B": B, "B_prob": Bp, "certified": cert, "certified_prob": certp,
                                   "class_fp32": np.argmax(r, axis=1)}
     summary = ToleranceSummary(space, n, int(cert.sum()), int(certp.sum()), float(probability),

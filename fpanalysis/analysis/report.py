@@ -154,6 +154,7 @@ class AnalysisReport:
     environment: dict[str, Any] = field(default_factory=dict)
     probability: float = 1.0
     accuracy: dict[str, float] = field(default_factory=dict)
+    certificate: dict[str, Any] = field(default_factory=dict)
 
     # -- access ---------------------------------------------------------------------------
     def layer(self, name: str) -> LayerReport:
@@ -200,6 +201,7 @@ class AnalysisReport:
         lines = [head]
         for s in self.tolerance.values():
             lines += s.lines()
+        lines += certificate_lines(self.certificate)
         if self.accuracy:
             lines.append("accuracy: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in self.accuracy.items()))
         lines.append(f"deterministic bound violations (all layers, emulator and real torch run): {self.violations}")
@@ -221,6 +223,7 @@ class AnalysisReport:
             "environment": self.environment,
             "probability": self.probability,
             "accuracy": self.accuracy,
+            "certificate": self.certificate,
         }
 
     def to_json(self, path: str | Path | None = None, *, indent: int = 1) -> str:
@@ -251,7 +254,7 @@ class AnalysisReport:
                    tolerance={k: ToleranceSummary.from_dict(v) for k, v in d.get("tolerance", {}).items()},
                    per_input=d.get("per_input", {}), timings=d.get("timings", {}),
                    environment=d.get("environment", {}), probability=d.get("probability", 1.0),
-                   accuracy=d.get("accuracy", {}))
+                   accuracy=d.get("accuracy", {}), certificate=d.get("certificate", {}))
 
     # -- figures --------------------------------------------------------------------------
     def plot_errors(self, path: str | Path | None = None, ax: Any = None) -> Any:
@@ -320,6 +323,31 @@ class AnalysisReport:
         if path is not None:
             fig.savefig(path, dpi=120)
         return fig
+
+
+def certificate_lines(info: dict[str, Any]) -> list[str]:
+    """Text lines of the ``certificate`` entry of an analysis report."""
+    if not info:
+        return []
+    if info.get("method") != "adjoint":
+        note = info.get("note")
+        return [(f"[certificate] interval (Gamma > 2 B){': ' + note if note else ''}; "
+                 "adjoint bound, limit and predictor: not examined")]
+    n = max(info.get("n", 0), 1)
+    out = [(f"[certificate] adjoint: {info['certified_adjoint']}/{info['n']} "
+            f"({100 * info['certified_adjoint'] / n:.2f}%) certified (sound), interval alone "
+            f"{info['certified_interval']}/{info['n']} ({100 * info['certified_interval'] / n:.2f}%); medians: bound "
+            f"{info['median_bound']:.3g}, limit sum|g|e {info['median_limit']:.3g}, predicted "
+            f"{info['median_predicted']:.3g} (not sound)")]
+    for name, r in info.get("runs", {}).items():
+        cal = r["calibration"]
+        out.append(f"  {name}: median delta {r['median_delta']:.3g}, bound/delta {r['median_bound_over_delta']:.3g}, "
+                   f"limit/delta {r['median_limit_over_delta']:.3g}; bound violations {r['bound_violations']}, "
+                   f"margin violations {r['margin_violations']}, certified flips {r['flips_certified']}; "
+                   f"delta/delta_pred q05 {cal['q05']:.3g} q50 {cal['q50']:.3g} q95 {cal['q95']:.3g}, "
+                   f"{100 * cal['within_0.25_2']:.1f}% within [0.25, 2]")
+    return out
+
 
 
 #: ``o`` made representable in standard JSON (non-finite floats as ``"nan"``/``"inf"``/``"-inf"``)

@@ -117,9 +117,14 @@ class AnalysisConfig:
     local: bool = True
     keep_per_input: bool = True
     name: str | None = None
+    certificate: str = "adjoint"
 
     def __post_init__(self) -> None:
         from ..linalg import Profile
+
+        if self.certificate not in CERTIFICATES:
+            raise ValueError(f"unknown certificate {self.certificate!r}; valid certificates are: "
+                             f"{', '.join(CERTIFICATES)}")
 
         object.__setattr__(self, "fmt", get_format(self.fmt))
         object.__setattr__(self, "profile", Profile.parse(self.profile).value)
@@ -129,6 +134,11 @@ class AnalysisConfig:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size}")
         if int(self.block) < 1:
             raise ValueError(f"block must be >= 1, got {self.block}")
+
+
+#: Certificates :func:`analyze` can use: the adjoint one (:mod:`.adjoint`, piecewise-linear
+#: networks, falling back to the interval one elsewhere) and the interval one alone.
+CERTIFICATES = ("adjoint", "interval")
 
 
 def _as_tensor(torch: Any, x: Any) -> Any:
@@ -158,6 +168,7 @@ def analyze(
     local: bool = True,
     keep_per_input: bool = True,
     name: str | None = None,
+    certificate: str = "adjoint",
 ) -> AnalysisReport:
     """Analyse the rounding error of ``model`` in ``fmt`` on ``inputs``, layer by layer.
 
@@ -213,6 +224,15 @@ def analyze(
         Keep per-input certificates (Gamma, B, delta, classes) in the report.
     name : str, optional
         Model name for the report.
+    certificate : {"adjoint", "interval"}
+        ``"adjoint"`` (default): the per-input certificate of :mod:`fpanalysis.analysis.adjoint`
+        (error propagated through the network's Jacobian, margins against each class) combined
+        with the interval one (either suffices; the logit bound is the smaller of the two), plus
+        its limit and the calibrated, NOT sound, predictor ``delta_pred`` with the quantiles of
+        ``delta / delta_pred`` (``report.certificate``).  Networks with smooth layers (layer
+        norm, softmax, GELU, ...) are not certified by the adjoint method: the report says so and
+        uses the interval certificate.  ``"interval"``: the interval certificate
+        ``Gamma > 2 B`` alone (:mod:`fpanalysis.analysis.network_bounds`).
 
     Returns
     -------
@@ -228,7 +248,7 @@ def analyze(
     import torch
 
     cfg = AnalysisConfig(fmt, profile, mode, failure_prob, batch_size, progress, order, block, seed, real_half,
-                         half_device, cuda, reference, local, keep_per_input, name)
+                         half_device, cuda, reference, local, keep_per_input, name, certificate)
     with _strict_fp32(torch) as flags:
         report = _analyze(torch, model, inputs, labels, cfg)
     report.environment["precision_flags"] = flags
@@ -297,18 +317,41 @@ def _analyze(torch: Any, model: Any, inputs: Any, labels: Any, c: AnalysisConfig
     fail = sum(s.fail for s in stats.values())
     probability = max(0.0, 1.0 - fail)
     t0 = time.perf_counter()
+    G, Gp, cert_extra, adj, cert_info = arrs["G"], arrs["Gp"], None, None, {"method": "interval"}
+    if c.certificate == "adjoint":
+        from .adjoint import _unsupported_message as unsupported_message
+        from .adjoint import adjoint_certificate, unsupported_steps
+
+        bad = unsupported_steps(traced)
+        if bad:
+            cert_info["note"] = unsupported_message(bad) + "; the interval certificate is used"
+        else:
+            adj = adjoint_certificate(traced, X, cfg0, batch_size=min(bs, 64))
+            G, Gp = np.minimum(G, adj.bound), np.minimum(Gp, adj.bound)  # both bounds are sound
+            cert_extra = adj.certified
+            cert_info["method"] = "adjoint"
+    timings["adjoint"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     tol, per = {}, {}
     for space in ("logits", "probs"):
         cuda_free = {k: v for k, v in runs.items() if k != cuda_run}
-        summ, per_in = summarize(arrs["fp32"], arrs["G"], arrs["Gp"], probability, cuda_free, space=space)
+        extra = cert_extra if space == "logits" else None
+        summ, per_in = summarize(arrs["fp32"], G, Gp, probability, cuda_free, space=space, certified=extra)
         if cuda_run in runs:  # observed only: CUDA kernels are outside the bound's assumptions
-            s2, p2 = summarize(arrs["fp32"], arrs["G"], arrs["Gp"], probability, {cuda_run: runs[cuda_run]},
-                               space=space, warn=False)
+            s2, p2 = summarize(arrs["fp32"], G, Gp, probability, {cuda_run: runs[cuda_run]},
+                               space=space, warn=False, certified=extra)
             summ.runs.update(s2.runs)
             per_in.update({k: v for k, v in p2.items() if k.endswith(cuda_run)})
         tol[space] = summ
         if c.keep_per_input:
             per[space] = {k: np.asarray(v).tolist() for k, v in per_in.items()}
+    if adj is not None:
+        from .adjoint import summarize_adjoint
+
+        cert_info.update(summarize_adjoint(adj, arrs["fp32"], arrs["G"], runs))
+        if c.keep_per_input:
+            per["adjoint"] = {"bound": adj.bound.max(1).tolist(), "limit": adj.limit.tolist(),
+                              "predicted": adj.predicted.tolist(), "certified": adj.certified.tolist()}
     timings["tolerance"] = time.perf_counter() - t0
     acc: dict[str, float] = {}
     if labels is not None:
@@ -324,10 +367,11 @@ def _analyze(torch: Any, model: Any, inputs: Any, labels: Any, c: AnalysisConfig
         "order": emu.order, "block": block, "failure_prob": c.failure_prob, "lam": lam, "events_per_input": events,
         "n_inputs": N, "batch_size": bs, "real_half": real_half, "real_dtype": str(half_dtype) if real_half else None,
         "reference": c.reference, "local": c.local,
-        "steps": len(traced.steps),
+        "steps": len(traced.steps), "certificate": c.certificate,
     }
     return AnalysisReport(config=config, layers=[s.report() for s in stats.values()], tolerance=tol, per_input=per,
-                          timings=timings, environment=_environment(torch), probability=probability, accuracy=acc)
+                          timings=timings, environment=_environment(torch), probability=probability, accuracy=acc,
+                          certificate=cert_info)
 
 
 def real_dtype(torch: Any, f: Any) -> tuple[Any, str]:

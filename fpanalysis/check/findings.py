@@ -270,7 +270,8 @@ class Measurements:
     ``step_nonfinite_frac``, ``step_error_frac``.  ``stagnation``: ``lost``, ``nonzero``,
     ``per_layer`` (``layer``, ``frac``).  ``reductions``: dicts with ``layer``, ``n``, ``what``.
     ``agreement``: ``certified``, ``observed``, ``n`` (optionally ``certified_prob``,
-    ``probability``).  ``profile``: the arithmetic profile the reductions run under.
+    ``probability``, ``method``: ``"adjoint"`` or ``"interval"``).  ``profile``: the arithmetic profile the
+    reductions run under.
     """
 
     activations: list[dict[str, Any]] = field(default_factory=list)
@@ -489,7 +490,8 @@ def agreement_findings(a: dict[str, Any] | None, fmt: FloatFormat) -> list[Findi
         st = "fail" if a["observed"] < T["agreement_fail"] else "ok"
         out.append(Finding(
             "inference agreement", st, a["observed"], T["agreement_fail"], "<" if st != "ok" else ">=",
-            f"{100 * a['certified']:.1f}% of {a['n']} inputs certified by the sound bound (Γ > 2B)"
+            f"{100 * a['certified']:.1f}% of {a['n']} inputs certified by the sound bound "
+            + ("(adjoint margins or Γ > 2B)" if a.get("method") == "adjoint" else "(Γ > 2B)")
             + (f", {100 * a['certified_prob']:.1f}% by the probabilistic one (each with probability >= "
                f"{a['probability']:.6g})" if "certified_prob" in a else "")
             + f"; {100 * a['observed']:.1f}% observed to keep the fp32 class in emulated {fmt.name}",

@@ -321,7 +321,8 @@ def _agreement_findings(model: nn.Module, X: torch.Tensor, c: CheckConfig, meas:
     emu = summ.runs.get("emulator")
     observed = emu.agreement if emu is not None else math.nan
     meas.agreement = {"certified": summ.certified_fraction, "certified_prob": summ.certified_prob_fraction,
-                      "probability": summ.probability, "observed": observed, "n": summ.n}
+                      "probability": summ.probability, "observed": observed, "n": summ.n,
+                      "method": rep.certificate.get("method", "interval")}
     details["agreement"] = summ.to_dict()
     details["analysis_layers"] = rep.to_dict().get("layers", [])
     return agreement_findings(meas.agreement, c.format)
