@@ -571,8 +571,8 @@ def dry_run_findings(d: dict[str, Any] | None, fmt: FloatFormat, verified: list[
         thr = p["threshold"]
         if p["check"] in ("buffer overflow", "op overflow"):
             thr = fmt.max  # a value above the format's largest finite number
-        out.append(Finding(
-            p["check"], p["status"], float(p["measured"]), float(thr) if thr is not None else math.nan,
+        out.append(Finding(  # named as measured by the dry run, beside the probes' predictions
+            f"dry run: {p['check']}", p["status"], float(p["measured"]), float(thr) if thr is not None else math.nan,
             ">" if p["check"] not in ("divergence", "range trend") else "at step" if p["check"] == "divergence" else "<",
             p["message"] + f" ({steps}-step dry run)",
             fix=fix if p["status"] == "fail" else (fix or None), fixable=bool(verified), layer=layer,

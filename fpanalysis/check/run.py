@@ -365,6 +365,31 @@ DRY_RUN_EVAL = 512
 DRY_RUN_MAX_FIXES = 6
 
 
+def _as_dry_run_fixes(fixes: list[Any]) -> list[Any]:
+    """The findings' machine-readable fixes (:class:`fpanalysis.check.findings.Fix`) as changes the
+    dry run can apply (:class:`fpanalysis.nn.shadow.Fix`), so that it verifies them; a fix
+    it cannot express is left out (and so never offered as verified)."""
+    from ..nn.shadow import Fix as DryRunFix
+
+    out = []
+    for fx in fixes:
+        p = fx.params
+        modules = [m for m in p.get("modules", []) if m and not m.startswith("<")]
+        if fx.name in ("fp32_master_weights", "optimizer_state_fp32"):
+            out.append(DryRunFix("fp32-master-weights"))
+        elif fx.name == "stochastic_rounding":
+            out.append(DryRunFix("stochastic-rounding"))
+        elif fx.name == "adam_eps" and "eps" in p:
+            out.append(DryRunFix("adam-eps", {"eps": float(p["eps"])}))
+        elif fx.name == "loss_scale" and "scale" in p:
+            out.append(DryRunFix("loss-scale", {"mode": "static", "scale": float(p["scale"])}))
+        elif fx.name in ("buffers_fp32", "fp32_region") and modules:
+            out.append(DryRunFix("fp32-modules", {"modules": modules}))
+        elif fx.name == "rescale" and p.get("factor"):
+            out.append(DryRunFix("input-scale", {"factor": float(p["factor"])}))
+    return out
+
+
 def _static_fixes(meas: Measurements, findings: list[Finding], c: CheckConfig) -> list[Any]:
     """Changes the fp32 probes' failing findings ask for, as :class:`~fpanalysis.nn.shadow.Fix`
     objects, so that the dry run verifies them too."""
@@ -372,7 +397,7 @@ def _static_fixes(meas: Measurements, findings: list[Finding], c: CheckConfig) -
     from .findings import loss_scale_interval
 
     failing = {f.check for f in findings if f.status == "fail"}
-    out = []
+    out = [fx for f in findings if f.status == "fail" for fx in _as_dry_run_fixes(f.fixes)]
     if "activation overflow" in failing:
         names = [a["name"] for a in meas.activations or [] if a["n_overflow"] > 0]
         if names:
