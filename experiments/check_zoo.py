@@ -288,6 +288,11 @@ def stage_truth(cfg: Config, smoke: bool) -> dict:
     path = Path(cfg.out_dir) / "truth.json"
     store = _load(path)
     rows = store.setdefault("cases", {})
+    stale = set(rows) - {c.name for c in CASES}  # cases renamed or removed since
+    for name in stale:
+        del rows[name]
+    if stale:
+        write_json(path, store)
     for case in _cases(cfg, smoke):
         key = f"{asdict(case)}|{cfg.seeds}|{cfg.epochs}"
         if rows.get(case.name, {}).get("key") == key:
