@@ -83,7 +83,7 @@ from typing import Any
 import numpy as np
 
 from .formats import FloatFormat, Overflow, get_format
-from .rounding import RoundingMode, kernel_args, fits_float32, round_to
+from .rounding import RoundingMode, fits_float32, kernel_args, native_byte_order, round_to
 
 __all__ = ["Order", "Profile", "conv2d", "dot", "matmul"]
 
@@ -173,7 +173,7 @@ def _prepare(x: ArrayLike, f: FloatFormat, name: str, round_inputs: bool) -> np.
     Returns a float16 array for IEEE binary16 formats (the kernels read its bits), else a
     float32 or float64 array.
     """
-    arr = np.asarray(x)
+    arr = native_byte_order(np.asarray(x))
     if arr.dtype.kind not in "fiub":
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     if arr.dtype.kind == "f" and arr.dtype.itemsize > 8:
