@@ -76,7 +76,7 @@ class Finding:
     """One examined aspect: what was measured, against what, and what to do about it."""
 
     check: str
-    status: str  # "ok", "warn" or "fail"
+    status: str  # "ok", "warn", "fail" or "skipped" (not examined; the message says why)
     measured: float
     threshold: float
     comparison: str  # how measured relates to threshold, e.g. "> 0"
@@ -125,7 +125,7 @@ class CheckReport:
         def paint(s: str, code: str) -> str:
             return f"\033[{code}m{s}\033[0m" if color else s
 
-        colors = {"ok": "32", "warn": "33", "fail": "31"}
+        colors = {"ok": "32", "warn": "33", "fail": "31", "skipped": "36"}
         lines = [f"fpanalysis check: {self.config.get('model', 'model')} in pure {self.config.get('format')}"]
         lines.append(
             f"  optimizer {self.config.get('optimizer')} lr={self.config.get('lr')}"
@@ -134,10 +134,11 @@ class CheckReport:
         )
         lines.append("")
         for f in self.findings:
-            tag = paint(f"[{f.status.upper():4}]", colors[f.status])
+            tag = paint(f"[{'SKIP' if f.status == 'skipped' else f.status.upper():4}]", colors[f.status])
             where = f" ({f.layer})" if f.layer else ""
             lines.append(f"{tag} {f.check}{where}: {f.message}")
-            lines.append(f"       measured {_fmt_num(f.measured)} {f.comparison} threshold {_fmt_num(f.threshold)}")
+            if f.status != "skipped" and f.threshold == f.threshold:  # a NaN threshold: nothing compared
+                lines.append(f"       measured {_fmt_num(f.measured)} {f.comparison} threshold {_fmt_num(f.threshold)}")
             if f.fix and f.status != "ok":
                 lines.append(f"       fix: {f.fix}")
         lines.append("")
@@ -145,6 +146,9 @@ class CheckReport:
         lines.append("verdict: " + paint(self.verdict, "1;" + vcol))
         for c in self.changes:
             lines.append(f"  - {c}")
+        skipped = [f.check for f in self.findings if f.status == "skipped"]
+        if skipped:
+            lines.append(f"  not examined: {', '.join(skipped)} (the verdict covers the other checks only)")
         return "\n".join(lines)
 
 
@@ -171,7 +175,10 @@ def _json_default(o: Any) -> Any:
 
 def decide_verdict(findings: list[Finding]) -> tuple[str, list[str]]:
     """SAFE when nothing failed; SAFE WITH CHANGES when every failure has a fix that keeps the
-    model in the format; UNSAFE otherwise.  Returns the verdict and the list of changes."""
+    model in the format; UNSAFE otherwise.  Returns the verdict and the list of changes.
+
+    A ``"skipped"`` finding (a check that could not run) is neither a failure nor a pass: the
+    verdict covers the checks that ran, and the report lists the skipped ones."""
     fails = [f for f in findings if f.status == "fail"]
     changes: list[str] = []
     for f in fails:

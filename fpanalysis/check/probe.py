@@ -284,7 +284,7 @@ def probe_model(
         g_all = np.concatenate([np.concatenate(s.abs_values) for s in wgrads.values() if s.abs_values] or [np.zeros(0)])
         v_all = np.concatenate(adam_v) if adam_v else np.zeros(0)
         adam = {"grad_abs": g_all, "v": v_all, "eps": eps, "betas": betas, "lr": lr}
-    reductions = _reduction_lengths(m, batches[0][0].float())
+    reductions = _reduction_lengths(m.eval(), batches[0][0].float())  # eval: BatchNorm takes a batch of one
     return ProbeResult(
         activations=list(acts.values()),
         activation_grads=list(agrads.values()),

@@ -126,6 +126,8 @@ def run_check(
             progress(done, total, what)
 
     total_steps = steps + (warmup_steps if certify else 0) + (1 if certify else 0)
+    diverged_at = None  # (fp32 step, its loss) where training diverged (_diverged)
+    first_loss = None
     # warm-up in fp32 so that margins (and gradients) mean something
     if certify and warmup_steps > 0:
         opt = make_optimizer(work.parameters(), c.optimizer, c.lr, c.eps, c.momentum, c.betas)
@@ -133,16 +135,28 @@ def run_check(
         for i, (xb, yb) in enumerate(_batches(X, y, batch_size, warmup_steps, seed + 1)):
             opt.zero_grad(set_to_none=True)
             loss = nn.functional.cross_entropy(work(xb), yb)
-            if not torch.isfinite(loss):
+            value = loss.item()
+            first_loss = value if first_loss is None else first_loss
+            if _diverged(value, first_loss):
+                diverged_at = (i + 1, value)
                 break
             loss.backward()
             opt.step()
             report(i + 1, total_steps, "fp32 warm-up")
+    if diverged_at is not None:
+        return _diverged_report(model, X, c, *diverged_at, [], t0)
     probe = probe_model(
         work, _batches(X, y, batch_size, steps, seed + 2), f, optimizer=optimizer, lr=lr, eps=eps,
         momentum=momentum, betas=betas,
         progress=lambda d, t: report((warmup_steps if certify else 0) + d, total_steps, "measuring"),
     )
+    if diverged_at is None:
+        first_loss = probe.losses[0] if first_loss is None and probe.losses else first_loss
+        bad = [k for k, v in enumerate(probe.losses) if _diverged(v, first_loss)]
+        if bad:
+            diverged_at = ((warmup_steps if certify else 0) + bad[0] + 1, probe.losses[bad[0]])
+    if diverged_at is not None:
+        return _diverged_report(model, X, c, *diverged_at, probe.losses, t0)
     meas = Measurements(profile=c.profile)
     meas.activations = [
         {"name": a.name, "max_abs": a.max_abs, "n_overflow": a.n_overflow, "frac_flushed": a.frac_flushed}
@@ -194,6 +208,37 @@ def run_check(
     return CheckReport(verdict, findings, changes, config, details)
 
 
+#: fp32 training counts as diverged when its loss is not finite or grows above this factor times
+#: max(1, the first loss): a cross-entropy of 10^6 means logit gaps of 10^6, nothing a training
+#: run recovers from.
+_DIVERGED_LOSS_FACTOR = 1e6
+
+
+def _diverged(loss: float, first: float | None) -> bool:
+    return not math.isfinite(loss) or loss > _DIVERGED_LOSS_FACTOR * max(1.0, first if first is not None else 1.0)
+
+
+def _diverged_report(model: nn.Module, X: torch.Tensor, c: CheckConfig, step: int, loss: float,
+                     losses: list[float], t0: float) -> CheckReport:
+    """fp32 training itself diverged: the measurements describe a broken run, not the format,
+    so the report says so (one failing finding, no fix that keeps the set-up) and nothing else."""
+    what = f"{c.optimizer} with lr={c.lr:g}" + (f", momentum={c.momentum:g}" if c.optimizer == "sgd" else "")
+    finding = Finding(
+        "fp32 training", "fail", float(step), math.nan, "diverges at step",
+        f"fp32 training diverges at step {step} (loss {loss:.3g}) with {what}: the check cannot judge "
+        f"{c.format.name}; lower the learning rate until fp32 trains",
+        fix="lower the learning rate (fp32 itself diverges)", fixable=False,
+    )
+    verdict, changes = decide_verdict([finding])
+    config = {
+        "model": c.model_name or type(model).__name__, "format": c.format.name, "optimizer": c.optimizer,
+        "lr": c.lr, "eps": c.eps, "momentum": c.momentum, "batch_size": c.batch_size, "steps": c.steps,
+        "warmup_steps": c.warmup_steps if c.certify else 0, "samples": int(X.shape[0]), "profile": c.profile,
+        "seed": c.seed, "seconds": round(time.perf_counter() - t0, 2), "fp32_diverged_at_step": step,
+    }
+    return CheckReport(verdict, [finding], changes, config, {"losses": losses})
+
+
 def _pooled_quantile(stats: list[Any], q: float) -> float:
     vals = [np.concatenate(s.abs_values) for s in stats if s.abs_values]
     if not vals:
@@ -210,7 +255,7 @@ def _agreement_findings(model: nn.Module, X: torch.Tensor, c: CheckConfig, meas:
         rep = analyze(model.eval(), X[:c.certify_samples], fmt=c.format, profile=c.profile, progress=False,
                       real_half=False, local=False, keep_per_input=False, name="check")
     except ValueError as exc:
-        return [Finding("inference agreement", "ok", math.nan, math.nan, "n/a", f"not examined: {exc}")]
+        return [Finding("inference agreement", "skipped", math.nan, math.nan, "n/a", f"not examined: {exc}")]
     summ = rep.tolerance["logits"]
     emu = summ.runs.get("emulator")
     observed = emu.agreement if emu is not None else math.nan
