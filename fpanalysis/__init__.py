@@ -10,6 +10,7 @@ from .formats import FORMATS, FloatFormat, get_format
 from .linalg import Order, Profile, conv2d, dot, matmul
 from .reference import exact_dot, exact_dot_fraction, exact_matmul, exact_sum
 from .rounding import RoundingMode, RoundingStats, from_bits, round_to, to_bits
+from .version import __version__
 
 __all__ = [
     "AnalysisReport",
@@ -36,5 +37,3 @@ __all__ = [
     "to_bits",
     "tolerance",
 ]
-
-__version__ = "0.1.0"

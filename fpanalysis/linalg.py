@@ -48,8 +48,14 @@ Orders (for ``ieee`` and ``fp32-accumulate``)
     NumPy's float32 ``matmul`` (the BLAS library's own blocked order, with FMAs), then the
     final rounding.  Fast, but the summation order is the library's and not documented here.
 
-Signed zeros follow IEEE 754: a sum that starts from +0 is +0 when every term is -0 (as in
-BLAS and torch), an exact zero sum is -0 only when rounding ``"down"``.  A NaN result is a NaN,
+Signed zeros follow IEEE 754 (sec. 6.3: an exact zero sum of operands of opposite signs is +0,
+except in round-down where it is -0).  ``ieee``: every addition follows that rule, from a sum
+that starts at +0, so a sum of -0 terms is +0 (as in BLAS and torch) and, with ``"down"``, an
+exact zero sum is -0 unless every term is +0.  ``fp32-accumulate``: the binary32 additions
+round to nearest even whatever ``mode`` is, so an exact zero sum is +0 in every mode (the final
+rounding keeps it).  ``exact``: the rule applied once to the exact sum, as for one fused
+operation: +0, except with ``"down"``, where it is -0 unless every product is +0 (the same
+zeros as ``ieee`` gives then).  A zero produced by underflow keeps the sign of the exact sum.  A NaN result is a NaN,
 but its sign and payload are not specified (as in IEEE 754, sec. 6.3): when both operands of
 an addition are NaNs the hardware keeps one of them, and which one can differ between kernels
 (e.g. with the number of rows of A) and between CPUs.  Every non-NaN result is bit-exact.
@@ -83,7 +89,7 @@ from typing import Any
 import numpy as np
 
 from .formats import FloatFormat, Overflow, get_format
-from .rounding import RoundingMode, fits_float32, kernel_args, native_byte_order, round_to
+from .rounding import RoundingMode, _wide_ints, fits_float32, kernel_args, native_byte_order, round_to
 
 __all__ = ["Order", "Profile", "conv2d", "dot", "matmul"]
 
@@ -173,6 +179,15 @@ def _prepare(x: ArrayLike, f: FloatFormat, name: str, round_inputs: bool) -> np.
     Returns a float16 array for IEEE binary16 formats (the kernels read its bits), else a
     float32 or float64 array.
     """
+    _, wide = _wide_ints(x)
+    if wide:  # integers that float64 cannot hold: never numbers of a format (p <= 53)
+        if not round_inputs:
+            raise ValueError(
+                f"{name} has {len(wide)} integer value(s) that are not numbers of format {f.name!r} "
+                f"(first: {wide[0]!r}); round the inputs first (fpanalysis.round_to(x, {f.name!r})) "
+                "or pass round_inputs=True"
+            )
+        x = round_to(x, f, dtype=np.float64)  # rounded exactly, once
     arr = native_byte_order(np.asarray(x))
     if arr.dtype.kind not in "fiub":
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
@@ -376,7 +391,30 @@ def _exact(A: np.ndarray, B: np.ndarray, spec: _Spec, offset: int, dtype: type) 
         z = np.asarray(exact_matmul(A64, B64, wide, "odd"), dtype=np.float64)
         return _round_final(z, spec, offset, dtype)
     z = np.asarray(exact_matmul(A64, B64, spec.fmt, spec.mode.value), dtype=np.float64)
+    if spec.mode is RoundingMode.DOWN and (z == 0.0).any():
+        z = _exact_zero_signs_down(A64, B64, z)
     return z.astype(dtype, copy=False)
+
+
+def _exact_zero_signs_down(A: np.ndarray, B: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """The sign of an exact zero sum in round-down (``exact`` profile, IEEE 754 sec. 6.3 as for
+    one fused operation): ``-0`` unless every product is ``+0``.
+
+    Those are the zeros a sum started from ``+0`` gives in round-down: ``+0 + (+0) = +0``, and a
+    ``-0`` product or a nonzero product (the sum being zero, terms of both signs) makes it
+    ``-0``.  Zero results of nonzero sums (underflow) keep the sign the rounding gave them.
+    """
+    from .reference import exact_matmul
+
+    wide = FloatFormat("binary64-odd", 53, -960, 1000)  # round to odd: zero only for a zero sum
+    zero_sum = np.asarray(exact_matmul(A, B, wide, "odd"), dtype=np.float64) == 0.0
+    sa, sb = np.signbit(A).astype(np.float64), np.signbit(B).astype(np.float64)
+    na, nb = (A != 0).astype(np.float64), (B != 0).astype(np.float64)
+    with np.errstate(invalid="ignore"):  # 0/1 matrices: exact counts (K < 2**53)
+        same_sign = sa @ sb + (1 - sa) @ (1 - sb)
+        nonzero_same_sign = (na * sa) @ (nb * sb) + (na * (1 - sa)) @ (nb * (1 - sb))
+    all_plus_zero = same_sign - nonzero_same_sign == A.shape[-1]
+    return np.where(zero_sum & (z == 0.0) & ~all_plus_zero, -0.0, z)
 
 
 def _counter_span(M: int, K: int, N: int) -> int:

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from .formats import FloatFormat, get_format
-from .rounding import RoundingMode, RoundingStats, as_float_array, kernel_args, fits_float32, round_to
+from .rounding import RoundingMode, RoundingStats, _wide_ints, as_float_array, fits_float32, kernel_args, round_to
 
 __all__ = ["add", "sub", "mul", "div", "sqrt", "fma", "check_ops_format"]
 
@@ -80,7 +80,17 @@ def _prepare(
     f = check_ops_format(fmt)
     m = RoundingMode.parse(mode)
     kargs = kernel_args(f, m, seed, random_bits, stream)
-    arrays = [as_float_array(x) for x in args]
+    arrays = []
+    for k, x in enumerate(args):
+        _, wide = _wide_ints(x)
+        if wide and not round_inputs:
+            raise ValueError(
+                f"{name}: argument {_ARG_NAMES[k]!r} has {len(wide)} integer value(s) that are not "
+                f"{f.name} numbers (first: {wide[0]!r}); round them first with "
+                f"round_to(x, {f.name!r}) or pass round_inputs=True"
+            )
+        # with round_inputs, such integers are rounded exactly (once) by round_to
+        arrays.append(np.asarray(round_to(x, f, "nearest-even"), dtype=np.float64) if wide else as_float_array(x))
     weak = [type(x) in (float, int, bool) for x in args]
     scalar_in = all(weak)
     if dtype is None:

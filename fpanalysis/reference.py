@@ -23,11 +23,13 @@ intermediate overflow: only the final rounding can overflow.  IEEE 754 semantics
 and NaNs: a NaN operand, ``inf * 0`` or ``inf - inf`` among the products gives NaN, otherwise an
 infinite product gives an infinity of its sign; the result then goes through the format's
 overflow policy (``inf`` -> NaN in fp8 E4M3FN, -> max when saturating).  An exact zero sum is
-``+0.0`` in every mode.
+``+0.0`` in every mode (the exact value zero, rounded; the ``exact`` profile of
+:mod:`fpanalysis.linalg` gives it IEEE 754's ``-0`` in round-down instead).
 
 **mpmath references** (``mp_*``) evaluate at ``prec`` bits (default :data:`DEFAULT_PREC` = 113,
 IEEE quad) with the precision scoped by ``mpmath.workprec`` (never set globally), then round to
-the nearest float64.  Each function is a short formula whose every step is accurate to a few
+the nearest float64 once, from the exact binary value of the mpf (subnormal results included;
+mpmath's own ``float()`` rounds twice there).  Each function is a short formula whose every step is accurate to a few
 units of ``2**-prec`` relative (GELU uses the ``erfc`` form, which has no cancellation), so the
 float64 returned is the correctly rounded value unless the exact value lies within about
 ``2**(8-prec)`` (relative) of a rounding boundary between two float64 numbers.  Non-finite
@@ -288,8 +290,9 @@ def exact_matmul(
     *,
     dtype: Any = None,
 ) -> np.ndarray:
-    """``A @ B`` with every entry the exact dot product rounded once to ``fmt`` (the ``exact``
-    arithmetic profile).  Parallel over the entries.
+    """``A @ B`` with every entry the exact dot product rounded once to ``fmt`` (the values of the
+    ``exact`` arithmetic profile; exact zero sums are ``+0.0`` here, see the module docstring).
+    Parallel over the entries.
 
     Parameters
     ----------
@@ -456,9 +459,8 @@ def mp_dot(x: ArrayLike, y: ArrayLike, prec: int | None = None, *, as_mpf: bool 
     """``sum_i x_i*y_i`` with mpmath: products exact, the sum rounded once to ``prec`` bits.
 
     ``prec=None`` chooses a precision that holds the sum exactly, so the result is the exact
-    value rounded to the nearest float64 (correctly rounded except in float64's subnormal
-    range, where mpmath's conversion rounds twice).  Returns a float, or the ``mpf`` when
-    ``as_mpf``.
+    value rounded to the nearest float64, correctly rounded (subnormals included).  Returns a
+    float, or the ``mpf`` when ``as_mpf``.
 
     >>> mp_dot([2.0**60, 1.0, -2.0**60], [1.0, 1.0, 1.0])
     1.0
@@ -473,7 +475,7 @@ def mp_dot(x: ArrayLike, y: ArrayLike, prec: int | None = None, *, as_mpf: bool 
         prec = prec_for_exact_dot(xs, ys)
     with mpmath.workprec(int(prec)):
         s = mpmath.fdot(xs, ys)
-    return s if as_mpf else float(s)
+    return s if as_mpf else _to_float(s)
 
 
 def _mp_elementwise(
@@ -500,7 +502,7 @@ def _mp_elementwise(
                 r = zero(v)
             else:
                 r = fn(mpmath, mpmath.mpf(v))
-            flat_out[i] = (mpmath.mpf(r) if isinstance(r, float) else r) if as_mpf else float(r)
+            flat_out[i] = (mpmath.mpf(r) if isinstance(r, float) else r) if as_mpf else _to_float(r)
     if arr.ndim == 0:
         return out[()]
     return out
@@ -508,6 +510,27 @@ def _mp_elementwise(
 
 def _same(v: float) -> float:
     return v
+
+
+def _to_float(v: Any) -> float:
+    """The float64 nearest to the mpf (or float) ``v``, ties to even, rounded once from its exact
+    binary value ``man * 2**exp``, subnormal and overflowing results included.
+
+    ``float(mpf)`` rounds to 53 bits first and then again to the subnormal grid (double
+    rounding, off by one ulp there); CPython's integer true division is correctly rounded over
+    the whole float64 range, subnormals included.
+    """
+    if isinstance(v, float):
+        return v
+    sign, man, exp, _ = v._mpf_
+    man, exp = int(man), int(exp)  # plain ints: with the gmpy2 backend they are mpz, whose / is mpfr
+    if not man:  # zero, inf or nan (mpmath encodes those with a zero mantissa)
+        return float(v)
+    try:
+        r = (man << exp) / 1 if exp >= 0 else man / (1 << -exp)
+    except OverflowError:
+        r = math.inf
+    return -r if sign else r
 
 
 def mp_exp(x: ArrayLike, prec: int = DEFAULT_PREC, *, as_mpf: bool = False) -> Any:
@@ -644,12 +667,16 @@ def _mp_rows(x: ArrayLike, axis: int, prec: int, as_mpf: bool, log: bool) -> Any
                 e = [mpmath.exp(mpmath.mpf(v) - m) if v != -math.inf else mpmath.mpf(0) for v in row]
                 s = mpmath.fsum(e)
                 if log:
-                    ls = mpmath.log(s)
+                    # log(s) = log1p(s - 1), and s - 1 is the sum of the terms other than one
+                    # maximal term (exactly 1): log(1 + tiny) at prec bits would round to 0
+                    rest = list(e)
+                    rest.pop(row.index(m))
+                    ls = mpmath.log1p(mpmath.fsum(rest))
                     vals = [mpmath.mpf(v) - m - ls if v != -math.inf else mpmath.ninf for v in row]
                 else:
                     vals = [t / s for t in e]
             for c, v in enumerate(vals):
-                out[r, c] = v if as_mpf else float(v)
+                out[r, c] = v if as_mpf else _to_float(v)
     return np.moveaxis(out.reshape(arr.shape), -1, axis)
 
 

@@ -14,6 +14,7 @@ for every mode, overflow policy and subnormal setting of the format.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Union
@@ -188,6 +189,128 @@ def as_float_array(x: ArrayLike) -> np.ndarray:
         raise TypeError(f"cannot round values of dtype {arr.dtype}; pass real numbers") from None
 
 
+_F64_INT_LIMIT = 1 << 53  # every integer of magnitude <= 2**53 is a float64 number
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _wide_ints(x: Any) -> tuple[np.ndarray, list[int]]:
+    """Flat positions and values of the integers in ``x`` that float64 cannot hold exactly
+    (magnitude above ``2**53`` with more than 53 significant bits, or beyond float64's range).
+
+    Converting those to float64 would round them once before the rounding asked for: the
+    callers round them exactly with :func:`_round_int` or refuse them.  Python scalars, int64
+    and uint64 arrays and lists/tuples (possibly mixing floats and ints) are examined.
+    """
+    if _is_int(x):
+        v = int(x)
+        return (np.zeros(1, dtype=np.intp), [v]) if _int_needs_exact(v) else (np.zeros(0, dtype=np.intp), [])
+    if isinstance(x, np.ndarray) and x.dtype.kind in "iu":
+        if x.dtype.itemsize < 8:
+            return np.zeros(0, dtype=np.intp), []
+        flat = x.reshape(-1)
+        cand = np.flatnonzero((flat > _F64_INT_LIMIT) | (flat < -_F64_INT_LIMIT))
+    elif (isinstance(x, np.ndarray) and x.dtype.kind == "O") or isinstance(x, (list, tuple)):
+        try:
+            flat = np.array(x, dtype=object).reshape(-1)
+        except ValueError:  # ragged: numpy's own conversion reports it later
+            return np.zeros(0, dtype=np.intp), []
+        cand = np.array([i for i, v in enumerate(flat.tolist()) if _is_int(v) and _int_needs_exact(int(v))],
+                        dtype=np.intp)
+    else:
+        return np.zeros(0, dtype=np.intp), []
+    vals = [int(v) for v in flat[cand].tolist()] if cand.size else []
+    keep = [k for k, v in enumerate(vals) if _int_needs_exact(v)]
+    return cand[keep], [vals[k] for k in keep]
+
+
+def _int_needs_exact(v: int) -> bool:
+    if -_F64_INT_LIMIT <= v <= _F64_INT_LIMIT:
+        return False
+    a = abs(v)
+    return a.bit_length() > 1024 or (a >> ((a & -a).bit_length() - 1)).bit_length() > 53
+
+
+def _round_int(n: int, fmt: FloatFormat, mode: RoundingMode, rbits: int, kbits: int) -> tuple[float, int, bool]:
+    """Round the integer ``n`` (``|n| > 2**53``) to ``fmt`` with exact integer arithmetic, with the
+    semantics of the kernels (overflow policy per mode; stochastic modes decide from the exact
+    dropped fraction and the 64 random bits ``rbits``, ``kbits`` of them for ``random_bits``).
+
+    Returns ``(value, inexact, overflow)``.  ``|n| >= 2**53 > 2**emin``: never subnormal or
+    flushed.
+    """
+    neg = n < 0
+    a = -n if neg else n
+    s = a.bit_length() - fmt.p  # drop s >= 1 bits: the quantum is 2**s (the binade is above emin)
+    fl = a >> s
+    rem = a - (fl << s)
+    half = 1 << (s - 1)
+    if mode is RoundingMode.NEAREST_EVEN:
+        up = rem > half or (rem == half and fl & 1 == 1)
+    elif mode is RoundingMode.NEAREST_AWAY:
+        up = rem >= half
+    elif mode is RoundingMode.TOWARD_ZERO:
+        up = False
+    elif mode is RoundingMode.UP:
+        up = rem != 0 and not neg
+    elif mode is RoundingMode.DOWN:
+        up = rem != 0 and neg
+    elif mode is RoundingMode.ODD:
+        up = rem != 0 and fl & 1 == 0
+    elif kbits == 0:  # stochastic: up when u = (rbits >> 11) * 2**-53 < rem / 2**s
+        up = ((rbits >> 11) << s) < (rem << 53)
+    else:  # k random bits added to the top k dropped bits
+        up = ((rem << kbits) >> s) + (rbits >> (64 - kbits)) >= (1 << kbits)
+    y = (fl + int(up)) << s
+    over = y > fmt.max
+    if over:
+        to_max = (
+            fmt.overflow is Overflow.SATURATE
+            or mode in (RoundingMode.TOWARD_ZERO, RoundingMode.ODD)
+            or (mode is RoundingMode.UP and neg)
+            or (mode is RoundingMode.DOWN and not neg)
+        )
+        val = fmt.max if to_max else (math.nan if fmt.overflow is Overflow.NAN else math.inf)
+    else:
+        val = float(y)  # y has at most p <= 53 significant bits and y <= max: exact
+    return (-val if neg else val), bool(rem != 0 or over), bool(over)
+
+
+def _with_exact_ints(
+    x: Any, arr: "np.ndarray | None", fmt: FloatFormat, mode: RoundingMode, key: np.uint64, kbits: int
+) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """``arr`` (the float64 conversion of ``x``, or None when it failed) with the integers that
+    float64 cannot hold replaced by their exact roundings to ``fmt`` (numbers of the format, or
+    the overflow policy's value, which rounding leaves unchanged).  Also returns the counts
+    (inexact, overflow) of those replaced entries, or None when there were none."""
+    idx, vals = _wide_ints(x)
+    if not vals:
+        if arr is None:
+            raise TypeError("cannot round values of this input; pass real numbers")
+        return arr, None
+    if arr is None:  # object array with integers beyond float64's range
+        flat_obj = np.array(x, dtype=object).reshape(-1)
+        flat_obj[idx] = 0.0
+        shape = np.shape(np.array(x, dtype=object))
+        try:
+            arr = flat_obj.astype(np.float64).reshape(shape)
+        except (TypeError, ValueError, OverflowError):
+            raise TypeError("cannot round values of this input; pass real numbers") from None
+    else:
+        arr = np.array(arr, dtype=np.float64, copy=True)
+    rb = counter_random_numpy(key, idx.astype(np.uint64)) if mode is RoundingMode.STOCHASTIC else None
+    flat = arr.reshape(-1)
+    n_inexact = n_over = 0
+    for k, (i, v) in enumerate(zip(idx.tolist(), vals)):
+        y, inexact, over = _round_int(v, fmt, mode, 0 if rb is None else int(rb[k]), kbits)
+        flat[i] = y
+        n_inexact += inexact
+        n_over += over
+    return arr, (n_inexact, n_over)
+
+
 def round_to(
     x: ArrayLike,
     fmt: "str | FloatFormat" = "fp16",
@@ -205,7 +328,8 @@ def round_to(
     Parameters
     ----------
     x : array_like or scalar
-        Real values (float16/32/64 or integers).
+        Real values (float16/32/64 or integers).  Integers that float64 cannot hold exactly
+        (above ``2**53`` in magnitude, Python ints of any size) are rounded exactly, once.
     fmt : str or FloatFormat
         Target format (``"fp16"``, ``"bf16"``, ``"fp8_e4m3fn"``, a custom ``FloatFormat``, ...).
     mode : str
@@ -250,7 +374,11 @@ def round_to(
     f = get_format(fmt)
     m = RoundingMode.parse(mode)
     args = kernel_args(f, m, seed, random_bits, stream)
-    arr = as_float_array(x)
+    try:
+        arr = as_float_array(x)
+    except OverflowError:  # integers beyond float64's range: rounded exactly below
+        arr = None
+    arr, int_counts = _with_exact_ints(x, arr, f, m, args[7], args[8])
     if dtype is None and out is not None and _storage_name(out.dtype) in _NATIVE_STORAGE:
         dtype = out.dtype
     if dtype is not None and _storage_name(dtype) in _NATIVE_STORAGE:
@@ -285,8 +413,10 @@ def round_to(
     if return_stats:
         counts = round_kernels.round_array_stats(flat, dest, p, emin, minnorm, maxval, sub, ovf, code, key, 0, kbits)
         stats = RoundingStats(flat.size, *(int(c) for c in counts))
+        if int_counts is not None:  # the replaced entries are format numbers: no counts above
+            stats = stats + RoundingStats(0, int_counts[0], int_counts[1], 0, 0)
     elif flat.dtype == np.float32 and dest.dtype == np.float32 and code < 6 and round_kernels.f32_kernel_applies(
-        f.p, f.emin, f.emax
+        f.p, f.emin, f.emax, f.subnormals
     ):
         kern = round_kernels.round_array_f32 if flat.size >= round_kernels.SERIAL_BELOW else round_kernels.round_array_f32_serial
         kern(flat, dest, p, emin, minnorm, maxval, sub, ovf, code)
@@ -347,7 +477,7 @@ def _round_to_native(
     round_kernels.round_array_bits(
         flat, bits, p, emin, minnorm, maxval, sub, ovf, code, key, 0, kbits,
         fb, bias, 1.0 / f.min_subnormal, np.uint64(inf_code), np.uint64(nan_code), total - 1,
-        flat.dtype == np.float32 and round_kernels.f32_kernel_applies(f.p, f.emin, f.emax),
+        flat.dtype == np.float32 and round_kernels.f32_kernel_applies(f.p, f.emin, f.emax, f.subnormals),
     )
     if out is not None:
         return out

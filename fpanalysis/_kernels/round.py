@@ -122,8 +122,7 @@ def round_scalar(x, p, emin, minnorm, maxval, subnormals, ovf, mode, rbits, kbit
 def round_scalar_f32(x, p, emin, minnorm, maxval, subnormals, ovf, mode):  # type: ignore[no-untyped-def]
     """:func:`round_scalar` in float32 arithmetic (twice the vector lanes), for a float32 ``x``,
     deterministic modes, and formats whose quanta are normal float32 numbers
-    (``emin - p + 1 >= -126``, ``emax <= 127``: fp16 and the fp8 formats; see
-    :func:`f32_kernel_applies`).  ``minnorm`` and ``maxval`` are float32."""
+    (fp16 and the fp8 formats; the condition is :func:`f32_kernel_applies`).  ``minnorm`` and ``maxval`` are float32."""
     b = f32_to_u32(x)
     sign = U32(b & U32(0x80000000))
     neg = sign != U32(0)
@@ -167,10 +166,16 @@ def round_scalar_f32(x, p, emin, minnorm, maxval, subnormals, ovf, mode):  # typ
     return spec if special else out
 
 
-def f32_kernel_applies(p: int, emin: int, emax: int) -> bool:
-    """Whether :func:`round_scalar_f32` is exact for this format (its quanta and their
-    reciprocals are normal float32 numbers)."""
-    return p <= 24 and emin - p + 1 >= -126 and emax <= 127
+def f32_kernel_applies(p: int, emin: int, emax: int, subnormals: bool) -> bool:
+    """Whether :func:`round_scalar_f32` is exact for this format: every quantum
+    ``2**(e_eff - p + 1)`` it builds from float32 exponent bits, and its reciprocal, is a normal
+    float32 number.  The smallest ``e_eff`` is ``emin`` with subnormals and ``emin - 1``
+    without them (values below ``2**emin`` are rounded in the binade under it, then flushed), so
+    the smallest quantum is ``2**(emin - p + 1)`` or ``2**(emin - p)``; the largest is
+    ``2**(127 - p + 1)`` (inputs up to float32's top binade), whose reciprocal is normal for
+    ``p >= 2``."""
+    lowest = emin if subnormals else emin - 1
+    return 2 <= p <= 24 and lowest - p + 1 >= -126 and emax <= 127
 
 
 @njit(inline="always", cache=True)

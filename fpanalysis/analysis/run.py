@@ -45,7 +45,7 @@ __all__ = ["AnalysisConfig", "analyze"]
 def _environment(torch: Any) -> dict[str, Any]:
     import numba
 
-    from .. import __version__
+    from ..version import __version__
 
     env: dict[str, Any] = {
         "fpanalysis": __version__, "python": platform.python_version(), "numpy": np.__version__,
@@ -107,7 +107,7 @@ class AnalysisConfig:
     mode: str = "nearest-even"
     failure_prob: float = 1e-6
     batch_size: int = 128
-    progress: bool = True
+    progress: Any = True
     order: str | None = None
     block: int = 32
     seed: int | None = None
@@ -186,8 +186,9 @@ def analyze(
         rounding events is ``failure_prob``.
     batch_size : int
         Inputs per batch (memory vs speed).
-    progress : bool
-        Show a progress bar.
+    progress : bool or callable
+        Show a progress bar; or a callback ``progress(done, total, phase)`` called after each
+        batch.
     labels : array_like, optional
         Class labels, to report accuracies.
     order, block : str, int
@@ -270,7 +271,10 @@ def _analyze(torch: Any, model: Any, inputs: Any, labels: Any, c: AnalysisConfig
     batches = (X[i * bs:(i + 1) * bs] for i in range(nb))
     kw = {"reference": c.reference, "real_half": real_half, "local": c.local, "timings": timings, "half_device": c.half_device,
           "half_dtype": half_dtype or torch.float16}
-    if c.progress and progress_enabled():
+    if callable(c.progress):  # a caller's callback (the check forwards it to its own bar)
+        out = stream_batches(traced, batches, emu, cfg, stats, on_batch=lambda i: c.progress(i + 1, nb, "certificate"),
+                             **kw)
+    elif c.progress and progress_enabled():
         with progress_bar(f"analyze {name or type(model).__name__} ({f.name})", total=nb, unit="batch") as bar:
             out = stream_batches(traced, batches, emu, cfg, stats, on_batch=lambda i: bar.update(1), **kw)
     else:

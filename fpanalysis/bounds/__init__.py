@@ -10,7 +10,6 @@ Every name of :mod:`.accumulation` is re-exported here (``fpanalysis.bounds.gamm
 """
 from __future__ import annotations
 
-from . import layers
 from .accumulation import (
     METHODS,
     ORDERS,
@@ -69,3 +68,13 @@ __all__ = [
     "unit_roundoff",
     "layers",
 ]
+
+
+def __getattr__(name: str):  # noqa: ANN202 - module attribute hook
+    """``fpanalysis.bounds.layers`` loads on first use (it imports scipy; the rest is numpy)."""
+    if name == "layers":
+        import importlib
+
+        return importlib.import_module(".layers", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+

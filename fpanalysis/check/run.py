@@ -26,6 +26,9 @@ from .probe import make_optimizer, probe_model
 
 __all__ = ["as_tensors", "run_check", "validate_model"]
 
+#: Inputs per batch of the agreement certificate (one progress step each).
+CERTIFY_BATCH = 64
+
 
 def validate_model(model: Any) -> nn.Module:
     """The model must be an ``nn.Module`` with finite floating-point parameters."""
@@ -125,7 +128,8 @@ def run_check(
         if progress is not None:
             progress(done, total, what)
 
-    total_steps = steps + (warmup_steps if certify else 0) + (1 if certify else 0)
+    cert_batches = -(-min(c.certify_samples, int(X.shape[0])) // CERTIFY_BATCH) if certify else 0
+    total_steps = steps + (warmup_steps if certify else 0) + cert_batches
     diverged_at = None  # (fp32 step, its loss) where training diverged (_diverged)
     first_loss = None
     # warm-up in fp32 so that margins (and gradients) mean something
@@ -196,8 +200,9 @@ def run_check(
     }
     findings = findings_from_measurements(meas, f)
     if certify:
-        findings += _agreement_findings(work, X, c, meas, details)
-        report(total_steps, total_steps, "certificate")
+        base = total_steps - cert_batches
+        findings += _agreement_findings(work, X, c, meas, details,
+                                        progress=lambda d, t, what: report(base + d, total_steps, what))
     verdict, changes = decide_verdict(findings)
     config = {
         "model": c.model_name or type(model).__name__, "format": f.name, "optimizer": optimizer, "lr": lr,
@@ -247,13 +252,13 @@ def _pooled_quantile(stats: list[Any], q: float) -> float:
 
 
 def _agreement_findings(model: nn.Module, X: torch.Tensor, c: CheckConfig, meas: Measurements,
-                        details: dict[str, Any]) -> list[Finding]:
+                        details: dict[str, Any], progress: Any = False) -> list[Finding]:
     """Certified and observed agreement of emulated inference with fp32 (the analysis module)."""
     from ..analysis import analyze
 
     try:
-        rep = analyze(model.eval(), X[:c.certify_samples], fmt=c.format, profile=c.profile, progress=False,
-                      real_half=False, local=False, keep_per_input=False, name="check")
+        rep = analyze(model.eval(), X[:c.certify_samples], fmt=c.format, profile=c.profile, progress=progress,
+                      batch_size=CERTIFY_BATCH, real_half=False, local=False, keep_per_input=False, name="check")
     except ValueError as exc:
         return [Finding("inference agreement", "skipped", math.nan, math.nan, "n/a", f"not examined: {exc}")]
     summ = rep.tolerance["logits"]

@@ -409,7 +409,7 @@ def test_certificates_check_the_bound_itself() -> None:
 def test_certified_agreement_reads_the_analysis_certificates(monkeypatch: pytest.MonkeyPatch) -> None:
     """The per-input arrays of fpanalysis.analysis (stand-in report): the assertion must pick
     the requested method, run and space, and fail on a certified flip or a violated bound."""
-    from fpanalysis.analysis import run as analysis
+    import fpanalysis.analysis as analysis
 
     calls: list[tuple] = []
     per = {"gamma": [2.0, 0.5], "B": [0.5, 0.5], "B_prob": [0.25, 0.25], "certified": [True, False],

@@ -1,0 +1,33 @@
+"""``fpanalysis verify`` prints one table whose rows all have the same columns: the arithmetic
+suite's rows used to carry the operation under "op" (an empty "check" column) and ``None`` as
+the first mismatch of passing rows."""
+from __future__ import annotations
+
+from fpanalysis._table import format_table
+from fpanalysis.verify import COLUMNS, SUITES, run_suites
+from fpanalysis.verify.ops import verify_ops
+
+
+def test_arithmetic_rows_fill_every_column_of_the_table() -> None:
+    rows = verify_ops(n_pairs=40, seed=1, formats=("fp16",), ops=("add", "sqrt"))
+    assert rows
+    for r in rows:
+        assert set(COLUMNS) <= set(r), sorted(r)
+        assert r["check"] in ("add", "sqrt")
+        assert r["mismatches"] == 0 and r["first_mismatch"] == ""
+    table = format_table(rows, COLUMNS)
+    assert "None" not in table
+    body = table.splitlines()[2:]
+    assert all(line.split()[0] in ("add", "sqrt") for line in body)
+
+
+def test_run_suites_reports_a_missing_oracle_as_a_row_not_an_exception() -> None:
+    def broken(n, seed, exhaustive, progress):
+        raise ImportError("oracle package 'nothing' is not installed")
+
+    from fpanalysis.verify import Suite
+
+    rows = run_suites(10, suites=[Suite("broken", broken)])
+    assert len(rows) == 1 and rows[0]["mismatches"] == -1
+    assert rows[0]["check"] == "broken suite" and "nothing" in rows[0]["first_mismatch"]
+    assert [s.name for s in SUITES] == ["rounding and conversions", "arithmetic", "linear algebra"]
