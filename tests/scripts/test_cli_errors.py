@@ -212,3 +212,17 @@ def test_fp32_divergence_is_named() -> None:
     assert "fp32 training diverges at step" in res.stdout, res.stdout
     assert "lower the learning rate" in res.stdout
     assert "activation overflow" not in res.stdout  # measured on a diverged run: not reported
+
+
+def test_an_internal_error_exits_3_not_1(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # 1 means "--fail-on matched" to CI; a crash must not read as a verdict
+    from fpanalysis import cli
+
+    def boom(args: object) -> int:
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(cli, "_cmd_formats", boom)
+    assert cli.main(["formats"]) == 3
+    err = capsys.readouterr().err
+    assert "internal error: RuntimeError: simulated bug" in err and "please report it" in err
+    assert "Traceback" not in err
