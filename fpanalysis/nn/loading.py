@@ -77,7 +77,7 @@ def _unreadable_checkpoint(p: Path, exc: Exception) -> str:
     if m:
         return (f"checkpoint {p} holds pickled Python objects (e.g. {m.group(1)}), such as a whole model saved "
                 "with torch.save(model); fpanalysis reads tensors only: save model.state_dict() and pass that file")
-    m = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.S)
+    m = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.DOTALL)
     why = " ".join(m.group(1).split()) if m else " ".join(text.strip().splitlines()[:1])[:200]
     return f"could not read checkpoint {p}: it is not a state_dict saved with torch.save ({why or type(exc).__name__})"
 

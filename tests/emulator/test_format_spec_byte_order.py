@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fpanalysis import linalg, ops, reference
-from fpanalysis.formats import BF16, FP16, FP8_E5M2, Overflow, get_format
+from fpanalysis.formats import BF16, FP8_E5M2, FP16, Overflow, get_format
 from fpanalysis.rounding import round_to, to_bits
 
 # --- format specs ------------------------------------------------------------------------------

@@ -192,7 +192,7 @@ def test_untraceable_model_certificate_is_skipped_not_ok(where_report) -> None: 
     agreement = [f for f in rep["findings"] if f["check"] == "inference agreement"]
     assert [f["status"] for f in agreement] == ["skipped"], agreement
     assert "not examined" in agreement[0]["message"]
-    line = [ln for ln in strict.stdout.splitlines() if "inference agreement" in ln][0]
+    line = next(ln for ln in strict.stdout.splitlines() if "inference agreement" in ln)
     assert line.startswith("[SKIP]"), line
     assert "not examined: inference agreement" in strict.stdout
 
