@@ -1,7 +1,6 @@
 """Helpers shared by the experiment scripts: environment record and atomic JSON writes."""
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
@@ -32,13 +31,17 @@ def environment() -> dict[str, Any]:
 
 
 def write_json(path: "str | os.PathLike[str]", payload: Any) -> Path:
-    """Write ``payload`` as JSON so that ``path`` holds either the old file or the complete new
-    one (temporary file in the same folder, fsync, rename).  numpy scalars become numbers."""
+    """Write ``payload`` as standard JSON so that ``path`` holds either the old file or the
+    complete new one (temporary file in the same folder, fsync, rename).  numpy scalars become
+    numbers; non-finite numbers the strings ``"nan"``, ``"inf"``, ``"-inf"``, as in the
+    reports (docs/report_schema.md; read back with ``fpanalysis._json.restore_nonfinite``)."""
+    from fpanalysis._json import dumps
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+        fh.write(dumps(payload, indent=1))
         fh.write("\n")
         fh.flush()
         os.fsync(fh.fileno())

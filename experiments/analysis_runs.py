@@ -10,9 +10,9 @@ One JSON file per analysis: ``results/analysis/<dataset>-<model>-<fmt>-<profile>
 (:meth:`fpanalysis.report.AnalysisReport.to_json`, plus a ``"training"`` entry with the fp32
 training settings and accuracy, and ``"environment_experiment"``).
 
-    python experiments/analysis_runs.py            # about 10 minutes on 2 CPU cores
-    python experiments/analysis_runs.py --smoke    # seconds, to results/_scratch/analysis_smoke/
-    python experiments/analysis_runs.py --models=mlp --formats=fp16 --profiles=ieee
+    python -m experiments.analysis_runs            # about 10 minutes on 2 CPU cores
+    python -m experiments.analysis_runs --smoke    # seconds, to results/_scratch/analysis_smoke/
+    python -m experiments.analysis_runs --models=mlp --formats=fp16 --profiles=ieee
 """
 from __future__ import annotations
 
@@ -22,11 +22,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
-
-from _common import RESULTS, environment, parse_overrides
+from experiments._common import RESULTS, environment, parse_overrides
 
 # model -> (optimizer, learning rate, epoch multiplier): SGD with momentum for the MLP and the
 # CNN, Adam and more epochs for the ViT (it trains slowly: 69% test accuracy after 3 epochs)

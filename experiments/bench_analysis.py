@@ -1,8 +1,8 @@
 """Benchmark of ``fpanalysis.analyze``: time, certified vs observed agreement, per-layer tables.
 
-    python experiments/bench_analysis.py            # LeNet-5 on 1000 MNIST images, ResNet-20 on 256 CIFAR-10 images
-    python experiments/bench_analysis.py --smoke    # a few seconds: tiny sizes
-    python experiments/bench_analysis.py --train_steps=0 --plots
+    python -m experiments.bench_analysis            # LeNet-5 on 1000 MNIST images, ResNet-20 on 256 CIFAR-10 images
+    python -m experiments.bench_analysis --smoke    # a few seconds: tiny sizes, to results/_scratch/
+    python -m experiments.bench_analysis --train_steps=0 --plots
 
 Targets (issue 3, 2-core CPU): LeNet-5 on 1000 MNIST images <= 30 s, ResNet-20 on 256 32x32
 inputs <= 120 s, wall time of ``analyze`` (fp32 run, float64 reference, emulator, torch half,
@@ -30,8 +30,6 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-if str(ROOT) not in sys.path:  # run as a script from a checkout
-    sys.path.insert(0, str(ROOT))
 
 
 @dataclass
@@ -70,6 +68,8 @@ def _parse(argv: list[str]) -> Config:
         setattr(cfg, k, type(cur)(v) if not isinstance(cur, bool) else v.lower() in ("1", "true", "yes"))
     if cfg.smoke:
         cfg.lenet_images, cfg.resnet_images, cfg.train_steps = 64, 16, 20
+        if cfg.out == Config().out:  # never over the committed result: to the ignored scratch folder
+            cfg.out = str(HERE / "results" / "_scratch" / "bench_analysis_smoke.json")
     return cfg
 
 

@@ -1,7 +1,7 @@
 """Emulator speed against named baselines, ratios measured in one run; writes JSON.
 
-    python experiments/bench_emulator.py            # full sizes (about a minute)
-    python experiments/bench_emulator.py --quick    # seconds
+    python -m experiments.bench_emulator            # full sizes (about a minute)
+    python -m experiments.bench_emulator --quick    # seconds
 
 The same numbers print with ``fpanalysis bench``; the code lives in fpanalysis/benchmarks.py.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from _common import RESULTS, environment, write_json
+from experiments._common import RESULTS, environment, write_json
 
 
 def main(argv: list[str]) -> None:

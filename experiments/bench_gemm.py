@@ -11,10 +11,10 @@ hit all methods alike.  Three ratios are reported (BLAS time / method time):
 time: robust to being descheduled, but counts busy-waiting BLAS threads as work, so use it with
 --threads 1).  Results, configuration and environment go to a JSON file.
 
-    python experiments/bench_gemm.py                    # writes results/bench_gemm.json
-    python experiments/bench_gemm.py --threads=1 --out=experiments/results/bench_gemm_1thread.json
-    python experiments/bench_gemm.py --extra=true       # also the general kernel, numpy fp16, torch
-    python experiments/bench_gemm.py --smoke            # seconds: n = 64, 3 rounds
+    python -m experiments.bench_gemm                    # writes results/bench_gemm.json
+    python -m experiments.bench_gemm --threads=1 --out=experiments/results/bench_gemm_1thread.json
+    python -m experiments.bench_gemm --extra=true       # also the general kernel, numpy fp16, torch
+    python -m experiments.bench_gemm --smoke            # seconds: n = 64, 3 rounds
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from _common import RESULTS, environment, parse_overrides, write_json
 
+from experiments._common import RESULTS, environment, parse_overrides, write_json
 from fpanalysis.benchmarks import GEMM_GOALS as GOALS
 from fpanalysis.benchmarks import time_interleaved
 

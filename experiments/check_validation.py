@@ -12,9 +12,9 @@ A verdict of SAFE predicts "trains"; SAFE WITH CHANGES and UNSAFE predict "fails
 The goal: no failing configuration predicted SAFE.  Writes ``results/check_validation.json``
 (one row per configuration, the confusion table and every miss with its cause).
 
-    python experiments/check_validation.py           # CPU size (minutes)
-    python experiments/check_validation.py --smoke   # seconds
-    python experiments/check_validation.py --device=cuda --epochs=20   # GPU size
+    python -m experiments.check_validation           # CPU size (minutes)
+    python -m experiments.check_validation --smoke   # seconds
+    python -m experiments.check_validation --device=cuda --epochs=20   # GPU size
 """
 from __future__ import annotations
 
@@ -23,11 +23,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
-
-from _common import RESULTS, environment, parse_overrides, write_json  # noqa: E402
+from experiments._common import RESULTS, environment, parse_overrides, write_json
 
 
 @dataclass
@@ -76,8 +72,8 @@ def main(argv: list[str]) -> None:
         cases = [c for c in CASES if c[0] in ("mlp-sgd", "mlp-adam-eps1e-8")]
     import numpy as np
     import torch
-    import train as T
 
+    from experiments import train as T
     from fpanalysis.check import check
     from fpanalysis.datasets import load_dataset
     from fpanalysis.nn.models import build_model

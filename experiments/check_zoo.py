@@ -63,6 +63,7 @@ class Case:
     scale: float = 1.0
     model_kw: tuple[tuple[str, Any], ...] = ()
     why: str = ""
+    epochs: int = 0  # 0: the configuration's
 
 
 def _c(name: str, model: str, data: str, why: str, **kw: Any) -> Case:
@@ -76,7 +77,7 @@ CASES: list[Case] = [
     # healthy controls
     _c("mlp-sgd", "mlp", "digits", "healthy MLP"),
     _c("mlp-adam-eps1e-4", "mlp", "digits", "Adam with an fp16-safe epsilon", **ADAM4),
-    _c("deep-mlp-sgd", "mlp", "digits", "6-layer MLP", model_kw={"depth": 6}, lr=0.02),
+    _c("deep-mlp-sgd", "mlp", "digits", "6-layer MLP", model_kw={"depth": 6}, lr=0.05, epochs=16),
     _c("cnn-sgd", "cnn", "digits-img", "healthy CNN"),
     _c("cnn-bn-sgd", "cnn-bn", "digits-img", "CNN with BatchNorm at unit scale"),
     _c("linear-bn-sgd", "linear-bn", "digits", "Linear -> BatchNorm1d"),
@@ -91,7 +92,12 @@ CASES: list[Case] = [
     _c("scaled-mlp-x8", "scaled-mlp", "digits", "a hand-written factor of 8 between layers",
        model_kw={"factor": 8.0}),
     _c("hand-norm-mlp", "hand-norm-mlp", "digits", "hand-written RMS normalisation at unit scale"),
-    _c("hand-softmax-mlp", "hand-softmax-mlp", "digits", "hand-written softmax at unit temperature"),
+    _c("hand-softmax-mlp", "hand-softmax-mlp", "digits",
+       "hand-written softmax: exp underflows to 0 in fp16 and log(0) = -inf"),
+    _c("gru-adam-eps1e-4", "gru", "digits-seq", "GRU with fp16-safe Adam", **ADAM4),
+    _c("lstm-adam-eps1e-4", "lstm", "digits-seq", "LSTM with fp16-safe Adam", **ADAM4),
+    _c("transformer-adam-eps1e-4", "transformer", "tokens", "Transformer with fp16-safe Adam", **ADAM4),
+    _c("cnn-bn-adam-eps1e-4", "cnn-bn", "digits-img", "BatchNorm CNN with fp16-safe Adam", **ADAM4),
     _c("mlp-input-x30", "mlp", "digits", "inputs scaled by 30 (activations ~1e2, far below 65504)",
        scale=30.0, lr=0.002),
     _c("cnn-bn-input-x30", "cnn-bn", "digits-img", "BatchNorm absorbs an input scale of 30", scale=30.0),
@@ -104,34 +110,32 @@ CASES: list[Case] = [
     _c("transformer-adam-eps1e-8", "transformer", "tokens", "Adam eps 1e-8, Transformer", **ADAM8),
     _c("embedding-bag-adam-eps1e-8", "embedding-bag", "tokens", "Adam eps 1e-8, embeddings", **ADAM8),
     # overflow of activations, in modules and between them
-    _c("mlp-input-x3000", "mlp", "digits", "inputs scaled so first-layer outputs exceed 65504",
-       scale=3000.0, lr=1e-6),
-    _c("cnn-input-x3000", "cnn", "digits-img", "image scaled so conv outputs exceed 65504",
-       scale=3000.0, lr=1e-6),
-    _c("scaled-mlp-x3000", "scaled-mlp", "digits", "a hand-written factor of 3000 between layers",
-       model_kw={"factor": 3000.0}),
-    _c("hand-attention-hot", "hand-attention", "tokens", "attention logits q k^T reach ~1e5 (temperature 3e3)",
-       model_kw={"logit_scale": 3000.0}, lr=0.1),
-    _c("hand-norm-mlp-gain100", "hand-norm-mlp", "digits", "mean of squares in a hand-written norm overflows",
-       model_kw={"gain": 100.0}),
+    _c("mlp-input-x50000", "mlp", "digits", "unnormalised inputs: first-layer outputs exceed 65504",
+       scale=50000.0, lr=1e-9),
+    _c("cnn-input-x50000", "cnn", "digits-img", "unnormalised image: conv outputs exceed 65504",
+       scale=50000.0, lr=1e-9),
+    _c("scaled-mlp-x1e5", "scaled-mlp", "digits", "a hand-written factor of 1e5 between layers",
+       model_kw={"factor": 1e5}),
+    _c("hand-attention-hot", "hand-attention", "tokens",
+       "attention logits q k^T reach ~1e5 (temperature 3e3), a residual path keeps fp32 learning",
+       model_kw={"logit_scale": 3000.0}, lr=0.05),
+    _c("hand-norm-mlp-gain1000", "hand-norm-mlp", "digits", "mean of squares in a hand-written norm overflows",
+       model_kw={"gain": 1000.0}),
     _c("hand-softmax-mlp-hot", "hand-softmax-mlp", "digits", "exp of logits > 11 overflows in a hand-written softmax",
        model_kw={"temperature": 20.0}, lr=0.01),
     # BatchNorm buffers
-    _c("cnn-bn-input-x300", "cnn-bn", "digits-img", "BatchNorm channel variance ~1e5: running_var overflows",
-       scale=300.0),
-    _c("linear-bn-input-x300", "linear-bn", "digits", "BatchNorm1d running_var overflows", scale=300.0),
-    _c("cnn-bn-input-x1e-4", "cnn-bn", "digits-img", "tiny inputs: running_var updates round away",
-       scale=1e-4),
+    _c("cnn-bn-input-x3000", "cnn-bn", "digits-img", "BatchNorm channel variance ~1e6: running_var overflows",
+       scale=3000.0),
+    _c("linear-bn-input-x3000", "linear-bn", "digits", "BatchNorm1d running_var overflows", scale=3000.0),
+    _c("linear-bn-adam-eps1e-8", "linear-bn", "digits", "Adam eps 1e-8 with BatchNorm1d", **ADAM8),
+    _c("cnn-bn-input-x1e-2", "cnn-bn", "digits-img", "small inputs that BatchNorm normalises", scale=1e-2),
     _c("linear-bn-input-x1e-4", "linear-bn", "digits", "tiny inputs: BatchNorm1d running_var stalls",
        scale=1e-4),
     # update stagnation and gradient underflow
-    _c("mlp-sgd-lr1e-4", "mlp", "digits", "updates below half an fp16 ulp of the weights",
-       lr=1e-4, momentum=0.0),
-    _c("cnn-sgd-lr2e-4", "cnn", "digits-img", "small updates in a CNN", lr=2e-4, momentum=0.0),
-    _c("tiny-output-1e-3", "tiny-output", "digits", "logits scaled by 1e-3: tiny gradients",
-       model_kw={"factor": 1e-3}, lr=50.0, momentum=0.0),
-    _c("mlp-input-x1e-4", "mlp", "digits", "inputs scaled by 1e-4: first-layer weight gradients underflow",
-       scale=1e-4, lr=0.5),
+    _c("mlp-sgd-lr1e-3-long", "mlp", "digits", "updates near half an fp16 ulp of the weights, long training",
+       lr=1e-3, momentum=0.0, epochs=40),
+    _c("scaled-mlp-x8-lr3e-4", "scaled-mlp", "digits", "small updates behind a hand-written gain",
+       model_kw={"factor": 8.0}, lr=3e-4, momentum=0.0, epochs=40),
     _c("lstm-adam-eps1e-8", "lstm", "digits-seq", "Adam eps 1e-8, LSTM", **ADAM8),
     _c("hand-attention-adam-eps1e-4", "hand-attention", "tokens", "hand-written attention with fp16-safe Adam",
        **ADAM4),
@@ -201,7 +205,7 @@ def train(case: Case, data: Any, mode: str, seed: int, cfg: Config, plan: dict |
     g = torch.Generator().manual_seed(1000 + seed)
     n = xtr.shape[0]
     step, losses, status, diverged_at = 0, [], "ok", None
-    for _ in range(cfg.epochs):
+    for _ in range(case.epochs or cfg.epochs):
         perm = torch.randperm(n, generator=g)
         for i in range(0, n - cfg.batch_size + 1, cfg.batch_size):
             idx = perm[i:i + cfg.batch_size]
@@ -267,10 +271,12 @@ def _cases(cfg: Config, smoke: bool) -> list[Case]:
 def _load(path: Path) -> dict:
     import json
 
+    from fpanalysis._json import restore_nonfinite
+
     if not path.exists():
         return {}
-    try:
-        return json.loads(path.read_text())
+    try:  # write_json stores non-finite numbers as "nan" / "inf" / "-inf" strings
+        return restore_nonfinite(json.loads(path.read_text()))
     except ValueError:
         print(f"{path}: unreadable, starting it again", file=sys.stderr)
         return {}
@@ -283,7 +289,7 @@ def stage_truth(cfg: Config, smoke: bool) -> dict:
     store = _load(path)
     rows = store.setdefault("cases", {})
     for case in _cases(cfg, smoke):
-        key = f"{case.name}|{cfg.seeds}|{cfg.epochs}"
+        key = f"{asdict(case)}|{cfg.seeds}|{cfg.epochs}"
         if rows.get(case.name, {}).get("key") == key:
             continue
         data = load_data(case.data, case.scale)

@@ -22,9 +22,9 @@ the relative error ``|s^ - s| / (|x|^T |y|)``, the quantity the classical bounds
 Writes ``results/error_growth.json``: per (format, distribution, n) the max / median / mean
 relative error of each method over the trials and the bounds.
 
-    python experiments/error_growth.py            # full (about a minute on one core, after compilation)
-    python experiments/error_growth.py --smoke    # seconds, to results/_scratch/
-    python experiments/error_growth.py --trials=50 --n_max_log2=18
+    python -m experiments.error_growth            # full (about a minute on one core, after compilation)
+    python -m experiments.error_growth --smoke    # seconds, to results/_scratch/
+    python -m experiments.error_growth --trials=50 --n_max_log2=18
 """
 from __future__ import annotations
 
@@ -35,10 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from _common import RESULTS, environment, parse_overrides, write_json
+from experiments._common import RESULTS, environment, parse_overrides, write_json
 
 METHODS = (("ieee", "sequential"), ("ieee", "pairwise"), ("fp32-accumulate", "sequential"))
 

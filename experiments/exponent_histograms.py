@@ -16,8 +16,8 @@ loss scale used for the "after loss scaling" histogram:
 
 Writes ``results/exponent_histograms.json``.
 
-    python experiments/exponent_histograms.py            # about a minute on a CPU
-    python experiments/exponent_histograms.py --smoke    # seconds, to results/_scratch/
+    python -m experiments.exponent_histograms            # about a minute on a CPU
+    python -m experiments.exponent_histograms --smoke    # seconds, to results/_scratch/
 """
 from __future__ import annotations
 
@@ -28,11 +28,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
-
-from _common import RESULTS, environment, parse_overrides, write_json
+from experiments._common import RESULTS, environment, parse_overrides, write_json
 
 # name, model, dataset, input scale, description
 CASES = [

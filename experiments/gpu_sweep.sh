@@ -60,17 +60,17 @@ done
 COMMON=(--device="$DEVICE" --backend=serial --no_progress --optimizers=sgd --batch_size=128 --seeds="$SEEDS")
 t0=$(date +%s)
 
-$PY experiments/sweep.py --out="$RES/mnist" "${COMMON[@]}" --max_minutes=$M1 \
+$PY -m experiments.sweep --out="$RES/mnist" "${COMMON[@]}" --max_minutes=$M1 \
   --datasets=mnist --data_dir="$DATA/mnist" --models=mlp,lenet5 --modes=$MODES --epochs=3 "${EXTRA[@]}"
 echo "== mnist done after $(( $(date +%s) - t0 )) s"
 
-$PY experiments/sweep.py --out="$RES/cifar10" "${COMMON[@]}" --max_minutes=$M2 \
+$PY -m experiments.sweep --out="$RES/cifar10" "${COMMON[@]}" --max_minutes=$M2 \
   --datasets=cifar10 --data_dir="$DATA/cifar10" --models=resnet20,vgg_small,vit_tiny --modes=$MODES \
   --epochs=5 "${EXTRA[@]}"
 echo "== cifar10 done after $(( $(date +%s) - t0 )) s"
 
 for eps in 1e-8 1e-4; do
-  $PY experiments/sweep.py --out="$RES/cifar10_adam" --device="$DEVICE" --backend=serial --no_progress \
+  $PY -m experiments.sweep --out="$RES/cifar10_adam" --device="$DEVICE" --backend=serial --no_progress \
     --max_minutes=$M3 --datasets=cifar10 --data_dir="$DATA/cifar10" --models=resnet20 \
     --modes=$ADAM_MODES --optimizers=adam --eps=$eps --tag=eps$eps --seeds=0 --batch_size=128 \
     --epochs=3 "${EXTRA[@]}"

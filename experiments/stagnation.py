@@ -4,8 +4,8 @@ when the weights are stored in fp16 or bf16 (no fp32 master copy).
 Weights and gradients are real: a small MLP trained for a few fp32 steps on sklearn's digits
 (offline), then one more batch gives the gradient.  Writes ``results/stagnation.json``.
 
-    python experiments/stagnation.py            # full (seconds)
-    python experiments/stagnation.py --smoke    # smaller
+    python -m experiments.stagnation            # full (seconds)
+    python -m experiments.stagnation --smoke    # smaller
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import sys
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from _common import RESULTS, environment, parse_overrides, write_json
+
+from experiments._common import RESULTS, environment, parse_overrides, write_json
 
 
 @dataclass

@@ -1,10 +1,10 @@
 """A resumable grid of training runs (dataset x model x mode x seed x optimizer) and its summary.
 
-    python experiments/sweep.py --out=experiments/results/cpu_sweep/digits \\
+    python -m experiments.sweep --out=experiments/results/cpu_sweep/digits \\
         --datasets=digits --models=mlp,lenet5 --modes=fp32,amp-fp16,fp16,bf16 --seeds=0,1,2 \\
         --optimizers=sgd,adam --epochs=10 --batch_size=32
-    python experiments/sweep.py --out=... --summary_only        # rebuild summary.md / summary.csv
-    python experiments/sweep.py ... --backend=ray [--ray_address=auto]
+    python -m experiments.sweep --out=... --summary_only        # rebuild summary.md / summary.csv
+    python -m experiments.sweep ... --backend=ray [--ray_address=auto]
 
 Grid axes take comma-separated lists; every other ``--key=value`` is a ``train.Config``
 override applied to all runs (``--smoke`` too).  Sweep options: ``--out`` (folder),
@@ -20,9 +20,15 @@ failed attempt), ``sweep.json`` (grid and command), ``summary.md`` and ``summary
 
 Why nothing finished is ever lost: each run writes its own result file atomically the moment it
 ends, and the sweep never holds results only in memory.  A run counts as done when its file
-exists, parses, and records the same configuration; on restart only the other runs execute.
-A worker that dies (killed, out of memory, a crash in native code) takes only its own run with
-it; that run is retried ``--retries`` times, then reported as failed.
+exists, parses, and records the same configuration; on restart only the other runs execute,
+and a run whose file is present but unusable (truncated, another configuration, unfinished) is
+re-run with one line on stderr saying why.  A worker that dies (killed, out of memory, a crash
+in native code) takes only its own run with it; that run is retried ``--retries`` times, then
+reported as failed.  Ctrl-C stops the workers and prints one line (exit status 130); finished
+runs are kept and the same command resumes.
+
+The summary skips a result file it cannot use (not JSON, or a key it needs missing or of the
+wrong type), names it on stderr, and the command then exits with status 1.
 """
 
 from __future__ import annotations
@@ -41,11 +47,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
+from experiments import train
+from fpanalysis._json import restore_nonfinite
 
-import train  # noqa: E402  (experiments/train.py)
+ROOT = Path(__file__).resolve().parent.parent
 
 AXES = {"datasets": "dataset", "models": "model", "modes": "mode", "seeds": "seed", "optimizers": "optimizer"}
 BACKENDS = ("local", "ray", "serial")
@@ -74,6 +79,7 @@ class SweepReport:
     executed: list[str] = field(default_factory=list)   # completed during this call
     failed: dict[str, str] = field(default_factory=dict)  # run name -> last error
     not_started: list[str] = field(default_factory=list)  # deadline reached
+    rerun: dict[str, str] = field(default_factory=dict)   # run name -> why its present result file was not used
 
 
 # ============================================================================================
@@ -106,15 +112,34 @@ def expand_grid(base: train.Config, axes: dict[str, list], out: str | Path, *, s
     return configs
 
 
-def is_complete(cfg: train.Config) -> bool:
-    """True when ``cfg.out`` holds a finished result of exactly this configuration."""
+def result_problem(cfg: train.Config) -> str | None:
+    """Why ``cfg.out`` does not hold a finished result of exactly this configuration (None: it does)."""
     try:
         with open(cfg.out) as f:
-            res = json.load(f)
-    except (OSError, ValueError):
-        return False
-    return (isinstance(res, dict) and res.get("schema") == train.SCHEMA
-            and res.get("status") in ("complete", "diverged") and res.get("config") == dataclasses.asdict(cfg))
+            text = f.read()
+    except FileNotFoundError:
+        return "no result file"
+    except OSError as exc:
+        return f"result file not readable ({exc.strerror or exc})"
+    try:
+        res = restore_nonfinite(json.loads(text))
+    except ValueError as exc:
+        return f"result file is truncated or not valid JSON ({exc})"
+    if not (isinstance(res, dict) and res.get("schema") == train.SCHEMA and isinstance(res.get("config"), dict)):
+        return f"result file is not a {train.SCHEMA} result"
+    if res.get("status") not in ("complete", "diverged"):
+        return f"result file has status {res.get('status')!r}"
+    # a Config field added later (e.g. ``smoke``) takes its default in results written before it
+    recorded = {**dataclasses.asdict(train.Config()), **res["config"]}
+    if recorded != dataclasses.asdict(cfg):
+        changed = sorted(k for k, v in dataclasses.asdict(cfg).items() if recorded.get(k) != v)
+        return f"result file records another configuration ({', '.join(changed)})"
+    return None
+
+
+def is_complete(cfg: train.Config) -> bool:
+    """True when ``cfg.out`` holds a finished result of exactly this configuration."""
+    return result_problem(cfg) is None
 
 
 def _failure_path(cfg: train.Config) -> Path:
@@ -137,8 +162,13 @@ def _child(cfg_dicts: list[dict], run_fn: Callable | None) -> None:
     """Entry point of a local worker process: run the configurations in order.
 
     A run that raises leaves a traceback in ``failed/<run>.txt`` and the worker goes on to the
-    next one; a result file appears only for runs that finished.
+    next one; a result file appears only for runs that finished.  Ctrl-C in the terminal reaches
+    the whole process group: a worker ignores it and is stopped by the sweep (SIGTERM), so that
+    only the sweep reports the interruption.
     """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for cfg_dict in cfg_dicts:
         cfg = train.Config(**cfg_dict)
         try:
@@ -186,6 +216,7 @@ def _progress(total: int, enabled: bool, desc: str):
 
 def _run_local(todo, report, opts, run_fn, deadline):
     import multiprocessing as mp
+    import signal
 
     # spawn: a fresh interpreter (no fork of a process holding torch threads); with
     # runs_per_process=1 every run also gets its own process and so its own peak-RSS number.
@@ -204,7 +235,12 @@ def _run_local(todo, report, opts, run_fn, deadline):
             _failure_path(cfg).unlink(missing_ok=True)  # a failure file now means: failed in this attempt
         p = ctx.Process(target=_child, args=([dataclasses.asdict(c) for c in chunk], run_fn),
                         name=f"sweep:{train.run_name(chunk[0])}")
-        p.start()
+        # started with SIGINT ignored (inherited), so a Ctrl-C during its start-up is ignored too
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            p.start()
+        finally:
+            signal.signal(signal.SIGINT, previous)
         running.append((p, chunk))
 
     def settle(p, chunk):
@@ -290,8 +326,8 @@ def _run_ray(todo, report, opts, run_fn, deadline):
             kw["address"] = opts.ray_address
         else:
             kw["num_cpus"] = opts.workers or os.cpu_count() or 1
-        # Ray workers must import train/sweep: put experiments/ and the repo on their path.
-        paths = [str(HERE), str(HERE.parent)]
+        # Ray workers must import experiments.train / experiments.sweep: the repo root on their path.
+        paths = [str(ROOT)]
         kw["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(
             paths + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}}
         ray.init(**kw)
@@ -345,10 +381,14 @@ def run_sweep(configs: list[train.Config], opts: SweepOptions | None = None, *,
     report = SweepReport(total=len(configs))
     todo = []
     for cfg in configs:
-        if is_complete(cfg):
+        problem = result_problem(cfg)
+        if problem is None:
             report.skipped.append(train.run_name(cfg))
-        else:
-            todo.append(cfg)
+            continue
+        if problem != "no result file":
+            report.rerun[train.run_name(cfg)] = problem
+            print(f"re-running {train.run_name(cfg)}: {cfg.out}: {problem}", file=sys.stderr)
+        todo.append(cfg)
     deadline = time.time() + 60 * opts.max_minutes if opts.max_minutes else 0.0
     if todo:
         {"local": _run_local, "serial": _run_serial, "ray": _run_ray}[opts.backend](todo, report, opts, run_fn, deadline)
@@ -359,16 +399,31 @@ def run_sweep(configs: list[train.Config], opts: SweepOptions | None = None, *,
 # summary
 
 
-def load_results(out: str | Path) -> list[dict]:
-    """Every valid result JSON under ``out/runs`` (unreadable files are skipped)."""
+def load_results(out: str | Path, problems: dict[str, str] | None = None) -> list[dict]:
+    """Every usable result JSON under ``out/runs``.
+
+    A file that is not JSON, or a result whose content the summary cannot use (a missing key, a
+    value of the wrong type), is left out; ``problems`` (if given) receives ``{path: reason}``
+    for each.  JSON files of another schema are not results and are ignored.
+    """
     results = []
     for p in sorted((Path(out) / "runs").glob("*.json")):
         try:
-            r = json.loads(p.read_text())
-        except (OSError, ValueError):
+            r = restore_nonfinite(json.loads(p.read_text()))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            if problems is not None:
+                problems[str(p)] = f"not readable as JSON ({type(exc).__name__}: {exc})"
             continue
-        if isinstance(r, dict) and r.get("schema") == train.SCHEMA:
-            results.append(r)
+        if not (isinstance(r, dict) and r.get("schema") == train.SCHEMA):
+            continue
+        try:  # the summary's own code is the check: every key it reads, with the types it needs
+            summary_markdown(summarize([r]))
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            if problems is not None:
+                what = f"missing key {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+                problems[str(p)] = f"unusable result ({what})"
+            continue
+        results.append(r)
     return results
 
 
@@ -495,10 +550,12 @@ def summary_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def write_summary(out: str | Path, title: str = "Sweep summary") -> list[dict]:
-    """Summarise ``out/runs/*.json`` into ``out/summary.md`` and ``out/summary.csv`` (atomically)."""
+def write_summary(out: str | Path, title: str = "Sweep summary", problems: dict[str, str] | None = None
+                  ) -> list[dict]:
+    """Summarise ``out/runs/*.json`` into ``out/summary.md`` and ``out/summary.csv`` (atomically);
+    files left out go to ``problems`` (see :func:`load_results`)."""
     out = Path(out)
-    rows = summarize(load_results(out))
+    rows = summarize(load_results(out, problems))
     for name, text in (("summary.md", summary_markdown(rows, title)), ("summary.csv", summary_csv(rows))):
         tmp = out / f".{name}.{os.getpid()}.tmp"
         out.mkdir(parents=True, exist_ok=True)
@@ -558,19 +615,29 @@ def main(argv: list[str] | None = None) -> int:
             base = dataclasses.replace(base, threads=max(1, (os.cpu_count() or 1) // workers))
         configs = expand_grid(base, axes, out, save_weights=opts.save_weights)
         train.write_json_atomic(out / "sweep.json", {
-            "command": "python experiments/sweep.py " + " ".join(argv),
+            "command": "python -m experiments.sweep " + " ".join(argv),
             "axes": axes, "base_config": dataclasses.asdict(base), "options": dataclasses.asdict(opts),
             "runs": [train.run_name(c) for c in configs],
             "timestamp_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         t0 = time.time()
-        rep = run_sweep(configs, opts)
+        try:
+            rep = run_sweep(configs, opts)
+        except KeyboardInterrupt:
+            done = len(list((out / "runs").glob("*.json")))
+            print(f"\ninterrupted: workers stopped; {done} result file(s) in {out / 'runs'} are kept, "
+                  "and the same command resumes the sweep", file=sys.stderr)
+            return 130
         print(f"{rep.total} runs: {len(rep.skipped)} already done, {len(rep.executed)} executed, "
-              f"{len(rep.failed)} failed, {len(rep.not_started)} not started ({time.time() - t0:.0f} s)")
+              f"{len(rep.failed)} failed, {len(rep.not_started)} not started, {len(rep.rerun)} re-run "
+              f"({time.time() - t0:.0f} s)")
         for name, err in rep.failed.items():
             print(f"  FAILED {name}: {err}")
-    rows = write_summary(out, title=f"Sweep summary: {out.name}")
+    problems: dict[str, str] = {}
+    rows = write_summary(out, title=f"Sweep summary: {out.name}", problems=problems)
     print(summary_markdown(rows, title=f"Sweep summary: {out.name}"))
-    return 0
+    for path, why in problems.items():
+        print(f"error: skipped {path} in the summary: {why}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

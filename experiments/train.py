@@ -1,11 +1,14 @@
 """Train one model in one precision mode and write one JSON result (plus the weights).
 
-    python experiments/train.py --smoke
-    python experiments/train.py --model=lenet5 --dataset=mnist5000 --mode=fp16 --epochs=3
-    python experiments/train.py --dataset=mnist --data_dir=../shared/data/mnist --device=cuda
+    python -m experiments.train --smoke
+    python -m experiments.train --model=lenet5 --dataset=mnist5000 --mode=fp16 --epochs=3
+    python -m experiments.train --dataset=mnist --data_dir=../shared/data/mnist --device=cuda
 
 Every field of :class:`Config` below can be overridden with ``--key=value``; ``--smoke`` first
-shrinks the run to a few seconds on a CPU.  The precision mode is one string (``fp32``,
+shrinks the run to a few seconds on a CPU and marks the result ``"config": {"smoke": true}``.
+Without ``--out`` the result goes to ``experiments/results/_scratch/runs/`` (ignored by git), so
+that smoke and ad-hoc runs never reach the figures: figure 5 reads the ``runs/`` folders of
+sweeps (``python -m experiments.sweep --out=...``) and skips results marked smoke.  The precision mode is one string (``fp32``,
 ``amp-fp16``, ``fp16``, ``bf16``, ``amp-bf16``) turned into a setup by
 ``fpanalysis.nn.precision.precision_policy`` and nowhere else.
 
@@ -32,12 +35,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-if str(ROOT) not in sys.path:  # run as a script from a checkout
-    sys.path.insert(0, str(ROOT))
-if str(HERE) not in sys.path:  # experiments/_common.py, also when imported from elsewhere
-    sys.path.insert(0, str(HERE))
-
-from _common import write_json  # noqa: E402
+from experiments._common import write_json
 
 # ============================================================================================
 # configuration
@@ -77,9 +75,10 @@ class Config:
     data_seed: int = 0           # train/test split of the built-in datasets (fixed across runs)
     device: str = "auto"         # auto | cpu | cuda | cuda:N
     threads: int = 0             # torch CPU threads (0 = torch default)
-    out: str = ""                # result JSON ("" = experiments/results/runs/<run_name>.json)
+    out: str = ""                # result JSON ("" = experiments/results/_scratch/runs/<run_name>.json)
     weights: str = "auto"        # auto (next to the JSON, .pt) | none | <path>
     tag: str = ""                # appended to the run name
+    smoke: bool = False          # set by --smoke: a plumbing check, never a figure input
 
 
 SMOKE = dict(n_train=256, n_test=256, epochs=2, batch_size=64)
@@ -91,6 +90,12 @@ def run_name(cfg: Config) -> str:
     """Readable identifier of a run: dataset-model-mode-optimizer-seed[-tag]."""
     name = f"{cfg.dataset}-{cfg.model}-{cfg.mode}-{cfg.optimizer}-s{cfg.seed}"
     return f"{name}-{cfg.tag}" if cfg.tag else name
+
+
+def result_path(cfg: Config) -> Path:
+    """``cfg.out``, or for an ad-hoc run ``experiments/results/_scratch/runs/<run_name>.json``
+    (ignored by git, never read by the figures)."""
+    return Path(cfg.out) if cfg.out else HERE / "results" / "_scratch" / "runs" / f"{run_name(cfg)}.json"
 
 
 def _convert(name: str, typ: Any, text: str) -> Any:
@@ -129,7 +134,7 @@ def parse_args(argv: list[str]) -> Config:
             raise ValueError(f"unknown option --{key}; valid options are: {', '.join(fields)}")
         overrides[key] = _convert(key, fields[key].type, value)
     if smoke:
-        cfg = dataclasses.replace(cfg, **SMOKE)
+        cfg = dataclasses.replace(cfg, smoke=True, **SMOKE)
     return dataclasses.replace(cfg, **overrides)
 
 
@@ -365,7 +370,7 @@ def run(cfg: Config) -> dict[str, Any]:
 
     t_start = time.time()
     name = run_name(cfg)
-    out_path = Path(cfg.out) if cfg.out else HERE / "results" / "runs" / f"{name}.json"
+    out_path = result_path(cfg)
 
     ds = _load_data(cfg)
     import torch._dynamo  # noqa: F401  (imported lazily by the optimizers: keep it out of the memory growth)

@@ -202,7 +202,7 @@ class HandAttention(nn.Module):
     def forward(self, tokens):
         h = self.emb(tokens)
         att = (self.q(h) @ self.k(h).transpose(-2, -1)) * self.scale
-        h = torch.softmax(att, dim=-1) @ self.v(h)
+        h = h + torch.softmax(att, dim=-1) @ self.v(h)  # residual, as in every Transformer block
         return self.fc(h.mean(1))
 
 

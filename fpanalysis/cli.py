@@ -13,7 +13,6 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -77,10 +76,14 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 
 def _write_json(path: str | None, payload: Any) -> None:
+    """Write ``payload`` (a report with ``to_json()``, or plain data) to ``path`` as standard JSON:
+    non-finite numbers as ``"nan"``/``"inf"``/``"-inf"`` (docs/report_schema.md)."""
     if path:
+        from ._json import dumps
+
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(payload, indent=2, default=str))
+        p.write_text(payload.to_json() if hasattr(payload, "to_json") else dumps(payload, indent=2))
         print(f"wrote {p}")
 
 
@@ -159,7 +162,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         report = check(model, (ds.x_train, ds.y_train), config, progress=bar.callback)
     print(report.render(color=args.color == "always" or (args.color == "auto" and sys.stdout.isatty())))
     if args.json:
-        _write_json(args.json, report.to_dict())
+        _write_json(args.json, report)
     if args.plots:
         from .check.plots import plot_check
 

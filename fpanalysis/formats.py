@@ -30,6 +30,9 @@ __all__ = [
     "FP32",
     "FP8_E4M3FN",
     "FP8_E5M2",
+    "FP6_E2M3",
+    "FP6_E3M2",
+    "FP4_E2M1",
 ]
 
 
@@ -102,8 +105,8 @@ class FloatFormat:
             raise ValueError(f"format {self.name!r}: precision p must be an integer in [2, 53], got {self.p!r}")
         if not (isinstance(self.emin, int) and isinstance(self.emax, int)):
             raise ValueError(f"format {self.name!r}: emin and emax must be integers")
-        if not self.emin < 0 < self.emax:
-            raise ValueError(f"format {self.name!r}: need emin < 0 < emax, got emin={self.emin}, emax={self.emax}")
+        if not self.emin <= 0 < self.emax:
+            raise ValueError(f"format {self.name!r}: need emin <= 0 < emax, got emin={self.emin}, emax={self.emax}")
         if self.emin - self.p + 1 < -1074 + 54 or self.emax > 1000:
             raise ValueError(
                 f"format {self.name!r}: exponent range [{self.emin}, {self.emax}] with p={self.p} "
@@ -186,9 +189,16 @@ FP8_E4M3FN = FloatFormat(
     "fp8_e4m3fn", p=4, emin=-6, emax=8, overflow=Overflow.NAN, max_significand=1.75, exponent_bits=4
 )
 FP8_E5M2 = FloatFormat("fp8_e5m2", p=3, emin=-14, emax=15, exponent_bits=5)
+# OCP Microscaling (MX) v1.0 element formats (section 5.3): no infinity or NaN encoding, every
+# exponent field finite, so an overflowing conversion saturates.  Their bit encodings (and the
+# E8M0 scale format, which has no sign, zero or significand) live in fpanalysis.scaled; see
+# docs/scaled_formats.md.
+FP6_E2M3 = FloatFormat("fp6_e2m3", p=4, emin=0, emax=2, overflow=Overflow.SATURATE)
+FP6_E3M2 = FloatFormat("fp6_e3m2", p=3, emin=-2, emax=4, overflow=Overflow.SATURATE)
+FP4_E2M1 = FloatFormat("fp4_e2m1", p=2, emin=0, emax=2, overflow=Overflow.SATURATE)
 
 FORMATS: dict[str, FloatFormat] = {
-    f.name: f for f in (FP16, BF16, TF32, FP32, FP8_E4M3FN, FP8_E5M2)
+    f.name: f for f in (FP16, BF16, TF32, FP32, FP8_E4M3FN, FP8_E5M2, FP6_E2M3, FP6_E3M2, FP4_E2M1)
 }
 _ALIASES = {
     "half": "fp16",
@@ -205,6 +215,13 @@ _ALIASES = {
     "e5m2": "fp8_e5m2",
     "fp8-e5m2": "fp8_e5m2",
     "float8_e5m2": "fp8_e5m2",
+    "e2m3": "fp6_e2m3",
+    "float6_e2m3fn": "fp6_e2m3",
+    "e3m2": "fp6_e3m2",
+    "float6_e3m2fn": "fp6_e3m2",
+    "e2m1": "fp4_e2m1",
+    "fp4": "fp4_e2m1",
+    "float4_e2m1fn": "fp4_e2m1",
 }
 
 

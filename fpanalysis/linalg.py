@@ -19,9 +19,11 @@ Profiles
 ``fp32-accumulate``
     Products rounded to binary32 (exact when ``fmt``'s products are binary32 numbers: fp16,
     fp8), accumulated in binary32 with round-to-nearest-even after every addition, then one
-    final rounding to ``fmt`` with ``mode``.  This is the arithmetic of torch's CPU half ``mm``
-    and ``conv2d``, numpy's float16 ``matmul`` (both match the sequential order bit for bit in
-    the tests) and of cuBLAS/cuDNN fp16 GEMMs with fp32 compute (in their own orders).
+    final rounding to ``fmt`` with ``mode``.  This is the arithmetic of numpy's float16
+    ``matmul`` (it matches the sequential order bit for bit in the tests), of torch's CPU half
+    ``mm`` and ``conv2d`` (in an order that depends on the CPU and the kernel torch picks:
+    sequential on some, lane-parallel on others; docs/semantics.md §5) and of cuBLAS/cuDNN fp16
+    GEMMs with fp32 compute (in their own orders).
     ``fma=True`` makes each step one binary32 fused multiply-add (identical when the products
     are exact).
 ``exact``

@@ -10,13 +10,18 @@ compiles and torch is never imported).  Keys relied on:
 * ``per_input.<space>``: ``gamma``, ``B``, ``B_prob``, ``certified``, ``class_fp32``,
   ``delta_<run>``, ``class_<run>``;
 * optional ``training.fp32_test_acc`` and ``accuracy``.
+
+Numbers go through ``fnum``, which reads the ``"nan"``/``"inf"``/``"-inf"`` strings that stand
+for non-finite values (docs/report_schema.md) as well as the bare tokens of older reports; a
+``schema_version`` newer than :data:`fpanalysis._json.SCHEMA_VERSION` is a malformed input.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from paper_figures._inputs import MissingInput, find, load_json, need
+from fpanalysis._json import SCHEMA_VERSION
+from paper_figures._inputs import MalformedInput, MissingInput, find, load_json, need
 
 __all__ = [
     "COMMAND",
@@ -30,7 +35,7 @@ __all__ = [
 ]
 
 PATTERN = "analysis/*.json"
-COMMAND = "python experiments/analysis_runs.py"
+COMMAND = "python -m experiments.analysis_runs"
 MODEL_ORDER = ["mlp", "lenet5", "vgg_small", "resnet20", "vit_tiny"]
 PROFILE_ORDER = ["fp32-accumulate", "ieee", "exact"]
 FORMAT_ORDER = ["fp16", "bf16", "fp8_e4m3fn", "fp8_e5m2", "tf32"]
@@ -61,6 +66,9 @@ def load_reports(results_dir: str | Path) -> list[dict[str, Any]]:
     out = []
     for p in paths:
         d = load_json(p)
+        version = d.get("schema_version", 0) if isinstance(d, dict) else 0
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise MalformedInput(p, f"schema_version {version} is newer than these figures read (up to {SCHEMA_VERSION})")
         cfg = need(d, "config", path=p)
         out.append({"path": p, "model": str(need(cfg, "model", path=p)), "fmt": str(need(cfg, "fmt", path=p)),
                     "profile": str(need(cfg, "profile", path=p)), "report": d})

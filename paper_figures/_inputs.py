@@ -3,7 +3,8 @@
 A figure that finds none of its inputs raises :class:`MissingInput` naming the experiment
 command that produces them; ``make_all`` reports it and goes on.  A present input that cannot
 be read or lacks a key the figure needs raises :class:`MalformedInput` (``make_all`` then exits
-non-zero).  Figures never recompute results.
+non-zero).  Figures never recompute results.  :func:`figure_main` is the command line shared
+by the figure modules (``python -m paper_figures.fig2_error_growth --results DIR --out DIR``).
 """
 from __future__ import annotations
 
@@ -11,11 +12,16 @@ import contextlib
 import json
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MalformedInput", "MissingInput", "find", "fnum", "load_json", "need", "note", "reading"]
+__all__ = ["DEFAULT_OUT", "DEFAULT_RESULTS", "MalformedInput", "MissingInput", "figure_main", "find", "fnum",
+           "load_json", "need", "note", "reading"]
+
+#: where the experiments write their results, and where the figures go
+DEFAULT_RESULTS = Path(__file__).resolve().parent.parent / "experiments" / "results"
+DEFAULT_OUT = Path(__file__).resolve().parent / "output"
 
 
 class MissingInput(Exception):
@@ -96,3 +102,26 @@ def fnum(x: Any) -> float:
 def note(figure: str, message: str) -> None:
     """A non-fatal remark (e.g. an optional input is missing), printed to stderr."""
     print(f"  [{figure}] note: {message}", file=sys.stderr)
+
+
+def figure_main(make: Callable[[str | Path, str | Path], list[Path]], doc: str | None,
+                argv: Sequence[str] | None = None) -> int:
+    """The command line of one figure module: ``--results DIR --out DIR``; print the files drawn.
+
+    Exit status 0 when drawn, 1 when an input is missing or malformed (one line on stderr, no
+    traceback), 2 for bad arguments (argparse).
+    """
+    import argparse
+
+    ap = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0] if doc else None)
+    ap.add_argument("--results", default=str(DEFAULT_RESULTS), help="folder of result JSON (default: %(default)s)")
+    ap.add_argument("--out", default=str(DEFAULT_OUT), help="output folder for PDF + PNG (default: %(default)s)")
+    a = ap.parse_args(argv)
+    try:
+        files = make(a.results, a.out)
+    except (MissingInput, MalformedInput) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for f in files:
+        print(f)
+    return 0

@@ -2,7 +2,7 @@
 bounds (log scale), one row per model and one column per arithmetic profile; one figure per
 format (``fig1_layer_errors_<fmt>``).
 
-Input: ``analysis/*.json`` (``python experiments/analysis_runs.py``), see
+Input: ``analysis/*.json`` (``python -m experiments.analysis_runs``), see
 :mod:`paper_figures._analysis` for the keys.  Per layer: ``err_max`` (emulated run vs fp32,
 max over inputs and entries), ``half_err_max`` (torch's real half kernels vs fp32; drawn for fp16 only, since the analysis
 runs torch's kernels in fp16 whatever the format), the
@@ -12,11 +12,7 @@ propagated bounds ``bound_max`` / ``bound_prob_max``, and the layer's own ("loca
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from paper_figures import style
 from paper_figures._analysis import (
@@ -25,7 +21,7 @@ from paper_figures._analysis import (
     load_reports,
     model_label,
 )
-from paper_figures._inputs import fnum, reading
+from paper_figures._inputs import figure_main, fnum, reading
 
 NAME = "fig1_layer_errors"
 INPUT = PATTERN
@@ -122,11 +118,4 @@ def make(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--results", default=str(Path(__file__).resolve().parent.parent / "experiments" / "results"))
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "output"))
-    a = ap.parse_args()
-    for p in make(a.results, a.out):
-        print(p)
+    raise SystemExit(figure_main(make, __doc__))

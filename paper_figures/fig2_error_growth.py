@@ -1,7 +1,7 @@
 """Figure 2: dot-product error growth with the length n against gamma_n, the fp32-accumulate
 bound and the probabilistic lambda sqrt(n) u, for fp16 and bf16.
 
-Input: ``error_growth.json`` (``python experiments/error_growth.py``).  Keys used: ``rows[]``
+Input: ``error_growth.json`` (``python -m experiments.error_growth``).  Keys used: ``rows[]``
 with ``format``, ``distribution``, ``n``, ``errors.<method>.max`` and ``bounds.{gamma_n,
 gamma_pairwise, fp32_accumulate, gamma_tilde}``; ``vacuous_n`` (optional; else from ``u``),
 ``config.trials`` (optional).
@@ -9,18 +9,14 @@ gamma_pairwise, fp32_accumulate, gamma_tilde}``; ``vacuous_n`` (optional; else f
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from paper_figures import style
-from paper_figures._inputs import MissingInput, fnum, load_json, reading
+from paper_figures._inputs import MissingInput, figure_main, fnum, load_json, reading
 
 NAME = "fig2_error_growth"
 INPUT = "error_growth.json"
-COMMAND = "python experiments/error_growth.py"
+COMMAND = "python -m experiments.error_growth"
 
 METHOD_LABELS = {
     "ieee/sequential": "all ops in format, sequential",
@@ -101,11 +97,4 @@ def make(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--results", default=str(Path(__file__).resolve().parent.parent / "experiments" / "results"))
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "output"))
-    a = ap.parse_args()
-    for p in make(a.results, a.out):
-        print(p)
+    raise SystemExit(figure_main(make, __doc__))

@@ -7,22 +7,18 @@ any low-precision run.  Points: certified (``Gamma > 2 B``), agreed but not cert
 (the low-precision class differs).  One figure per format (``fig3_lemma_<fmt>``), profile
 ``fp32-accumulate`` when present.
 
-Input: ``analysis/*.json`` (``python experiments/analysis_runs.py``): ``per_input.logits``
+Input: ``analysis/*.json`` (``python -m experiments.analysis_runs``): ``per_input.logits``
 with ``gamma``, ``B``, ``certified``, ``class_fp32``, ``delta_<run>``, ``class_<run>`` (run
 ``emulator``, else the first one present).
 """
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from paper_figures import style
 from paper_figures._analysis import COMMAND, PATTERN, PROFILE_ORDER, load_reports, model_label
-from paper_figures._inputs import MissingInput, fnum, reading
+from paper_figures._inputs import MissingInput, figure_main, fnum, reading
 
 NAME = "fig3_lemma"
 INPUT = PATTERN
@@ -133,11 +129,4 @@ def make(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--results", default=str(Path(__file__).resolve().parent.parent / "experiments" / "results"))
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "output"))
-    a = ap.parse_args()
-    for p in make(a.results, a.out):
-        print(p)
+    raise SystemExit(figure_main(make, __doc__))

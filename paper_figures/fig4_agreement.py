@@ -6,20 +6,16 @@ emulated run and of torch's real half kernels with the fp32 class (fp16 only: th
 runs torch's half kernels in fp16 whatever the format).  By construction
 certified <= lemma <= observed (for the run the bound covers).
 
-Input: ``analysis/*.json`` (``python experiments/analysis_runs.py``): ``tolerance.logits`` with
+Input: ``analysis/*.json`` (``python -m experiments.analysis_runs``): ``tolerance.logits`` with
 ``n``, ``certified``, ``certified_prob``, ``runs.<run>.{agree, n, lemma_applies}``.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from paper_figures import style
 from paper_figures._analysis import PATTERN, load_reports, model_label
-from paper_figures._inputs import reading
+from paper_figures._inputs import figure_main, reading
 
 NAME = "fig4_agreement"
 INPUT = PATTERN
@@ -102,11 +98,4 @@ def make(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--results", default=str(Path(__file__).resolve().parent.parent / "experiments" / "results"))
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "output"))
-    a = ap.parse_args()
-    for p in make(a.results, a.out):
-        print(p)
+    raise SystemExit(figure_main(make, __doc__))

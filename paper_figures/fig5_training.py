@@ -2,8 +2,12 @@
 per epoch (mean +- standard deviation over seeds), and a table like the seed paper's (accuracy,
 time and memory relative to fp32).  Two files: ``fig5_training_curves``, ``fig5_training_table``.
 
-Input: the per-run JSON files of ``experiments/sweep.py`` (schema ``fpanalysis.train/1``) in any
-``runs/`` folder under the results directory (``cpu_sweep/*/runs/``, ``gpu_sweep/*/runs/``).
+Input: the per-run JSON files of ``experiments/sweep.py`` (schema ``fpanalysis.train/1``) in the
+``runs/`` folder of a sweep under the results directory (``cpu_sweep/*/runs/``,
+``gpu_sweep/*/runs/``).  Never read (each skip is noted on stderr): results marked
+``config.smoke``, anything under a folder whose name starts with ``_`` (``_scratch/``, where
+``experiments.train`` writes without ``--out``), and ``runs/`` directly under the results
+directory (where ad-hoc ``experiments/train.py`` runs used to land).
 Keys used per run: ``schema``, ``status``, ``config.{dataset, model, optimizer, mode, tag,
 seed}``, ``epochs[].{epoch, test_acc, wall_s}``, ``final.test_acc``, ``memory`` (``kind``,
 ``peak_minus_baseline_bytes`` or ``peak_minus_dataset_bytes``, ``param_bytes``, ``grad_bytes``,
@@ -14,18 +18,14 @@ from __future__ import annotations
 
 import math
 import statistics
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from paper_figures import style
-from paper_figures._inputs import MissingInput, find, fnum, load_json, reading
+from paper_figures._inputs import MissingInput, figure_main, find, fnum, load_json, note, reading
 
 NAME = "fig5_training"
 INPUT = "**/runs/*.json"
-COMMAND = ("python experiments/sweep.py --out=experiments/results/cpu_sweep/digits --datasets=digits "
+COMMAND = ("python -m experiments.sweep --out=experiments/results/cpu_sweep/digits --datasets=digits "
            "--models=mlp,lenet5 --modes=fp32,amp-fp16,fp16,bf16,amp-bf16 --seeds=0,1,2 --optimizers=sgd,adam "
            "--epochs=6 --batch_size=32   (GPU: bash experiments/gpu_sweep.sh)")
 SCHEMA = "fpanalysis.train/1"
@@ -42,15 +42,29 @@ def _device(run: dict) -> str:
     return "CPU"
 
 
+def _scratch_or_adhoc(path: Path, results_dir: Path) -> bool:
+    """True for a file under a ``_``-prefixed folder or in ``results_dir/runs/`` itself."""
+    rel = path.relative_to(results_dir)
+    return any(part.startswith("_") for part in rel.parts[:-1]) or rel.parts[:-1] == ("runs",)
+
+
 def load_runs(results_dir: str | Path) -> list[dict]:
-    """Every training result (schema ``fpanalysis.train/1``) under ``results_dir``."""
+    """Every sweep's training result (schema ``fpanalysis.train/1``) under ``results_dir``,
+    without smoke runs and ad-hoc runs (see the module docstring)."""
     runs = []
+    skipped = {"scratch or ad-hoc folder": 0, "marked smoke": 0}
     for p in find(results_dir, INPUT):
+        if _scratch_or_adhoc(p, Path(results_dir)):
+            skipped["scratch or ad-hoc folder"] += 1
+            continue
         d = load_json(p)
         if not isinstance(d, dict) or d.get("schema") != SCHEMA:
             continue  # some other JSON in a runs/ folder
         with reading(p):
             c = d["config"]
+            if c.get("smoke", False):
+                skipped["marked smoke"] += 1
+                continue
             runs.append({
                 "path": p, "sweep": p.parent.parent.name, "dataset": str(c["dataset"]), "model": str(c["model"]),
                 "optimizer": str(c["optimizer"]), "tag": str(c.get("tag", "")), "mode": str(c["mode"]),
@@ -60,6 +74,8 @@ def load_runs(results_dir: str | Path) -> list[dict]:
                 "mem": _peak_mem(d["memory"]),
                 "state": sum(fnum(d["memory"].get(k, 0)) for k in ("param_bytes", "grad_bytes", "optimizer_state_bytes")),
             })
+    if any(skipped.values()):
+        note("fig5", "not figure inputs, skipped: " + ", ".join(f"{n} run(s) {why}" for why, n in skipped.items() if n))
     return runs
 
 
@@ -205,11 +221,4 @@ def make(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--results", default=str(Path(__file__).resolve().parent.parent / "experiments" / "results"))
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "output"))
-    a = ap.parse_args()
-    for p in make(a.results, a.out):
-        print(p)
+    raise SystemExit(figure_main(make, __doc__))

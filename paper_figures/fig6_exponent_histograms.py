@@ -1,7 +1,7 @@
 """Figure 6: exponent histograms of activations and gradients against the format's bands
 (rounds to zero / subnormal / normal / overflow), weight gradients before and after loss scaling.
 
-Input: ``exponent_histograms.json`` (``python experiments/exponent_histograms.py``): ``cases[]``
+Input: ``exponent_histograms.json`` (``python -m experiments.exponent_histograms``): ``cases[]``
 with ``case``, ``why`` (optional), ``loss_scale.value`` (optional: then no "after" histogram)
 and ``check``, the ``CheckReport.to_dict()`` of ``fpanalysis check``, whose
 ``details.activations``, ``details.activation_grads`` (optional) and ``details.weight_grads``
@@ -15,19 +15,15 @@ exponent histogram just shifts by ``log2 S``, which is what the "after" histogra
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from paper_figures import style
-from paper_figures._inputs import MissingInput, fnum, load_json, reading
+from paper_figures._inputs import MissingInput, figure_main, fnum, load_json, reading
 
 NAME = "fig6_exponent_histograms"
 INPUT = "exponent_histograms.json"
-COMMAND = "python experiments/exponent_histograms.py"
+COMMAND = "python -m experiments.exponent_histograms"
 MAX_CASES = 3
 
 
@@ -155,11 +151,4 @@ def make(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--results", default=str(Path(__file__).resolve().parent.parent / "experiments" / "results"))
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "output"))
-    a = ap.parse_args()
-    for p in make(a.results, a.out):
-        print(p)
+    raise SystemExit(figure_main(make, __doc__))

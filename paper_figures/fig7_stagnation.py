@@ -1,7 +1,7 @@
 """Figure 7: update stagnation -- the fraction of SGD updates ``w - lr g`` that round back to ``w``
 when weights are stored in fp16 or bf16, against the learning rate.
 
-Input: ``stagnation.json`` (``python experiments/stagnation.py``).  Keys used: ``rows[]`` with
+Input: ``stagnation.json`` (``python -m experiments.stagnation``).  Keys used: ``rows[]`` with
 ``format``, ``lr``, ``lost_fraction``; optional ``grad_abs_median``, ``weight_abs_median``,
 ``n_parameters``, ``config.warmup_steps``.
 
@@ -13,18 +13,14 @@ around it the lost fraction falls through one half.
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from paper_figures import style
-from paper_figures._inputs import MissingInput, fnum, load_json, reading
+from paper_figures._inputs import MissingInput, figure_main, fnum, load_json, reading
 
 NAME = "fig7_stagnation"
 INPUT = "stagnation.json"
-COMMAND = "python experiments/stagnation.py"
+COMMAND = "python -m experiments.stagnation"
 
 
 def make(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
@@ -70,11 +66,4 @@ def make(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--results", default=str(Path(__file__).resolve().parent.parent / "experiments" / "results"))
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "output"))
-    a = ap.parse_args()
-    for p in make(a.results, a.out):
-        print(p)
+    raise SystemExit(figure_main(make, __doc__))

@@ -2,24 +2,20 @@
 check's prediction (SAFE -> "trains"; SAFE WITH CHANGES / UNSAFE -> "fails") against the outcome
 of real fp16 training compared with fp32, and the list of configurations.
 
-Input: ``check_validation.json`` (``python experiments/check_validation.py``): ``rows[]`` with
+Input: ``check_validation.json`` (``python -m experiments.check_validation``): ``rows[]`` with
 ``case``, ``predicted``, ``outcome``, optional ``seed``, ``verdict``, ``cause``; or, without
 rows, ``confusion`` with keys ``"predicted <p> / <o>"``.  Optional ``config.device``.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from paper_figures import style
-from paper_figures._inputs import MissingInput, load_json, reading
+from paper_figures._inputs import MissingInput, figure_main, load_json, reading
 
 NAME = "fig8_check_validation"
 INPUT = "check_validation.json"
-COMMAND = "python experiments/check_validation.py"
+COMMAND = "python -m experiments.check_validation"
 CLASSES = ("trains", "fails")
 
 
@@ -108,11 +104,4 @@ def _why(row: dict) -> str:
 
 
 if __name__ == "__main__":
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--results", default=str(Path(__file__).resolve().parent.parent / "experiments" / "results"))
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "output"))
-    a = ap.parse_args()
-    for p in make(a.results, a.out):
-        print(p)
+    raise SystemExit(figure_main(make, __doc__))

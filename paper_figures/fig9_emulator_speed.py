@@ -13,19 +13,15 @@ Inputs (either is enough):
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from paper_figures import style
-from paper_figures._inputs import MissingInput, find, fnum, load_json, note, reading
+from paper_figures._inputs import MissingInput, figure_main, find, fnum, load_json, note, reading
 
 NAME = "fig9_emulator_speed"
 INPUT = "bench_emulator.json, bench_gemm*.json"
-COMMAND = ("python experiments/bench_emulator.py   and/or   "
-           "python experiments/bench_gemm.py --threads=1 --out=experiments/results/bench_gemm_1thread.json")
+COMMAND = ("python -m experiments.bench_emulator   and/or   "
+           "python -m experiments.bench_gemm --threads=1 --out=experiments/results/bench_gemm_1thread.json")
 EMULATOR = "#D55E00"
 BASELINE = "#7F7F7F"
 
@@ -75,7 +71,7 @@ def make(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
     if emu.is_file():
         panels += _emulator_panels(emu)
     else:
-        note(NAME, f"{emu} missing (python experiments/bench_emulator.py): drawing the GEMM benchmark only")
+        note(NAME, f"{emu} missing (python -m experiments.bench_emulator): drawing the GEMM benchmark only")
     gemm = find(root, "bench_gemm*.json")
     panels += [_gemm_panel(p) for p in gemm]
     if not panels:
@@ -133,11 +129,4 @@ def make(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--results", default=str(Path(__file__).resolve().parent.parent / "experiments" / "results"))
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "output"))
-    a = ap.parse_args()
-    for p in make(a.results, a.out):
-        print(p)
+    raise SystemExit(figure_main(make, __doc__))

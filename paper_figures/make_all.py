@@ -1,8 +1,8 @@
 """Regenerate every paper figure from the JSON results, never recomputing anything.
 
-    python paper_figures/make_all.py                          # experiments/results -> paper_figures/output
-    python paper_figures/make_all.py --results DIR --out DIR
-    python paper_figures/make_all.py --only fig2,fig7
+    python -m paper_figures.make_all                          # experiments/results -> paper_figures/output
+    python -m paper_figures.make_all --results DIR --out DIR
+    python -m paper_figures.make_all --only fig2,fig7
 
 A figure whose inputs are missing is reported with the experiment command that produces them,
 and the others are still drawn.  The exit status is 1 only when a present input is malformed
@@ -20,14 +20,7 @@ import time
 import traceback
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from paper_figures._inputs import MalformedInput, MissingInput
-
-HERE = Path(__file__).resolve().parent
-DEFAULT_RESULTS = HERE.parent / "experiments" / "results"
-DEFAULT_OUT = HERE / "output"
+from paper_figures._inputs import DEFAULT_OUT, DEFAULT_RESULTS, MalformedInput, MissingInput
 
 #: (short name, module) in figure order
 FIGURES = [

@@ -20,6 +20,11 @@ Per layer (:class:`LayerReport`), with "fp16" standing for the analysed format:
   flushed to zero, overflow count; an exponent histogram of the fp32 values;
 * bitwise match of the emulator with torch's 16-bit kernel applied to the same (emulated) input.
 
+The JSON form (:meth:`AnalysisReport.to_json`) is standard JSON with ``"schema":
+"fpanalysis.analysis"`` and ``"schema_version"``; non-finite numbers are the strings ``"nan"``,
+``"inf"``, ``"-inf"``.  Its fields are documented in docs/report_schema.md and checked by
+docs/report_schema.json.
+
 >>> r = AnalysisReport(config={"fmt": "fp16"}, layers=[LayerReport(name="fc", kind="linear", shape=(10,))])
 >>> AnalysisReport.from_json(r.to_json()).layers[0].name
 'fc'
@@ -33,12 +38,15 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .._json import SCHEMA_VERSION, check_schema_version, dumps, jsonable, restore_nonfinite
 from ..formats import get_format
 from ..tolerance import ToleranceSummary
 
 __all__ = ["AnalysisReport", "LayerReport"]
 
 _NAN = float("nan")
+#: the ``schema`` field of a saved analysis report
+SCHEMA = "fpanalysis.analysis"
 
 
 @dataclass
@@ -216,18 +224,29 @@ class AnalysisReport:
         }
 
     def to_json(self, path: str | Path | None = None, *, indent: int = 1) -> str:
-        """The report as JSON (non-finite numbers as strings ``"inf"``/``"nan"``); written to ``path`` if given."""
-        text = json.dumps(json_safe(self.to_dict()), indent=indent)
+        """The report as standard JSON (docs/report_schema.md): ``schema``, ``schema_version``,
+        then :meth:`to_dict`'s fields, non-finite numbers as the strings ``"nan"``, ``"inf"``,
+        ``"-inf"``; written to ``path`` if given."""
+        text = dumps({"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **self.to_dict()}, indent=indent)
         if path is not None:
             Path(path).write_text(text)
         return text
 
     @classmethod
     def from_json(cls, source: str | Path) -> AnalysisReport:
-        """Load a report saved by :meth:`to_json` (a path or the JSON text)."""
+        """Load a report saved by :meth:`to_json` (a path or the JSON text).
+
+        Reads every schema version up to ours: the ``"nan"``/``"inf"``/``"-inf"`` strings, and
+        the bare ``NaN``/``Infinity`` tokens of reports written before ``schema_version``
+        existed.  A newer ``schema_version`` is refused with a ValueError.
+        """
         s = str(source)
         text = Path(s).read_text() if not s.lstrip().startswith("{") else s
-        d = _unfinite(json.loads(text))
+        raw = json.loads(text)
+        check_schema_version(raw, s if not s.lstrip().startswith("{") else "analysis report")
+        if raw.get("schema", SCHEMA) != SCHEMA:
+            raise ValueError(f"not an analysis report: schema {raw.get('schema')!r}, expected {SCHEMA!r}")
+        d = restore_nonfinite(raw)
         return cls(config=d.get("config", {}), layers=[LayerReport.from_dict(x) for x in d.get("layers", [])],
                    tolerance={k: ToleranceSummary.from_dict(v) for k, v in d.get("tolerance", {}).items()},
                    per_input=d.get("per_input", {}), timings=d.get("timings", {}),
@@ -303,25 +322,5 @@ class AnalysisReport:
         return fig
 
 
-def json_safe(o: Any) -> Any:
-    if isinstance(o, float):
-        if math.isnan(o):
-            return "nan"
-        if math.isinf(o):
-            return "inf" if o > 0 else "-inf"
-        return o
-    if isinstance(o, dict):
-        return {k: json_safe(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [json_safe(v) for v in o]
-    return o
-
-
-def _unfinite(o: Any) -> Any:
-    if isinstance(o, str) and o in ("nan", "inf", "-inf"):
-        return float(o)
-    if isinstance(o, dict):
-        return {k: _unfinite(v) for k, v in o.items()}
-    if isinstance(o, list):
-        return [_unfinite(v) for v in o]
-    return o
+#: ``o`` made representable in standard JSON (non-finite floats as ``"nan"``/``"inf"``/``"-inf"``)
+json_safe = jsonable

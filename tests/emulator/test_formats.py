@@ -104,7 +104,7 @@ def test_custom_format_fields() -> None:
         (dict(p=1, emin=-14, emax=15), ["precision", "p"]),
         (dict(p=54, emin=-14, emax=15), ["precision"]),
         (dict(p=7.0, emin=-14, emax=15), ["precision"]),
-        (dict(p=7, emin=0, emax=15), ["emin"]),
+        (dict(p=7, emin=1, emax=15), ["emin"]),
         (dict(p=7, emin=-14, emax=0), ["emax"]),
         (dict(p=7, emin=-14.0, emax=15), ["emin", "integers"]),
         (dict(p=7, emin=-14, emax=15, overflow="wrap"), ["overflow", "inf", "saturate", "nan"]),

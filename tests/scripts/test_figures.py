@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,6 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 pytest.importorskip("matplotlib")
 
@@ -31,10 +30,10 @@ FIGURES = {
     "fig9": "paper_figures.fig9_emulator_speed",
 }
 COMMANDS = {
-    "fig1": "experiments/analysis_runs.py", "fig2": "experiments/error_growth.py", "fig3": "experiments/analysis_runs.py",
-    "fig4": "experiments/analysis_runs.py", "fig5": "experiments/sweep.py", "fig6": "experiments/exponent_histograms.py",
-    "fig7": "experiments/stagnation.py", "fig8": "experiments/check_validation.py",
-    "fig9": "experiments/bench_emulator.py",
+    "fig1": "experiments.analysis_runs", "fig2": "experiments.error_growth", "fig3": "experiments.analysis_runs",
+    "fig4": "experiments.analysis_runs", "fig5": "experiments.sweep", "fig6": "experiments.exponent_histograms",
+    "fig7": "experiments.stagnation", "fig8": "experiments.check_validation",
+    "fig9": "experiments.bench_emulator",
 }
 
 
@@ -43,8 +42,12 @@ COMMANDS = {
 
 
 def _dump(path: Path, obj: object) -> None:
+    """As the experiments write (experiments._common.write_json): standard JSON, non-finite
+    numbers as "nan" / "inf" / "-inf" strings."""
+    from fpanalysis._json import dumps
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj))
+    path.write_text(dumps(obj))
 
 
 def _analysis_report(model: str, fmt: str, profile: str, rng: np.random.Generator, n: int = 40) -> dict:
@@ -201,9 +204,10 @@ def drawn(synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Every figure drawn once from the synthetic results, in a fresh interpreter."""
     out = tmp_path_factory.mktemp("figures")
     dump = out / "describe.json"
-    code = (f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(Path(__file__).parent)!r}]; "
-            f"import test_figures as T; T.draw_all_and_describe({str(synthetic)!r}, {str(out)!r}, {str(dump)!r})")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, cwd=str(out),
+    code = f"import test_figures as T; T.draw_all_and_describe({str(synthetic)!r}, {str(out)!r}, {str(dump)!r})"
+    # the repository root (paper_figures) and this folder (test_figures) importable in the child
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(Path(__file__).parent)])}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, cwd=str(out), env=env,
                          check=False)
     assert res.returncode == 0, res.stdout + res.stderr
     d = json.loads(dump.read_text())
@@ -342,7 +346,7 @@ def test_make_all_draws_present_figures_and_fails_on_malformed(tmp_path: Path, c
     assert rc == 1
     assert "fig7: ERROR" in out and "stagnation.json" in out
     assert "fig8: ERROR" in out and "predicted" in out
-    assert "fig2: SKIPPED" in out and "experiments/error_growth.py" in out
+    assert "fig2: SKIPPED" in out and "experiments.error_growth" in out
     assert (tmp_path / "out" / "fig9_emulator_speed.png").stat().st_size > 0  # the others are still drawn
 
 

@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import os
 import signal
 import statistics
@@ -18,10 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from experiments import sweep, train
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "experiments"))
-import sweep  # noqa: E402
-import train  # noqa: E402
 
 BASE = train.Config(dataset="gaussian", n_train=64, n_test=32, batch_size=32, epochs=1, width=16, threads=1)
 
@@ -53,7 +53,7 @@ def test_expand_grid(tmp_path):
         sweep.expand_grid(BASE, {"lr": [0.1]}, tmp_path)
 
 
-def test_serial_sweep_resumes_and_reruns_changed_configs(tmp_path):
+def test_serial_sweep_resumes_and_reruns_changed_configs(tmp_path, capsys):
     opts = sweep.SweepOptions(out=str(tmp_path), backend="serial", progress=False)
     cfgs = sweep.expand_grid(BASE, {"mode": ["fp32", "bf16"], "seed": [0, 1]}, tmp_path)
     rep = sweep.run_sweep(cfgs, opts)
@@ -66,8 +66,14 @@ def test_serial_sweep_resumes_and_reruns_changed_configs(tmp_path):
     # a corrupt result file and a changed configuration are not "done"
     Path(cfgs[0].out).write_text('{"schema": "fpanalysis.train/1", "status": "comp')
     changed = [dataclasses.replace(c, epochs=2) if i == 1 else c for i, c in enumerate(cfgs)]
+    capsys.readouterr()
     rep = sweep.run_sweep(changed, opts)
     assert sorted(rep.executed) == sorted([train.run_name(cfgs[0]), train.run_name(cfgs[1])])
+    # ... and the sweep says why it re-runs them (issue 12: a truncated file was re-run silently)
+    err = capsys.readouterr().err
+    assert f"re-running {train.run_name(cfgs[0])}: {cfgs[0].out}: result file is truncated or not valid JSON" in err
+    assert f"re-running {train.run_name(cfgs[1])}: {cfgs[1].out}: result file records another configuration (epochs)" in err
+    assert sorted(rep.rerun) == sorted([train.run_name(cfgs[0]), train.run_name(cfgs[1])])
     after = _fingerprints(tmp_path)
     for c in cfgs[2:]:
         name = Path(c.out).name
@@ -108,11 +114,10 @@ def test_run_that_raises_is_reported_not_retried(tmp_path):
 
 def test_killed_sweep_resumes_without_redoing_or_losing_runs(tmp_path):
     out = tmp_path / "sw"
-    args = [sys.executable, str(ROOT / "experiments" / "sweep.py"), f"--out={out}", "--backend=serial",
+    args = [sys.executable, "-m", "experiments.sweep", f"--out={out}", "--backend=serial",
             "--no_progress", "--datasets=gaussian", "--modes=fp32,bf16", "--seeds=0,1,2,3", "--n_train=1024",
             "--n_test=64", "--batch_size=16", "--epochs=4", "--width=16", "--threads=1", "--no_weights"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
         deadline = time.time() + 120
@@ -142,7 +147,7 @@ def test_ray_backend_local_instance(tmp_path):
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # ship crash_on_seed_1 to workers
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "experiments"), str(ROOT)])}})
+        "PYTHONPATH": str(ROOT)}})
     try:
         _ray_checks(tmp_path)
     finally:
@@ -221,6 +226,73 @@ def test_summary_table_against_statistics(tmp_path):
     assert [int(rows[k]["diverged"]) for k in rows] == [0, 0, 1]
     md = (tmp_path / "summary.md").read_text()
     assert "| gaussian | mlp | sgd | — | fp16 | 3 | 1 | 63.00 ± 45.90 | -29.00 | -30.00 | 30.000 | 10.00 | 5.00 |" in md
+
+
+def test_summary_names_and_skips_a_result_with_bad_content(tmp_path, capsys):
+    """Issue 12: a result that parses but lacks a key gave a traceback without the file's name."""
+    (tmp_path / "runs").mkdir()
+    for seed in range(2):
+        train.write_json_atomic(tmp_path / "runs" / f"ok{seed}.json", _fake("fp32", seed, 0.9, 2.0, 1e6))
+    bad = _fake("fp32", 2, 0.9, 2.0, 1e6)
+    del bad["final"]["test_acc"]
+    train.write_json_atomic(tmp_path / "runs" / "bad.json", bad)
+    wrong_type = _fake("fp32", 3, 0.9, 2.0, 1e6)
+    wrong_type["memory"] = "lots"
+    train.write_json_atomic(tmp_path / "runs" / "wrong_type.json", wrong_type)
+    (tmp_path / "runs" / "truncated.json").write_text('{"schema": "fpanalysis.train/1", "sta')
+    assert sweep.main([f"--out={tmp_path}", "--summary_only"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"error: skipped {tmp_path / 'runs' / 'bad.json'} in the summary: unusable result (missing key 'test_acc')" in err
+    assert f"error: skipped {tmp_path / 'runs' / 'wrong_type.json'} in the summary: unusable result" in err
+    assert f"error: skipped {tmp_path / 'runs' / 'truncated.json'} in the summary: not readable as JSON" in err
+    table = list(csv.DictReader(io.StringIO((tmp_path / "summary.csv").read_text())))
+    assert [(r["mode"], r["runs"]) for r in table] == [("fp32", "2")]  # the two good runs only
+
+
+def test_results_are_standard_json_and_read_back(tmp_path):
+    """Non-finite numbers (a diverged run's NaN accuracy) are written as "nan" strings, not the
+    NaN token standard parsers reject, and the summary reads them back as numbers."""
+    (tmp_path / "runs").mkdir()
+    train.write_json_atomic(tmp_path / "runs" / "ok.json", _fake("fp32", 0, 0.9, 2.0, 1e6))
+    diverged = _fake("fp32", 1, math.nan, 2.0, 1e6, "diverged")
+    diverged["final"]["train_loss"] = math.inf
+    train.write_json_atomic(tmp_path / "runs" / "nan.json", diverged)
+    text = (tmp_path / "runs" / "nan.json").read_text()
+    doc = json.loads(text, parse_constant=lambda tok: pytest.fail(f"non-standard JSON token {tok}"))
+    assert doc["final"]["test_acc"] == "nan" and doc["final"]["train_loss"] == "inf"
+    problems: dict = {}
+    results = sweep.load_results(tmp_path, problems)
+    assert not problems and math.isinf(next(r for r in results if r["status"] == "diverged")["final"]["train_loss"])
+    (row,) = sweep.summarize(results)
+    assert row["runs"] == 2 and row["diverged"] == 1 and math.isnan(row["acc_mean"])
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
+    """Issue 12: Ctrl-C (SIGINT to the terminal's process group) printed two tracebacks."""
+    out = tmp_path / "sw"
+    args = [sys.executable, "-m", "experiments.sweep", f"--out={out}", "--backend=local", "--workers=1",
+            "--no_progress", "--datasets=gaussian", "--modes=fp32", "--seeds=0,1,2,3,4,5", "--n_train=1024",
+            "--n_test=64", "--batch_size=16", "--epochs=3", "--width=16", "--threads=1", "--no_weights"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list((out / "runs").glob("*.json")):
+            time.sleep(0.02)
+        time.sleep(0.5)  # a worker is in the middle of the next run
+        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+    assert proc.returncode == 130, stdout + stderr
+    assert "Traceback" not in stderr, stderr
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("interrupted: "), stderr
+    for p in (out / "runs").glob("*.json"):  # what was written is complete
+        assert json.loads(p.read_text())["status"] == "complete"
 
 
 def test_sweep_cli_parsing():

@@ -7,20 +7,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "experiments"))
-import train  # noqa: E402
-
-from fpanalysis.datasets import load_dataset  # noqa: E402
-from fpanalysis.nn.models import build_model  # noqa: E402
-from fpanalysis.nn.precision import (  # noqa: E402
+from experiments import train
+from fpanalysis.datasets import load_dataset
+from fpanalysis.nn.models import build_model
+from fpanalysis.nn.precision import (
     PRECISION_MODES,
     AmpLossScaler,
     ManualLossScaler,
@@ -28,6 +24,7 @@ from fpanalysis.nn.precision import (  # noqa: E402
     precision_policy,
 )
 
+ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(dataset="gaussian", n_train=96, n_test=64, batch_size=32, epochs=2, width=32, threads=1)
 
 EXPECTED = {  # mode -> (weights, grads, optimizer state, logits)
@@ -60,6 +57,52 @@ def test_parse_args():
     with pytest.raises(ValueError, match="--key=value"):
         train.parse_args(["fp16"])
     assert train.main(["--bogus=1"]) == 2
+
+
+def _fig5_runs(results: Path) -> list[tuple[str, str]]:
+    from paper_figures import fig5_training
+
+    return sorted((str(r["path"].relative_to(results)), r["mode"]) for r in fig5_training.load_runs(results))
+
+
+def test_smoke_and_adhoc_runs_never_reach_figure_5(tmp_path, monkeypatch):
+    """Issue 12: ``python -m experiments.train --smoke`` with its default output landed in
+    experiments/results/runs/ and figure 5 averaged it into the fp32 baseline."""
+    pytest.importorskip("matplotlib")
+    results = tmp_path / "experiments" / "results"
+    monkeypatch.setattr(train, "HERE", tmp_path / "experiments")  # train.py's folder, for the default --out
+    sweep_run = results / "cpu_sweep" / "toy" / "runs" / "gaussian-mlp-fp32-sgd-s0.json"
+    train.run(dataclasses.replace(tiny(tmp_path, weights="none"), out=str(sweep_run)))
+    assert _fig5_runs(results) == [("cpu_sweep/toy/runs/gaussian-mlp-fp32-sgd-s0.json", "fp32")]
+    # an ad-hoc smoke run with the default output, as in the issue
+    assert train.main(["--smoke", "--dataset=gaussian", "--width=16", "--threads=1", "--weights=none"]) == 0
+    # a smoke run written into a sweep's runs/ folder, and an ad-hoc run in results/runs/
+    smoke = train.parse_args(["--smoke", "--dataset=gaussian", "--width=16", "--threads=1", "--weights=none",
+                              "--seed=1", f"--out={sweep_run.with_name('gaussian-mlp-fp32-sgd-s1.json')}"])
+    train.run(smoke)
+    train.run(dataclasses.replace(tiny(tmp_path, weights="none", seed=2), out=str(results / "runs" / "adhoc.json")))
+    assert len(list(results.rglob("*.json"))) == 4
+    assert _fig5_runs(results) == [("cpu_sweep/toy/runs/gaussian-mlp-fp32-sgd-s0.json", "fp32")]
+    assert json.loads(sweep_run.with_name("gaussian-mlp-fp32-sgd-s1.json").read_text())["config"]["smoke"] is True
+
+
+def test_default_and_smoke_outputs_are_ignored_by_git():
+    """train.py without --out, and bench_analysis --smoke (which overwrote the committed
+    results/bench_analysis.json), write into the ignored scratch folder."""
+    import shutil
+    import subprocess
+
+    from experiments import bench_analysis
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    paths = [train.result_path(train.parse_args(["--smoke"])), train.result_path(train.parse_args([])),
+             Path(bench_analysis._parse(["--smoke"]).out)]
+    for path in paths:
+        assert path.is_relative_to(ROOT / "experiments" / "results" / "_scratch"), path
+        res = subprocess.run(["git", "check-ignore", "-q", str(path.relative_to(ROOT))], cwd=ROOT, check=False)
+        assert res.returncode == 0, f"{path} is not ignored by git"
+    assert bench_analysis._parse(["--smoke", "--out=x.json"]).out == "x.json"
 
 
 def test_unknown_names_are_value_errors(tmp_path):
