@@ -21,9 +21,60 @@ from typing import Any
 
 from ._table import format_table
 
+EXIT_CODES = """\
+exit status:
+  0    success
+  1    the result asks for attention: check --fail-on matched the verdict (or a skipped
+       check, with --fail-on changes); verify found a mismatch or an unavailable oracle
+  2    bad input: unknown or out-of-range option, unreadable data, model or checkpoint,
+       an output path that cannot be written (refused before anything runs)
+  3    internal error (a bug in fpanalysis: please report it with the command line)
+  130  interrupted
+"""
+
 
 class UserError(Exception):
     """An error caused by the user's input: printed as one paragraph, no traceback."""
+
+
+def _count(option: str, value: int | None, minimum: int = 1) -> None:
+    """Refuse a count below ``minimum`` (``None`` means the option was left out)."""
+    if value is not None and value < minimum:
+        raise UserError(f"{option} must be an integer >= {minimum}, got {value}")
+
+
+def _probe_writable(folder: Path, what: str) -> None:
+    """Create ``folder`` (and its parents) and write a scratch file in it, so that an output
+    that cannot be written is refused before the run instead of after it."""
+    import tempfile
+
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot write {what}: {existing} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot write {what}: {exc.strerror or exc} ({folder})") from None
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """--json and --plan name files and --plots a folder: all must be writable before anything runs."""
+    for option in ("json", "plan"):
+        json_path = getattr(args, option, None)
+        if json_path:
+            p = Path(json_path)
+            if p.is_dir():
+                raise UserError(f"--{option} {json_path} is a folder; give a file name such as {p / (option + '.json')}")
+            _probe_writable(p.parent if str(p.parent) else Path("."), f"--{option} {json_path}")
+    plots = getattr(args, "plots", None)
+    if plots:
+        if Path(plots).exists() and not Path(plots).is_dir():
+            raise UserError(f"--plots {plots} is a file; give a folder for the plots")
+        _probe_writable(Path(plots), f"--plots {plots}")
 
 
 def _write_json(path: str | None, payload: Any) -> None:
@@ -53,13 +104,13 @@ def _load_check_data(spec: str, n: int | None, seed: int) -> Any:
     if spec in dataset_names():
         if spec in ("mnist", "cifar10"):
             raise UserError(f"dataset {spec!r} is read from files: pass the directory that holds them as --data")
-        return load_dataset(spec, n_train=n)
+        return _enough(load_dataset(spec, n_train=n), n, spec)
     if path.is_dir():
         names = {p.name for p in path.iterdir()}
         if any(nm.startswith("train-images") for nm in names):
-            return load_dataset("mnist", data_dir=path, n_train=n)
+            return _enough(load_dataset("mnist", data_dir=path, n_train=n), n, spec)
         if any(nm.startswith(("data_batch", "cifar10")) for nm in names):
-            return load_dataset("cifar10", data_dir=path, n_train=n)
+            return _enough(load_dataset("cifar10", data_dir=path, n_train=n), n, spec)
         raise UserError(
             f"{path} holds neither MNIST idx files (train-images-idx3-ubyte[.gz], ...) nor CIFAR-10 "
             "batches (data_batch_1, ... or cifar10_*.npz)"
@@ -68,6 +119,13 @@ def _load_check_data(spec: str, n: int | None, seed: int) -> Any:
         f"unknown data {spec!r}: give a built-in dataset ({', '.join(n for n in dataset_names() if n not in ('mnist', 'cifar10'))}) "
         "or a directory with MNIST or CIFAR-10 files"
     )
+
+
+def _enough(ds: Any, n: int | None, spec: str) -> Any:
+    if n is not None and ds.x_train.shape[0] < n:
+        raise UserError(f"--samples {n} but {spec} has only {ds.x_train.shape[0]} training samples; "
+                        f"give at most {ds.x_train.shape[0]}, or leave --samples out to use them all")
+    return ds
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -82,6 +140,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
         raise UserError("name the data with --data (a built-in dataset or a directory), or run with --demo")
     from .check.config import CheckConfig
 
+    _count("--samples", args.samples)
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        raise UserError(f"checkpoint {args.checkpoint} does not exist")
     config = CheckConfig(  # every option checked before anything loads or runs
         fmt=args.format, optimizer=args.optimizer, lr=args.lr, eps=args.eps, momentum=args.momentum,
         batch_size=args.batch_size, steps=args.steps, warmup_steps=args.warmup_steps,
@@ -90,6 +151,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     )
     if args.plan and args.dry_run_steps == 0:
         raise UserError("--plan needs the dry run (it writes the plan the dry run verified); drop --dry-run-steps 0")
+    _check_outputs(args)
     import torch
 
     from .check import check
@@ -122,6 +184,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
         for path in plot_check(report, args.plots):
             print(f"wrote {path}")
     fail_on = {"never": (), "unsafe": ("UNSAFE",), "changes": ("UNSAFE", "SAFE WITH CHANGES")}[args.fail_on]
+    if args.fail_on == "changes" and report.verdict not in fail_on:
+        skipped = [f.check for f in report.findings if f.status == "skipped"]
+        if skipped:  # a check that did not run is not a pass
+            print(f"--fail-on changes: {', '.join(skipped)} skipped (not examined); exit status 1", file=sys.stderr)
+            return 1
     return 1 if report.verdict in fail_on else 0
 
 
@@ -129,6 +196,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
+    from .analysis.run import AnalysisConfig
+
+    _count("--n", args.n)
+    AnalysisConfig(fmt=args.format, profile=args.profile, mode=args.mode,  # every option checked up front
+                   failure_prob=args.failure_prob, seed=args.seed)
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        raise UserError(f"checkpoint {args.checkpoint} does not exist")
+    _check_outputs(args)
     import torch
 
     from .analysis import analyze
@@ -136,6 +211,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
     torch.manual_seed(args.seed)
     ds = _load_check_data(args.data, None, args.seed)
+    if ds.x_test.shape[0] < args.n:
+        raise UserError(f"--n {args.n} but {args.data} has only {ds.x_test.shape[0]} test inputs; "
+                        f"give at most {ds.x_test.shape[0]}")
     model = load_model(args.model, input_shape=ds.input_shape, num_classes=ds.num_classes)
     if args.checkpoint:
         load_checkpoint(model, args.checkpoint)
@@ -164,6 +242,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    _count("--n", args.n)
+    _check_outputs(args)
     from .progress import progress_bar
     from .verify import COLUMNS, SUITES, run_suites
 
@@ -188,6 +268,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    _check_outputs(args)
     from .benchmarks import run_benchmarks
 
     results = run_benchmarks(quick=args.quick)
@@ -220,13 +301,16 @@ def _cmd_round(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .formats import get_format
-    from .rounding import round_to, to_bits
+    from .rounding import RoundingMode, round_to, to_bits
 
     try:
         values = np.array([float(v) for v in args.values], dtype=np.float64)
     except ValueError as exc:
         raise UserError(f"could not read a number: {exc}") from None
     fmt = get_format(args.format)
+    if RoundingMode.parse(args.mode) is RoundingMode.STOCHASTIC and args.seed is None:
+        raise UserError("--mode stochastic needs --seed N: the random bits come from the seed, "
+                        "so the same seed gives the same roundings")
     y = round_to(values, fmt, args.mode, seed=args.seed)
     rows = []
     for v, r in zip(values, np.atleast_1d(y)):
@@ -245,7 +329,8 @@ def _cmd_round(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="fpanalysis", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="fpanalysis", description=__doc__, epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -262,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="built-in dataset (mnist5000, digits, mnist1d, gaussian) or a directory "
                    "with MNIST idx files or CIFAR-10 batches")
     p.add_argument("--checkpoint", help="state_dict saved with torch.save (loaded with weights_only=True)")
-    p.add_argument("--format", default="fp16", help="target format (default fp16)")
+    p.add_argument("--format", default="fp16", help="target format: a preset (fp16, bf16, fp8_e4m3fn, ...; see "
+                   "'fpanalysis formats') or p=P,emin=EMIN,emax=EMAX[,subnormals=0][,overflow=saturate] (default fp16)")
     p.add_argument("--optimizer", default="sgd", help="sgd, adam or adamw (default sgd)")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--eps", type=float, default=1e-8, help="Adam epsilon (default 1e-8, torch's default)")
@@ -270,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--steps", type=int, default=8, help="fp32 training steps measured")
     p.add_argument("--warmup-steps", type=int, default=200, help="fp32 steps before measuring (so margins mean something)")
-    p.add_argument("--samples", type=int, default=None, help="use only the first N training samples")
+    p.add_argument("--samples", type=int, default=None, help="use only the first N training samples (N >= 1)")
     p.add_argument("--certify-samples", type=int, default=256, help="inputs for the agreement certificate")
     p.add_argument("--no-certify", action="store_true", help="skip the inference-agreement certificate")
     p.add_argument("--profile", default="fp32-accumulate",
@@ -285,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", metavar="DIR", help="write plots (ranges vs format bands, gradient histograms)")
     p.add_argument("--color", choices=["auto", "always", "never"], default="auto")
     p.add_argument("--fail-on", choices=["never", "unsafe", "changes"], default="never",
-                   help="exit status 1 when the verdict is UNSAFE (or needs changes)")
+                   help="exit status 1 when the verdict is UNSAFE ('unsafe'), or when it is not SAFE or a "
+                   "check was skipped (not examined) ('changes'; --no-certify skips the certificate on purpose)")
     p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser(
@@ -358,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         args.n = 10**6 if args.exhaustive else 10**5
     try:
         return int(args.func(args))
-    except (UserError, ValueError, FileNotFoundError) as exc:
+    except (UserError, ValueError, OSError) as exc:
         if args.debug:
             raise
         print(f"fpanalysis {args.command}: error: {exc}\n(run with --debug for the full traceback)", file=sys.stderr)
@@ -366,6 +453,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: keep it apart from 1 (--fail-on) and 2 (bad input)
+        if args.debug:
+            raise
+        print(f"fpanalysis {args.command}: internal error: {type(exc).__name__}: {exc}\n"
+              "(this is a bug in fpanalysis; run with --debug for the traceback and please report it)", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ __all__ = [
     "Overflow",
     "FORMATS",
     "get_format",
+    "parse_format_spec",
     "format_names",
     "FP16",
     "BF16",
@@ -229,8 +230,70 @@ def format_names() -> list[str]:
     return list(FORMATS)
 
 
+_SPEC_SYNTAX = "p=P,emin=EMIN,emax=EMAX[,subnormals=1|0][,overflow=inf|saturate|nan]"
+_BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
+def parse_format_spec(spec: str) -> FloatFormat:
+    """A format written as ``"p=11,emin=-14,emax=15"``, optionally with ``subnormals=0`` (flush
+    to zero) and ``overflow=saturate`` (or ``nan``).
+
+    A spec with the parameters of a preset returns the preset (so ``"p=11,emin=-14,emax=15"`` is
+    ``fp16``, with its bit encoding); any other spec is a format named by its canonical spec,
+    with an IEEE bit encoding when its exponent range is an IEEE one.
+
+    >>> parse_format_spec("p=11, emin=-14, emax=15").name
+    'fp16'
+    >>> f = parse_format_spec("p=5,emin=-6,emax=7,subnormals=0")
+    >>> f.name, f.max, f.subnormals
+    ('p=5,emin=-6,emax=7,subnormals=0', 248.0, False)
+    """
+    def bad(why: str) -> ValueError:
+        return ValueError(f"malformed format spec {spec!r}: {why}; write {_SPEC_SYNTAX}, e.g. p=11,emin=-14,emax=15 (fp16)")
+
+    fields_: dict[str, str] = {}
+    for part in spec.split(","):
+        key, eq, value = part.partition("=")
+        key, value = key.strip().lower(), value.strip().lower()
+        if not eq or not key or not value:
+            raise bad(f"{part.strip()!r} is not key=value")
+        if key not in ("p", "emin", "emax", "subnormals", "overflow"):
+            raise bad(f"unknown key {key!r} (keys: p, emin, emax, subnormals, overflow)")
+        if key in fields_:
+            raise bad(f"{key!r} is given twice")
+        fields_[key] = value
+    missing = [k for k in ("p", "emin", "emax") if k not in fields_]
+    if missing:
+        raise bad(f"missing {', '.join(missing)}")
+    ints: dict[str, int] = {}
+    for k in ("p", "emin", "emax"):
+        try:
+            ints[k] = int(fields_[k])
+        except ValueError:
+            raise bad(f"{k} must be an integer, got {fields_[k]!r}") from None
+    sub = fields_.get("subnormals", "1")
+    if sub not in _BOOL_WORDS:
+        raise bad(f"subnormals must be 1 or 0, got {sub!r}")
+    subnormals = _BOOL_WORDS[sub]
+    overflow = Overflow.parse(fields_.get("overflow", "inf"))
+    key = (ints["p"], ints["emin"], ints["emax"], subnormals, overflow)
+    for preset in FORMATS.values():
+        if preset.max_significand is None and key == (preset.p, preset.emin, preset.emax, preset.subnormals,
+                                                      preset.overflow):
+            return preset
+    name = f"p={ints['p']},emin={ints['emin']},emax={ints['emax']}"
+    name += "" if subnormals else ",subnormals=0"
+    name += "" if overflow is Overflow.INF else f",overflow={overflow.value}"
+    bias = ints["emax"]
+    ieee = (ints["emin"] == 1 - bias and bias >= 1 and (bias + 1) & bias == 0 and subnormals
+            and overflow is Overflow.INF and ints["p"] + (bias + 1).bit_length() <= 32)
+    return FloatFormat(name, ints["p"], ints["emin"], ints["emax"], subnormals=subnormals, overflow=overflow,
+                       exponent_bits=(bias + 1).bit_length() if ieee else None)
+
+
 def get_format(fmt: "str | FloatFormat") -> FloatFormat:
-    """Look a format up by name (``"fp16"``, ``"bf16"``, ...) or pass a ``FloatFormat`` through.
+    """Look a format up by name (``"fp16"``, ``"bf16"``, ...) or spec (``"p=11,emin=-14,emax=15"``,
+    see :func:`parse_format_spec`), or pass a ``FloatFormat`` through.
 
     >>> get_format("half").name
     'fp16'
@@ -243,7 +306,10 @@ def get_format(fmt: "str | FloatFormat") -> FloatFormat:
     key = _ALIASES.get(key, key)
     if key in FORMATS:
         return FORMATS[key]
+    if "=" in key:
+        return parse_format_spec(fmt)
     raise ValueError(
-        f"unknown format {fmt!r}; known formats are: {', '.join(FORMATS)} "
-        "(or build one with FloatFormat(name, p, emin, emax))"
+        f"unknown format {fmt!r}; known formats are: {', '.join(FORMATS)}, "
+        f"or any (p, emin, emax) written as {_SPEC_SYNTAX} "
+        "(in Python also FloatFormat(name, p, emin, emax))"
     )

@@ -98,7 +98,7 @@ from typing import Any
 import numpy as np
 
 from .formats import FloatFormat, Overflow, get_format
-from .rounding import RoundingMode, _wide_ints, fits_float32, kernel_args, round_to
+from .rounding import RoundingMode, _wide_ints, fits_float32, kernel_args, native_byte_order, round_to
 
 __all__ = ["Order", "Profile", "conv2d", "dot", "matmul"]
 
@@ -215,7 +215,7 @@ def _prepare(x: ArrayLike, f: FloatFormat, name: str, round_inputs: bool) -> np.
                 "or pass round_inputs=True"
             )
         x = round_to(x, f, dtype=np.float64)  # rounded exactly, once
-    arr = np.asarray(x)
+    arr = native_byte_order(np.asarray(x))
     if arr.dtype.kind not in "fiub":
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     if arr.dtype.kind == "f" and arr.dtype.itemsize > 8:

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from .formats import FloatFormat, get_format
-from .rounding import RoundingMode, kernel_args, fits_float32
+from .rounding import RoundingMode, fits_float32, kernel_args, native_byte_order
 
 __all__ = [
     "DEFAULT_PREC",
@@ -136,7 +136,7 @@ def _kernels() -> Any:
 
 def _kernel_array(a: Any, what: str) -> np.ndarray:
     """``a`` as a float32 or float64 array holding exactly the same values."""
-    arr = np.asarray(a)
+    arr = native_byte_order(np.asarray(a))
     dt = arr.dtype
     if dt == np.float64 or dt == np.float32:
         return arr

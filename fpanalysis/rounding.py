@@ -165,8 +165,14 @@ def kernel_args(fmt: FloatFormat, mode: RoundingMode, seed: Any, random_bits: in
     )
 
 
+def native_byte_order(arr: np.ndarray) -> np.ndarray:
+    """``arr`` in the machine's byte order (the kernels read native numbers only); the values
+    are unchanged, so a big-endian array rounds exactly as its little-endian twin."""
+    return arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
+
+
 def as_float_array(x: ArrayLike) -> np.ndarray:
-    arr = np.asarray(x)
+    arr = native_byte_order(np.asarray(x))
     if arr.dtype.kind == "f":
         if arr.dtype.itemsize < 4:
             arr = arr.astype(np.float32)
@@ -398,6 +404,8 @@ def round_to(
     else:
         if not isinstance(out, np.ndarray) or out.shape != arr.shape or not out.flags.c_contiguous:
             raise ValueError(f"out must be a C-contiguous array of shape {arr.shape}")
+        if not out.dtype.isnative:
+            raise ValueError(f"out must be in the machine's byte order, got {out.dtype.str}")
         if out.dtype.type not in (np.float32, np.float64) or (out.dtype == np.float32 and not fits_float32(f)):
             raise ValueError(f"out must be float64, or float32 for formats whose numbers float32 holds; got {out.dtype}")
         dest = out.reshape(-1)

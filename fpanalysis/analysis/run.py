@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..formats import get_format
+from ..rounding import RoundingMode
 from ..tolerance import summarize
 from .report import AnalysisReport
 
@@ -128,6 +129,7 @@ class AnalysisConfig:
 
         object.__setattr__(self, "fmt", get_format(self.fmt))
         object.__setattr__(self, "profile", Profile.parse(self.profile).value)
+        RoundingMode.parse(self.mode)  # an unknown mode is refused here, before any model runs
         if not 0.0 < self.failure_prob < 1.0:
             raise ValueError(f"failure_prob must be in (0, 1), got {self.failure_prob}")
         if isinstance(self.batch_size, bool) or int(self.batch_size) != self.batch_size or self.batch_size < 1:

@@ -117,7 +117,7 @@ class Finding:
     """One examined aspect: what was measured, against what, and what to do about it."""
 
     check: str
-    status: str  # "ok", "warn" or "fail"
+    status: str  # "ok", "warn", "fail" or "skipped" (not examined; the message says why)
     measured: float
     threshold: float
     comparison: str  # how measured relates to threshold, e.g. "> 0"
@@ -173,7 +173,7 @@ class CheckReport:
         def paint(s: str, code: str) -> str:
             return f"\033[{code}m{s}\033[0m" if color else s
 
-        colors = {"ok": "32", "warn": "33", "fail": "31"}
+        colors = {"ok": "32", "warn": "33", "fail": "31", "skipped": "36"}
         lines = [f"fpanalysis check: {self.config.get('model', 'model')} in pure {self.config.get('format')}"]
         lines.append(
             f"  optimizer {self.config.get('optimizer')} lr={self.config.get('lr')}"
@@ -182,11 +182,12 @@ class CheckReport:
         )
         lines.append("")
         for f in self.findings:
-            tag = paint(f"[{f.status.upper():4}]", colors[f.status])
+            tag = paint(f"[{'SKIP' if f.status == 'skipped' else f.status.upper():4}]", colors[f.status])
             where = ", ".join(x for x in (f.op, f.layer, None if f.step is None else f"step {f.step}") if x)
             where = f" ({where})" if where else ""
             lines.append(f"{tag} {f.check}{where}: {f.message}")
-            lines.append(f"       measured {_fmt_num(f.measured)} {f.comparison} threshold {_fmt_num(f.threshold)}")
+            if f.status != "skipped" and f.threshold == f.threshold:  # a NaN threshold: nothing compared
+                lines.append(f"       measured {_fmt_num(f.measured)} {f.comparison} threshold {_fmt_num(f.threshold)}")
             if f.fix and f.status != "ok":
                 lines.append(f"       fix: {f.fix}")
         lines.append("")
@@ -203,6 +204,9 @@ class CheckReport:
                 left = [p["check"] for p in r["problems"] if p["status"] == "fail"]
                 lines.append(f"  {'verified    ' if r['verified'] else 'not verified'}  {r['description']}"
                              + ("" if r["verified"] else f"  (still: {', '.join(left)})"))
+        skipped = [f.check for f in self.findings if f.status == "skipped"]
+        if skipped:
+            lines.append(f"  not examined: {', '.join(skipped)} (the verdict covers the other checks only)")
         return "\n".join(lines)
 
 
@@ -226,6 +230,9 @@ def decide_verdict(findings: list[Finding], verified: list[str] | None = None) -
     ``verified``: when the dry run ran, the changes it verified (after them the shadow run
     matched fp32).  Then only those count: SAFE WITH CHANGES needs every failure fixable and at
     least one verified change, and the changes are the verified ones.
+
+    A ``"skipped"`` finding (a check that could not run) is neither a failure nor a pass: the
+    verdict covers the checks that ran, and the report lists the skipped ones.
     """
     fails = [f for f in findings if f.status == "fail"]
     if verified is not None:

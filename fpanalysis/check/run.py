@@ -193,6 +193,8 @@ def run_check(
 
     cert_batches = -(-min(c.certify_samples, _n_samples(X)) // CERTIFY_BATCH) if certify else 0
     total_steps = steps + (warmup_steps if certify else 0) + cert_batches + 2 * c.dry_run_steps
+    diverged_at = None  # (fp32 step, its loss) where training diverged (_diverged)
+    first_loss = None
     # warm-up in fp32 so that margins (and gradients) mean something
     if certify and warmup_steps > 0:
         opt = make_optimizer(work.parameters(), c.optimizer, c.lr, c.eps, c.momentum, c.betas)
@@ -201,7 +203,10 @@ def run_check(
             for i, (xb, yb) in enumerate(_batches(X, y, batch_size, warmup_steps, seed + 1)):
                 opt.zero_grad(set_to_none=True)
                 loss = default_loss(call_model(work, xb), yb)
-                if not torch.isfinite(loss):
+                value = loss.item()
+                first_loss = value if first_loss is None else first_loss
+                if _diverged(value, first_loss):
+                    diverged_at = (i + 1, value)
                     break
                 loss.backward()
                 opt.step()
@@ -209,6 +214,8 @@ def run_check(
         except Exception as exc:
             raise ValueError(f"the model cannot be trained in fp32 on this data (warm-up step): "
                              f"{type(exc).__name__}: {exc}") from None
+    if diverged_at is not None:
+        return _diverged_report(model, X, c, *diverged_at, [], t0)
     try:
         probe = probe_model(
             work, _batches(X, y, batch_size, steps, seed + 2), f, optimizer=optimizer, lr=lr, eps=eps,
@@ -217,6 +224,11 @@ def run_check(
         )
     except Exception as exc:  # a model the probe cannot run is an error with a reason, not a traceback
         raise ValueError(_probe_failure(work, _batches(X, y, batch_size, 1, seed + 2)[0], exc)) from None
+    first_loss = probe.losses[0] if first_loss is None and probe.losses else first_loss
+    bad = [k for k, v in enumerate(probe.losses) if _diverged(v, first_loss)]
+    if bad:
+        step = (warmup_steps if certify else 0) + bad[0] + 1
+        return _diverged_report(model, X, c, step, probe.losses[bad[0]], probe.losses, t0)
     meas = Measurements(profile=c.profile)
     ops = operation_dicts(probe.observation, {n for n, _ in leaf_modules(work)}) if probe.observation else []
     meas.operations = ops
@@ -295,6 +307,37 @@ def run_check(
     return CheckReport(verdict, findings, changes, config, details)
 
 
+#: fp32 training counts as diverged when its loss is not finite or grows above this factor times
+#: max(1, the first loss): a cross-entropy of 10^6 means logit gaps of 10^6, nothing a training
+#: run recovers from.
+_DIVERGED_LOSS_FACTOR = 1e6
+
+
+def _diverged(loss: float, first: float | None) -> bool:
+    return not math.isfinite(loss) or loss > _DIVERGED_LOSS_FACTOR * max(1.0, first if first is not None else 1.0)
+
+
+def _diverged_report(model: nn.Module, X: torch.Tensor, c: CheckConfig, step: int, loss: float,
+                     losses: list[float], t0: float) -> CheckReport:
+    """fp32 training itself diverged: the measurements describe a broken run, not the format,
+    so the report says so (one failing finding, no fix that keeps the set-up) and nothing else."""
+    what = f"{c.optimizer} with lr={c.lr:g}" + (f", momentum={c.momentum:g}" if c.optimizer == "sgd" else "")
+    finding = Finding(
+        "fp32 training", "fail", float(step), math.nan, "diverges at step",
+        f"fp32 training diverges at step {step} (loss {loss:.3g}) with {what}: the check cannot judge "
+        f"{c.format.name}; lower the learning rate until fp32 trains",
+        fix="lower the learning rate (fp32 itself diverges)", fixable=False,
+    )
+    verdict, changes = decide_verdict([finding])
+    config = {
+        "model": c.model_name or type(model).__name__, "format": c.format.name, "optimizer": c.optimizer,
+        "lr": c.lr, "eps": c.eps, "momentum": c.momentum, "batch_size": c.batch_size, "steps": c.steps,
+        "warmup_steps": c.warmup_steps if c.certify else 0, "samples": _n_samples(X), "profile": c.profile,
+        "seed": c.seed, "seconds": round(time.perf_counter() - t0, 2), "fp32_diverged_at_step": step,
+    }
+    return CheckReport(verdict, [finding], changes, config, {"losses": losses})
+
+
 def _pooled_quantile(stats: list[Any], q: float) -> float:
     vals = [np.concatenate(s.abs_values) for s in stats if s.abs_values]
     if not vals:
@@ -308,14 +351,14 @@ def _agreement_findings(model: nn.Module, X: torch.Tensor, c: CheckConfig, meas:
     from ..analysis import analyze
 
     if not (isinstance(X, torch.Tensor) and X.is_floating_point()):
-        return [Finding("inference agreement", "ok", math.nan, math.nan, "n/a",
+        return [Finding("inference agreement", "skipped", math.nan, math.nan, "n/a",
                         "not examined: the certificate needs one floating-point input tensor "
                         "(this model takes integer or several inputs)")]
     try:
         rep = analyze(model.eval(), X[:c.certify_samples], fmt=c.format, profile=c.profile, progress=progress,
                       batch_size=CERTIFY_BATCH, real_half=False, local=False, keep_per_input=False, name="check")
     except Exception as exc:  # the analysis cannot trace every model: not examined, with the reason
-        return [Finding("inference agreement", "ok", math.nan, math.nan, "n/a",
+        return [Finding("inference agreement", "skipped", math.nan, math.nan, "n/a",
                         f"not examined: {type(exc).__name__}: {exc}")]
     summ = rep.tolerance["logits"]
     emu = summ.runs.get("emulator")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import re
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -66,15 +68,31 @@ def load_model(spec: str, *, input_shape: tuple[int, ...], num_classes: int) -> 
     return build_model(spec, input_shape=input_shape, num_classes=num_classes)
 
 
+def _unreadable_checkpoint(p: Path, exc: Exception) -> str:
+    """One line saying why ``torch.load(weights_only=True)`` refused ``p``.  torch's own text
+    runs to several lines and suggests ``weights_only=False`` (which runs arbitrary code from
+    the file): fpanalysis never loads that way, so it never repeats the suggestion."""
+    text = str(exc)
+    m = re.search(r"GLOBAL ([\w.]+)", text)
+    if m:
+        return (f"checkpoint {p} holds pickled Python objects (e.g. {m.group(1)}), such as a whole model saved "
+                "with torch.save(model); fpanalysis reads tensors only: save model.state_dict() and pass that file")
+    m = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.DOTALL)
+    why = " ".join(m.group(1).split()) if m else " ".join(text.strip().splitlines()[:1])[:200]
+    return f"could not read checkpoint {p}: it is not a state_dict saved with torch.save ({why or type(exc).__name__})"
+
+
 def load_checkpoint(model: nn.Module, path: str) -> nn.Module:
     """Load a ``state_dict`` saved with ``torch.save`` (read with ``weights_only=True``)."""
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"checkpoint {p} does not exist")
     try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing the file
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"could not read checkpoint {p} (expected a torch.save'd state_dict): {exc}") from None
+        raise ValueError(_unreadable_checkpoint(p, exc)) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

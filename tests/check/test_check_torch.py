@@ -199,3 +199,59 @@ def test_cli_check_bad_input(user_files: Path, args: tuple[str, ...], needle: st
     assert res.returncode == 2, (res.stdout, res.stderr)
     assert needle in res.stderr, res.stderr
     assert "Traceback" not in res.stderr
+
+
+# --- models the probes used to reject; checks that did not run (issue 12 §3, §4) -----------
+
+def test_linear_batchnorm1d_model() -> None:
+    # the reduction-length forward ran one sample in train mode, which BatchNorm1d refuses
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 4))
+    rep = _run(model, lr=0.05)
+    assert rep.verdict in ("SAFE", "SAFE WITH CHANGES", "UNSAFE")
+    assert any(r["type"] == "BatchNorm1d" for r in rep.details["reductions"])
+
+
+class _Where(nn.Module):
+    """torch.where: trains, but the analysis cannot trace it, so there is no certificate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.where(x > 0, x, 0.1 * x))
+
+
+def test_a_certificate_that_did_not_run_is_skipped_not_ok() -> None:
+    torch.manual_seed(0)
+    rep = _run(_Where(), lr=0.05, certify=True, certify_samples=8, steps=1)
+    agreement = [f for f in rep.findings if f.check == "inference agreement"]
+    assert [f.status for f in agreement] == ["skipped"]
+    assert agreement[0].message.startswith("not examined: ")
+    text = rep.render()
+    assert "[SKIP] inference agreement: not examined" in text
+    assert "[OK  ] inference agreement" not in text
+    assert "not examined: inference agreement" in text.split("verdict:")[1]
+    assert [f["status"] for f in rep.to_dict()["findings"] if f["check"] == "inference agreement"] == ["skipped"]
+
+
+def test_fp32_divergence_is_reported_as_such() -> None:
+    torch.manual_seed(0)
+    rep = _run(Scaled(), lr=1e4, steps=4)
+    assert [f.check for f in rep.findings] == ["fp32 training"]
+    (f,) = rep.findings
+    assert f.status == "fail" and not f.fixable
+    assert f"fp32 training diverges at step {int(f.measured)}" in f.message
+    assert "lower the learning rate" in f.message
+    assert rep.verdict == "UNSAFE"
+    # divergence in the warm-up before the certificate is caught there
+    rep = _run(Scaled(), lr=1e4, steps=2, certify=True, warmup_steps=20, certify_samples=8)
+    assert [f.check for f in rep.findings] == ["fp32 training"]
+    assert rep.config["fp32_diverged_at_step"] <= 20
+
+
+def test_a_healthy_run_is_not_called_diverged(healthy) -> None:  # type: ignore[no-untyped-def]
+    assert "fp32 training" not in [f.check for f in healthy.findings]
+    rep = _run(Scaled(), lr=0.5, steps=6)  # a large but trainable learning rate
+    assert "fp32 training" not in [f.check for f in rep.findings]
