@@ -98,10 +98,10 @@ def test_adam_epsilon(healthy) -> None:  # type: ignore[no-untyped-def]
 def test_update_stagnation(healthy) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     rep = _run(Scaled(), lr=1e-7, momentum=0.0)
-    assert _status(rep, "update stagnation") == "fail"
+    assert _status(rep, "dry run: update stagnation") == "fail"
     assert any("master weights" in c for c in rep.changes)
     # weighed by the dry run, the healthy model's lost updates cost nothing worth a finding
-    assert not [f for f in healthy.findings if f.check == "update stagnation" and f.status != "ok"]
+    assert not [f for f in healthy.findings if f.check == "dry run: update stagnation" and f.status != "ok"]
 
 
 def test_bad_python_inputs() -> None:
