@@ -345,6 +345,12 @@ def _matmul2d(A: np.ndarray, B: np.ndarray, spec: _Spec, offset: int, dtype: typ
         return _round_final(acc, spec, offset, dtype)
     # ieee
     if _FAST_PATHS and _is_binary16(f) and code == RoundingMode.NEAREST_EVEN.code and not spec.fma:
+        if gemm.H16_TILED and M >= gemm.MR and order is not Order.PAIRWISE:
+            # register-tiled, binary16 values in float32 with vector conversions (same bits)
+            C32 = np.empty((M, N), dtype=np.float32)
+            blk = spec.block if order is Order.BLOCKED else 0
+            kern("h16_tiled")(_as(A, np.float32), _as(B, np.float32), C32, blk)
+            return C32.astype(dtype, copy=False)
         A16, B16 = _as(A, np.uint16), _as(B, np.uint16)
         C16 = np.empty((M, N), dtype=np.uint16)
         if order is Order.SEQUENTIAL:
