@@ -10,7 +10,11 @@ Higham's recursive pairing of the terms):
   AVX512-FP16 it becomes ``vmulph``/``vaddph`` (32 lanes); elsewhere LLVM promotes to float32
   and rounds back after every operation, which is also exact (an fp16 product is exact in
   float32, and float32 is wide enough, 24 >= 2*11 + 2, for double rounding of a sum of two
-  fp16 numbers to be innocuous; Figueroa, ACM SIGNUM 1995).
+  fp16 numbers to be innocuous; Figueroa, ACM SIGNUM 1995).  ``h16_tiled`` (sequential and
+  blocked orders) is the same arithmetic in the register tile of ``f32_tiled``: binary16 values
+  held in float32 vectors, each product and sum rounded by a vector ``fptrunc``/``fpext`` pair;
+  it is used on x86-64 with F16C and without AVX512-FP16 (``H16_TILED``), where it saves the
+  per-operation conversions of the operands and the loads and stores of the sums.
 * ``f32_*`` -- the ``fp32-accumulate`` profile on float32 values: products rounded to float32
   (exact for fp16 operands) and float32 additions, both IEEE round-to-nearest-even.  When the
   products are exact the kernels use a float32 fused multiply-add, which then gives the same
@@ -26,7 +30,7 @@ Higham's recursive pairing of the terms):
 
 The loops are written so that LLVM vectorises the innermost ``j`` loop; ``_wide_vectors`` asks
 LLVM for 512-bit vectors (its default on recent Intel server cores is 256 bits).  The test
-oracle for all of them is the exact-rational twin in ``tests/test_linalg.py``.
+oracle for all of them is the exact-rational twin in ``tests/emulator/test_linalg.py``.
 """
 
 from __future__ import annotations
@@ -294,6 +298,12 @@ NV = 2  # vectors per tile row
 NR = NV * VL  # columns of a tile (and of a packed panel of B)
 MR = 12 if VL == 16 else 6  # rows of a tile: MR*NV accumulators + NV loads + 1 broadcast fit
 # in the 32 (AVX-512) or 16 (AVX2) vector registers
+
+# The ieee profile for binary16 with round to nearest even through the register tile: only
+# where the float32 <-> binary16 conversions are vector instructions and the CPU has no binary16
+# arithmetic of its own (x86-64 with F16C but without AVX512-FP16; there the ``h16_*`` kernels
+# would convert every operand and result of every operation).
+H16_TILED = "f16c" in target_features() and "avx512fp16" not in target_features()
 KC = 256  # k per pass over a tile: a packed A strip (KC x MR) stays in L1, a B panel in L2
 
 
@@ -396,7 +406,13 @@ def _tile_kernel(kind: int):  # type: ignore[no-untyped-def]
 
 _tile_fma = _tile_kernel(_FMA)
 _tile_mul_add = _tile_kernel(_MUL_ADD)
-_tile_h16 = _tile_kernel(_H16)
+if NATIVE_HALF:
+    _tile_h16 = _tile_kernel(_H16)
+else:  # LLVM would call compiler-rt for the vector conversions, which numba does not link
+
+    @njit(cache=True)
+    def _tile_h16(Ap, Bp, b_off, C, c_off, ldc, kc, load_c):  # type: ignore[no-untyped-def]
+        raise NotImplementedError("the binary16 register tile needs float32 <-> binary16 instructions")
 
 
 @njit(inline="always", cache=True)
@@ -827,13 +843,6 @@ def f32_tiled(A, B, C, fused, block):  # type: ignore[no-untyped-def]
 def f32_tiled_serial(A, B, C, fused, block):  # type: ignore[no-untyped-def]
     """:func:`f32_tiled` on one thread (small products)."""
     _tiled_serial(A, B, C, _FMA if fused else _MUL_ADD, block)
-
-
-# The ieee profile for binary16 with round to nearest even through the register tile: only
-# where the float32 <-> binary16 conversions are vector instructions and the CPU has no binary16
-# arithmetic of its own (x86-64 with F16C but without AVX512-FP16; there the ``h16_*`` kernels
-# would convert every operand and result of every operation).
-H16_TILED = "f16c" in target_features() and "avx512fp16" not in target_features()
 
 
 def h16_tiled(A, B, C, block):  # type: ignore[no-untyped-def]
