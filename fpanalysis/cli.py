@@ -259,7 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=None, help="use only the first N training samples")
     p.add_argument("--certify-samples", type=int, default=256, help="inputs for the agreement certificate")
     p.add_argument("--no-certify", action="store_true", help="skip the inference-agreement certificate")
-    p.add_argument("--profile", default="fp32-accumulate", help="arithmetic profile of the fp16 run")
+    p.add_argument("--profile", default="fp32-accumulate",
+                   help="arithmetic profile of the fp16 run: fp32-accumulate, ieee, exact, or a tensor core "
+                        "(volta, turing, ampere, ada, hopper, blackwell; h100, a100, ...)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="write the report as JSON")
     p.add_argument("--plots", metavar="DIR", help="write plots (ranges vs format bands, gradient histograms)")
@@ -280,7 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="state_dict saved with torch.save (loaded with weights_only=True)")
     p.add_argument("--n", type=int, default=256, help="number of test inputs (default 256)")
     p.add_argument("--format", default="fp16")
-    p.add_argument("--profile", default="fp32-accumulate", help="fp32-accumulate, ieee or exact")
+    p.add_argument("--profile", default="fp32-accumulate",
+                   help="fp32-accumulate, ieee, exact, or a tensor core (volta, turing, ampere, ada, hopper, "
+                        "blackwell; h100, a100, ...)")
     p.add_argument("--mode", default="nearest-even")
     p.add_argument("--failure-prob", type=float, default=1e-6, help="of the probabilistic bound, per input")
     p.add_argument("--seed", type=int, default=0)

@@ -19,9 +19,11 @@ Profiles
 ``fp32-accumulate``
     Products rounded to binary32 (exact when ``fmt``'s products are binary32 numbers: fp16,
     fp8), accumulated in binary32 with round-to-nearest-even after every addition, then one
-    final rounding to ``fmt`` with ``mode``.  This is the arithmetic of torch's CPU half ``mm``
-    and ``conv2d``, numpy's float16 ``matmul`` (both match the sequential order bit for bit in
-    the tests) and of cuBLAS/cuDNN fp16 GEMMs with fp32 compute (in their own orders).
+    final rounding to ``fmt`` with ``mode``.  This is the arithmetic of numpy's float16
+    ``matmul`` (it matches the sequential order bit for bit in the tests), of torch's CPU half
+    ``mm`` and ``conv2d`` (in an order that depends on the CPU and the kernel torch picks:
+    sequential on some, lane-parallel on others; docs/semantics.md §5) and of cuBLAS/cuDNN fp16
+    GEMMs with fp32 compute (in their own orders).
     ``fma=True`` makes each step one binary32 fused multiply-add (identical when the products
     are exact).
 ``exact``
@@ -29,7 +31,14 @@ Profiles
     (:func:`fpanalysis.reference.exact_matmul`).  ``order``, ``block`` and ``fma`` do not apply.
     With ``mode="stochastic"`` the exact sum is first rounded to odd at 53 bits.
 
-The tensor-core profiles of docs/semantics.md §1.4 are not modelled here yet.
+``volta``, ``turing``, ``ampere``, ``ada``, ``hopper``, ``blackwell`` (aliases ``v100``, ``t4``,
+``a100``, ``l40``, ``h100``, ``h200``, ``b200``)
+    The tensor-core profiles (docs/semantics.md §1.4, :mod:`fpanalysis.tensorcore`): the
+    architecture's multi-term fused steps with inputs of ``fmt`` (fp16, bf16, tf32, fp8 E4M3 or
+    E5M2, as the architecture supports) and its fp32 accumulator (13 fraction bits for FP8 on
+    Ada and Hopper, promoted to binary32 every 128 terms as in cuBLAS's default FP8 GEMMs),
+    chained along ``K`` from +0, then one final rounding to ``fmt`` with ``mode`` (the GEMM's
+    output conversion).  ``order``, ``block`` and ``fma`` do not apply.
 
 Orders (for ``ieee`` and ``fp32-accumulate``)
 ---------------------------------------------
@@ -100,24 +109,42 @@ ArrayLike = np.ndarray | Sequence[Any] | float
 
 
 class Profile(str, Enum):
-    """Arithmetic profiles of an emulated dot product (see the module docstring)."""
+    """Arithmetic profiles of an emulated dot product (see the module docstring).
+
+    The architecture names are the tensor-core profiles (:mod:`fpanalysis.tensorcore`).
+    """
 
     IEEE = "ieee"
     FP32_ACCUMULATE = "fp32-accumulate"
     EXACT = "exact"
+    VOLTA = "volta"
+    TURING = "turing"
+    AMPERE = "ampere"
+    ADA = "ada"
+    HOPPER = "hopper"
+    BLACKWELL = "blackwell"
+
+    @property
+    def tensor_core(self) -> str | None:
+        """The tensor-core architecture of the profile, or None."""
+        return None if self in (Profile.IEEE, Profile.FP32_ACCUMULATE, Profile.EXACT) else self.value
 
     @classmethod
     def parse(cls, value: str | Profile) -> Profile:
         if isinstance(value, Profile):
             return value
         if isinstance(value, str):
+            from .tensorcore import ALIASES
+
             key = value.strip().lower().replace("_", "-")
             key = {"fp32-acc": "fp32-accumulate", "fp32": "fp32-accumulate", "op-by-op": "ieee"}.get(key, key)
+            key = ALIASES.get(key, key)
             for m in cls:
                 if m.value == key:
                     return m
         valid = ", ".join(m.value for m in cls)
-        raise ValueError(f"unknown arithmetic profile {value!r}; valid profiles are: {valid}")
+        raise ValueError(f"unknown arithmetic profile {value!r}; valid profiles are: {valid} "
+                         "(tensor-core aliases: v100, t4, a100, l40, h100, h200, b200)")
 
 
 class Order(str, Enum):
@@ -283,6 +310,11 @@ class _Spec:
         if self.fma and self.order is Order.PAIRWISE and self.profile is not Profile.EXACT:
             raise ValueError("fma=True applies to the sequential and blocked orders, not pairwise")
         self.kargs = kernel_args(f, self.mode, seed, None, stream)
+        self.tensor_core = None
+        if self.profile.tensor_core is not None:
+            from .tensorcore import tensor_core_for_format
+
+            self.tensor_core = tensor_core_for_format(self.profile.tensor_core, f)
 
     def out_dtype(self, *arrays: np.ndarray) -> type:
         wide = any(a.dtype == np.float64 for a in arrays)  # binary16 inputs arrive as float16
@@ -324,6 +356,11 @@ def _matmul2d(A: np.ndarray, B: np.ndarray, spec: _Spec, offset: int, dtype: typ
     code = spec.kargs[6]
     if prof is Profile.EXACT:
         return _exact(A, B, spec, offset, dtype)
+    if spec.tensor_core is not None:
+        from .tensorcore import _matmul2d as tc_matmul2d
+
+        acc = tc_matmul2d(_as(A, np.float64), _as(B, np.float64), spec.tensor_core)
+        return _round_final(acc.astype(np.float32), spec, offset, dtype)
     if prof is Profile.FP32_ACCUMULATE:
         A32, B32 = _as(A, np.float32), _as(B, np.float32)
         exact_prod = _products_exact_in_fp32(f)

@@ -62,6 +62,7 @@ import torch.nn.functional as F
 
 from ..bounds import accumulation, layers
 from ..formats import FloatFormat, get_format
+from ..linalg import Profile
 from ..nn.execute import ParamCache
 from ..nn.trace import Step
 from ..rounding import RoundingMode, round_to
@@ -111,6 +112,12 @@ class BoundConfig:
         'pairwise'
         """
         prof = str(profile).strip().lower().replace("_", "-")
+        try:
+            from ..linalg import Profile
+
+            prof = Profile.parse(prof).value  # tensor-core aliases (h100, ...) -> architecture names
+        except ValueError:
+            pass
         if prof not in accumulation.PROFILES:
             raise ValueError(f"unknown profile {profile!r}; valid profiles are: {', '.join(accumulation.PROFILES)}")
         o = {"blas": "sequential", "recursive": "sequential", None: "sequential"}.get(order, order)
@@ -258,6 +265,16 @@ def accumulation_bounds(A: torch.Tensor, R: torch.Tensor, n: int, cfg: BoundConf
     if prof == "exact":
         v = where_ok(final(R, u, eta, nearest), [(R, f.max)])
         return v, v, 0.0
+    tc = None if prof in ("ieee", "fp32-accumulate") else Profile.parse(prof).tensor_core
+    if tc is not None:  # tensor-core profile: accumulation.accumulation_bound's tensor-core branch
+        from ..bounds.tensorcore import tc_accumulation_coefficients
+        from ..tensorcore import tensor_core_for_format
+
+        g, absolute = tc_accumulation_coefficients(n, tensor_core_for_format(tc, f))
+        t_err = torch.where(A > 0, A * g + absolute, torch.zeros_like(A))
+        err = final(R + t_err, u, eta, nearest).add_(t_err)
+        v = where_ok(err, [(A + t_err, _FP32.max), (R + t_err, f.max)])
+        return v, v, 0.0  # deterministic only
     if prof == "ieee":
         order = cfg.order if fmt is None else "sequential"  # the fp32 run's order is the library's
         k = accumulation.rounding_depth(n, order, cfg.block, True)

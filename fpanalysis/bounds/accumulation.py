@@ -55,8 +55,8 @@ __all__ = [
     "Bound",
     "accumulation_bound",
     "choose_lambda",
-    "conv2d_float64",
     "conv2d_bound",
+    "conv2d_float64",
     "dot_bound",
     "gamma",
     "gamma_tilde",
@@ -398,6 +398,7 @@ def accumulation_bound(
     profile: str = "ieee",
     *,
     abs_result: ArrayLike | None = None,
+    input_max: tuple[float, float] | None = None,
     order: str = "sequential",
     block: int | None = None,
     products: bool = True,
@@ -443,6 +444,20 @@ def accumulation_bound(
         replaced by ``min(u (|s| + T) + eta, |s| + T)``.
 
         ``"exact"``: one rounding of the exact result, ``|s^ - s| <= min(u |s| + eta, |s|)``.
+
+        Tensor-core profiles (``"volta"`` ... ``"blackwell"``, :mod:`fpanalysis.tensorcore`):
+        the chained truncated fused steps of the architecture, then one rounding to ``fmt``::
+
+            |s^ - s| <= u |s| + (1 + u) T + eta,   T = gamma^tc_n A + absolute
+
+        with ``gamma^tc_n = (1 + theta)**ceil(n / n_step) - 1`` and the alignment/underflow
+        term ``absolute`` of :func:`fpanalysis.bounds.tensorcore.tc_accumulation_coefficients`
+        (derivation in :mod:`fpanalysis.bounds.tensorcore`; deterministic whatever ``method``).
+        For a plain sum (``products=False``) the ``fp32-accumulate`` bound is used: reductions
+        do not run on tensor cores.
+    input_max : (float, float), optional
+        Largest ``|x_i|`` and ``|y_i|`` (tensor-core profiles; default the format's largest
+        number, valid but loose for outputs near the underflow threshold).
     abs_result : array_like, optional
         Upper bound on ``|s|`` (needed by the profiles with a final rounding); default ``A``.
     order, block : str, int
@@ -488,6 +503,9 @@ def accumulation_bound(
     eta = underflow_unit(f, mode)
     nearest = u == f.u
     fail = 0.0
+    # tensor-core profiles: products go through the tensor core's fused steps; a plain sum
+    # (products=False) is a reduction the tensor cores do not perform: fp32-accumulate's bound
+    tc = Profile.parse(prof).tensor_core is not None and bool(products)
     if prof == "exact":
         err = final_rounding(R, u, eta, nearest)
         ok = R <= f.max
@@ -499,6 +517,16 @@ def accumulation_bound(
         err = _times(g, A) + _times(growth_factor(u, k), under)
         ok = A + err <= f.max
         note = f"gamma_{k}(u) |x|^T|y| + underflow"
+    elif tc:
+        from ..tensorcore import tensor_core_for_format
+        from .tensorcore import tc_accumulation_coefficients
+
+        model = tensor_core_for_format(Profile.parse(prof).tensor_core, f)
+        g, absolute = tc_accumulation_coefficients(n, model, input_max)
+        t_err = np.where(A > 0, _times(g, A) + absolute, 0.0) if n else np.zeros_like(A)
+        err = final_rounding(R + t_err, u, eta, nearest) + t_err
+        ok = (A + t_err <= get_format("fp32").max) & (R + t_err <= f.max)
+        note = f"u|s| + (1+u)(gamma^tc_{n} |x|^T|y| + alignment/underflow) + eta ({model.name})"
     else:
         _choice(order, ORDERS, "order", _ORDER_ALIASES)  # validated; the bound holds for every order
         a = get_format(accumulator)
@@ -511,7 +539,7 @@ def accumulation_bound(
         ok = (A + t_err <= a.max) & (R + t_err <= f.max)
         note = f"u|s| + (1+u)(gamma_{k}(u_acc) |x|^T|y| + underflow_acc) + eta"
     value = np.where(ok, err * _PAD, np.inf)
-    kind = "probabilistic" if (meth == "probabilistic" and prof != "exact") else "deterministic"
+    kind = "probabilistic" if (meth == "probabilistic" and prof != "exact" and not tc) else "deterministic"
     return Bound(value, kind, fail if kind == "probabilistic" else 0.0, f"{prof}: {note}")
 
 
@@ -608,6 +636,9 @@ def _linear_bound(
         P = P + op(WaU, ex)
     P = P * c
     R = np.abs(op(Wf, xf)) + 2.0 * (n + 2) * _U64 * A + P
+    if Profile.parse(profile).tensor_core is not None and "input_max" not in kwargs:
+        # the tensor-core bound's alignment term for subnormal inputs needs the largest inputs
+        kwargs["input_max"] = (float(WaU.max()) if WaU.size else 0.0, float(xaU.max()) if xaU.size else 0.0)
     local = accumulation_bound(A, n, f, profile, abs_result=R, mode=mode, union=union, **kwargs)
     value = np.where(np.isfinite(local.value), np.asarray(local.value) + P, np.inf)
     perturbed = eW is not None or ex is not None

@@ -35,7 +35,7 @@ from ..formats import FloatFormat
 from ..rounding import round_to
 
 __all__ = [
-    "THRESHOLDS", "CheckReport", "Finding", "Measurements", "agreement_findings", "decide_verdict",
+    "FIX_NAMES", "THRESHOLDS", "CheckReport", "Finding", "Fix", "Measurements", "agreement_findings", "decide_verdict",
     "findings_from_measurements", "forward_findings", "gradient_findings", "optimizer_findings",
     "reduction_findings", "stagnation_findings",
 ]
@@ -71,7 +71,44 @@ THRESHOLDS: dict[str, float] = {
     "stagnation_fail_frac": 0.50,
     # inference agreement with fp32
     "agreement_warn": 0.99,
+    # operations (every aten op, not only layer outputs): any overflow fails; headroom warns
+    "op_overflow_count": 0,
+    "op_headroom_warn": 8.0,
+    # buffers (BatchNorm running statistics, EMAs)
+    "buffer_overflow_horizon": 1000,  # a running average predicted to overflow within this many steps fails
+    "buffer_eval_error_warn": 0.02,  # the settled running statistic shifts eval-mode normalisation by > 2%
+    "buffer_eval_error_fail": 0.10,  # ... by more than 10%
+    "buffer_update_lost_warn": 0.10,  # share of a buffer's per-step updates that round away
+    "buffer_update_lost_fail": 0.50,
+    "buffer_flushed_frac": 0.01,  # share of a buffer's nonzero values that flush to zero
 }
+
+
+@dataclass
+class Fix:
+    """A proposed change in machine-readable form, so that a dry run can apply and verify it.
+
+    ``name`` is one of :data:`FIX_NAMES`; ``params`` its arguments; ``text`` the sentence shown
+    to the user.  Operations are named by ``{"phase", "module", "op", "occurrence", "output"}``
+    (as :class:`fpanalysis.nn.observe.OpRecord` records them).
+    """
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    text: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "params": self.params, "text": self.text}
+
+
+#: Fix vocabulary: ``buffers_fp32`` (params ``buffers``, ``modules``: keep these buffers, and the
+#: ops updating them, in fp32), ``fp32_region`` (``ops``: keep these ops in fp32, from an
+#: overflowing op up to the op that brings the range back; ``modules``: the modules they run in),
+#: ``rescale`` (``op``, ``factor``: scale the op's inputs by ``factor``, e.g. via the data or the
+#: weights feeding it), ``loss_scale`` (``scale``), ``fp32_master_weights``, ``stochastic_rounding``,
+#: ``adam_eps`` (``eps``), ``optimizer_state_fp32``.
+FIX_NAMES = ("buffers_fp32", "fp32_region", "rescale", "loss_scale", "fp32_master_weights",
+             "stochastic_rounding", "adam_eps", "optimizer_state_fp32")
 
 
 @dataclass
@@ -86,7 +123,10 @@ class Finding:
     message: str
     fix: str | None = None
     fixable: bool = True  # whether the fix keeps the model in (or near) the format
-    layer: str | None = None
+    layer: str | None = None  # module path
+    op: str | None = None  # aten operation (e.g. "aten.bmm"), when the finding is about one
+    step: int | None = None  # measured step it was first seen at
+    fixes: list[Fix] = field(default_factory=list)  # machine-readable form of ``fix``
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -142,7 +182,8 @@ class CheckReport:
         lines.append("")
         for f in self.findings:
             tag = paint(f"[{f.status.upper():4}]", colors[f.status])
-            where = f" ({f.layer})" if f.layer else ""
+            where = ", ".join(x for x in (f.op, f.layer, None if f.step is None else f"step {f.step}") if x)
+            where = f" ({where})" if where else ""
             lines.append(f"{tag} {f.check}{where}: {f.message}")
             lines.append(f"       measured {_fmt_num(f.measured)} {f.comparison} threshold {_fmt_num(f.threshold)}")
             if f.fix and f.status != "ok":
@@ -218,6 +259,8 @@ class Measurements:
     reductions: list[dict[str, Any]] = field(default_factory=list)
     agreement: dict[str, Any] | None = None
     profile: str = "fp32-accumulate"
+    operations: list[dict[str, Any]] = field(default_factory=list)
+    buffers: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, m: dict[str, Any]) -> Measurements:
@@ -233,9 +276,13 @@ def findings_from_measurements(m: Measurements | dict[str, Any], fmt: FloatForma
     """Turn the measurements (see :class:`Measurements`; a plain dict with its keys also works)
     into findings, in the report's order: forward ranges, backward ranges, optimizer,
     stagnation, agreement, reductions."""
+    from .operations import buffer_findings, operation_findings
+
     if isinstance(m, dict):
         m = Measurements.from_dict(m)
-    out = forward_findings(m.activations, fmt)
+    out = forward_findings(m.activations, fmt, m.operations)
+    out += operation_findings(m.operations, fmt)
+    out += buffer_findings(m.buffers, fmt)
     out += gradient_findings(m.weight_grads, fmt)
     out += optimizer_findings(m.optimizer, fmt)
     out += stagnation_findings(m.stagnation, fmt)
@@ -244,21 +291,36 @@ def findings_from_measurements(m: Measurements | dict[str, Any], fmt: FloatForma
     return out
 
 
-def forward_findings(acts: list[dict[str, Any]], fmt: FloatFormat) -> list[Finding]:
-    """Overflow, headroom and underflow of the layer outputs (docs/theory.md §4.4)."""
+def forward_findings(acts: list[dict[str, Any]], fmt: FloatFormat,
+                     ops: list[dict[str, Any]] | None = None) -> list[Finding]:
+    """Overflow, headroom and underflow of the layer outputs (docs/theory.md §4.4).
+
+    An activation dict may name the ``op`` that produced it and the ``step`` it overflowed at.
+    With the op records (``ops``), an overflow's fix keeps in fp32 the ops from the overflowing
+    one up to the op that brings the range back (:func:`.operations.overflow_fixes`); keeping only
+    the layer in fp32 would overflow again at the next cast to the format.
+    """
     out: list[Finding] = []
     T = THRESHOLDS
     over = [a for a in acts if a["n_overflow"] > 0]
     if over:
-        names = ", ".join(a["name"] for a in over)
+        names = ", ".join(a["name"] + (f" ({a['op']})" if a.get("op") else "") for a in over)
         fixable = len(over) <= T["max_overflow_layers_fixable"]
+        fix = f"keep layer(s) {', '.join(a['name'] for a in over)} in fp32" if fixable else None
+        fixes: list[Fix] = []
+        if ops:
+            from .operations import overflow_fixes
+
+            fix, fixes, fixable = overflow_fixes([a for a in over if a.get("key")], ops, fmt) or (fix, fixes, fixable)
+        steps = [a["step"] for a in over if a.get("step") is not None]
         out.append(Finding(
             "activation overflow", "fail", float(sum(a["n_overflow"] for a in over)),
             T["activation_overflow_count"], ">",
             f"{len(over)} layer(s) produce values above {fmt.name}'s max {fmt.max:g}: {names} "
             f"(largest |a| = {max(a['max_abs'] for a in over):.4g})",
-            fix=f"keep layer(s) {names} in fp32" if fixable else None, fixable=fixable,
+            fix=fix, fixable=fixable, fixes=fixes,
             layer=over[0]["name"] if len(over) == 1 else None,
+            op=over[0].get("op") if len(over) == 1 else None, step=min(steps) if steps else None,
         ))
     elif acts:
         worst = max(acts, key=lambda a: a["max_abs"])
@@ -307,6 +369,7 @@ def gradient_findings(g: dict[str, Any] | None, fmt: FloatFormat) -> list[Findin
                 f"weight gradients below 2^-24 ({100 * lost_frac:.2f}% of them) carry {100 * mass:.2f}% of the "
                 f"gradient's l1 mass and would be lost in {fmt.name}; " + scale_txt,
                 fix=fix, fixable=ok_scale,
+                fixes=[Fix("loss_scale", {"scale": lo, "range": [lo, hi if math.isfinite(hi) else None]}, fix)] if ok_scale else [],
             ))
         elif lost_frac > T["grad_lost_frac"]:
             out.append(Finding(
@@ -339,6 +402,7 @@ def optimizer_findings(o: dict[str, Any], fmt: FloatFormat) -> list[Finding]:
                 f"Adam eps = {eps:g} rounds to 0 in {fmt.name}: wherever the second moment underflows, "
                 "the step divides by zero (inf/NaN)",
                 fix=f"raise Adam eps to {fix_eps:g} (or keep optimizer state in fp32)",
+                fixes=[Fix("adam_eps", {"eps": fix_eps}), Fix("optimizer_state_fp32")],
             ))
         elif eps_r < fmt.min_normal:
             out.append(Finding(
@@ -390,6 +454,7 @@ def stagnation_findings(s: dict[str, Any] | None, fmt: FloatFormat) -> list[Find
             f"{100 * frac:.1f}% of nonzero updates are smaller than half the {fmt.name} spacing at the weight "
             "and would be lost" + (f" (worst layer {worst['layer']}: {100 * worst['frac']:.1f}%)" if worst else ""),
             fix="keep fp32 master weights (mixed precision) or use stochastic rounding for the update",
+            fixes=[Fix("fp32_master_weights"), Fix("stochastic_rounding")],
             layer=worst["layer"] if worst else None,
         ))
     return out

@@ -1,35 +1,46 @@
 """Measurements on a PyTorch model in fp32 that predict how it will fare in a low-precision format.
 
 Everything here runs the model in float32 (never in the target format) and records magnitudes:
-forward activations per layer, weight and activation gradients, optimizer updates and second
-moments.  :mod:`fpanalysis.check` turns these numbers into findings and a verdict.
+every aten operation of the forward and backward pass and every buffer (the operation-level
+observer, :mod:`fpanalysis.nn.observe`), forward activations per layer and their gradients (with
+log2 histograms, for the plots), weight gradients, optimizer updates and second moments.
+:mod:`fpanalysis.check` turns these numbers into findings and a verdict.
+
+No full backward hooks are used: activation gradients come from tensor hooks registered on the
+layer outputs, which in-place operations after the layer (``nn.ReLU(inplace=True)``, ``out +=
+identity``) do not break.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..formats import FloatFormat
+from ..nn.observe import Observation, Observer, RangeBoundaries, call_model, default_loss, float_inputs
 from ..rounding import round_to
 
 __all__ = [
-    "RangeStats",
     "ProbeResult",
-    "probe_model",
+    "RangeStats",
     "leaf_modules",
+    "probe_model",
 ]
 
 #: gradient magnitudes that fp16 loses (docs/theory.md §4.1): below 2**-25 they round to zero, below
 #: 2**-24 they are at best the smallest subnormal, below 2**-14 they are subnormal.
 _LOG2_BINS = np.arange(-160, 130)
+
+#: at most this many of the measured steps run under the operation observer (its cost is a few
+#: reductions per aten op, so it watches a bounded sample; later steps run at full speed).
+OBSERVED_STEPS = 8
 
 
 @dataclass
@@ -55,30 +66,85 @@ class RangeStats:
     abs_values: list[np.ndarray] = field(default_factory=list, repr=False)
 
     def add(self, t: torch.Tensor, fmt: FloatFormat, keep_values: bool = False) -> None:
-        a = t.detach().abs().to(torch.float64).reshape(-1).cpu().numpy()
-        if a.size == 0:
+        """Add the values of ``t``.  Classes use the emulator's exact rounding boundaries
+        (:class:`fpanalysis.nn.observe.RangeBoundaries`): flushed when ``|v|`` rounds to 0,
+        subnormal when it rounds below the smallest normal, overflow when it rounds above the
+        max (with IEEE overflow: for a saturating format, when it would saturate) or is not
+        finite.  Computed with torch reductions (no float64 copy of the whole tensor)."""
+        x = t.detach()
+        if x.dtype not in (torch.float32, torch.float64):
+            x = x.float()
+        a = x.abs().reshape(-1)
+        if a.numel() == 0:
             return
-        finite = np.isfinite(a)
-        self.count += a.size
+        flush, sub, fin = RangeBoundaries.of(fmt).in_dtype(a.dtype)
+        self.count += a.numel()
+        mx = float(a.amax())
+        if keep_values or not math.isfinite(mx):
+            self._add_masked(a, flush, sub, fin, keep_values)
+            return
+        if a.dtype != torch.float32:
+            self._add_masked(a, flush, sub, fin, keep_values)
+            return
+        # float32, all finite: the biased exponent field gives floor(log2 v) of every normal value
+        # exactly, so one bincount of it is the histogram; subnormals (exponent field 0, shared
+        # with zeros) get their exponents from frexp on that small subset
+        ai = a.view(torch.int32)
+        eb = ai >> 23
+        h256 = torch.bincount(eb, minlength=256).numpy()
+        nz = int(torch.sign(a).sum(dtype=torch.float64 if a.numel() > 2**24 else torch.float32))
+        n_zero = a.numel() - nz
+        self.nonzero += nz
+        if nz == 0:
+            return
+        self.max_abs = max(self.max_abs, mx)
+        lo = int(_LOG2_BINS[0])
+        h = np.zeros(len(_LOG2_BINS), dtype=np.int64)
+        h[np.arange(1, 255) - 127 - lo] += h256[1:255]
+        if h256[0] > n_zero:  # float32 subnormals
+            sv = a[(eb == 0) & (a > 0)]
+            e = torch.frexp(sv)[1].to(torch.int64) - 1
+            h += torch.bincount((e - lo).clamp_(0, len(_LOG2_BINS) - 1), minlength=len(_LOG2_BINS)).numpy()
+        self.hist += h
+        if mx > fin:
+            self.n_overflow += int((a > fin).sum())
+        n_small = int(h[: int(np.floor(np.log2(sub))) - lo + 1].sum())  # values below 2**(floor(log2 sub)+1)
+        if n_small:
+            n_le_flush = int((a <= flush).sum()) - n_zero
+            self.n_flushed += n_le_flush
+            self.n_subnormal += int((a <= sub).sum()) - n_zero - n_le_flush
+        n_below = int(h[: -24 - lo].sum())  # floor(log2 v) < -24  <=>  v < 2**-24
+        self.n_below_2m24 += n_below
+        self.sum_abs += float(a.sum(dtype=torch.float64))
+        if n_below:
+            self.sum_abs_below_2m24 += float(torch.where(a < 2.0**-24, a, 0.0).sum(dtype=torch.float64))
+        ai.sub_(1).bitwise_and_(0x7FFFFFFF)  # zeros to the top, v to bits(v) - 1 (a is our own copy)
+        self.min_abs_nonzero = min(self.min_abs_nonzero,
+                                   float(torch.tensor(int(ai.amin()) + 1, dtype=torch.int32).view(torch.float32)))
+
+    def _add_masked(self, a: torch.Tensor, flush: float, sub: float, fin: float, keep_values: bool) -> None:
+        finite = torch.isfinite(a)
+        n_nonfinite = a.numel() - int(finite.sum())
         nz = a[(a > 0) & finite]
-        self.nonzero += nz.size
-        if nz.size:
+        self.nonzero += nz.numel()
+        if nz.numel():
             self.max_abs = max(self.max_abs, float(nz.max()))
             self.min_abs_nonzero = min(self.min_abs_nonzero, float(nz.min()))
-            e = np.floor(np.log2(nz)).astype(np.int64)
-            idx = np.clip(e - _LOG2_BINS[0], 0, len(_LOG2_BINS) - 1)
-            self.hist += np.bincount(idx, minlength=len(_LOG2_BINS))
-            r = np.abs(round_to(nz, fmt))
-            self.n_overflow += int(np.sum(~np.isfinite(r) | (nz > fmt.max)))
-            self.n_flushed += int(np.sum(r == 0))
-            self.n_subnormal += int(np.sum((r > 0) & (r < fmt.min_normal)))
+            e = torch.frexp(nz)[1].to(torch.int64) - 1  # floor(log2 v), exact
+            idx = (e - int(_LOG2_BINS[0])).clamp_(0, len(_LOG2_BINS) - 1)
+            self.hist += torch.bincount(idx, minlength=len(_LOG2_BINS)).numpy()
+            self.n_overflow += int((nz > fin).sum())
+            n_le_flush = int((nz <= flush).sum())
+            self.n_flushed += n_le_flush
+            self.n_subnormal += int((nz <= sub).sum()) - n_le_flush
             below = nz < 2.0**-24
-            self.n_below_2m24 += int(np.sum(below))
-            self.sum_abs += float(nz.sum())
-            self.sum_abs_below_2m24 += float(nz[below].sum())
+            self.n_below_2m24 += int(below.sum())
+            nzd = nz.to(torch.float64)
+            self.sum_abs += float(nzd.sum())
+            self.sum_abs_below_2m24 += float(nzd[below].sum())
             if keep_values:
-                self.abs_values.append(nz)
-        self.n_overflow += int(np.sum(~finite))
+                self.abs_values.append(nzd.numpy().copy())
+        self.n_overflow += n_nonfinite
 
     @property
     def frac_flushed(self) -> float:
@@ -121,57 +187,12 @@ class ProbeResult:
     reductions: list[dict[str, Any]]
     losses: list[float]
     n_parameters: int
+    observation: Observation | None = None
 
 
 def leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Modules without children (the layers whose outputs are activations)."""
     return [(n, m) for n, m in model.named_modules() if n and not list(m.children())]
-
-
-def _reduction_lengths(model: nn.Module, sample: torch.Tensor) -> list[dict[str, Any]]:
-    """Lengths of the sums each layer computes (inner products, pooling windows, norms)."""
-    out: list[dict[str, Any]] = []
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def hook(name: str) -> Callable[..., None]:
-        def f(mod: nn.Module, inp: Any, outp: Any) -> None:
-            if isinstance(inp, tuple) and inp and isinstance(inp[0], torch.Tensor):
-                shapes[name] = tuple(inp[0].shape)
-
-        return f
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in leaf_modules(model)]
-    try:
-        with torch.no_grad():
-            model(sample[:1])
-    finally:
-        for h in handles:
-            h.remove()
-    for name, m in leaf_modules(model):
-        n = None
-        what = ""
-        if isinstance(m, nn.Linear):
-            n, what = m.in_features, "inner product"
-        elif isinstance(m, nn.Conv2d):
-            kh, kw = m.kernel_size
-            n, what = (m.in_channels // m.groups) * kh * kw, "convolution inner product"
-        elif isinstance(m, (nn.LayerNorm,)):
-            n, what = int(np.prod(m.normalized_shape)), "mean/variance"
-        elif isinstance(m, (nn.AvgPool2d,)):
-            k = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size, m.kernel_size)
-            n, what = k[0] * k[1], "average"
-        elif isinstance(m, nn.AdaptiveAvgPool2d) and name in shapes:
-            h, w = shapes[name][-2:]
-            o = m.output_size if isinstance(m.output_size, tuple) else (m.output_size, m.output_size)
-            n, what = math.ceil(h / (o[0] or h)) * math.ceil(w / (o[1] or w)), "average"
-        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and name in shapes:
-            shp = shapes[name]
-            n, what = int(np.prod(shp[2:])) if len(shp) > 2 else 1, "batch statistics (per sample)"
-        elif isinstance(m, nn.MultiheadAttention):
-            n, what = m.embed_dim, "attention inner product"
-        if n is not None:
-            out.append({"layer": name, "type": type(m).__name__, "n": int(n), "what": what})
-    return out
 
 
 def make_optimizer(params: Iterable[nn.Parameter], name: str, lr: float, eps: float, momentum: float,
@@ -203,12 +224,15 @@ def probe_model(
 ) -> ProbeResult:
     """Run a copy of ``model`` in float32 for ``len(batches)`` training steps and measure.
 
-    The model passed in is not modified.  For each step: forward activation ranges (forward hooks
-    on leaf modules), activation-gradient ranges (backward hooks), weight-gradient ranges, the
-    optimizer's actual update ``w_new - w_old`` against the format's spacing at ``w`` (would the
-    update be lost without fp32 master weights?), and for Adam the second-moment state.
+    The model passed in is not modified.  ``batches`` holds ``(inputs, target)`` pairs; inputs are
+    a tensor, a tuple (positional arguments) or a dict (keyword arguments); floating inputs are
+    made float32 and integer ones (token ids) are kept.  For each step: every aten op and buffer
+    (:class:`~fpanalysis.nn.observe.Observer`), forward activation ranges (forward hooks on leaf
+    modules), activation-gradient ranges (tensor hooks on their outputs), weight-gradient ranges,
+    the optimizer's actual update ``w_new - w_old`` against the format's spacing at ``w`` (would
+    the update be lost without fp32 master weights?), and for Adam the second-moment state.
     """
-    loss_fn = loss_fn or nn.functional.cross_entropy
+    loss_fn = loss_fn or default_loss
     m = copy.deepcopy(model).float().train()
     opt = make_optimizer(m.parameters(), optimizer, lr, eps, momentum, betas, weight_decay)
     leaves = leaf_modules(m)
@@ -217,40 +241,37 @@ def probe_model(
     params = [(n, p) for n, p in m.named_parameters() if p.requires_grad]
     wgrads = {n: RangeStats(n, "weight gradient") for n, _ in params}
     updates = {n: {"layer": n, "n": 0, "lost": 0, "zero_update": 0, "max_abs_w": 0.0} for n, _ in params}
+    obs = Observer(m, fmt, max_steps=min(max(1, len(batches)), OBSERVED_STEPS))
+
+    def grad_hook(name: str) -> Callable[[torch.Tensor], None]:
+        def f(g: torch.Tensor) -> None:
+            with obs.paused():
+                agrads[name].add(g, fmt)
+
+        return f
 
     def fwd_hook(name: str) -> Callable[..., None]:
         def f(mod: nn.Module, inp: Any, out: Any) -> None:
             t = out[0] if isinstance(out, tuple) else out
             if isinstance(t, torch.Tensor) and t.is_floating_point():
-                acts[name].add(t, fmt)
+                with obs.paused():
+                    acts[name].add(t, fmt)
+                if t.requires_grad and torch.is_grad_enabled():
+                    t.register_hook(grad_hook(name))
 
         return f
 
-    def bwd_hook(name: str) -> Callable[..., None]:
-        def f(mod: nn.Module, grad_in: Any, grad_out: Any) -> None:
-            g = grad_out[0] if isinstance(grad_out, tuple) else grad_out
-            if isinstance(g, torch.Tensor):
-                agrads[name].add(g, fmt)
-
-        return f
-
-    handles = []
-    for n, mod in leaves:
-        handles.append(mod.register_forward_hook(fwd_hook(n)))
-        if not isinstance(mod, nn.MultiheadAttention):
-            handles.append(mod.register_full_backward_hook(bwd_hook(n)))
+    handles = [mod.register_forward_hook(fwd_hook(n)) for n, mod in leaves]
     losses: list[float] = []
     adam_v: list[np.ndarray] = []
     try:
         for step, (xb, yb) in enumerate(batches):
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(m(xb.float()), yb)
-            losses.append(float(loss.detach()))
-            if not math.isfinite(losses[-1]):
-                break
-            with warnings.catch_warnings():
-                # the first layer's input needs no gradient; torch warns that its hook sees outputs only
-                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            with obs.step(step):
+                loss = loss_fn(call_model(m, float_inputs(xb)), yb)
+                losses.append(float(loss.detach()))
+                if not math.isfinite(losses[-1]):
+                    break
                 loss.backward()
             before = {n: p.detach().clone() for n, p in params}
             for n, p in params:
@@ -284,7 +305,8 @@ def probe_model(
         g_all = np.concatenate([np.concatenate(s.abs_values) for s in wgrads.values() if s.abs_values] or [np.zeros(0)])
         v_all = np.concatenate(adam_v) if adam_v else np.zeros(0)
         adam = {"grad_abs": g_all, "v": v_all, "eps": eps, "betas": betas, "lr": lr}
-    reductions = _reduction_lengths(m, batches[0][0].float())
+    observation = obs.result()
+    reductions = op_reductions(observation)
     return ProbeResult(
         activations=list(acts.values()),
         activation_grads=list(agrads.values()),
@@ -294,4 +316,19 @@ def probe_model(
         reductions=reductions,
         losses=losses,
         n_parameters=sum(p.numel() for _, p in params),
+        observation=observation,
     )
+
+
+def op_reductions(obs: Observation) -> list[dict[str, Any]]:
+    """The sums the forward pass computes, one entry per (module, op) with the longest length:
+    ``layer`` (module path), ``op`` (aten name), ``type`` (module class), ``n``, ``what``."""
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in obs.forward():
+        if r.reduction is None or r.module.startswith("<"):
+            continue
+        key = (r.module, r.op)
+        if key not in best or r.reduction > best[key]["n"]:
+            best[key] = {"layer": r.module or "model", "op": f"aten.{r.op}", "type": r.module_type,
+                         "n": int(r.reduction), "what": f"{r.reduction_what} (aten.{r.op})"}
+    return list(best.values())

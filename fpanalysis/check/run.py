@@ -5,13 +5,15 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..nn.observe import Observation, call_model, default_loss, float_inputs, logits_of
 from .config import CheckConfig
 from .findings import (
     CheckReport,
@@ -22,7 +24,7 @@ from .findings import (
     decide_verdict,
     findings_from_measurements,
 )
-from .probe import make_optimizer, probe_model
+from .probe import leaf_modules, make_optimizer, probe_model
 
 __all__ = ["as_tensors", "run_check", "validate_model"]
 
@@ -52,49 +54,108 @@ def validate_model(model: Any) -> nn.Module:
     return model
 
 
-def as_tensors(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(X, y)`` as float32 / int64 tensors, with clear errors for anything else."""
+def _as_input_tensor(X: Any, what: str) -> torch.Tensor:
+    X = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X)
+    if X.ndim == 0:
+        raise ValueError(f"{what} must have a leading sample dimension, got a scalar")
+    if X.is_floating_point():
+        if not torch.isfinite(X).all():
+            raise ValueError(f"{what} contain NaN or inf values")
+        return X.to(torch.float32)
+    if X.dtype == torch.bool:
+        return X
+    return X.to(torch.int64)  # token ids and other integer inputs stay integers (nn.Embedding)
+
+
+def as_tensors(data: Any) -> tuple[Any, torch.Tensor]:
+    """``(X, y)`` as tensors, with clear errors for anything else.
+
+    ``X`` is one array (floating inputs become float32, integer inputs such as token ids stay
+    int64), a tuple of arrays (the model's positional arguments) or a dict of arrays (its keyword
+    arguments); every array has the samples along its first axis.  ``y`` holds integer class
+    labels, one per sample (or one per position, for token-level outputs).
+    """
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise ValueError("data must be a pair (X, y): inputs and integer class labels")
     X, y = data
-    X = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X)
+    if isinstance(X, dict):
+        if not X:
+            raise ValueError("the input dict X is empty")
+        X = {k: _as_input_tensor(v, f"the inputs X[{k!r}]") for k, v in X.items()}
+        firsts = {k: v.shape[0] for k, v in X.items()}
+    elif isinstance(X, tuple):
+        if not X:
+            raise ValueError("the input tuple X is empty")
+        X = tuple(_as_input_tensor(v, f"the inputs X[{i}]") for i, v in enumerate(X))
+        firsts = {i: v.shape[0] for i, v in enumerate(X)}
+    else:
+        X = _as_input_tensor(X, "the inputs X")
+        firsts = {"X": X.shape[0]}
+    if len(set(firsts.values())) != 1:
+        raise ValueError(f"the inputs disagree on the number of samples: {firsts}")
+    n = next(iter(firsts.values()))
     y = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y)
-    if X.shape[0] == 0:
+    if n == 0:
         raise ValueError("the data is empty: need at least one sample")
-    if X.shape[0] != y.shape[0]:
-        raise ValueError(f"X has {X.shape[0]} samples but y has {y.shape[0]} labels")
-    if not X.is_floating_point():
-        X = X.to(torch.float32)
+    if y.ndim == 0 or n != y.shape[0]:
+        raise ValueError(f"X has {n} samples but y has {y.shape[0] if y.ndim else 0} labels")
     if y.is_floating_point():
         if not torch.all(y == torch.round(y)):
             raise ValueError("labels y must be integer class indices")
-        y = y.to(torch.int64)
-    if not torch.isfinite(X).all():
-        raise ValueError("the inputs X contain NaN or inf values")
-    return X.to(torch.float32), y.to(torch.int64)
+    return X, y.to(torch.int64)
 
 
-def _batches(X: torch.Tensor, y: torch.Tensor, batch_size: int, steps: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _take(X: Any, idx: Any) -> Any:
+    if isinstance(X, dict):
+        return {k: v[idx] for k, v in X.items()}
+    if isinstance(X, tuple):
+        return tuple(v[idx] for v in X)
+    return X[idx]
+
+
+def _n_samples(X: Any) -> int:
+    if isinstance(X, dict):
+        return int(next(iter(X.values())).shape[0])
+    if isinstance(X, tuple):
+        return int(X[0].shape[0])
+    return int(X.shape[0])
+
+
+def _batches(X: Any, y: torch.Tensor, batch_size: int, steps: int, seed: int) -> list[tuple[Any, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
     out = []
+    n = _n_samples(X)
     for _ in range(steps):
-        idx = torch.randperm(X.shape[0], generator=g)[: min(batch_size, X.shape[0])]
-        out.append((X[idx], y[idx]))
+        idx = torch.randperm(n, generator=g)[: min(batch_size, n)]
+        out.append((_take(X, idx), y[idx]))
     return out
 
 
-def _check_forward_shape(model: nn.Module, X: torch.Tensor) -> int:
+def _shape_text(X: Any) -> str:
+    if isinstance(X, dict):
+        return "{" + ", ".join(f"{k!r}: {tuple(v.shape[1:])}" for k, v in X.items()) + "}"
+    if isinstance(X, tuple):
+        return "(" + ", ".join(str(tuple(v.shape[1:])) for v in X) + ")"
+    return str(tuple(X.shape[1:]))
+
+
+def _check_forward_shape(model: nn.Module, X: Any, y: torch.Tensor) -> int:
     try:
         with torch.no_grad():
-            out = model.eval()(X[:2])
+            out = logits_of(call_model(model.eval(), float_inputs(_take(X, slice(0, 2)))))
     except Exception as exc:  # the user's model rejected the data: say so plainly
         raise ValueError(
-            f"the model cannot run on inputs of shape {tuple(X.shape[1:])} (per sample): "
+            f"the model cannot run on inputs of shape {_shape_text(X)} (per sample): "
             f"{type(exc).__name__}: {exc}"
         ) from None
-    if not isinstance(out, torch.Tensor) or out.ndim != 2:
-        raise ValueError("the model must return a (batch, classes) tensor of logits")
-    return int(out.shape[1])
+    if out.ndim == 2 and y.ndim == 1:
+        return int(out.shape[1])
+    if out.ndim == 3 and y.ndim == 2:  # one label per position (token-level classification, language models)
+        return int(out.shape[-1])
+    raise ValueError(
+        f"the model returns logits of shape {tuple(out.shape)} for labels of shape {tuple(y.shape)}: expected "
+        "(batch, classes) logits with one label per sample, or (batch, positions, classes) with one per position"
+    )
 
 
 def run_check(
@@ -115,7 +176,7 @@ def run_check(
     f = c.format
     model = validate_model(model)
     X, y = as_tensors(data)
-    n_classes = _check_forward_shape(model, X)
+    n_classes = _check_forward_shape(model, X, y)
     if int(y.max()) >= n_classes or int(y.min()) < 0:
         raise ValueError(f"labels range over [{int(y.min())}, {int(y.max())}] but the model has {n_classes} outputs")
     optimizer, lr, eps, momentum, betas = c.optimizer, c.lr, c.eps, c.momentum, c.betas
@@ -128,30 +189,49 @@ def run_check(
         if progress is not None:
             progress(done, total, what)
 
-    cert_batches = -(-min(c.certify_samples, int(X.shape[0])) // CERTIFY_BATCH) if certify else 0
+    cert_batches = -(-min(c.certify_samples, _n_samples(X)) // CERTIFY_BATCH) if certify else 0
     total_steps = steps + (warmup_steps if certify else 0) + cert_batches
     # warm-up in fp32 so that margins (and gradients) mean something
     if certify and warmup_steps > 0:
         opt = make_optimizer(work.parameters(), c.optimizer, c.lr, c.eps, c.momentum, c.betas)
         work.train()
-        for i, (xb, yb) in enumerate(_batches(X, y, batch_size, warmup_steps, seed + 1)):
-            opt.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(work(xb), yb)
-            if not torch.isfinite(loss):
-                break
-            loss.backward()
-            opt.step()
-            report(i + 1, total_steps, "fp32 warm-up")
-    probe = probe_model(
-        work, _batches(X, y, batch_size, steps, seed + 2), f, optimizer=optimizer, lr=lr, eps=eps,
-        momentum=momentum, betas=betas,
-        progress=lambda d, t: report((warmup_steps if certify else 0) + d, total_steps, "measuring"),
-    )
+        try:
+            for i, (xb, yb) in enumerate(_batches(X, y, batch_size, warmup_steps, seed + 1)):
+                opt.zero_grad(set_to_none=True)
+                loss = default_loss(call_model(work, xb), yb)
+                if not torch.isfinite(loss):
+                    break
+                loss.backward()
+                opt.step()
+                report(i + 1, total_steps, "fp32 warm-up")
+        except Exception as exc:
+            raise ValueError(f"the model cannot be trained in fp32 on this data (warm-up step): "
+                             f"{type(exc).__name__}: {exc}") from None
+    try:
+        probe = probe_model(
+            work, _batches(X, y, batch_size, steps, seed + 2), f, optimizer=optimizer, lr=lr, eps=eps,
+            momentum=momentum, betas=betas,
+            progress=lambda d, t: report((warmup_steps if certify else 0) + d, total_steps, "measuring"),
+        )
+    except Exception as exc:  # a model the probe cannot run is an error with a reason, not a traceback
+        raise ValueError(_probe_failure(work, _batches(X, y, batch_size, 1, seed + 2)[0], exc)) from None
     meas = Measurements(profile=c.profile)
-    meas.activations = [
-        {"name": a.name, "max_abs": a.max_abs, "n_overflow": a.n_overflow, "frac_flushed": a.frac_flushed}
-        for a in probe.activations if a.count
-    ]
+    ops = operation_dicts(probe.observation, {n for n, _ in leaf_modules(work)}) if probe.observation else []
+    meas.operations = ops
+    meas.buffers = [b.to_dict() for b in probe.observation.buffers] if probe.observation else []
+    if ops:
+        meas.activations = [
+            {"name": o["key"]["module"] + (f"#{o['key']['occurrence']}" if o["key"]["occurrence"] else ""),
+             "op": o["key"]["op"], "key": o["key"], "step": o["first_overflow_step"],
+             "max_abs": o["max_abs"], "n_overflow": o["n_overflow"],
+             "frac_flushed": o["n_flushed"] / o["nonzero"] if o["nonzero"] else 0.0}
+            for o in ops if o["leaf_output"]
+        ]
+    else:
+        meas.activations = [
+            {"name": a.name, "max_abs": a.max_abs, "n_overflow": a.n_overflow, "frac_flushed": a.frac_flushed}
+            for a in probe.activations if a.count
+        ]
     nonzero = sum(g.nonzero for g in probe.weight_grads)
     small_q = _pooled_quantile(probe.weight_grads, 0.001)
     meas.weight_grads = {
@@ -183,6 +263,8 @@ def run_check(
         "updates": probe.updates,
         "reductions": probe.reductions,
         "losses": probe.losses,
+        "operations": [r.to_dict() for r in probe.observation.ops] if probe.observation else [],
+        "buffers": meas.buffers,
     }
     findings = findings_from_measurements(meas, f)
     if certify:
@@ -193,7 +275,7 @@ def run_check(
     config = {
         "model": c.model_name or type(model).__name__, "format": f.name, "optimizer": optimizer, "lr": lr,
         "eps": eps, "momentum": momentum, "batch_size": batch_size, "steps": steps,
-        "warmup_steps": warmup_steps if certify else 0, "samples": int(X.shape[0]), "profile": c.profile,
+        "warmup_steps": warmup_steps if certify else 0, "samples": _n_samples(X), "profile": c.profile,
         "seed": seed, "seconds": round(time.perf_counter() - t0, 2),
     }
     return CheckReport(verdict, findings, changes, config, details)
@@ -211,11 +293,16 @@ def _agreement_findings(model: nn.Module, X: torch.Tensor, c: CheckConfig, meas:
     """Certified and observed agreement of emulated inference with fp32 (the analysis module)."""
     from ..analysis import analyze
 
+    if not (isinstance(X, torch.Tensor) and X.is_floating_point()):
+        return [Finding("inference agreement", "ok", math.nan, math.nan, "n/a",
+                        "not examined: the certificate needs one floating-point input tensor "
+                        "(this model takes integer or several inputs)")]
     try:
         rep = analyze(model.eval(), X[:c.certify_samples], fmt=c.format, profile=c.profile, progress=progress,
                       batch_size=CERTIFY_BATCH, real_half=False, local=False, keep_per_input=False, name="check")
-    except ValueError as exc:
-        return [Finding("inference agreement", "ok", math.nan, math.nan, "n/a", f"not examined: {exc}")]
+    except Exception as exc:  # the analysis cannot trace every model: not examined, with the reason
+        return [Finding("inference agreement", "ok", math.nan, math.nan, "n/a",
+                        f"not examined: {type(exc).__name__}: {exc}")]
     summ = rep.tolerance["logits"]
     emu = summ.runs.get("emulator")
     observed = emu.agreement if emu is not None else math.nan
@@ -224,3 +311,35 @@ def _agreement_findings(model: nn.Module, X: torch.Tensor, c: CheckConfig, meas:
     details["agreement"] = summ.to_dict()
     details["analysis_layers"] = rep.to_dict().get("layers", [])
     return agreement_findings(meas.agreement, c.format)
+
+
+def operation_dicts(obs: Observation, leaves: set[str]) -> list[dict[str, Any]]:
+    """The observer's op records as the plain dicts :mod:`.operations` reads (forward order kept
+    in ``index``); ``leaf_output`` marks the ops whose result a leaf module returned.  ``max_abs``
+    leaves out values already infinite (or +-float32 max) in float32: masks, not overflow."""
+    out = []
+    for i, r in enumerate(obs.ops):
+        out.append({
+            "key": {"phase": r.phase, "module": r.module, "op": f"aten.{r.op}", "occurrence": r.occurrence,
+                    "output": r.output},
+            "label": r.name, "module_type": r.module_type, "index": i, "node": r.node, "source": r.source,
+            "max_abs": r.max_finite_abs, "in_max_abs": r.in_max_abs, "n_overflow": r.n_overflow, "numel": r.numel,
+            "n_nonfinite": r.n_nonfinite + r.n_sentinel,
+            "nonzero": r.nonzero, "n_flushed": r.n_flushed, "n_subnormal": r.n_subnormal,
+            "first_overflow_step": r.first_overflow_step, "reduction": r.reduction,
+            "leaf_output": bool(r.module_output and r.phase == "forward" and r.module in leaves),
+        })
+    return out
+
+
+def _probe_failure(model: nn.Module, batch: tuple[Any, torch.Tensor], exc: Exception) -> str:
+    """Say whose failure it is: one plain fp32 training step on a copy tells the model's own
+    errors (shape bugs, unsupported inputs) from the observer's."""
+    try:
+        m = copy.deepcopy(model).train()
+        default_loss(call_model(m, batch[0]), batch[1]).backward()
+    except Exception as own:
+        return (f"the check cannot measure this model: a plain fp32 training step on a batch fails: "
+                f"{type(own).__name__}: {own}")
+    return (f"the check cannot measure this model: its training step fails only under the operation "
+            f"observer (fpanalysis.nn.observe), a limitation of the check: {type(exc).__name__}: {exc}")

@@ -6,7 +6,8 @@ Each suite returns rows of one shape (:func:`fpanalysis.verify.core.row`): ``che
 
 Suites: :mod:`.rounding` (conversions and every rounding mode; :mod:`.modes` holds the directed
 and stochastic checks it runs), :mod:`.ops` (correctly rounded arithmetic), :mod:`.linalg` (the
-GEMM kernels as compiled for this CPU).  :mod:`.core` holds the shared comparison helpers and
+GEMM kernels as compiled for this CPU), :mod:`.tensorcore` (the tensor-core models against
+MMA-Sim and mmaemu).  :mod:`.core` holds the shared comparison helpers and
 the oracle adapters (numpy, torch, gmpy2/MPFR, SoftFloat, ml_dtypes, exact rationals; see
 ``docs/semantics.md`` §5).
 """
@@ -50,10 +51,17 @@ def _linalg(n: int, seed: int, exhaustive: bool, progress: ProgressFn | None) ->
     return linalg.verify_linalg(seed=seed, progress=progress)
 
 
+def _tensorcore(n: int, seed: int, exhaustive: bool, progress: ProgressFn | None) -> list[Row]:
+    from . import tensorcore
+
+    return tensorcore.verify_tensorcore(blocks=n, seed=seed, progress=progress)
+
+
 SUITES: list[Suite] = [
     Suite("rounding and conversions", _rounding),
     Suite("arithmetic", _ops),
     Suite("linear algebra", _linalg),
+    Suite("tensor cores", _tensorcore),
 ]
 
 

@@ -146,6 +146,7 @@ def test_activation_local_bound_exhaustive_emulated(name, fmt):
     check(np.abs(y - ref)[fin], b[fin], (name, fmt))
 
 
+@pytest.mark.torch_kernels
 @pytest.mark.parametrize("name", ACTS)
 def test_activation_local_bound_exhaustive_torch(name):
     torch = pytest.importorskip("torch")
@@ -210,6 +211,7 @@ def test_avgpool_local_bound():
         check(np.abs(y - exact) - 2.0**-52 * np.abs(exact), b, k)
 
 
+@pytest.mark.torch_kernels
 def test_avgpool_against_torch():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(4)
@@ -230,6 +232,7 @@ def _bn_data(rng, C=6):
     return x, mean, var, w, b
 
 
+@pytest.mark.torch_kernels
 def test_batchnorm_local_bound_emulated_and_torch():
     rng = np.random.default_rng(5)
     eps = 1e-5
@@ -276,6 +279,7 @@ def _ln32(x, w, b, eps, form):
     return (x32 * a + (b.astype(f) - a * mu)).astype(np.float64)
 
 
+@pytest.mark.torch_kernels
 @pytest.mark.parametrize("n", [8, 64, 768])
 def test_layernorm_local_bound(n):
     rng = np.random.default_rng(6 + n)
@@ -338,6 +342,7 @@ def _softmax64(x):
     return np.exp(d) / np.exp(d).sum(-1, keepdims=True), d - np.log(np.exp(d).sum(-1, keepdims=True))
 
 
+@pytest.mark.torch_kernels
 @pytest.mark.parametrize("n", [10, 100, 1000])
 def test_softmax_and_log_softmax_local_bounds(n):
     rng = np.random.default_rng(8 + n)

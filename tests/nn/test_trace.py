@@ -114,6 +114,7 @@ def test_unsupported_function_and_untraceable() -> None:
 
 @pytest.mark.parametrize("name, shape", [("lenet5", (1, 28, 28)), ("resnet20", (3, 16, 16)),
                                          ("vit_tiny", (3, 16, 16)), ("vgg_small", (3, 16, 16)), ("mlp", (10,))])
+@pytest.mark.torch_kernels
 def test_fp32_steps_reproduce_the_model_bitwise(name: str, shape: tuple) -> None:
     gen = torch.Generator().manual_seed(1)
     torch.manual_seed(2)
@@ -178,8 +179,13 @@ def test_mha_masks_rejected() -> None:
 
 @pytest.mark.parametrize("layer", [nn.GELU(), nn.GELU(approximate="tanh"), nn.Tanh(), nn.Sigmoid(), nn.SiLU(),
                                    nn.Softmax(dim=-1), nn.LayerNorm(16), nn.AvgPool2d(2), nn.AdaptiveAvgPool2d(3)])
-def test_elementwise_emulation_is_fp32_opmath_rounded_once(layer: nn.Module) -> None:
-    """Oracle: torch fp32 kernel on the fp16 input, rounded once to fp16 by torch (.half())."""
+@pytest.mark.torch_kernels
+def test_elementwise_emulation_is_fp32_opmath_rounded_once(layer: nn.Module, record_property) -> None:  # type: ignore[no-untyped-def]
+    """Oracle: torch fp32 kernel on the fp16 input, rounded once to fp16 by torch (.half()).
+
+    torch's own half kernel: within the layer's local error bound of the exact result on every
+    CPU; >= 0.999 bitwise matches only where a probe over all fp16 values in [-8, 8] shows it to
+    be the fp32 kernel rounded once (tests/torch_cpu.py), else the match rate is reported."""
     gen = torch.Generator().manual_seed(5)
     shape = (6, 4, 8, 8) if isinstance(layer, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)) else (64, 16)
     x = (torch.randn(shape, generator=gen) * 3).half().float()
@@ -190,13 +196,76 @@ def test_elementwise_emulation_is_fp32_opmath_rounded_once(layer: nn.Module) -> 
             F.layer_norm(x, (16,), layer.weight.half().float(), layer.bias.half().float(), layer.eps).half().float()
     assert torch.equal(y, ref)
     assert st.n == y.numel()
-    # torch's own half kernel agrees on (nearly) every entry
+    # torch's own half kernel
+    import copy
+
+    from torch_cpu import assert_within, half_elementwise_is_fp32_opmath, report_match
+
     half = torch_step(step, [x.half()], torch.float16, ParamCache()).float()
-    assert (half == y).float().mean() >= 0.999
+    assert_within(half.numpy(), *_exact_and_local_bound(layer, x.double()), repr(layer))
+    l16 = copy.deepcopy(layer).half()
+    l32 = copy.deepcopy(layer).half().float()  # the same fp16 parameters, fp32 arithmetic
+    modelled = half_elementwise_is_fp32_opmath(repr(layer), l16, l32, tuple(shape))
+    rate = float((half == y).float().mean())
+    report_match(record_property, f"half {layer!r}", rate, modelled)
+    if modelled:
+        assert rate >= 0.999
 
 
-def test_linear_conv_emulator_matches_torch_half_bitwise() -> None:
-    """fp32-accumulate emulator vs torch CPU half on Linear and Conv2d: the match rate is high."""
+def _adaptive_window_sizes(size: tuple[int, int], out: int) -> np.ndarray:
+    """Number of inputs averaged by each output of adaptive average pooling (window
+    ``[floor(i L / O), ceil((i + 1) L / O))`` along each axis, as in torch)."""
+    def lens(L: int) -> np.ndarray:
+        return np.array([-(-(i + 1) * L // out) - (i * L // out) for i in range(out)], dtype=np.float64)
+
+    return lens(int(size[0]))[:, None] * lens(int(size[1]))[None, :]
+
+
+def _exact_and_local_bound(layer: nn.Module, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The float64 value of ``layer`` at the fp16 input ``x`` (accurate to ~1e-13 relative, far
+    below the bounds) and the local error bound of an fp32 evaluation rounded once to fp16
+    (fpanalysis.bounds.layers)."""
+    from fpanalysis.bounds import layers as LB
+
+    xn = x.numpy()
+    with torch.no_grad():
+        if isinstance(layer, (nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU)):
+            name = {nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.SiLU: "silu"}.get(type(layer))
+            if name is None:
+                name = "gelu_tanh" if layer.approximate == "tanh" else "gelu"
+            return LB.activation(name, xn), np.asarray(LB.activation_local_bound(name, xn, "fp16").value)
+        if isinstance(layer, nn.Softmax):
+            return F.softmax(x, dim=layer.dim).numpy(), np.asarray(LB.softmax_local_bound(xn, "fp16", axis=layer.dim).value)
+        if isinstance(layer, nn.LayerNorm):
+            w = layer.weight.detach().half().double()
+            b = layer.bias.detach().half().double()
+            ref = F.layer_norm(x, layer.normalized_shape, w, b, layer.eps).numpy()
+            return ref, np.asarray(LB.layernorm_local_bound(xn, w.numpy(), b.numpy(), layer.eps, "fp16").value)
+        if isinstance(layer, nn.AvgPool2d):
+            mean = F.avg_pool2d(x, layer.kernel_size).numpy()
+            mean_abs = F.avg_pool2d(x.abs(), layer.kernel_size).numpy()
+            kk = np.full(mean.shape, float(layer.kernel_size) ** 2)
+        else:
+            mean = F.adaptive_avg_pool2d(x, layer.output_size).numpy()
+            mean_abs = F.adaptive_avg_pool2d(x.abs(), layer.output_size).numpy()
+            kk = np.broadcast_to(_adaptive_window_sizes(x.shape[-2:], layer.output_size), mean.shape)
+        return mean, np.asarray(LB.avgpool_local_bound(mean, mean_abs, kk, "fp16").value)
+
+
+@pytest.mark.torch_kernels
+def test_linear_conv_emulator_matches_torch_half_bitwise(record_property) -> None:  # type: ignore[no-untyped-def]
+    """fp32-accumulate emulator vs torch CPU half on Linear and Conv2d.  On every CPU torch's
+    result is within the fp32-accumulate bound of the exact result (bias as one more term); the
+    match rate must be >= 0.995 only where the probe shows torch summing sequentially in binary32
+    (tests/torch_cpu.py), else it is reported."""
+    from torch_cpu import (assert_within, half_conv2d_is_sequential_fp32, half_mm_is_sequential_fp32,
+                           report_match)
+
+    from fpanalysis.bounds import accumulation_bound
+    from fpanalysis.formats import FloatFormat
+    from fpanalysis.linalg import conv2d
+
+    wide = FloatFormat("binary64-like", 53, -960, 1000)  # the exact profile to 53 bits
     gen = torch.Generator().manual_seed(7)
     for layer, shape in [(nn.Linear(300, 40), (128, 300)), (nn.Conv2d(16, 8, 3, padding=1), (8, 16, 10, 10)),
                          (nn.Conv2d(8, 8, 3, stride=2, groups=4), (8, 8, 9, 9))]:
@@ -205,7 +274,26 @@ def test_linear_conv_emulator_matches_torch_half_bitwise() -> None:
         cache = ParamCache()
         y, _ = emulate_step(step, [x], LayerEmulator("fp16"), cache)
         half = torch_step(step, [x.half()], torch.float16, cache).float()
-        assert (half == y).float().mean() >= 0.995, type(layer).__name__
+        w = layer.weight.detach().half().double().numpy()
+        b = layer.bias.detach().half().double().numpy()
+        xd = x.double().numpy()
+        if isinstance(layer, nn.Linear):
+            modelled = half_mm_is_sequential_fp32()
+            exact = conv2d(xd[:, :, None, None], w[:, :, None, None], b, fmt=wide, profile="exact")[:, :, 0, 0]
+            terms = np.abs(xd) @ np.abs(w).T + np.abs(b)
+            n = w.shape[1] + 1
+        else:
+            modelled = half_conv2d_is_sequential_fp32()
+            geo = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups)
+            exact = conv2d(xd, w, b, **geo, fmt=wide, profile="exact")
+            terms = conv2d(np.abs(xd), np.abs(w), np.abs(b), **geo, fmt=wide, profile="exact")
+            n = w.shape[1] * w.shape[2] * w.shape[3] + 1
+        bound = accumulation_bound(terms * (1 + 2.0**-50), n, "fp16", "fp32-accumulate", abs_result=np.abs(exact)).value
+        assert_within(half.numpy(), exact, np.asarray(bound), repr(layer))
+        rate = float((half == y).float().mean())
+        report_match(record_property, f"half {layer!r}", rate, modelled)
+        if modelled:
+            assert rate >= 0.995, type(layer).__name__
 
 
 def test_emulator_profiles_and_input_rounding() -> None:

@@ -30,4 +30,4 @@ def test_run_suites_reports_a_missing_oracle_as_a_row_not_an_exception() -> None
     rows = run_suites(10, suites=[Suite("broken", broken)])
     assert len(rows) == 1 and rows[0]["mismatches"] == -1
     assert rows[0]["check"] == "broken suite" and "nothing" in rows[0]["first_mismatch"]
-    assert [s.name for s in SUITES] == ["rounding and conversions", "arithmetic", "linear algebra"]
+    assert [s.name for s in SUITES] == ["rounding and conversions", "arithmetic", "linear algebra", "tensor cores"]
