@@ -70,10 +70,13 @@ an addition are NaNs the hardware keeps one of them, and which one can differ be
 (e.g. with the number of rows of A) and between CPUs.  Every non-NaN result is bit-exact.
 
 Speed: the ``ieee`` profile for fp16 with ``"nearest-even"`` and no ``fma`` uses binary16
-arithmetic directly (LLVM ``half``; native AVX512-FP16 where available), and ``fp32-accumulate``
+arithmetic directly (LLVM ``half``; native AVX512-FP16 where available); on x86-64 CPUs with
+F16C but without AVX512-FP16 its sequential and blocked orders instead run a register-tiled
+kernel that holds binary16 values in float32 registers and rounds every product and sum with a
+pair of vector conversions (the same bits; from 12 rows of A on).  ``fp32-accumulate``
 sequential and blocked (any format, any mode: only the final rounding depends on them) use a
-register-tiled float32 kernel, from 12 rows of A on (6 without AVX-512); at 512^3 on one core
-they reach about 0.35 and 0.8 of numpy's float32 BLAS (``experiments/bench_gemm.py``).  Other
+register-tiled float32 kernel, from 12 rows of A on (6 without AVX-512).  Measured ratios to
+numpy's float32 BLAS are in ``experiments/bench_gemm.py``'s output; they depend on the CPU.  Other
 ``ieee`` modes, formats and ``fma=True`` use a general float64 kernel, 50 to 100 times slower
 (0.4 to 1 GFLOP/s per core).
 
@@ -382,6 +385,12 @@ def _matmul2d(A: np.ndarray, B: np.ndarray, spec: _Spec, offset: int, dtype: typ
         return _round_final(acc, spec, offset, dtype)
     # ieee
     if _FAST_PATHS and _is_binary16(f) and code == RoundingMode.NEAREST_EVEN.code and not spec.fma:
+        if gemm.H16_TILED and M >= gemm.MR and order is not Order.PAIRWISE:
+            # register-tiled, binary16 values in float32 with vector conversions (same bits)
+            C32 = np.empty((M, N), dtype=np.float32)
+            blk = spec.block if order is Order.BLOCKED else 0
+            kern("h16_tiled")(_as(A, np.float32), _as(B, np.float32), C32, blk)
+            return C32.astype(dtype, copy=False)
         A16, B16 = _as(A, np.uint16), _as(B, np.uint16)
         C16 = np.empty((M, N), dtype=np.uint16)
         if order is Order.SEQUENTIAL:

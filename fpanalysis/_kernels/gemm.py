@@ -10,7 +10,11 @@ Higham's recursive pairing of the terms):
   AVX512-FP16 it becomes ``vmulph``/``vaddph`` (32 lanes); elsewhere LLVM promotes to float32
   and rounds back after every operation, which is also exact (an fp16 product is exact in
   float32, and float32 is wide enough, 24 >= 2*11 + 2, for double rounding of a sum of two
-  fp16 numbers to be innocuous; Figueroa, ACM SIGNUM 1995).
+  fp16 numbers to be innocuous; Figueroa, ACM SIGNUM 1995).  ``h16_tiled`` (sequential and
+  blocked orders) is the same arithmetic in the register tile of ``f32_tiled``: binary16 values
+  held in float32 vectors, each product and sum rounded by a vector ``fptrunc``/``fpext`` pair;
+  it is used on x86-64 with F16C and without AVX512-FP16 (``H16_TILED``), where it saves the
+  per-operation conversions of the operands and the loads and stores of the sums.
 * ``f32_*`` -- the ``fp32-accumulate`` profile on float32 values: products rounded to float32
   (exact for fp16 operands) and float32 additions, both IEEE round-to-nearest-even.  When the
   products are exact the kernels use a float32 fused multiply-add, which then gives the same
@@ -26,7 +30,7 @@ Higham's recursive pairing of the terms):
 
 The loops are written so that LLVM vectorises the innermost ``j`` loop; ``_wide_vectors`` asks
 LLVM for 512-bit vectors (its default on recent Intel server cores is 256 bits).  The test
-oracle for all of them is the exact-rational twin in ``tests/test_linalg.py``.
+oracle for all of them is the exact-rational twin in ``tests/emulator/test_linalg.py``.
 """
 
 from __future__ import annotations
@@ -294,15 +298,33 @@ NV = 2  # vectors per tile row
 NR = NV * VL  # columns of a tile (and of a packed panel of B)
 MR = 12 if VL == 16 else 6  # rows of a tile: MR*NV accumulators + NV loads + 1 broadcast fit
 # in the 32 (AVX-512) or 16 (AVX2) vector registers
+
+# The ieee profile for binary16 with round to nearest even through the register tile: only
+# where the float32 <-> binary16 conversions are vector instructions and the CPU has no binary16
+# arithmetic of its own (x86-64 with F16C but without AVX512-FP16; there the ``h16_*`` kernels
+# would convert every operand and result of every operation).
+H16_TILED = "f16c" in target_features() and "avx512fp16" not in target_features()
 KC = 256  # k per pass over a tile: a packed A strip (KC x MR) stays in L1, a B panel in L2
 
 
-def _tile_kernel(fused: bool):  # type: ignore[no-untyped-def]
+_MUL_ADD, _FMA, _H16 = 0, 1, 2  # kinds of tile step
+
+
+def _tile_kernel(kind: int):  # type: ignore[no-untyped-def]
     """An intrinsic ``tile(Ap, Bp, b_off, C, c_off, ldc, kc, load_c)``: for k < kc,
-    ``acc[r, j] = acc[r, j] + Ap[k, r] * Bp.flat[b_off + k*NR + j]`` (one float32 FMA if
-    ``fused``, else a rounded product then a rounded sum), on the MR x NR tile of C whose first
-    entry is ``C.flat[c_off]`` with row stride ``ldc`` elements; the accumulators start from the
-    tile (``load_c``) or from +0, and are stored back to it."""
+    ``acc[r, j] = acc[r, j] + Ap[k, r] * Bp.flat[b_off + k*NR + j]`` on the MR x NR tile of C
+    whose first entry is ``C.flat[c_off]`` with row stride ``ldc`` elements; the accumulators
+    start from the tile (``load_c``) or from +0, and are stored back to it.
+
+    Each step is, by ``kind``: ``_FMA`` one float32 FMA; ``_MUL_ADD`` a float32 product then a
+    float32 sum; ``_H16`` (operands and accumulators are binary16 numbers held in float32) the
+    float32 product rounded to binary16, then the float32 sum rounded to binary16, each
+    rounding a vector ``fptrunc`` to ``half`` and ``fpext`` back (``vcvtps2ph``/``vcvtph2ps``
+    with F16C).  That is IEEE binary16 arithmetic with round to nearest even: the product of two
+    binary16 numbers is exact in float32, and for a sum of two binary16 numbers rounding to
+    float32 first and then to binary16 gives the correctly rounded binary16 sum, because
+    24 >= 2*11 + 2 (Figueroa, "When is double rounding innocuous?", ACM SIGNUM Newsletter 30(3),
+    1995).  Overflow gives inf, subnormals are kept (no flush to zero in numba's code)."""
 
     @intrinsic
     def tile(typingctx, Ap, Bp, b_off, C, c_off, ldc, kc, load_c):  # type: ignore[no-untyped-def]
@@ -346,6 +368,11 @@ def _tile_kernel(fused: bool):  # type: ignore[no-untyped-def]
                     for r in range(MR):
                         for v in range(NV):
                             builder.store(ir.Constant(vt, [0.0] * VL), acc[r][v])
+            hv = ir.VectorType(ir.HalfType(), VL)
+
+            def to_h16(x):  # type: ignore[no-untyped-def]
+                return builder.fpext(builder.fptrunc(x, hv), vt)  # RNE to binary16, exactly back
+
             undef = ir.Constant(vt, ir.Undefined)
             splat = ir.Constant(ir.VectorType(i32, VL), [0] * VL)
             with cgutils.for_range(builder, kc_v) as loop:
@@ -360,10 +387,12 @@ def _tile_kernel(fused: bool):  # type: ignore[no-untyped-def]
                     )
                     for v in range(NV):
                         c = builder.load(acc[r][v])
-                        if fused:
+                        if kind == _FMA:
                             x = builder.call(fma, [a, b[v], c])
-                        else:  # no fast-math flags: LLVM keeps the two roundings
+                        elif kind == _MUL_ADD:  # no fast-math flags: LLVM keeps the two roundings
                             x = builder.fadd(c, builder.fmul(a, b[v]))
+                        else:
+                            x = to_h16(builder.fadd(c, to_h16(builder.fmul(a, b[v]))))
                         builder.store(x, acc[r][v])
             for r in range(MR):
                 for v in range(NV):
@@ -375,16 +404,33 @@ def _tile_kernel(fused: bool):  # type: ignore[no-untyped-def]
     return tile
 
 
-_tile_fma = _tile_kernel(True)
-_tile_mul_add = _tile_kernel(False)
+_tile_fma = _tile_kernel(_FMA)
+_tile_mul_add = _tile_kernel(_MUL_ADD)
+if NATIVE_HALF:
+    _tile_h16 = _tile_kernel(_H16)
+else:  # LLVM would call compiler-rt for the vector conversions, which numba does not link
+
+    @njit(cache=True)
+    def _tile_h16(Ap, Bp, b_off, C, c_off, ldc, kc, load_c):  # type: ignore[no-untyped-def]
+        raise NotImplementedError("the binary16 register tile needs float32 <-> binary16 instructions")
 
 
 @njit(inline="always", cache=True)
-def _tile(fused, Ap, Bp, b_off, C, c_off, ldc, kc, load_c):  # type: ignore[no-untyped-def]
-    if fused:
+def _tile(kind, Ap, Bp, b_off, C, c_off, ldc, kc, load_c):  # type: ignore[no-untyped-def]
+    if kind == _FMA:
         _tile_fma(Ap, Bp, b_off, C, c_off, ldc, kc, load_c)
-    else:
+    elif kind == _MUL_ADD:
         _tile_mul_add(Ap, Bp, b_off, C, c_off, ldc, kc, load_c)
+    else:
+        _tile_h16(Ap, Bp, b_off, C, c_off, ldc, kc, load_c)
+
+
+@njit(inline="always", cache=True)
+def _merge_block(kind, c, t):  # type: ignore[no-untyped-def]
+    """A block sum ``t`` added to the total ``c``: float32, or rounded to binary16 (``_H16``)."""
+    if kind == _H16:
+        return _h16_to_f32(_f32_to_h16(c + t))
+    return c + t
 
 
 @njit(cache=True)
@@ -402,12 +448,14 @@ def _pack_b(B, Bp, p0, p1):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _f32_tiled_rows(A, Bp, C, fused, block, rb0, rb1):  # type: ignore[no-untyped-def]
-    """Row blocks rb0..rb1 (MR rows each) of C = A @ B, from B packed by :func:`_pack_b`.
+def _tiled_rows(A, Bp, C, kind, block, rb0, rb1):  # type: ignore[no-untyped-def]
+    """Row blocks rb0..rb1 (MR rows each) of C = A @ B, from B packed by :func:`_pack_b`, with
+    the tile steps of ``kind`` (see :func:`_tile_kernel`).
 
     ``block == 0``: sequential order (C = 0 + a_i0 b_0j + a_i1 b_1j + ... in k order, the tile
     saved to C between passes of KC terms).  ``block > 0``: blocked order, each block of
-    ``block`` terms summed from +0 in a scratch tile and added to C, which starts at +0.
+    ``block`` terms summed from +0 in a scratch tile and added to C, which starts at +0 (for
+    ``_H16`` each such addition rounded to binary16).
     """
     M, K = A.shape
     N = C.shape[1]
@@ -433,17 +481,17 @@ def _f32_tiled_rows(A, Bp, C, fused, block, rb0, rb1):  # type: ignore[no-untype
                 w = min(NR, N - j0)
                 b_off = (p * K + k0) * NR
                 if block > 0:
-                    _tile(fused, Ap, Bp, b_off, T, 0, NR, kc, False)
+                    _tile(kind, Ap, Bp, b_off, T, 0, NR, kc, False)
                     for r in range(h):
                         for j in range(w):
-                            C[i0 + r, j0 + j] = C[i0 + r, j0 + j] + T[r, j]
+                            C[i0 + r, j0 + j] = _merge_block(kind, C[i0 + r, j0 + j], T[r, j])
                 elif h == MR and w == NR:
-                    _tile(fused, Ap, Bp, b_off, C, i0 * ldc + j0, ldc, kc, k0 > 0)
+                    _tile(kind, Ap, Bp, b_off, C, i0 * ldc + j0, ldc, kc, k0 > 0)
                 else:  # an edge tile: through the scratch tile
                     for r in range(h):
                         for j in range(w):
                             T[r, j] = C[i0 + r, j0 + j]
-                    _tile(fused, Ap, Bp, b_off, T, 0, NR, kc, k0 > 0)
+                    _tile(kind, Ap, Bp, b_off, T, 0, NR, kc, k0 > 0)
                     for r in range(h):
                         for j in range(w):
                             C[i0 + r, j0 + j] = T[r, j]
@@ -764,8 +812,8 @@ def h16_pairwise_serial(A, B, C):  # type: ignore[no-untyped-def]
 
 
 @njit(parallel=True, cache=True)
-def f32_tiled(A, B, C, fused, block):  # type: ignore[no-untyped-def]
-    """:func:`_f32_tiled_rows` over all rows (C's rows contiguous), packing B and running row
+def _tiled(A, B, C, kind, block):  # type: ignore[no-untyped-def]
+    """:func:`_tiled_rows` over all rows (C's rows contiguous), packing B and running row
     blocks in parallel."""
     M, K = A.shape
     P = (B.shape[1] + NR - 1) // NR
@@ -773,17 +821,41 @@ def f32_tiled(A, B, C, fused, block):  # type: ignore[no-untyped-def]
     for p in prange(P):
         _pack_b(B, Bp, p, p + 1)
     for ib in prange((M + MR - 1) // MR):
-        _f32_tiled_rows(A, Bp, C, fused, block, ib, ib + 1)
+        _tiled_rows(A, Bp, C, kind, block, ib, ib + 1)
 
 
 @njit(cache=True)
-def f32_tiled_serial(A, B, C, fused, block):  # type: ignore[no-untyped-def]
-    """:func:`f32_tiled` on one thread (small products)."""
+def _tiled_serial(A, B, C, kind, block):  # type: ignore[no-untyped-def]
+    """:func:`_tiled` on one thread (small products)."""
     M, K = A.shape
     P = (B.shape[1] + NR - 1) // NR
     Bp = np.empty((P, K, NR), dtype=np.float32)
     _pack_b(B, Bp, 0, P)
-    _f32_tiled_rows(A, Bp, C, fused, block, 0, (M + MR - 1) // MR)
+    _tiled_rows(A, Bp, C, kind, block, 0, (M + MR - 1) // MR)
+
+
+def f32_tiled(A, B, C, fused, block):  # type: ignore[no-untyped-def]
+    """The fp32-accumulate profile, sequential (``block == 0``) or blocked order, with the
+    register-tiled kernel: float32 ``A``, ``B``, ``C`` (C-contiguous); FMA steps if ``fused``."""
+    _tiled(A, B, C, _FMA if fused else _MUL_ADD, block)
+
+
+def f32_tiled_serial(A, B, C, fused, block):  # type: ignore[no-untyped-def]
+    """:func:`f32_tiled` on one thread (small products)."""
+    _tiled_serial(A, B, C, _FMA if fused else _MUL_ADD, block)
+
+
+def h16_tiled(A, B, C, block):  # type: ignore[no-untyped-def]
+    """The ieee profile for binary16, round to nearest even, sequential (``block == 0``) or
+    blocked order, with the register-tiled kernel: ``A``, ``B`` binary16 numbers in float32
+    (C-contiguous); ``C`` (float32, C-contiguous) receives the binary16 results.  The same
+    operations in the same order as :func:`h16_sequential` / :func:`h16_blocked` (its twins)."""
+    _tiled(A, B, C, _H16, block)
+
+
+def h16_tiled_serial(A, B, C, block):  # type: ignore[no-untyped-def]
+    """:func:`h16_tiled` on one thread (small products)."""
+    _tiled_serial(A, B, C, _H16, block)
 
 
 @njit(parallel=True, cache=True)

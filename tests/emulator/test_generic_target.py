@@ -28,9 +28,9 @@ SELECTED = {
 
 def test_kernels_compiled_for_a_generic_cpu(tmp_path: Path) -> None:
     env = dict(os.environ, NUMBA_CPU_NAME="generic", NUMBA_CACHE_DIR=str(tmp_path))
-    probe = "from fpanalysis._kernels import gemm as G; print(G.VL, G.MR, G.NR, G.NATIVE_HALF)"
+    probe = "from fpanalysis._kernels import gemm as G; print(G.VL, G.MR, G.NR, G.NATIVE_HALF, G.H16_TILED)"
     res = subprocess.run([sys.executable, "-c", probe], check=True, env=env, capture_output=True, text=True)
-    assert res.stdout.split() == ["8", "6", "16", "False"]
+    assert res.stdout.split() == ["8", "6", "16", "False", "False"]
     keys = " or ".join(f"({k})" for k in SELECTED.values())
     files = [str((HERE / name).resolve()) for name in SELECTED]
     cmd = [sys.executable, "-m", "pytest", *files, "-q", "-p", "no:cacheprovider", "-k", keys]

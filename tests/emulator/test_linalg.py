@@ -369,6 +369,81 @@ def test_ieee_fp16_rne_matches_oracle(order: str, monkeypatch) -> None:  # type:
             assert same(got, want), (fast, np.argwhere(~((got == want) | (np.isnan(got) & np.isnan(want)))))
 
 
+def _h16_special_case(rng: np.random.Generator, M: int = 26, K: int = 40, N: int = 35):  # type: ignore[no-untyped-def]
+    """binary16 operands mixing subnormals, the largest finite values, +-0, +-inf, NaN, exact
+    ties and ordinary values, so that products and sums underflow to subnormals and zero,
+    overflow to inf, cancel exactly and meet inf - inf; M and N leave edge tiles of the
+    register tile (12 x 32 or 6 x 16) in both directions."""
+    specials = np.array(
+        [0.0, -0.0, 2.0**-24, -(2.0**-24), 3 * 2.0**-24, 2.0**-14, 1023 * 2.0**-24, 65504.0, -65504.0,
+         256.0, -256.0, 1.0 + 2.0**-10, 1.0 - 2.0**-11, 2.0**-7, 0.5, -3.0]
+    )
+    nonfinite = np.array([math.inf, -math.inf, math.nan])
+
+    def draw(shape):  # type: ignore[no-untyped-def]
+        x = rng.standard_normal(shape) * 2.0 ** rng.integers(-12, 9, shape)
+        u = rng.random(shape)
+        x[u < 0.3] = specials[rng.integers(0, specials.size, int((u < 0.3).sum()))]
+        x[u < 0.005] = nonfinite[rng.integers(0, 3, int((u < 0.005).sum()))]
+        return _fmt_values(FP16, x)
+
+    A, B = draw((M, K)), draw((K, N))
+    A[0] = -0.0  # a row of -0 products: the sum from +0 stays +0
+    A[1] = 2.0**-12  # subnormal products 2**-24 * b summed: results near the subnormal range
+    B[:, 0] = 2.0**-12
+    A[2], B[:, 1] = 0.0, 1.0
+    A[2, :3] = [65504.0, 65504.0, -65504.0]  # inf on the way, stays inf
+    A[3], B[:, 2] = 0.0, 1.0
+    A[3, :2] = [math.inf, -math.inf]  # inf - inf = NaN
+    A[4] = 1.0  # stagnation: 1 + many halves of an ulp
+    B[:, 3] = 2.0**-11
+    return A, B
+
+
+@pytest.mark.parametrize("order", ["sequential", "blocked"])
+def test_ieee_fp16_rne_tiled_matches_oracles(order: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The register-tiled binary16 kernel (float32 registers, every product and sum rounded to
+    binary16 by a vector conversion pair) against the exact-rational oracle on special values,
+    and against a numpy float16 loop (numpy rounds each float16 operation correctly) on a
+    product with three passes over k and edge tiles.  A spy proves which kernel ran: the tiled
+    one exactly where the target has F16C and no AVX512-FP16 (never for a generic CPU)."""
+    from fpanalysis._kernels import gemm as G
+
+    calls: list[str] = []
+    for name in ("h16_tiled", "h16_tiled_serial"):
+        orig = getattr(G, name)
+        monkeypatch.setattr(G, name, lambda *a, _f=orig, _n=name: calls.append(_n) or _f(*a))
+    feats = G.target_features()
+    assert G.H16_TILED == ("f16c" in feats and "avx512fp16" not in feats)
+    rng = np.random.default_rng(31)
+    A, B = _h16_special_case(rng)
+    N = B.shape[1]
+    got = matmul(A, B, "fp16", "ieee", order=order, block=5)
+    want = oracle_ieee(A, B, FP16, "nearest-even", order, block=5)
+    assert same(got, want), np.argwhere(~((got == want) | (np.isnan(got) & np.isnan(want))))
+    assert (got[0] == 0).sum() > N // 2 and not np.signbit(got[0][got[0] == 0]).any()  # +0, not -0
+    assert np.isinf(got[2, 1]) and np.isnan(got[3, 2])
+    assert (np.abs(got[1]) < 2.0**-14).any() and (got[1] != 0).any()  # subnormal results
+    assert calls == (["h16_tiled_serial"] if G.H16_TILED else [])
+
+    # 70 x 600 x 130: three passes of KC = 256 terms, edge tiles; float16 steps in numpy
+    calls.clear()
+    M, K, N, blk = 70, 600, 130, 100
+    A = _fmt_values(FP16, rng.standard_normal((M, K)) * 4).astype(np.float16)
+    B = _fmt_values(FP16, rng.standard_normal((K, N))).astype(np.float16)
+    step = blk if order == "blocked" else K
+    acc = np.zeros((M, N), dtype=np.float16)
+    for k0 in range(0, K, step):
+        s = np.zeros((M, N), dtype=np.float16)
+        for k in range(k0, min(K, k0 + step)):
+            s = s + A[:, k : k + 1] * B[k]  # float16 product, then float16 sum: each RNE
+        acc = acc + s
+    got = matmul(A, B, "fp16", "ieee", order=order, block=blk)
+    assert got.dtype == np.float32
+    assert same(got, acc.astype(np.float32))
+    assert calls == (["h16_tiled"] if G.H16_TILED else [])
+
+
 @pytest.mark.parametrize("mode", ALL_MODES)
 @pytest.mark.parametrize(
     "order,fma", [("sequential", False), ("sequential", True), ("pairwise", False), ("blocked", True)]
