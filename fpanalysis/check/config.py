@@ -8,7 +8,11 @@ from typing import Any
 from ..formats import FloatFormat, get_format
 from ..linalg import Profile
 
-__all__ = ["OPTIMIZERS", "CheckConfig"]
+__all__ = ["DRY_RUN_STARTS", "OPTIMIZERS", "CheckConfig"]
+
+#: Where the dry run starts: the model as given (what real training starts from) or after the
+#: fp32 warm-up of the certificate.
+DRY_RUN_STARTS = ("initial", "warmed-up")
 
 #: Optimizers the check knows how to simulate.
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -60,6 +64,9 @@ class CheckConfig:
     dry_run_steps : int
         Steps of the shadow low-precision dry run (:mod:`fpanalysis.nn.shadow`), which also
         verifies each proposed fix; 0 skips it (fixes are then proposed unverified).
+    dry_run_start : {"initial", "warmed-up"}
+        Where the dry run starts: from the model as given, as real training does (default), or
+        from the model after the certificate's fp32 warm-up.
     seed : int
         Seed of the batch order and the initialisation of the warm-up.
     model_name : str, optional
@@ -79,6 +86,7 @@ class CheckConfig:
     certify_samples: int = 256
     profile: str = "fp32-accumulate"
     dry_run_steps: int = 16
+    dry_run_start: str = "initial"
     seed: int = 0
     model_name: str | None = None
 
@@ -102,6 +110,8 @@ class CheckConfig:
         set_("warmup_steps", _positive_int("warmup_steps", self.warmup_steps, minimum=0))
         set_("certify_samples", _positive_int("certify_samples", self.certify_samples))
         set_("dry_run_steps", _positive_int("dry_run_steps", self.dry_run_steps, minimum=0))
+        if self.dry_run_start not in DRY_RUN_STARTS:
+            raise ValueError(f"unknown dry_run_start {self.dry_run_start!r}; valid: {', '.join(DRY_RUN_STARTS)}")
         set_("profile", Profile.parse(self.profile).value)
         set_("seed", _positive_int("seed", self.seed, minimum=0))
         set_("certify", bool(self.certify))

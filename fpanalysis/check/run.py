@@ -186,6 +186,7 @@ def run_check(
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     work = copy.deepcopy(model).float()
+    initial = copy.deepcopy(work) if c.dry_run_steps > 0 and c.dry_run_start == "initial" else None
 
     def report(done: int, total: int, what: str) -> None:
         if progress is not None:
@@ -286,13 +287,13 @@ def run_check(
         findings += _agreement_findings(work, X, c, meas, details,
                                         progress=lambda d, t, what: report(base + d, total_steps, what))
     if c.dry_run_steps > 0 and not isinstance(X, torch.Tensor):
-        findings.append(Finding("dry run", "ok", math.nan, math.nan, "n/a",
+        findings.append(Finding("dry run", "skipped", math.nan, math.nan, "n/a",
                                 "not examined: the dry run needs one input tensor (this model takes several)"))
         verdict, changes = decide_verdict(findings)
     elif c.dry_run_steps > 0:
         done0 = total_steps - 2 * c.dry_run_steps
         findings, verified = _dry_run_findings(
-            work, X, y, c, meas, findings, details, log or (lambda line: None),
+            initial if initial is not None else work, X, y, c, meas, findings, details, log or (lambda line: None),
             lambda d, t: report(done0 + d, total_steps, "dry run"))
         verdict, changes = decide_verdict(findings, verified)
     else:

@@ -89,8 +89,10 @@ DRY_RUN_THRESHOLDS: dict[str, float] = {
     "stagnation_fail": 0.30,
     # buffer entries whose update rounded away (running statistics stall)
     "buffer_stall_warn": 0.50,
-    # a range whose trend reaches the format's max within this many steps is reported
+    # a range whose trend reaches the format's max within this many steps is reported ...
     "trend_horizon_steps": 1000.0,
+    # ... and fails within this many (an overflow inside any real training run's first epoch)
+    "trend_fail_steps": 100.0,
 }
 
 #: Losses below this are compared in absolute terms (the loss gap divides by at least this).
@@ -1069,7 +1071,9 @@ def judge_dry_run(m: dict[str, Any], fmt_name: str = "fp16") -> list[dict[str, A
                 f"({100 * gap:+.1f}%)")
     for label, a in m.get("accuracy", {}).items():
         st = "fail" if a["gap"] > T["accuracy_gap_fail"] else ("warn" if a["gap"] > T["accuracy_gap_warn"] else "ok")
-        if a["agreement"] < T["agreement_fail"]:
+        # runs that took different paths disagree on many inputs early in training; that
+        # is a failure only when the low-precision run is also the less accurate one
+        if a["agreement"] < T["agreement_fail"] and a["gap"] > T["accuracy_gap_warn"]:
             st = "fail"
         if st != "ok":
             add(st, f"accuracy gap ({label} mode)", a["gap"],
@@ -1087,7 +1091,9 @@ def judge_dry_run(m: dict[str, Any], fmt_name: str = "fp16") -> list[dict[str, A
             + (f"; most in {worst[0]['parameter']}" if worst else ""),
             {"parameter": worst[0]["parameter"]} if worst else None)
     for t in m.get("trends", [])[:3]:
-        add("warn", "range trend", t["steps_to_overflow"], T["trend_horizon_steps"],
+        soon = t["steps_to_overflow"] <= T["trend_fail_steps"]
+        add("fail" if soon else "warn", "range trend", t["steps_to_overflow"],
+            T["trend_fail_steps"] if soon else T["trend_horizon_steps"],
             f"{t['range']} (now {t['last_max']:.4g}) grows by {t['growth_per_step']:.3g} per step: overflows {fmt_name} in about "
             f"{t['steps_to_overflow']:.0f} steps", {"range": t["range"]})
     return out

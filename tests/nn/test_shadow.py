@@ -314,7 +314,12 @@ def test_judge_thresholds_both_sides():
     assert checks(_meas(stagnation={"weighted": 0.01, "count_fraction": 0.9, "worst": []})) == set()
     a = T["agreement_fail"]
     acc = lambda ag, gap=0.0: {"eval": {"fp32": 0.9, "shadow": 0.9 - gap, "gap": gap, "agreement": ag}}
-    assert ("accuracy gap (eval mode)", "fail") in checks(_meas(accuracy=acc(a - 0.01)))
+    w_gap = T["accuracy_gap_warn"]
+    # low agreement fails when the low-precision run is also less accurate ...
+    assert ("accuracy gap (eval mode)", "fail") in checks(_meas(accuracy=acc(a - 0.01, w_gap + 0.001)))
+    # ... not when it learned as well or better along another path
+    assert checks(_meas(accuracy=acc(a - 0.01, 0.0))) == set()
+    assert checks(_meas(accuracy=acc(a - 0.01, -0.2))) == set()
     assert checks(_meas(accuracy=acc(a + 0.01))) == set()
     g = T["accuracy_gap_fail"]
     assert ("accuracy gap (eval mode)", "fail") in checks(_meas(accuracy=acc(1.0, g + 0.001)))
