@@ -92,7 +92,10 @@ DRY_RUN_THRESHOLDS: dict[str, float] = {
     # a range whose trend reaches the format's max within this many steps is reported ...
     "trend_horizon_steps": 1000.0,
     # ... and fails within this many (an overflow inside any real training run's first epoch)
+    # when the range is already within this factor of the max (a straight line is trusted over
+    # a short distance only)
     "trend_fail_steps": 100.0,
+    "trend_fail_headroom": 4.0,
 }
 
 #: Losses below this are compared in absolute terms (the loss gap divides by at least this).
@@ -516,10 +519,12 @@ def range_trends(series: dict[str, list[float]], fmt: FloatFormat, horizon: floa
         slope = float(np.polyfit(xs, tail, 1)[0])
         if slope <= 0:
             continue
+        if float(np.max(tail)) > fmt.max:  # held beyond the format (kept in fp32 by a plan): cannot overflow it
+            continue
         steps = (fmt.max - float(tail[-1])) / slope
         if steps < horizon:
             out.append({"range": key, "last_max": float(v[-1]), "growth_per_step": slope,
-                        "steps_to_overflow": max(0.0, steps)})
+                        "steps_to_overflow": max(0.0, steps), "headroom": fmt.max / max(float(v[-1]), 1e-300)})
     return sorted(out, key=lambda r: r["steps_to_overflow"])
 
 
@@ -908,8 +913,8 @@ def _train(model0: nn.Module, batches: Sequence[tuple[Any, torch.Tensor]], eval_
                         for k, v in st.items():
                             if isinstance(v, torch.Tensor) and v.is_floating_point() and v.ndim > 0:
                                 v.copy_(rounder(v))
-                for n, b in model.named_buffers():
-                    if b.is_floating_point():
+                for n, b in model.named_buffers():  # the format's buffers (fp32-kept modules' are fp32)
+                    if b.is_floating_point() and not _under(n.rsplit(".", 1)[0] if "." in n else "", fp32_mods):
                         tracker.record(f"buffer:{n}", b)
                 for o_ in (opt_low, opt_hi):
                     if o_ is None:
@@ -1091,7 +1096,8 @@ def judge_dry_run(m: dict[str, Any], fmt_name: str = "fp16") -> list[dict[str, A
             + (f"; most in {worst[0]['parameter']}" if worst else ""),
             {"parameter": worst[0]["parameter"]} if worst else None)
     for t in m.get("trends", [])[:3]:
-        soon = t["steps_to_overflow"] <= T["trend_fail_steps"]
+        soon = (t["steps_to_overflow"] <= T["trend_fail_steps"]
+                and t.get("headroom", math.inf) <= T["trend_fail_headroom"])
         add("fail" if soon else "warn", "range trend", t["steps_to_overflow"],
             T["trend_fail_steps"] if soon else T["trend_horizon_steps"],
             f"{t['range']} (now {t['last_max']:.4g}) grows by {t['growth_per_step']:.3g} per step: overflows {fmt_name} in about "
