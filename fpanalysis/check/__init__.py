@@ -10,7 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from .config import CheckConfig
-from .findings import THRESHOLDS, CheckReport, Finding, Measurements, decide_verdict, findings_from_measurements
+from .findings import (
+    THRESHOLDS,
+    CheckReport,
+    Finding,
+    Measurements,
+    decide_verdict,
+    findings_from_measurements,
+)
 
 __all__ = [
     "THRESHOLDS", "CheckConfig", "CheckReport", "Finding", "Measurements", "check", "decide_verdict",

@@ -24,7 +24,7 @@ import math
 from typing import Any
 
 from ..formats import FloatFormat
-from .findings import THRESHOLDS, Finding, Fix
+from .base import THRESHOLDS, Finding, Fix
 
 __all__ = ["buffer_findings", "op_label", "operation_findings", "overflow_fixes"]
 
