@@ -24,7 +24,6 @@ learn (eval accuracy below ``min_fp32_acc``) is reported and left out of the sco
 """
 from __future__ import annotations
 
-import copy
 import math
 import sys
 import time
@@ -184,21 +183,20 @@ def train(case: Case, data: Any, mode: str, seed: int, cfg: Config, plan: dict |
 
     model = build(case, data, seed)
     dtype = torch.float16 if mode == "fp16" else torch.float32
-    opt_wrapper = None
-    if plan is not None:
+    trainer = None
+    if plan is not None:  # the check's verified plan, applied as a user would (fp32 inputs: the plan casts)
         from fpanalysis.nn.shadow import apply_precision_plan
 
-        applied = apply_precision_plan(model, plan)
-        model, opt_factory = applied if isinstance(applied, tuple) else (applied, None)
-        opt = opt_factory(model) if callable(opt_factory) else _optimizer(_plan_case(case, plan), model.parameters())
+        opt = _optimizer(case, model.parameters())
+        trainer = apply_precision_plan(model, opt, plan, seed=seed)
+        dtype = torch.float32
     else:
         model = model.to(dtype)
         opt = _optimizer(case, model.parameters())
 
     def cast(x: np.ndarray) -> Any:
         t = torch.from_numpy(x)
-        return t.to(dtype) if t.is_floating_point() and plan is None else (
-            t.to(torch.float16) if t.is_floating_point() else t)
+        return t.to(dtype) if t.is_floating_point() else t
 
     xtr, ytr = cast(data.x_train), torch.from_numpy(data.y_train)
     xte, yte = cast(data.x_test), torch.from_numpy(data.y_test)
@@ -210,15 +208,23 @@ def train(case: Case, data: Any, mode: str, seed: int, cfg: Config, plan: dict |
         for i in range(0, n - cfg.batch_size + 1, cfg.batch_size):
             idx = perm[i:i + cfg.batch_size]
             model.train()
-            opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(xtr[idx]).float() if plan is not None else model(xtr[idx]), ytr[idx])
-            if not torch.isfinite(loss):
-                status, diverged_at = "diverged", step
-                break
-            loss.backward()
-            opt.step()
-            if opt_wrapper is not None:
-                opt_wrapper()
+            if trainer is not None:
+                trainer.zero_grad()
+                with trainer.context():
+                    loss = F.cross_entropy(model(xtr[idx]).float(), ytr[idx])
+                if not torch.isfinite(loss):
+                    status, diverged_at = "diverged", step
+                    break
+                trainer.backward(loss)
+                trainer.step()
+            else:
+                opt.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(model(xtr[idx]), ytr[idx])
+                if not torch.isfinite(loss):
+                    status, diverged_at = "diverged", step
+                    break
+                loss.backward()
+                opt.step()
             if not all(torch.isfinite(p).all() for p in model.parameters()):
                 status, diverged_at = "diverged", step
                 break
@@ -226,17 +232,17 @@ def train(case: Case, data: Any, mode: str, seed: int, cfg: Config, plan: dict |
             step += 1
         if status != "ok":
             break
-    eval_acc = _accuracy(model, xte, yte, False) if status == "ok" else float("nan")
+    import contextlib
+
+    ctx = trainer.context if trainer is not None else contextlib.nullcontext
+    with ctx():
+        eval_acc = _accuracy(model, xte, yte, False) if status == "ok" else float("nan")
     buffers_finite = all(bool(torch.isfinite(b).all()) for b in model.buffers() if b.is_floating_point())
-    train_acc = _accuracy(model, xte, yte, True) if status == "ok" else float("nan")
+    with ctx():
+        train_acc = _accuracy(model, xte, yte, True) if status == "ok" else float("nan")
     return {"mode": mode, "seed": seed, "status": status, "diverged_at": diverged_at, "steps": step,
             "eval_acc": eval_acc, "train_mode_acc": train_acc, "buffers_finite": buffers_finite,
             "final_loss": losses[-1] if losses else float("nan"), "planned": plan is not None}
-
-
-def _plan_case(case: Case, plan: dict) -> Case:
-    opt = plan.get("optimizer", {}) if isinstance(plan, dict) else {}
-    return replace(case, eps=float(opt.get("eps", case.eps)))
 
 
 def outcome(runs16: list[dict], runs32: list[dict], cfg: Config) -> tuple[str, str]:
@@ -331,7 +337,7 @@ def stage_verdicts(cfg: Config, smoke: bool) -> dict:
             row = {"verdict": rep.verdict, "changes": rep.changes,
                    "findings": [{"check": f.check, "status": f.status, "message": f.message} for f in rep.findings
                                 if f.status != "ok"],
-                   "plan": getattr(rep, "plan", None)}
+                   "plan": rep.details.get("plan")}
         except Exception as exc:  # a crash is a wrong verdict, recorded with its message
             row = {"verdict": "ERROR", "error": f"{type(exc).__name__}: {exc}"[:500], "changes": [], "findings": []}
         row["seconds"] = round(time.time() - t0, 1)
