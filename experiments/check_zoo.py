@@ -274,6 +274,14 @@ def _cases(cfg: Config, smoke: bool) -> list[Case]:
     return cases
 
 
+def _relative(folder: str) -> str:
+    """``folder`` relative to the repository when inside it (result files carry no machine paths)."""
+    try:
+        return str(Path(folder).resolve().relative_to(RESULTS.parent.parent))
+    except ValueError:
+        return folder
+
+
 def _load(path: Path) -> dict:
     import json
 
@@ -313,7 +321,7 @@ def stage_truth(cfg: Config, smoke: bool) -> dict:
                            "fp32_eval_acc": fp32_acc, "runs": runs, "seconds": round(time.time() - t0, 1)}
         print(f"{case.name:28s} {out:6s} {cause}{'' if valid else '  [fp32 does not learn: left out]'}"
               f" ({time.time() - t0:.0f} s)", flush=True)
-        store.update(config=asdict(cfg), environment=environment())
+        store.update(config={**asdict(cfg), "out_dir": _relative(cfg.out_dir)}, environment=environment())
         write_json(path, store)
     return store
 
