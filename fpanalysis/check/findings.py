@@ -106,7 +106,8 @@ class CheckReport:
         fixes = self.details.get("fixes")
         verified_here = fixes is not None
         for c in self.changes:
-            lines.append(f"  - {c}" + ("  (verified by the dry run)" if verified_here else ""))
+            lines.append(f"  - {c}" + ("  (verified by the dry run)" if verified_here
+                                        else "  (not verified: the dry run did not run)"))
         if fixes:
             lines.append("")
             lines.append("changes tried in the dry run (verified: the shadow run then matches fp32):")

@@ -166,3 +166,16 @@ def test_adam_first_step_simulation_matches_hand_computation() -> None:
     # a large gradient keeps v normal: the step is accurate
     vu, nf, off = adam_first_step_errors(np.array([0.5]), FP16, 1e-3, 1e-8, (0.9, 0.999))
     assert (vu, nf, off) == (0.0, 0.0, 0.0)
+
+
+def test_changes_are_labelled_unverified_without_the_dry_run() -> None:
+    """A change the dry run never tried is never presented as if it had been."""
+    from fpanalysis.check import CheckReport
+
+    f = Finding("optimizer epsilon", "fail", 0.0, 1e-8, "<", "eps rounds to 0", fix="raise Adam eps to 0.0001")
+    plain = CheckReport("SAFE WITH CHANGES", [f], ["raise Adam eps to 0.0001"], {"format": "fp16"}, {})
+    assert "raise Adam eps to 0.0001  (not verified: the dry run did not run)" in plain.render()
+    tried = CheckReport("SAFE WITH CHANGES", [f], ["raise Adam eps to 0.0001"], {"format": "fp16"},
+                        {"fixes": [{"verified": True, "description": "raise Adam eps to 0.0001", "problems": []}]})
+    text = tried.render()
+    assert "raise Adam eps to 0.0001  (verified by the dry run)" in text and "not verified: the dry run" not in text
