@@ -80,6 +80,6 @@ def kernels_cached() -> bool:
 
 
 _configure_cache()
-if not kernels_cached() and not os.environ.get("FPANALYSIS_NO_PROGRESS"):
+if not os.environ.get("FPANALYSIS_NO_PROGRESS") and not kernels_cached():
     print("fpanalysis: compiling kernels (first run only; later runs load them from "
           f"{cache_dir()})", file=sys.stderr, flush=True)
