@@ -66,9 +66,11 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import copy
+import json
 import types
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -78,7 +80,10 @@ from torch import nn
 
 from ..recipes import DelayedScaling, block_scaling, current_scaling, recipe_format
 
-__all__ = ["FP8_RECIPES", "FP8Training", "fp8_training", "gemm_modules", "operand_formats", "quantize_tensor"]
+__all__ = [
+    "FP8_RECIPES", "FP8Plan", "FP8Training", "apply_fp8_plan", "fp8_training", "gemm_modules", "operand_formats",
+    "quantize_tensor",
+]
 
 #: Recipe name -> (forward element format, gradient format under the hybrid recipe, gradient
 #: format without it).  Per-tensor recipes name FP8 formats, block recipes block-scaled formats.
@@ -497,3 +502,106 @@ def fp8_training(model: nn.Module, recipe: str = "delayed", *, keep: Iterable[st
     """
     return FP8Training(model, recipe, keep=keep, history_len=history_len, margin=margin, hybrid=hybrid,
                        measure_error=measure_error)
+
+
+@dataclass
+class FP8Plan:
+    """How to train a model with emulated (or real) FP8 GEMMs: the recipe and its options, and the
+    GEMM modules kept in the model's own dtype (bf16 or fp32).  Written by ``fpanalysis check
+    --format fp8 --plan PATH``; applied with :func:`apply_fp8_plan` (or, with Transformer Engine,
+    by building the recipe from these fields and leaving the ``keep`` modules outside
+    ``fp8_autocast``).
+
+    Attributes
+    ----------
+    recipe : str
+        One of :data:`FP8_RECIPES`.
+    keep : list of str
+        Module paths computed without FP8 (``fp8_training``'s ``keep``).
+    history_len, margin : int
+        Delayed scaling's amax history length; the per-tensor recipes' margin.
+    hybrid : bool
+        E4M3 forward, E5M2 gradients.
+    verified : bool
+        Whether the check's dry run verified the plan (it then matched fp32).
+
+    Examples
+    --------
+    >>> p = FP8Plan("delayed", keep=["fc"], history_len=64)
+    >>> FP8Plan.from_json(p.to_json()) == p
+    True
+    """
+
+    recipe: str = "delayed"
+    keep: list[str] = field(default_factory=list)
+    history_len: int = 16
+    margin: int = 0
+    hybrid: bool = True
+    verified: bool = False
+    format: str = "fp8"
+
+    def __post_init__(self) -> None:
+        _check_recipe(self.recipe)
+        if self.format != "fp8":
+            raise ValueError(f"an FP8 plan has format 'fp8', got {self.format!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self, path: str | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            with open(path, "w") as fh:
+                fh.write(text + "\n")
+        return text
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FP8Plan:
+        if not isinstance(d, dict):
+            raise ValueError(f"an FP8 plan is a JSON object, got {type(d).__name__}")  # noqa: TRY004 - bad input
+        known = set(cls.__dataclass_fields__)
+        bad = sorted(set(d) - known)
+        if bad:
+            raise ValueError(f"unknown FP8-plan keys {bad}; valid keys are: {', '.join(sorted(known))}")
+        return cls(**{k: copy.deepcopy(v) for k, v in d.items()})
+
+    @classmethod
+    def from_json(cls, text_or_path: str) -> FP8Plan:
+        text = text_or_path
+        if not text.lstrip().startswith("{"):
+            with open(text_or_path) as fh:
+                text = fh.read()
+        return cls.from_dict(json.loads(text))
+
+    def describe(self) -> str:
+        opts = [f"recipe {self.recipe}"]
+        if self.recipe == "delayed":
+            opts.append(f"amax history {self.history_len}")
+        if self.margin:
+            opts.append(f"margin {self.margin}")
+        if not self.hybrid:
+            opts.append("E4M3 gradients")
+        if self.keep:
+            opts.append(f"keep {', '.join(self.keep)} in bf16")
+        return ", ".join(opts)
+
+
+def apply_fp8_plan(model: nn.Module, plan: FP8Plan | dict | str, *, measure_error: bool = False) -> FP8Training:
+    """The :func:`fp8_training` context of ``plan`` (an :class:`FP8Plan`, its dict, JSON text or
+    a path to a JSON file) for ``model``.
+
+    >>> import torch
+    >>> m = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    >>> with apply_fp8_plan(m, {"recipe": "current", "keep": ["1"]}) as fp8:
+    ...     _ = m(torch.randn(3, 4))
+    >>> list(fp8.stats), fp8.kept_modules
+    (['0'], ['1'])
+    """
+    if isinstance(plan, dict):
+        plan = FP8Plan.from_dict(plan)
+    elif isinstance(plan, str):
+        plan = FP8Plan.from_json(plan)
+    elif not isinstance(plan, FP8Plan):
+        raise TypeError(f"plan must be an FP8Plan, a dict or JSON, got {type(plan).__name__}")
+    return fp8_training(model, plan.recipe, keep=plan.keep, history_len=plan.history_len, margin=plan.margin,
+                        hybrid=plan.hybrid, measure_error=measure_error)
