@@ -130,15 +130,16 @@ def _level(v: float, warn: float, fail: float) -> str:
     return "fail" if v > fail else ("warn" if v > warn else "ok")
 
 
-def fp8_findings(rows: list[dict[str, Any]], label: str) -> list[Finding]:
+def fp8_findings(rows: list[dict[str, Any]], label: str, recipe: str = "delayed") -> list[Finding]:
     """Findings on the per-GEMM rows: saturation, underflow and output error (one finding per
     GEMM operand above a warn threshold, else one 'ok' finding per kind)."""
     T = FP8_THRESHOLDS
     out: list[Finding] = []
+    sat_fix = {"delayed": "keep {gemm} in bf16, or lengthen the amax history / add a margin",
+               "current": "keep {gemm} in bf16, or add a margin"}.get(recipe, "keep {gemm} in bf16")
     kinds = (
         ("FP8 saturation", "saturation", "saturation_warn", "saturation_fail",
-         "of the {op} elements saturate (clamped to the format's largest value) in {label}",
-         "keep {gemm} in bf16, or lengthen the amax history / add a margin (delayed scaling)"),
+         "of the {op} elements saturate (clamped to the format's largest value) in {label}", sat_fix),
         ("FP8 underflow", "underflow", "underflow_warn", "underflow_fail",
          "of the {op} elements are nonzero and become zero in {label}", "keep {gemm} in bf16"),
         ("GEMM output error", "rel_error", "gemm_error_warn", "gemm_error_fail",
@@ -288,6 +289,17 @@ def _dry_run_findings(m: dict[str, Any], label: str) -> list[Finding]:
     return out
 
 
+def _operands_text(recipe: str) -> str:
+    f = operand_formats(recipe)
+    if recipe in ("current", "delayed"):
+        return f"E4M3 forward, {f['gradient'].upper()} gradients, per-tensor scales"
+    if recipe == "nvfp4":
+        return "NVFP4 (E2M1, E4M3 scale per 16, fp32 tensor scale) forward and backward"
+    el = lambda n: n.split("_")[1].upper()
+    return (f"{el(f['activation'])} forward, {el(f['gradient'])} gradients, E8M0 scale per 32 "
+            "(rounded up, as Transformer Engine)")
+
+
 def _label(plan: FP8Plan) -> str:
     return f"FP8 ({plan.describe()})"
 
@@ -335,7 +347,7 @@ class FP8CheckReport(CheckReport):
         c = self.config
         lines[0] = (f"fpanalysis check: {c.get('model', 'model')} with FP8 GEMMs, recipe {c.get('recipe')}"
                     + (f" (amax history {c.get('history_len')}, margin {c.get('margin')})" if c.get("recipe") == "delayed"
-                       else "") + f"; E4M3 forward, {c.get('gradient_format')} gradients")
+                       else "") + f"; operands {c.get('operands')}")
         lines[1] = (f"  optimizer {c.get('optimizer')} lr={c.get('lr')}, {c.get('steps')} steps fp32 vs FP8 on "
                     f"{c.get('samples')} samples; Linear/Conv2d GEMMs quantised, the rest in fp32")
         rows = self.details.get("gemms") or []
@@ -413,7 +425,7 @@ def run_fp8_check(model: nn.Module, X: Any, y: torch.Tensor, c: CheckConfig, *,
                 f"Linear/Conv2d modules whose forward never ran (called functionally): {', '.join(silent)}"
                 if silent else "") if x)))
     rows = gemm_rows(run.stats, True, c.margin)
-    static = fp8_findings(rows, label)
+    static = fp8_findings(rows, label, c.recipe)
     findings += static
     details: dict[str, Any] = {"gemms": rows, "losses": {"fp8": run.losses}, "formats": operand_formats(c.recipe)}
     verified: list[str] | None = None
@@ -442,8 +454,8 @@ def run_fp8_check(model: nn.Module, X: Any, y: torch.Tensor, c: CheckConfig, *,
                     r = _train(work, batches, ev, c, cand, tick(0, "verifying changes"))
                     mm = compare_runs(ref, r, steps)
                     probs = [p for p in judge_fp8_run(mm, _label(cand)) if p["status"] == "fail"]
-                    st_fail = [f for f in fp8_findings(gemm_rows(r.stats, True, cand.margin), _label(cand))
-                               if f.status == "fail"]
+                    st_fail = [f for f in fp8_findings(gemm_rows(r.stats, True, cand.margin), _label(cand),
+                                                       cand.recipe) if f.status == "fail"]
                     ok = not probs and not st_fail
                     problems = [{"check": p["check"], "status": "fail"} for p in probs] + [
                         {"check": f"{f.check} ({f.layer}, {f.op})" if f.op else f"{f.check} ({f.layer})", "status": "fail"}
@@ -468,7 +480,7 @@ def run_fp8_check(model: nn.Module, X: Any, y: torch.Tensor, c: CheckConfig, *,
     config = {
         "model": c.model_name or type(model).__name__, "format": "fp8", "recipe": c.recipe,
         "history_len": c.history_len, "margin": c.margin, "hybrid": True,
-        "gradient_format": operand_formats(c.recipe)["gradient"].upper(),
+        "operands": _operands_text(c.recipe),
         "optimizer": c.optimizer, "lr": c.lr, "eps": c.eps, "momentum": c.momentum, "batch_size": c.batch_size,
         "steps": steps, "samples": _n_samples(X), "dry_run_steps": c.dry_run_steps, "seed": c.seed,
         "seconds": round(time.perf_counter() - t0, 2),
