@@ -49,7 +49,7 @@ from .._table import format_table
 from ..nn.fp8 import FP8Plan, apply_fp8_plan, gemm_modules, operand_formats
 from ..nn.observe import call_model, default_loss, logits_of
 from ..nn.shadow import DRY_RUN_THRESHOLDS, LOSS_FLOOR, judge_dry_run
-from ..recipes import delayed_saturating_steps, min_history_len, recipe_format
+from ..recipes import DelayedScaling, quantize_per_tensor, recipe_format
 from .config import CheckConfig
 from .findings import CheckReport, Finding, decide_verdict
 from .probe import make_optimizer
@@ -85,20 +85,43 @@ ROLES = ("activation", "weight", "gradient")
 # ------------------------------------------------------------------------------------------
 
 
-def history_needed(amaxes: list[float], fmt: str, margin: int = 0) -> tuple[int | None, int]:
-    """Shortest amax history (of :data:`HISTORY_CANDIDATES`) with which delayed scaling saturates
-    none of the calls after the first of this amax sequence (the first call's scale is 1 whatever
-    the history), and the margin it needs: ``margin`` itself when a history suffices, else the
-    smallest of ``margin + 1 .. margin + 3`` with which one does (an amax that grows from call to
-    call saturates every call whatever the history; a margin of ``k`` tolerates growth by
-    ``2**k``).  ``(None, margin)`` when none does."""
+def _saturating_calls(amaxes: list[float], tails: list[float], fmt: str, history_len: int, margin: int) -> int:
+    """Calls after the first at which delayed scaling with this history and margin saturates
+    the operand's tail (``fp32(tail * scale)`` rounds above the format's largest value); the
+    scale of each call comes from the amaxes of the calls before it."""
+    d = DelayedScaling(fmt, history_len, margin)
+    n = 0
+    for i, (a, t) in enumerate(zip(amaxes, tails)):
+        if i > 0 and math.isfinite(t):
+            n += quantize_per_tensor(np.array([t], dtype=np.float32), d.scale, fmt).saturated
+        d(np.array([a], dtype=np.float32))
+    return n
+
+
+def history_needed(amaxes: list[float], fmt: str, margin: int = 0,
+                   tails: list[float] | None = None) -> tuple[int | None, int]:
+    """Shortest amax history (of :data:`HISTORY_CANDIDATES`) with which delayed scaling keeps
+    the saturated share of every call after the first at or below
+    :data:`fpanalysis.nn.fp8.TAIL_SHARE` (the first call's scale is 1 whatever the history), and
+    the margin it needs.
+
+    ``tails[t]`` is call ``t``'s tail magnitude (at most ``TAIL_SHARE`` of its elements exceed
+    it): the share stays below the threshold exactly when the tail does not saturate.  Without
+    ``tails`` the amaxes stand in for them (no element may saturate:
+    :func:`fpanalysis.recipes.min_history_len` with the first call's saturation allowed).
+    The margin is ``margin`` itself when a history suffices, else the smallest of ``margin + 1
+    .. margin + 3`` with which one does (an amax that grows from call to call saturates every
+    call whatever the history; a margin of ``k`` tolerates growth by ``2**k``); ``(None,
+    margin)`` when none does."""
+    tails = list(amaxes) if tails is None else list(tails)
+    if len(tails) != len(amaxes):
+        raise ValueError(f"need one tail per amax, got {len(tails)} and {len(amaxes)}")
     for m in range(margin, margin + 4):
         if not amaxes:
             return 1, m
-        first = delayed_saturating_steps(amaxes[:1], 1, fmt, m)
-        h = min_history_len(amaxes, HISTORY_CANDIDATES, fmt, m, max_saturating=first)
-        if h is not None:
-            return h, m
+        for h in HISTORY_CANDIDATES:
+            if _saturating_calls(amaxes, tails, fmt, h, m) == 0:
+                return h, m
     return None, margin
 
 
@@ -119,7 +142,7 @@ def gemm_rows(stats: dict[str, dict[str, Any]], hybrid: bool = True, margin: int
                 "max_saturation": s["max_saturation"], "saturating_calls": s["saturating_calls"],
                 "amax_min": min(am) if am else math.nan, "amax_max": max(am) if am else math.nan,
                 **dict(zip(("history_needed", "margin_needed"),
-                           history_needed(s["amax"], recipe_format(role, hybrid), margin))),
+                           history_needed(s["amax"], recipe_format(role, hybrid), margin, s.get("tail")))),
                 "rel_error": float(np.mean(errs)) if errs and role == "activation" else math.nan,
                 "rel_error_max": float(np.max(errs)) if errs and role == "activation" else math.nan,
             })
@@ -308,9 +331,9 @@ def _candidates(plan: FP8Plan, rows: list[dict[str, Any]], static: list[Finding]
     """Changes to try, the smallest first: recipe settings (all GEMMs stay FP8), then GEMMs kept
     in bf16 (failing ones; first and last; both), then current instead of delayed scaling."""
     out: list[FP8Plan] = []
-    if plan.recipe == "delayed" and rows:
-        # the operands that saturate materially (warn or worse) set the history and margin to try
-        sat = [r for r in rows if r["saturation"] > FP8_THRESHOLDS["saturation_warn"]] or rows
+    # the operands that saturate materially (warn or worse) set the history and margin to try
+    sat = [r for r in rows if r["saturation"] > FP8_THRESHOLDS["saturation_warn"]]
+    if plan.recipe == "delayed" and sat:
         margin = max(r["margin_needed"] for r in sat)
         longest = max((r["history_needed"] or HISTORY_CANDIDATES[-1] for r in sat if r["margin_needed"] == margin),
                       default=1)
@@ -352,18 +375,22 @@ class FP8CheckReport(CheckReport):
                     f"{c.get('samples')} samples; Linear/Conv2d GEMMs quantised, the rest in fp32")
         rows = self.details.get("gemms") or []
         if rows:
+            per_tensor = c.get("recipe") in ("current", "delayed")
             shown = [{
                 "GEMM": r["gemm"], "operand": r["operand"], "saturated": f"{100 * r['saturation']:.3g}%",
                 "underflow": f"{100 * r['underflow']:.3g}%",
                 "amax": f"{r['amax_min']:.3g}..{r['amax_max']:.3g}",
-                "history needed": ("none" if r["history_needed"] is None else str(r["history_needed"]))
-                + (f" (margin {r['margin_needed']})" if r["margin_needed"] != self.config.get("margin", 0) else ""),
+                **({"history needed": ("none" if r["history_needed"] is None else str(r["history_needed"]))
+                    + (f" (margin {r['margin_needed']})" if r["margin_needed"] != c.get("margin", 0) else "")}
+                   if per_tensor else {}),
                 "output rel. error": "" if not math.isfinite(r["rel_error"]) else f"{r['rel_error']:.3g}",
             } for r in rows]
             table = format_table(shown, list(shown[0]))
             at = next((i for i, ln in enumerate(lines) if ln.startswith("verdict:")), len(lines))
-            head = ("per GEMM (shares over all calls; 'history needed': shortest amax history with no "
-                    "saturating call after the first, with the margin it needs):")
+            head = "per GEMM (shares over all calls" + ("; 'history needed': shortest amax history with which "
+                                                         "delayed scaling saturates at most 0.1% of the operand at every "
+                                                         "call after the first, and the margin it needs):"
+                                                         if per_tensor else "):")
             lines[at:at] = [head, *("  " + t for t in table.split("\n")), ""]
         plan = self.details.get("plan")
         if plan:

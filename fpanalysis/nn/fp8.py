@@ -84,7 +84,7 @@ from torch import nn
 from ..recipes import DelayedScaling, block_scaling, block_scaling_rceil, current_scaling, recipe_format
 
 __all__ = [
-    "FP8_RECIPES", "MX_SCALES", "FP8Plan", "FP8Training", "apply_fp8_plan", "fp8_training", "gemm_modules", "operand_formats",
+    "FP8_RECIPES", "MX_SCALES", "TAIL_SHARE", "FP8Plan", "FP8Training", "apply_fp8_plan", "fp8_training", "gemm_modules", "operand_formats",
     "quantize_tensor",
 ]
 
@@ -108,6 +108,9 @@ _PER_TENSOR = ("current", "delayed")
 #: (:func:`fpanalysis.recipes.block_scaling`).
 MX_SCALES = ("rceil", "floor")
 _GEMM_TYPES = (nn.Linear, nn.Conv2d)
+#: With ``measure_error``, each call also records its operand's *tail*: the magnitude that at most
+#: this share of the elements exceed (the share the FP8 check calls material saturation).
+TAIL_SHARE = 1e-3
 
 
 def _check_recipe(recipe: Any) -> str:
@@ -191,6 +194,7 @@ class _OperandStats:
     amax: list[float] = field(default_factory=list)
     saturation_per_call: list[float] = field(default_factory=list)
     scale: list[float] = field(default_factory=list)
+    tail: list[float] = field(default_factory=list)
 
     def add(self, r: Any) -> None:
         self.calls += 1
@@ -213,6 +217,8 @@ class _OperandStats:
         }
         if self.scale:
             out["scale"] = list(self.scale)
+        if self.tail:
+            out["tail"] = list(self.tail)
         return out
 
 
@@ -238,6 +244,8 @@ class _GemmQuant:
                                mx_scale=self.mx_scale)
         if record:
             self.stats[role].add(r)
+            if self.measure_error:
+                self.stats[role].tail.append(_tail(t))
         return q
 
     def quant_tokens(self, t: torch.Tensor, role: str, feat: int) -> torch.Tensor:
@@ -245,6 +253,18 @@ class _GemmQuant:
         a, pshape, perm = _tokens_last(t, feat)
         q = self.quant(a, role, -1, record=False)
         return _from_tokens_last(q, pshape, perm)
+
+
+def _tail(t: torch.Tensor) -> float:
+    """The magnitude that at most ``TAIL_SHARE`` of the finite elements of ``t`` exceed (the
+    ``floor(share * n) + 1``-th largest magnitude)."""
+    a = t.detach().abs().flatten().float()
+    a = a[torch.isfinite(a)]
+    n = a.numel()
+    if n == 0:
+        return 0.0
+    k = int(TAIL_SHARE * n)
+    return float(torch.kthvalue(a.cpu(), n - k).values)
 
 
 @contextlib.contextmanager
@@ -508,7 +528,8 @@ def fp8_training(model: nn.Module, recipe: str = "delayed", *, keep: Iterable[st
         E5M2 gradients (E4M3 forward); ``False``: E4M3 throughout (MX recipes likewise).
     measure_error : bool
         Also compute every forward GEMM from the unquantised operands and record the relative
-        error of the output (costs a second GEMM).
+        error of the output (costs a second GEMM), and each operand's tail magnitude per call
+        (``stats[module][operand]["tail"]``, see :data:`TAIL_SHARE`).
     mx_scale : {"rceil", "floor"}
         MX recipes' block scale: rounded up (Transformer Engine, default) or the OCP
         specification's (:data:`MX_SCALES`).

@@ -36,6 +36,27 @@ def test_history_needed_on_hand_worked_amax_sequences():
     assert history_needed(grow, "e4m3") == (1, 1)
     # E5M2 has the same rule with 57344: 10% growth rounds 1.1 * 57344 = 63078 above the max too
     assert history_needed(grow, "e5m2") == (1, 1)
+    # ... but when only the largest elements grow (the tail, exceeded by <= 0.1% of the elements,
+    # stays at half the amax), at most 0.1% saturates: history 1, no margin
+    assert history_needed(grow, "e4m3", tails=[0.5 * a for a in grow]) == (1, 0)
+    # a tail just under the amax (0.95 of it, growth 10%) saturates: 1.1 * 0.95 * 448 = 468 > 464
+    assert history_needed(grow, "e4m3", tails=[0.95 * a for a in grow]) == (1, 1)
+
+
+def test_history_needed_without_tails_agrees_with_min_history_len():
+    import numpy as np
+
+    from fpanalysis.recipes import delayed_saturating_steps, min_history_len
+
+    g = np.random.default_rng(4)
+    for _ in range(20):
+        am = list(np.exp(g.normal(0, 1.0, 24)).astype(np.float32).astype(float))
+        first = delayed_saturating_steps(am[:1], 1, "e4m3")
+        h, m = history_needed(am, "e4m3")
+        if h is not None and m == 0:
+            assert h == min_history_len(am, fmt="e4m3", max_saturating=first)
+        else:
+            assert min_history_len(am, fmt="e4m3", max_saturating=first) is None
 
 
 def _row(**kw):
