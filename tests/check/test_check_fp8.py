@@ -230,3 +230,41 @@ def test_modules_the_emulation_does_not_quantise_are_not_examined():
     skipped = [f for f in rep.findings if f.status == "skipped"]
     assert len(skipped) == 1 and "conv" in skipped[0].message and "unused" in skipped[0].message
     assert "not examined" in rep.render()
+
+
+class _Spike(nn.Module):
+    """Multiplies its input by 64 at every 4th training call, starting with the first (calls 1, 5,
+    9, ...; eval-mode calls, such as the check's shape probe, do not count)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        if not self.training:
+            return x
+        self.calls += 1
+        return x * 64.0 if self.calls % 4 == 1 else x
+
+
+def test_amax_spikes_need_the_history_the_check_computes():
+    """Delayed scaling with history 2 forgets each spike before the next (spikes 4 calls apart):
+    every spike after the first saturates most of the spiking tensor.  History 4 always holds the
+    last spike; the check must find it, and verify it."""
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(512, 16, generator=g)
+    y = (X[:, :3].sum(1) > 0).long()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), _Spike(), nn.ReLU(), nn.Linear(32, 2))
+    rep = _run(model, (X, y), recipe="delayed", history_len=2, dry_run_steps=16, lr=0.01)
+    sat = [f for f in rep.findings if f.check == "FP8 saturation" and f.status == "fail"]
+    assert ("3", "activation") in {(f.layer, f.op) for f in sat}, rep.render()
+    row = next(r for r in rep.details["gemms"] if (r["gemm"], r["operand"]) == ("3", "activation"))
+    assert (row["history_needed"], row["margin_needed"]) == (4, 0)
+    # calls 5, 9 and 13 saturate most of the (nonzero half of the) spiking tensor
+    assert row["saturating_calls"] >= 3 and row["max_saturation"] > 0.2
+    assert rep.verdict == "SAFE WITH CHANGES", rep.render()
+    plan = FP8Plan.from_dict(rep.details["plan"])
+    # history 4 (the weights, which grow fast in this run, also ask for a margin of 1)
+    assert (plan.recipe, plan.history_len, plan.keep) == ("delayed", 4, []) and plan.margin <= 1
+    assert rep.details["fixes"][0]["verified"] and rep.details["fixes"][0]["plan"]["history_len"] == 4
