@@ -12,7 +12,10 @@ computes as a Transformer Engine FP8 GEMM does:
   comes from the unquantised ``dY`` (Transformer Engine's fused cast-transpose-dbias does the same).
 
 Everything else (norms, activations, attention's batched products, the loss, the optimizer)
-runs in the model's own dtype, untouched.
+runs in the model's own dtype, untouched.  Each call of a module is one step of its operands'
+scaling (a module called twice per training step, or an evaluation pass inside the context,
+records two calls and, under delayed scaling, two amax history entries).  Tensors on a GPU are
+quantised on the CPU (the quantisers are numpy/numba) and moved back.
 
 Recipes (:data:`FP8_RECIPES`; docs/scaled_formats.md gives the arithmetic and the sources):
 
@@ -274,12 +277,14 @@ def _exact_fp32(device: torch.device) -> Iterator[None]:
         yield
         return
     prec = torch.get_float32_matmul_precision()
+    conv_tf32 = torch.backends.cudnn.allow_tf32
     torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.allow_tf32 = False
     try:
-        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
-            yield
+        yield
     finally:
         torch.set_float32_matmul_precision(prec)
+        torch.backends.cudnn.allow_tf32 = conv_tf32
 
 
 def _rel_error(y: torch.Tensor, ref: torch.Tensor) -> float:

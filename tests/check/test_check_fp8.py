@@ -110,6 +110,8 @@ def test_config_validates_fp8_options_up_front():
         CheckConfig(history_len=8)
     with pytest.raises(ValueError, match="history_len"):
         CheckConfig(fmt="fp8", history_len=0)
+    with pytest.raises(ValueError, match="option of the delayed recipe"):
+        CheckConfig(fmt="fp8", recipe="current", history_len=4)
     with pytest.raises(ValueError, match="margin applies"):
         CheckConfig(fmt="fp8", recipe="nvfp4", margin=1)
     with pytest.raises(ValueError, match="learning rate"):

@@ -34,6 +34,7 @@ def _refused(res: subprocess.CompletedProcess[str], needle: str) -> None:
     (("--format", "bf16", "--recipe", "mxfp8"), "--recipe"),
     (("--amax-history", "8"), "--amax-history"),
     (("--format", "fp8", "--amax-history", "0"), "history_len"),
+    (("--format", "fp8", "--recipe", "mxfp8", "--amax-history", "4"), "option of the delayed recipe"),
     (("--format", "fp8", "--recipe", "nvfp4", "--fp8-margin", "1"), "margin applies to the per-tensor recipes"),
     (("--format", "fp8", "--plots", "plots_dir"), "--plots"),
     (("--format", "fp8", "--lr", "-1"), "learning rate"),
