@@ -11,9 +11,11 @@ under the hybrid recipe; everything else in fp32).  It reports, per GEMM:
   scaling, over every call of the run;
 * the relative error of the GEMM's output against the fp32 product of the unquantised operands
   (``||Y_q - Y||_F / ||Y||_F``, averaged over the forward calls);
-* the shortest amax history with which delayed scaling would not have saturated the operand at
-  any call after the first (:func:`fpanalysis.recipes.min_history_len` on the operand's amax
-  sequence; the first call uses scale 1 whatever the history);
+* for the per-tensor recipes, the shortest amax history with which delayed scaling keeps the
+  saturated share of every call after the first at or below 0.1 % (:func:`history_needed`: the
+  operand's amax sequence sets the scales, its per-call tail magnitudes say what saturates;
+  without tails it is :func:`fpanalysis.recipes.min_history_len`; the first call uses scale 1
+  whatever the history), and the margin it needs;
 
 and judges the FP8 run against the fp32 run with the dry run's thresholds
 (:data:`fpanalysis.nn.shadow.DRY_RUN_THRESHOLDS`: divergence, loss gap, eval-mode accuracy gap).
