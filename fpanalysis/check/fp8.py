@@ -57,7 +57,8 @@ from .findings import CheckReport, Finding, decide_verdict
 from .probe import make_optimizer
 
 __all__ = [
-    "FP8_THRESHOLDS", "FP8CheckReport", "compare_runs", "fp8_findings", "gemm_rows", "history_needed", "judge_fp8_run",
+    "FP8_THRESHOLDS", "FP8CheckReport", "compare_runs", "fp8_findings", "gemm_rows", "history_needed", "inconclusive",
+    "judge_fp8_run",
     "run_fp8_check",
 ]
 
@@ -72,6 +73,9 @@ FP8_THRESHOLDS: dict[str, float] = {
     # relative error of the GEMM output against the unquantised fp32 product (mean over calls)
     "gemm_error_warn": 0.10,
     "gemm_error_fail": 0.30,
+    # the dry run says something only when fp32 itself made progress: its loss (mean of the last
+    # quarter of the steps against the first quarter) must fall by this share
+    "dry_run_min_progress": 0.05,
 }
 
 #: Amax history lengths the check considers (Transformer Engine's default is 1024).
@@ -265,8 +269,12 @@ def compare_runs(ref: _Run, run: _Run, steps: int) -> dict[str, Any]:
     n = min(len(ref.losses), len(run.losses))
     lr_, ls_ = _tail_mean(ref.losses[:n]), _tail_mean(run.losses[:n])
     gap = (ls_ - lr_) / max(abs(lr_), LOSS_FLOOR) if math.isfinite(ls_) and math.isfinite(lr_) else math.inf
+    k = max(1, len(ref.losses) // 4)
+    head = float(np.mean(ref.losses[:k])) if ref.losses else math.nan
+    progress = (head - lr_) / max(abs(head), LOSS_FLOOR) if math.isfinite(head) and math.isfinite(lr_) else math.nan
     m: dict[str, Any] = {"steps": steps, "diverged": {"fp32_step": ref.diverged_step, "shadow_step": run.diverged_step},
-                         "loss": {"fp32": lr_, "shadow": ls_, "gap": gap}, "accuracy": {}}
+                         "loss": {"fp32": lr_, "shadow": ls_, "gap": gap, "fp32_first": head,
+                                  "fp32_progress": progress}, "accuracy": {}}
     if ref.pred is not None:
         if run.pred is None:
             m["accuracy"]["eval"] = {"fp32": ref.accuracy, "shadow": 0.0, "gap": ref.accuracy, "agreement": 0.0}
@@ -302,8 +310,15 @@ def _dry_run_findings(m: dict[str, Any], label: str) -> list[Finding]:
     for p in problems:
         out.append(Finding(f"dry run: {p['check']}", p["status"], p["measured"], p["threshold"], ">", p["message"],
                            fix="keep GEMMs in bf16 or change the recipe settings (the changes tried are listed below)"))
-    if not problems:
-        loss = m["loss"]
+    loss = m["loss"]
+    if not any(p["status"] == "fail" for p in problems) and inconclusive(m):
+        out.append(Finding(
+            "dry run", "skipped", loss["fp32_progress"], FP8_THRESHOLDS["dry_run_min_progress"], "<",
+            f"not examined: inconclusive: fp32's loss fell by only {100 * loss['fp32_progress']:.1f}% in "
+            f"{m['steps']} steps ({loss['fp32_first']:.4g} -> {loss['fp32']:.4g}), too little for the {label} run to "
+            "fall behind; run more steps (--dry-run-steps), a larger learning rate, or start from a trained "
+            "checkpoint"))
+    elif not problems:
         acc = m["accuracy"].get("eval")
         msg = (f"{m['steps']} steps with {label} match fp32: loss {loss['shadow']:.4g} vs {loss['fp32']:.4g} "
                f"({100 * loss['gap']:+.1f}%)")
@@ -312,6 +327,13 @@ def _dry_run_findings(m: dict[str, Any], label: str) -> list[Finding]:
                     f"({100 * acc['agreement']:.1f}% of held-out inputs keep the fp32 class)")
         out.append(Finding("dry run", "ok", loss["gap"], DRY_RUN_THRESHOLDS["loss_gap_warn"], "<=", msg))
     return out
+
+
+def inconclusive(m: dict[str, Any]) -> bool:
+    """Whether fp32 made too little progress in the dry run for a comparison to mean anything
+    (:data:`FP8_THRESHOLDS` ``dry_run_min_progress``)."""
+    p = m.get("loss", {}).get("fp32_progress", math.nan)
+    return not (p >= FP8_THRESHOLDS["dry_run_min_progress"])
 
 
 def _operands_text(recipe: str) -> str:
@@ -397,7 +419,7 @@ class FP8CheckReport(CheckReport):
         plan = self.details.get("plan")
         if plan:
             lines.append(f"plan: {FP8Plan.from_dict(plan).describe()}"
-                         + (" (verified by the dry run)" if plan.get("verified") else ""))
+                         + (" (verified by the dry run)" if plan.get("verified") else " (not verified)"))
         return "\n".join(lines)
 
 
@@ -497,7 +519,7 @@ def run_fp8_check(model: nn.Module, X: Any, y: torch.Tensor, c: CheckConfig, *,
                 details["fixes"] = results
             good = [r for r in results if r["verified"]]
             if not failing:
-                plan_out = replace(base, verified=True)
+                plan_out = replace(base, verified=not inconclusive(m))
                 verified = []
             else:
                 verified = [good[0]["description"]] if good else []

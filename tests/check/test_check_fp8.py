@@ -229,7 +229,7 @@ def test_modules_the_emulation_does_not_quantise_are_not_examined():
     y = (X[:, 0] > 0).long()
     torch.manual_seed(0)
     rep = _run(M(), (X, y), recipe="current", dry_run_steps=4)
-    skipped = [f for f in rep.findings if f.status == "skipped"]
+    skipped = [f for f in rep.findings if f.status == "skipped" and f.check == "GEMMs not examined"]
     assert len(skipped) == 1 and "conv" in skipped[0].message and "unused" in skipped[0].message
     assert "not examined" in rep.render()
 
@@ -270,3 +270,17 @@ def test_amax_spikes_need_the_history_the_check_computes():
     # history 4 (the weights, which grow fast in this run, also ask for a margin of 1)
     assert (plan.recipe, plan.history_len, plan.keep) == ("delayed", 4, []) and plan.margin <= 1
     assert rep.details["fixes"][0]["verified"] and rep.details["fixes"][0]["plan"]["history_len"] == 4
+
+
+def test_a_dry_run_where_fp32_learns_nothing_is_inconclusive_not_safe():
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(256, 8, generator=g)
+    y = (X[:, 0] > 0).long()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    rep = _run(model, (X, y), recipe="current", dry_run_steps=8, lr=1e-6)
+    dry = [f for f in rep.findings if f.check == "dry run"]
+    assert len(dry) == 1 and dry[0].status == "skipped" and "inconclusive" in dry[0].message
+    assert dry[0].measured < FP8_THRESHOLDS["dry_run_min_progress"]
+    assert rep.details["plan"]["verified"] is False
+    assert "not examined: dry run" in rep.render() and "(not verified)" in rep.render()

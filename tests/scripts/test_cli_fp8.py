@@ -57,7 +57,10 @@ def test_fp8_check_runs_and_writes_an_appliable_plan(tmp_path: Path) -> None:
         assert not plan_path.exists()
         return
     plan = json.loads(plan_path.read_text())
-    assert plan["recipe"] == "current" and plan["format"] == "fp8" and plan["verified"] is True
+    assert plan["recipe"] == "current" and plan["format"] == "fp8"
+    # verified when the dry run was conclusive and matched fp32 (3 steps may teach fp32 too little)
+    inconclusive = [f for f in rep["findings"] if f["check"] == "dry run" and f["status"] == "skipped"]
+    assert plan["verified"] is (not inconclusive), rep["findings"]
 
     import torch
 
