@@ -256,6 +256,12 @@ def _train(model0: nn.Module, batches: list, ev: tuple[Any, torch.Tensor], c: Ch
     return _Run(losses, diverged, pred, acc, stats, time.perf_counter() - t0)
 
 
+def _head_mean(v: list[float]) -> float:
+    if not v:
+        return math.nan
+    return float(np.mean(v[:max(1, len(v) // 4)]))
+
+
 def _tail_mean(v: list[float]) -> float:
     if not v:
         return math.nan
@@ -269,8 +275,7 @@ def compare_runs(ref: _Run, run: _Run, steps: int) -> dict[str, Any]:
     n = min(len(ref.losses), len(run.losses))
     lr_, ls_ = _tail_mean(ref.losses[:n]), _tail_mean(run.losses[:n])
     gap = (ls_ - lr_) / max(abs(lr_), LOSS_FLOOR) if math.isfinite(ls_) and math.isfinite(lr_) else math.inf
-    k = max(1, len(ref.losses) // 4)
-    head = float(np.mean(ref.losses[:k])) if ref.losses else math.nan
+    head = _head_mean(ref.losses)
     progress = (head - lr_) / max(abs(head), LOSS_FLOOR) if math.isfinite(head) and math.isfinite(lr_) else math.nan
     m: dict[str, Any] = {"steps": steps, "diverged": {"fp32_step": ref.diverged_step, "shadow_step": run.diverged_step},
                          "loss": {"fp32": lr_, "shadow": ls_, "gap": gap, "fp32_first": head,
@@ -306,6 +311,8 @@ def judge_fp8_run(m: dict[str, Any], label: str) -> list[dict[str, Any]]:
 
 def _dry_run_findings(m: dict[str, Any], label: str) -> list[Finding]:
     problems = judge_fp8_run(m, label)
+    if inconclusive(m):  # warnings from a run in which fp32 itself barely learned are noise
+        problems = [p for p in problems if p["status"] == "fail"]
     out = []
     for p in problems:
         out.append(Finding(f"dry run: {p['check']}", p["status"], p["measured"], p["threshold"], ">", p["message"],
@@ -315,8 +322,8 @@ def _dry_run_findings(m: dict[str, Any], label: str) -> list[Finding]:
         out.append(Finding(
             "dry run", "skipped", loss["fp32_progress"], FP8_THRESHOLDS["dry_run_min_progress"], "<",
             f"not examined: inconclusive: fp32's loss fell by only {100 * loss['fp32_progress']:.1f}% in "
-            f"{m['steps']} steps ({loss['fp32_first']:.4g} -> {loss['fp32']:.4g}), too little for the {label} run to "
-            "fall behind; run more steps (--dry-run-steps), a larger learning rate, or start from a trained "
+            f"{m['steps']} steps ({loss['fp32_first']:.4g} -> {loss['fp32']:.4g}; the dry run was lengthened up to "
+            f"{2 ** MAX_EXTENSIONS} times), too little for the {label} run to fall behind; run more steps (--dry-run-steps), a larger learning rate, or start from a trained "
             "checkpoint"))
     elif not problems:
         acc = m["accuracy"].get("eval")
@@ -423,6 +430,39 @@ class FP8CheckReport(CheckReport):
         return "\n".join(lines)
 
 
+MAX_EXTENSIONS = 3  # the dry run grows to at most 2**3 = 8 times --dry-run-steps
+
+
+def _reference_run(work: nn.Module, X: Any, y: torch.Tensor, ev: tuple[Any, torch.Tensor], c: CheckConfig,
+                   steps: int, tick: Callable[..., Callable[[int], None]], total: list[int],
+                   log: Callable[[str], None]) -> tuple[_Run, int]:
+    """The fp32 run of the dry run, and its length.
+
+    A comparison means something only once fp32 has learned measurably (:func:`inconclusive`); a
+    model that learns slowly at the given learning rate (a fresh model, a small ``lr``) would
+    otherwise always be reported "not examined".  So the fp32 run is made first and, while its
+    loss has fallen by less than ``dry_run_min_progress``, repeated with twice the steps (same
+    initial weights, the same batches extended), at most :data:`MAX_EXTENSIONS` times; the FP8
+    runs then take the length fp32 needed.  The cost is at most 15 fp32 runs of ``steps`` steps
+    before the FP8 runs; a run still inconclusive after that is reported as such."""
+    from .run import _batches
+
+    n = steps
+    for k in range(MAX_EXTENSIONS + 1):
+        log(f"FP8 check: {n} steps in fp32 ...")
+        total[0] += n
+        ref = _train(work, _batches(X, y, c.batch_size, n, c.seed + 3), ev, c, None, tick(0, "fp32 run"))
+        if ref.diverged_step is not None or k == MAX_EXTENSIONS:
+            break
+        head, tail = _head_mean(ref.losses), _tail_mean(ref.losses)
+        progress = (head - tail) / max(abs(head), LOSS_FLOOR)
+        if progress >= FP8_THRESHOLDS["dry_run_min_progress"]:
+            break
+        log(f"FP8 check: fp32's loss fell by {100 * progress:.1f}% in {n} steps; trying {2 * n}")
+        n *= 2
+    return ref, n
+
+
 def run_fp8_check(model: nn.Module, X: Any, y: torch.Tensor, c: CheckConfig, *,
                   progress: Callable[[int, int, str], None] | None = None,
                   log: Callable[[str], None] | None = None) -> FP8CheckReport:
@@ -433,7 +473,11 @@ def run_fp8_check(model: nn.Module, X: Any, y: torch.Tensor, c: CheckConfig, *,
     log = log or (lambda line: None)
     t0 = time.perf_counter()
     steps = c.dry_run_steps if c.dry_run_steps > 0 else c.steps
-    batches = _batches(X, y, c.batch_size, steps, c.seed + 3)
+
+    def batches_for(n: int) -> list:
+        return _batches(X, y, c.batch_size, n, c.seed + 3)
+
+    batches = batches_for(steps)
     g = torch.Generator().manual_seed(c.seed + 4)
     idx = torch.randperm(_n_samples(X), generator=g)[:EVAL_SAMPLES]
     ev = (_take(X, idx), y[idx])
@@ -442,7 +486,7 @@ def run_fp8_check(model: nn.Module, X: Any, y: torch.Tensor, c: CheckConfig, *,
     gemms = gemm_modules(work)
     base = FP8Plan(c.recipe, [], c.history_len, c.margin, True)
     label = _label(base)
-    total = [2 * steps if c.dry_run_steps > 0 else steps]
+    total = [0 if c.dry_run_steps > 0 else steps]
     done = [0]
 
     def tick(k: int, what: str) -> Callable[[int], None]:
@@ -462,6 +506,12 @@ def run_fp8_check(model: nn.Module, X: Any, y: torch.Tensor, c: CheckConfig, *,
     others = [n for n, m in work.named_modules()
               if isinstance(m, (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
                                 nn.MultiheadAttention, nn.Bilinear))]
+    ref = None
+    if c.dry_run_steps > 0:
+        # fp32 first: the dry run lasts until fp32 learns measurably (docs/scaled_formats.md)
+        ref, steps = _reference_run(work, X, y, ev, c, steps, tick, total, log)
+        batches = batches_for(steps)
+        total[0] += steps
     log(f"FP8 check: {steps} steps with {label} ...")
     run = _train(work, batches, ev, c, base, tick(0, "FP8 run"))
     log(f"FP8 check: {run.seconds:.1f} s ({1000 * run.seconds / max(1, len(run.losses)):.0f} ms per step)")
@@ -482,8 +532,6 @@ def run_fp8_check(model: nn.Module, X: Any, y: torch.Tensor, c: CheckConfig, *,
     verified: list[str] | None = None
     plan_out: FP8Plan | None = None
     if c.dry_run_steps > 0:
-        log("FP8 check: the same steps in fp32 ...")
-        ref = _train(work, batches, ev, c, None, tick(steps, "fp32 run"))
         details["losses"]["fp32"] = ref.losses
         if ref.diverged_step is not None:
             findings.append(Finding("fp32 training", "fail", float(ref.diverged_step), math.nan, "diverges at step",

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 from torch import nn
 
 from fpanalysis.check import CheckConfig, check
-from fpanalysis.check.fp8 import FP8_THRESHOLDS, fp8_findings, history_needed, judge_fp8_run
+from fpanalysis.check.fp8 import FP8_THRESHOLDS, MAX_EXTENSIONS, fp8_findings, history_needed, judge_fp8_run
 from fpanalysis.nn.fp8 import FP8Plan, apply_fp8_plan
 
 # ---------------------------------------------------------------------------------------------
@@ -284,3 +284,19 @@ def test_a_dry_run_where_fp32_learns_nothing_is_inconclusive_not_safe():
     assert dry[0].measured < FP8_THRESHOLDS["dry_run_min_progress"]
     assert rep.details["plan"]["verified"] is False
     assert "not examined: dry run" in rep.render() and "(not verified)" in rep.render()
+    assert rep.config["steps"] == 8 * 2 ** MAX_EXTENSIONS  # lengthened as far as allowed first
+
+
+def test_a_slowly_learning_model_lengthens_the_dry_run_until_fp32_learns():
+    # lr small enough that 4 steps move the loss by well under 5%, large enough that 32 do
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(256, 8, generator=g)
+    y = (X[:, 0] > 0).long()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    rep = _run(model, (X, y), recipe="current", dry_run_steps=4, lr=0.05)
+    m = rep.details["dry_run"]
+    assert rep.config["steps"] > 4 and rep.config["steps"] in (8, 16, 32)
+    assert len(rep.details["losses"]["fp8"]) == len(rep.details["losses"]["fp32"]) == rep.config["steps"]
+    assert m["loss"]["fp32_progress"] >= FP8_THRESHOLDS["dry_run_min_progress"]
+    assert not [f for f in rep.findings if f.check == "dry run" and f.status == "skipped"]
