@@ -79,7 +79,7 @@ _BN_OPS = frozenset({
 })
 
 #: op name -> how its reduction length is read off its arguments (see :func:`_reduction`).
-_MATMUL_OPS = frozenset({"mm", "bmm", "matmul", "addmm", "baddbmm", "addbmm", "addmv", "mv", "dot", "vdot",
+MATMUL_OPS = frozenset({"mm", "bmm", "matmul", "addmm", "baddbmm", "addbmm", "addmv", "mv", "dot", "vdot",
                          "linear", "_addmm_activation"})
 _SUM_OPS = frozenset({"sum", "mean", "nansum", "nanmean", "var", "std", "var_mean", "std_mean",
                       "linalg_vector_norm", "norm", "logsumexp", "prod", "cumsum", "amax", "amin"})

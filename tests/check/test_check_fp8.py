@@ -300,3 +300,50 @@ def test_a_slowly_learning_model_lengthens_the_dry_run_until_fp32_learns():
     assert len(rep.details["losses"]["fp8"]) == len(rep.details["losses"]["fp32"]) == rep.config["steps"]
     assert m["loss"]["fp32_progress"] >= FP8_THRESHOLDS["dry_run_min_progress"]
     assert not [f for f in rep.findings if f.check == "dry run" and f.status == "skipped"]
+
+
+class _HandAttention(nn.Module):
+    """Self-attention with the score product written out (a functional GEMM the FP8 emulation
+    does not quantise) between two Linear layers it does quantise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(8, 24)
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x.unsqueeze(1)).chunk(3, dim=-1)
+        a = torch.softmax(q @ k.transpose(-2, -1), dim=-1)
+        return self.out((a @ v).squeeze(1))
+
+
+def test_matrix_products_outside_linear_modules_are_reported_not_examined():
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(128, 8, generator=g)
+    y = (X[:, 0] > 0).long()
+    torch.manual_seed(0)
+    rep = _run(_HandAttention(), (X, y), recipe="current", dry_run_steps=0)
+    skipped = [f for f in rep.findings if f.check == "GEMMs not examined"]
+    assert len(skipped) == 1 and skipped[0].status == "skipped"
+    assert "matrix products outside Linear/Conv2d modules" in skipped[0].message
+    assert "bmm" in skipped[0].message or "matmul" in skipped[0].message
+    # the quantised Linear layers are not listed among them
+    assert "aten.addmm in qkv" not in skipped[0].message and "in out" not in skipped[0].message
+
+
+def test_gaps_a_change_of_batch_order_also_produces_are_not_attributed_to_fp8():
+    m = {"steps": 64, "diverged": {"fp32_step": None, "shadow_step": None},
+         "loss": {"fp32": 1.0, "shadow": 1.28, "gap": 0.28, "fp32_first": 2.3, "fp32_progress": 0.5},
+         "accuracy": {"eval": {"fp32": 0.58, "shadow": 0.52, "gap": 0.06, "agreement": 0.89}}}
+    fails = {p["check"] for p in judge_fp8_run(m, "FP8") if p["status"] == "fail"}
+    assert fails == {"loss gap", "accuracy gap (eval mode)"}  # without a noise measurement
+    noise = {"loss": {"gap": -0.05}, "accuracy": {"eval": {"gap": 0.045, "shadow": 0.535}}}
+    probs = judge_fp8_run(m, "FP8", noise)
+    assert not [p for p in probs if p["status"] == "fail"]
+    acc = [p for p in probs if p["check"] == "accuracy gap (eval mode)"]
+    assert acc[0]["status"] == "warn" and acc[0]["measured"] == pytest.approx(0.015)  # 6 - 4.5 points
+    lg = [p for p in probs if p["check"] == "loss gap"][0]
+    assert lg["status"] == "warn" and lg["measured"] == pytest.approx(0.23) and "not counted" in lg["message"]
+    # a gap well beyond the noise still fails
+    big = dict(m, accuracy={"eval": dict(m["accuracy"]["eval"], shadow=0.30, gap=0.28)})
+    assert any(p["check"] == "accuracy gap (eval mode)" and p["status"] == "fail" for p in judge_fp8_run(big, "FP8", noise))
