@@ -591,9 +591,11 @@ def _pack_tiles(A, B, n, emin_a, emin_b, e_zero):  # type: ignore[no-untyped-def
 
 
 @njit(cache=True)
-def _tile_chain(Ap, EAp, Bp, EBp, FA, FB, out, ti, tj, M, N, nb, n, F, rho, e_zero, emin_c, promote, mask):  # type: ignore[no-untyped-def]
-    acc = np.zeros(TMR * TNR, np.float32)
-    tot = np.zeros(TMR * TNR, np.float32)
+def _tile_chain(Ap, EAp, Bp, EBp, FA, FB, out, ti, tj, M, N, nb, n, F, rho, e_zero, emin_c, promote, mask,
+                acc, tot):  # type: ignore[no-untyped-def]
+    """The chains of tile (``ti``, ``tj``) into ``out``; ``acc`` and ``tot`` are scratch tiles."""
+    acc[:] = 0.0
+    tot[:] = 0.0
     step = nb if promote <= 0 else promote // n
     for b0 in range(0, nb, step):
         b1 = min(nb, b0 + step)
@@ -630,9 +632,12 @@ def gemm_tiled_serial(A, B, n, F, rho, e_zero, emin_a, emin_b, emin_c, promote, 
     nb = Kp // n
     Ap, EAp, Bp, EBp, FA, FB = _pack_tiles(A, B, n, emin_a, emin_b, e_zero)
     out = np.empty((M, N), np.float32)
+    acc = np.empty(TMR * TNR, np.float32)
+    tot = np.empty(TMR * TNR, np.float32)
     for tj in range(Bp.shape[0]):
         for ti in range(Ap.shape[0]):
-            _tile_chain(Ap, EAp, Bp, EBp, FA, FB, out, ti, tj, M, N, nb, n, F, rho, e_zero, emin_c, promote, mask)
+            _tile_chain(Ap, EAp, Bp, EBp, FA, FB, out, ti, tj, M, N, nb, n, F, rho, e_zero, emin_c, promote, mask,
+                        acc, tot)
     return out
 
 
@@ -645,8 +650,13 @@ def gemm_tiled(A, B, n, F, rho, e_zero, emin_a, emin_b, emin_c, promote, mask): 
     Ap, EAp, Bp, EBp, FA, FB = _pack_tiles(A, B, n, emin_a, emin_b, e_zero)
     out = np.empty((M, N), np.float32)
     mt, nt = Ap.shape[0], Bp.shape[0]
-    for t in prange(mt * nt):
-        tj = t // mt
-        ti = t - tj * mt
-        _tile_chain(Ap, EAp, Bp, EBp, FA, FB, out, ti, tj, M, N, nb, n, F, rho, e_zero, emin_c, promote, mask)
+    groups = (mt + 15) // 16  # work items: 16 row strips of one panel, sharing scratch tiles
+    for t in prange(nt * groups):
+        tj = t // groups
+        g = t - tj * groups
+        acc = np.empty(TMR * TNR, np.float32)
+        tot = np.empty(TMR * TNR, np.float32)
+        for ti in range(g * 16, min(mt, g * 16 + 16)):
+            _tile_chain(Ap, EAp, Bp, EBp, FA, FB, out, ti, tj, M, N, nb, n, F, rho, e_zero, emin_c, promote, mask,
+                        acc, tot)
     return out
