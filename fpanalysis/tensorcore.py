@@ -343,10 +343,11 @@ def all_models() -> list[TensorCoreModel]:
 # --- inputs -----------------------------------------------------------------------------------
 
 
-def _values(x: Any, fmt: str, name: str, dtype: Any = np.float64) -> np.ndarray:
+def _values(x: Any, fmt: str, name: str, dtype: Any = np.float64, half_bits: bool = False) -> np.ndarray:
     """float64 values of ``x``, checked to be numbers of ``fmt`` (tf32: float32 values whose low
     13 significand bits are dropped, as the tensor core reads them).  ``dtype=np.float32`` for
-    formats whose numbers are float32 numbers (all but bf16)."""
+    formats whose numbers are float32 numbers (all but bf16); ``half_bits``: a float16 array
+    for fp16 is returned as its bit patterns (a uint16 view)."""
     arr = np.asarray(x)
     if arr.dtype.kind not in "fiub" and not str(arr.dtype).startswith(("bfloat16", "float8")):
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
@@ -360,8 +361,8 @@ def _values(x: Any, fmt: str, name: str, dtype: Any = np.float64) -> np.ndarray:
                              "are float32 values whose low 13 significand bits the tensor core ignores)")
         bits = np.ascontiguousarray(x32).view(np.uint32) & np.uint32(0xFFFFE000)
         return bits.view(np.float32).astype(np.float64)
-    if fmt == "fp16" and arr.dtype == np.float16:
-        return arr.astype(dtype)  # binary16 numbers by their type
+    if fmt == "fp16" and arr.dtype == np.float16:  # binary16 numbers by their type
+        return arr.view(np.uint16) if half_bits else arr.astype(dtype)
     v = arr.astype(np.float64)
     from .rounding import round_to
 
@@ -441,8 +442,9 @@ def tc_matmul(A: Any, B: Any, tensor_core: str | TensorCoreModel = "hopper", inp
     """
     model = _model(tensor_core, inputs, accumulator, b_inputs, promote_every)
     dt = np.float32 if model.a_format in _F32_EXACT and model.b_format in _F32_EXACT else np.float64
-    Av = _values(A, model.a_format, "A", dt)
-    Bv = _values(B, model.b_format, "B", dt)
+    tiled = _tiled_mask(model) is not None  # the tiled kernel reads binary16 bits
+    Av = _values(A, model.a_format, "A", dt, tiled)
+    Bv = _values(B, model.b_format, "B", dt, tiled)
     if Av.ndim < 2 or Bv.ndim < 2 or Av.shape[-1] != Bv.shape[-2]:
         raise ValueError(f"tc_matmul needs A (..., M, K) and B (..., K, N), got shapes {Av.shape} and {Bv.shape}")
     batch = np.broadcast_shapes(Av.shape[:-2], Bv.shape[:-2])
@@ -499,6 +501,11 @@ def _tiled_mask(model: TensorCoreModel) -> int | None:
 _F32_EXACT = ("fp16", "fp8_e4m3fn", "fp8_e5m2")
 
 
+def _f64(x: np.ndarray) -> np.ndarray:
+    """float64 values of an array of values or of binary16 bits (uint16)."""
+    return (x.view(np.float16) if x.dtype == np.uint16 else x).astype(np.float64)
+
+
 def _matmul2d(A: np.ndarray, B: np.ndarray, model: TensorCoreModel) -> np.ndarray:
     from ._kernels import tensorcore as K
 
@@ -512,7 +519,8 @@ def _matmul2d(A: np.ndarray, B: np.ndarray, model: TensorCoreModel) -> np.ndarra
     mask = _tiled_mask(model)
     if mask is not None:
         kernel = K.gemm_tiled if M * N * Kp >= _TILED_MIN_WORK else K.gemm_tiled_serial
-        out = kernel(A, B, n, F, rho, e_zero, emin_a, emin_b, emin_c, promote, mask)
+        out, bad_a, bad_b = kernel(A, B, n, F, rho, e_zero, emin_a, emin_b, emin_c, promote, mask)
+        bad_rows, bad_cols = np.flatnonzero(bad_a), np.flatnonzero(bad_b)
     else:
         A, B = A.astype(np.float64, copy=False), B.astype(np.float64, copy=False)
         EA, A0 = K.exponents(A, emin_a)
@@ -520,14 +528,14 @@ def _matmul2d(A: np.ndarray, B: np.ndarray, model: TensorCoreModel) -> np.ndarra
         ZA = (A0 == 0).reshape(M, Kp // n, n).any(axis=2)
         ZB = (B0 == 0).reshape(Kp // n, n, N).any(axis=1)
         out = K.gemm(A0, B0, EA, EB, ZA, ZB, n, F, rho, e_zero, emin_c, promote)
-    bad_rows = np.flatnonzero(~np.isfinite(A).all(axis=1))
-    bad_cols = np.flatnonzero(~np.isfinite(B).all(axis=0))
+        bad_rows = np.flatnonzero(~np.isfinite(A).all(axis=1))
+        bad_cols = np.flatnonzero(~np.isfinite(B).all(axis=0))
     if bad_rows.size or bad_cols.size:
         ii, jj = np.meshgrid(np.arange(M), np.arange(N), indexing="ij")
         sel = np.zeros((M, N), bool)
         sel[bad_rows, :] = True
         sel[:, bad_cols] = True
         ii, jj = ii[sel], jj[sel]
-        out[ii, jj] = K.dot_rows(A[ii].astype(np.float64), np.ascontiguousarray(B.T)[jj].astype(np.float64),
-                                 np.zeros(ii.size), n, F, rho, e_zero, emin_a, emin_b, emin_c, promote)
+        out[ii, jj] = K.dot_rows(_f64(A[ii]), _f64(np.ascontiguousarray(B.T)[jj]), np.zeros(ii.size), n, F, rho,
+                                 e_zero, emin_a, emin_b, emin_c, promote)
     return out

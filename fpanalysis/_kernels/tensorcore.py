@@ -42,9 +42,9 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
-from .bits import f64_to_u64, u64_to_f64
+from .bits import f32_to_u32, f64_to_u64, h16_to_f32, u64_to_f64
 
 RZ_FP32, RZ_E8M13, RNE_FP16 = 0, 1, 2
 # (precision p, emin, overflow threshold 2**(emax + 1)) of each output rounding
@@ -544,20 +544,43 @@ _tile_rz = _tc_tile_kernel(_TILE_RZ)
 _tile_rne16 = _tc_tile_kernel(_TILE_RNE16)
 
 
+def _as_f32(x):  # type: ignore[no-untyped-def]
+    """float32 value of an input: a float, or binary16 bits (uint16)."""
+
+
+@overload(_as_f32, inline="always")
+def _as_f32_impl(x):  # type: ignore[no-untyped-def]
+    if x == types.uint16:
+        return lambda x: h16_to_f32(x)
+    return lambda x: np.float32(x)
+
+
 @njit(inline="always", cache=True)
-def _decoded(x, emin):  # type: ignore[no-untyped-def]
-    """(value, exponent) of a float64 input: ``max(floor(log2|x|), emin)``; (0, ZNEG) for zeros
-    and non-finite values (their rows and columns are recomputed by :func:`dot_rows`)."""
-    if x == 0.0 or not math.isfinite(x):
-        return 0.0, ZNEG
-    return x, max(_exp(np.float64(x)), emin)
+def _decode_row(x, v, e, emin, bias):  # type: ignore[no-untyped-def]
+    """Values (float32) and biased exponents ``max(floor(log2|x|), emin) + bias`` (uint8) of the
+    fp16/FP8 inputs ``x`` (a float or binary16-bit row) into ``v`` and ``e``; zeros and
+    non-finite inputs get value 0 and exponent 0.  Returns how many inputs are not finite.
+    Branch-free (it vectorises); the inputs are never float32 subnormals (|x| >= 2**-24), so the
+    float32 exponent field is ``floor(log2|x|)``."""
+    bad = 0
+    for k in range(x.shape[0]):
+        f = _as_f32(x[k])
+        u = np.int32(f32_to_u32(f) & np.uint32(0x7FFFFFFF))
+        fin = u < np.int32(0x7F800000)
+        ok = fin & (u != np.int32(0))
+        ex = max((u >> np.int32(23)) - np.int32(127), np.int32(emin)) + np.int32(bias)
+        v[k] = f if fin else np.float32(0.0)
+        e[k] = np.uint8(ex if ok else 0)
+        bad += np.int64(not fin)
+    return bad
 
 
 @njit(cache=True)
 def _pack_tiles(A, B, n, emin_a, emin_b, e_zero):  # type: ignore[no-untyped-def]
-    """Strips of ``TMR`` rows of ``A`` (M, Kp) and panels of ``TNR`` columns of ``B`` (Kp, N),
-    float32 or float64 inputs: values as float32, biased uint8 exponents (0 for zeros and padding), and
-    the floors ``FA``/``FB`` (``e_zero`` where a block of a row/column holds a zero)."""
+    """Strips of ``TMR`` rows of ``A`` (M, Kp) and panels of ``TNR`` columns of ``B`` (Kp, N)
+    (float32 or float64 values, or binary16 bits): values as float32, biased uint8 exponents (0
+    for zeros and padding), the floors ``FA``/``FB`` (``e_zero`` where a block of a row/column
+    holds a zero), and which rows of ``A`` and columns of ``B`` hold a non-finite value."""
     M, Kp = A.shape
     N = B.shape[1]
     nb = Kp // n
@@ -566,28 +589,45 @@ def _pack_tiles(A, B, n, emin_a, emin_b, e_zero):  # type: ignore[no-untyped-def
     Ap = np.zeros((mt, Kp * TMR), np.float32)
     EAp = np.zeros((mt, Kp * TMR), np.uint8)
     FA = np.full((mt, nb * TMR), -(1 << 24), np.int32)
+    bad_a = np.zeros(M, np.bool_)
+    bad_b = np.zeros(N, np.bool_)
+    v = np.empty(max(Kp, N), np.float32)
+    e = np.empty(max(Kp, N), np.uint8)
     for i in range(M):
         t, r = divmod(i, TMR)
+        bad_a[i] = _decode_row(A[i], v, e, emin_a, BIAS_A) > 0
         for k in range(Kp):
-            x, e = _decoded(A[i, k], emin_a)
-            Ap[t, k * TMR + r] = x
-            if e == ZNEG:
-                FA[t, (k // n) * TMR + r] = e_zero
-            else:
-                EAp[t, k * TMR + r] = e + BIAS_A
+            Ap[t, k * TMR + r] = v[k]
+            EAp[t, k * TMR + r] = e[k]
+        for blk in range(nb):
+            z = False
+            for k in range(blk * n, blk * n + n):
+                z |= e[k] == 0
+            if z:
+                FA[t, blk * TMR + r] = e_zero
     Bp = np.zeros((nt, Kp * TNR), np.float32)
     EBp = np.zeros((nt, Kp * TNR), np.uint8)
     FB = np.full((nt, nb * TNR), -(1 << 24), np.int32)
+    zb = np.zeros(N, np.bool_)
     for k in range(Kp):
+        _decode_row(B[k], v, e, emin_b, BIAS_B)
         for j in range(N):
-            t, c = divmod(j, TNR)
-            x, e = _decoded(B[k, j], emin_b)
-            Bp[t, k * TNR + c] = x
-            if e == ZNEG:
-                FB[t, (k // n) * TNR + c] = e_zero
-            else:
-                EBp[t, k * TNR + c] = e + BIAS_B
-    return Ap, EAp, Bp, EBp, FA, FB
+            bad_b[j] |= not math.isfinite(_as_f32(B[k, j]))
+            zb[j] |= e[j] == 0
+        for t in range(nt):
+            j0 = t * TNR
+            w = min(TNR, N - j0)
+            for c in range(w):
+                Bp[t, k * TNR + c] = v[j0 + c]
+                EBp[t, k * TNR + c] = e[j0 + c]
+        if (k + 1) % n == 0:
+            blk = k // n
+            for j in range(N):
+                if zb[j]:
+                    t, c = divmod(j, TNR)
+                    FB[t, blk * TNR + c] = e_zero
+                zb[j] = False
+    return Ap, EAp, Bp, EBp, FA, FB, bad_a, bad_b
 
 
 @njit(cache=True)
@@ -623,14 +663,15 @@ def _tile_chain(Ap, EAp, Bp, EBp, FA, FB, out, ti, tj, M, N, nb, n, F, rho, e_ze
 
 @njit(cache=True)
 def gemm_tiled_serial(A, B, n, F, rho, e_zero, emin_a, emin_b, emin_c, promote, mask):  # type: ignore[no-untyped-def]
-    """:func:`gemm` of float64 ``A`` (M, Kp), ``B`` (Kp, N) holding fp16 or FP8 numbers (see the
-    section comment; the caller checks the conditions stated there), one thread; non-finite
-    inputs count as zeros; ``mask`` is the float64 bit mask of toward-zero rounding to the
-    accumulator."""
+    """:func:`gemm` of ``A`` (M, Kp), ``B`` (Kp, N) holding fp16 or FP8 numbers (float32 or float64
+    values, or binary16 bits as uint16; see the section comment, the caller checks the
+    conditions stated there), one thread; ``mask`` is the float64 bit mask of toward-zero
+    rounding to the accumulator.  Returns the float32 results and which rows of ``A`` and
+    columns of ``B`` hold infinities or NaNs (they count as zeros here)."""
     M, Kp = A.shape
     N = B.shape[1]
     nb = Kp // n
-    Ap, EAp, Bp, EBp, FA, FB = _pack_tiles(A, B, n, emin_a, emin_b, e_zero)
+    Ap, EAp, Bp, EBp, FA, FB, bad_a, bad_b = _pack_tiles(A, B, n, emin_a, emin_b, e_zero)
     out = np.empty((M, N), np.float32)
     acc = np.empty(TMR * TNR, np.float32)
     tot = np.empty(TMR * TNR, np.float32)
@@ -638,7 +679,7 @@ def gemm_tiled_serial(A, B, n, F, rho, e_zero, emin_a, emin_b, emin_c, promote, 
         for ti in range(Ap.shape[0]):
             _tile_chain(Ap, EAp, Bp, EBp, FA, FB, out, ti, tj, M, N, nb, n, F, rho, e_zero, emin_c, promote, mask,
                         acc, tot)
-    return out
+    return out, bad_a, bad_b
 
 
 @njit(parallel=True, cache=True)
@@ -647,7 +688,7 @@ def gemm_tiled(A, B, n, F, rho, e_zero, emin_a, emin_b, emin_c, promote, mask): 
     M, Kp = A.shape
     N = B.shape[1]
     nb = Kp // n
-    Ap, EAp, Bp, EBp, FA, FB = _pack_tiles(A, B, n, emin_a, emin_b, e_zero)
+    Ap, EAp, Bp, EBp, FA, FB, bad_a, bad_b = _pack_tiles(A, B, n, emin_a, emin_b, e_zero)
     out = np.empty((M, N), np.float32)
     mt, nt = Ap.shape[0], Bp.shape[0]
     groups = (mt + 15) // 16  # work items: 16 row strips of one panel, sharing scratch tiles
@@ -659,4 +700,4 @@ def gemm_tiled(A, B, n, F, rho, e_zero, emin_a, emin_b, emin_c, promote, mask): 
         for ti in range(g * 16, min(mt, g * 16 + 16)):
             _tile_chain(Ap, EAp, Bp, EBp, FA, FB, out, ti, tj, M, N, nb, n, F, rho, e_zero, emin_c, promote, mask,
                         acc, tot)
-    return out
+    return out, bad_a, bad_b

@@ -110,6 +110,9 @@ def test_tiled_kernel_matches_twin(spec, kind: str, rng: np.random.Generator) ->
         m = model.with_promotion(promote)
         A, B = _adversarial(m, rng, M, Kd, N, kind)
         C = tc_matmul(A, B, m)
+        if m.a_format == m.b_format == "fp16":  # float16 arrays: the kernel reads their bits
+            C16 = tc_matmul(A.astype(np.float16), B.astype(np.float16), m)
+            assert np.array_equal(C16.view(np.uint8), C.view(np.uint8))
         for i in range(M):
             for j in range(N):
                 want = float(m.output_dtype(_twin(m, A[i], B[:, j])))  # promoted fp16: the fp32 total as fp16
@@ -150,9 +153,23 @@ def test_serial_and_parallel_tiled_kernels_agree_with_generic_kernel(rng: np.ran
         ref = K.gemm(A0, B0, EA, EB, ZA, ZB, n, F, rho, e_zero, emin_c, promote)
         mask = _tiled_mask(m)
         for kernel in (K.gemm_tiled_serial, K.gemm_tiled):
-            got = kernel(A.astype(np.float32), B.astype(np.float32), n, F, rho, e_zero, emin_a, emin_b, emin_c,
-                         promote, mask)
+            got, bad_a, bad_b = kernel(A.astype(np.float32), B.astype(np.float32), n, F, rho, e_zero, emin_a,
+                                       emin_b, emin_c, promote, mask)
             assert np.array_equal(got.astype(np.float64), ref), (spec, kernel)
+            assert not bad_a.any() and not bad_b.any()
+            if m.a_format == "fp16":
+                A16, B16 = A.astype(np.float16), B.astype(np.float16)
+                A16[3, 5], B16[7, 11] = np.inf, np.nan
+                got16, bad_a, bad_b = kernel(A16.view(np.uint16), B16.view(np.uint16), n, F, rho, e_zero, emin_a,
+                                             emin_b, emin_c, promote, mask)
+                assert np.flatnonzero(bad_a).tolist() == [3] and np.flatnonzero(bad_b).tolist() == [11]
+                A16[3, 5], B16[7, 11] = 0.0, 0.0  # non-finite inputs count as zeros in the kernel
+                EA, A0 = K.exponents(A16.astype(np.float64), emin_a)
+                EB, B0 = K.exponents(B16.astype(np.float64), emin_b)
+                ZA = (A0 == 0).reshape(37, 8, n).any(axis=2)
+                ZB = (B0 == 0).reshape(8, n, 70).any(axis=1)
+                ref16 = K.gemm(A0, B0, EA, EB, ZA, ZB, n, F, rho, e_zero, emin_c, promote)
+                assert np.array_equal(got16.astype(np.float64), ref16), (spec, kernel)
 
 
 def test_models_outside_the_tiled_kernel() -> None:
