@@ -548,7 +548,7 @@ def _as_f32(x):  # type: ignore[no-untyped-def]
     """float32 value of an input: a float, or binary16 bits (uint16)."""
 
 
-@overload(_as_f32, inline="always")
+@overload(_as_f32)
 def _as_f32_impl(x):  # type: ignore[no-untyped-def]
     if x == types.uint16:
         return lambda x: h16_to_f32(x)
