@@ -247,6 +247,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     _count("--n", args.n)
+    _count("--tc-blocks", args.tc_blocks)
     _check_outputs(args)
     from .progress import progress_bar
     from .verify import COLUMNS, SUITES, run_suites
@@ -256,7 +257,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     for suite in SUITES:
         with progress_bar(desc=f"verify: {suite.name}", unit="check") as bar:
             rows += run_suites(args.n, seed=args.seed, exhaustive=args.exhaustive,
-                               progress=lambda name, cb=bar.callback: cb, suites=[suite])
+                               progress=lambda name, cb=bar.callback: cb, suites=[suite], blocks=args.tc_blocks)
     print(format_table(rows, COLUMNS))
     total = sum(int(r.get("n", 0)) for r in rows)
     bad = sum(int(r.get("mismatches", 0)) for r in rows if int(r.get("mismatches", 0)) > 0)
@@ -264,7 +265,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     print(f"\n{len(rows)} checks, {total:,} comparisons, {bad} mismatches"
           f"{f', {unavailable} checks unavailable' if unavailable else ''}"
           f" ({time.perf_counter() - t0:.1f} s)")
-    _write_json(args.json, {"rows": rows, "exhaustive": args.exhaustive, "n": args.n, "seed": args.seed})
+    _write_json(args.json, {"rows": rows, "exhaustive": args.exhaustive, "n": args.n, "tc_blocks": args.tc_blocks,
+                            "seed": args.seed})
     return 0 if bad == 0 and unavailable == 0 else 1
 
 
@@ -420,10 +422,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="compare the emulator with independent oracles",
                        description="Compare rounding, conversions, encodings, arithmetic and matrix "
                        "products (the GEMM kernels of this CPU) with numpy, torch, gmpy2 (MPFR), softfloat "
-                       "and ml_dtypes. Exit status 1 on any mismatch.")
+                       "and ml_dtypes, and the tensor-core models with mmasim and mmaemu. Exit status 1 on any "
+                       "mismatch. The default run takes a few minutes at most on two cores; --exhaustive is the "
+                       "full run and takes much longer.")
     p.add_argument("--exhaustive", action="store_true",
-                   help="all 2^32 float32 -> fp16 conversions and 10^6 operand pairs per op (minutes)")
-    p.add_argument("--n", type=int, default=None, help="random operands per check (default: 10^5, 10^6 with --exhaustive)")
+                   help="all 2^32 float32 -> fp16 conversions, 10^6 operand pairs per op and 10^5 tensor-core "
+                        "blocks per case (long)")
+    p.add_argument("--n", type=int, default=None, help="random operands per check (default: 10^5, 10^6 with --exhaustive; "
+                   "not the tensor-core suite, see --tc-blocks)")
+    p.add_argument("--tc-blocks", type=int, default=None, metavar="N",
+                   help="random blocks per tensor-core check (model x case) against mmasim (default: 2000, "
+                        "seconds; 10^5 with --exhaustive, the full verification, much longer)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="also write the table as JSON")
     p.set_defaults(func=_cmd_verify)

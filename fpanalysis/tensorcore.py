@@ -343,9 +343,11 @@ def all_models() -> list[TensorCoreModel]:
 # --- inputs -----------------------------------------------------------------------------------
 
 
-def _values(x: Any, fmt: str, name: str) -> np.ndarray:
+def _values(x: Any, fmt: str, name: str, dtype: Any = np.float64, half_bits: bool = False) -> np.ndarray:
     """float64 values of ``x``, checked to be numbers of ``fmt`` (tf32: float32 values whose low
-    13 significand bits are dropped, as the tensor core reads them)."""
+    13 significand bits are dropped, as the tensor core reads them).  ``dtype=np.float32`` for
+    formats whose numbers are float32 numbers (all but bf16); ``half_bits``: a float16 array
+    for fp16 is returned as its bit patterns (a uint16 view)."""
     arr = np.asarray(x)
     if arr.dtype.kind not in "fiub" and not str(arr.dtype).startswith(("bfloat16", "float8")):
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
@@ -359,6 +361,8 @@ def _values(x: Any, fmt: str, name: str) -> np.ndarray:
                              "are float32 values whose low 13 significand bits the tensor core ignores)")
         bits = np.ascontiguousarray(x32).view(np.uint32) & np.uint32(0xFFFFE000)
         return bits.view(np.float32).astype(np.float64)
+    if fmt == "fp16" and arr.dtype == np.float16:  # binary16 numbers by their type
+        return arr.view(np.uint16) if half_bits else arr.astype(dtype)
     v = arr.astype(np.float64)
     from .rounding import round_to
 
@@ -369,7 +373,7 @@ def _values(x: Any, fmt: str, name: str) -> np.ndarray:
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ValueError(f"{name}{list(idx)} = {float(v[idx])!r} is not a number of format {fmt!r}; "
                          f"round the inputs first (fpanalysis.round_to(x, {fmt!r}))")
-    return v
+    return v.astype(dtype, copy=False)
 
 
 def _pad(x: np.ndarray, axis: int, n: int) -> np.ndarray:
@@ -385,14 +389,17 @@ def _pad(x: np.ndarray, axis: int, n: int) -> np.ndarray:
 
 
 def _out(v: np.ndarray, model: TensorCoreModel) -> np.ndarray:
-    """float64 results -> the accumulator's dtype, NaNs canonical (0x7FFFFFFF / 0x7FFF)."""
+    """float64 or float32 results -> the accumulator's dtype, NaNs canonical (0x7FFFFFFF /
+    0x7FFF); a float32 ``v`` may be returned itself."""
+    nan = np.isnan(v)
     if model.accumulator == "fp16":
         with np.errstate(over="ignore"):
             r = v.astype(np.float16)
-        r.view(np.uint16)[np.isnan(v)] = 0x7FFF
+        r.view(np.uint16)[nan] = 0x7FFF
         return r
-    r = v.astype(np.float32)
-    r.view(np.uint32)[np.isnan(v)] = 0x7FFFFFFF
+    r = v.astype(np.float32, copy=False)
+    if nan.any():
+        r.view(np.uint32)[nan] = 0x7FFFFFFF
     return r
 
 
@@ -434,8 +441,10 @@ def tc_matmul(A: Any, B: Any, tensor_core: str | TensorCoreModel = "hopper", inp
     hold infinities or NaNs are computed by the (slower) one-entry kernel.
     """
     model = _model(tensor_core, inputs, accumulator, b_inputs, promote_every)
-    Av = _values(A, model.a_format, "A")
-    Bv = _values(B, model.b_format, "B")
+    dt = np.float32 if model.a_format in _F32_EXACT and model.b_format in _F32_EXACT else np.float64
+    tiled = _tiled_mask(model) is not None  # the tiled kernel reads binary16 bits
+    Av = _values(A, model.a_format, "A", dt, tiled)
+    Bv = _values(B, model.b_format, "B", dt, tiled)
     if Av.ndim < 2 or Bv.ndim < 2 or Av.shape[-1] != Bv.shape[-2]:
         raise ValueError(f"tc_matmul needs A (..., M, K) and B (..., K, N), got shapes {Av.shape} and {Bv.shape}")
     batch = np.broadcast_shapes(Av.shape[:-2], Bv.shape[:-2])
@@ -443,15 +452,58 @@ def tc_matmul(A: Any, B: Any, tensor_core: str | TensorCoreModel = "hopper", inp
     nb = int(np.prod(batch, dtype=np.int64))
     Ab = np.broadcast_to(Av, batch + Av.shape[-2:]).reshape((nb,) + Av.shape[-2:])
     Bb = np.broadcast_to(Bv, batch + Bv.shape[-2:]).reshape((nb,) + Bv.shape[-2:])
-    out = np.empty((Ab.shape[0], M, N))
+    out = np.empty((Ab.shape[0], M, N), np.float32)  # every result is a float32 number (or NaN)
     for t in range(Ab.shape[0]):
         out[t] = _matmul2d(Ab[t], Bb[t], model)
     return _out(out.reshape(batch + (M, N)), model)
 
 
-# precision of the input formats; those whose products are exact normal float32 numbers
+# precision and exponent range of the input formats
 _PRECISION = {"fp16": 11, "bf16": 8, "tf32": 11, "fp8_e4m3fn": 4, "fp8_e5m2": 3}
+_EMAX = {"fp16": 15, "bf16": 127, "tf32": 127, "fp8_e4m3fn": 8, "fp8_e5m2": 15}
+_OUT_EMIN = {"fp32": -126, "fp32-e8m13": -126, "fp16": -14}
+_TILED_MIN_WORK = 1 << 21  # M*N*K from which the tiled kernel runs on all threads
+
+
+def _tiled_mask(model: TensorCoreModel) -> int | None:
+    """The float64 mask of toward-zero rounding to the accumulator (0 for the fp16 accumulator)
+    when ``model`` meets the conditions of the tiled kernel (fpanalysis._kernels.tensorcore,
+    section "register-tiled GEMM"), else None:
+
+    * fp16 or FP8 inputs (every product is an exact normal float32 number) with exponents in
+      [-18, 20] (biased uint8 exponent sums, see the kernel);
+    * ``n * max|a b| * 2**F < 2**31``: the block's truncated products are summed in int32;
+    * ``p_out - 1 <= F`` and ``e_zero < emin_c``: a block whose products are all zero leaves
+      the accumulator as it is;
+    * toward-zero accumulators only: ``e_zero <= emin_a + emin_b`` (the zero-exponent floor never
+      decides ``E`` when a product is nonzero) and ``emin_a + emin_b - F >= emin_out`` (a nonzero
+      result lies in the accumulator's normal range, where the rounding clears low bits).
+    """
+    a, b = model.a_format, model.b_format
+    if a not in _F32_EXACT or b not in _F32_EXACT:
+        return None
+    emin_a, emin_b = _INPUTS[a][1], _INPUTS[b][1]
+    if min(emin_a, emin_b) < -18 or max(_EMAX[a], _EMAX[b]) > 20:
+        return None
+    pa, pb = _PRECISION[a], _PRECISION[b]
+    if model.n * (2.0 - 2.0 ** (1 - pa)) * (2.0 - 2.0 ** (1 - pb)) * 2.0**model.F >= 2.0**31:
+        return None
+    _, emin_c, p_out = _ACCS[model.accumulator]
+    if p_out - 1 > model.F or model.e_zero >= emin_c:
+        return None
+    if model.accumulator == "fp16":
+        return 0
+    if model.e_zero > emin_a + emin_b or emin_a + emin_b - model.F < _OUT_EMIN[model.accumulator]:
+        return None
+    return -(1 << (52 - (p_out - 1)))
+
+
 _F32_EXACT = ("fp16", "fp8_e4m3fn", "fp8_e5m2")
+
+
+def _f64(x: np.ndarray) -> np.ndarray:
+    """float64 values of an array of values or of binary16 bits (uint16)."""
+    return (x.view(np.float16) if x.dtype == np.uint16 else x).astype(np.float64)
 
 
 def _matmul2d(A: np.ndarray, B: np.ndarray, model: TensorCoreModel) -> np.ndarray:
@@ -460,29 +512,30 @@ def _matmul2d(A: np.ndarray, B: np.ndarray, model: TensorCoreModel) -> np.ndarra
     n, F, rho, e_zero, emin_a, emin_b, emin_c, promote = model.kernel_args()
     M, N = A.shape[0], B.shape[1]
     if M == 0 or N == 0:
-        return np.zeros((M, N))
+        return np.zeros((M, N), np.float32)
     A = np.ascontiguousarray(_pad(A, 1, n))
     B = np.ascontiguousarray(_pad(B, 0, n))
     Kp = A.shape[1]
-    EA, A0 = K.exponents(A, emin_a)
-    EB, B0 = K.exponents(B, emin_b)
-    ZA = (A0 == 0).reshape(M, Kp // n, n).any(axis=2)
-    ZB = (B0 == 0).reshape(Kp // n, n, N).any(axis=1)
-    pa, pb = _PRECISION[model.a_format], _PRECISION[model.b_format]
-    if model.a_format in _F32_EXACT and model.b_format in _F32_EXACT and \
-            n * (2.0 - 2.0 ** (1 - pa)) * (2.0 - 2.0 ** (1 - pb)) * 2.0**F < 2.0**31:
-        out = K.gemm_f32(A0.astype(np.float32), B0.astype(np.float32), EA.astype(np.float32),
-                         EB.astype(np.float32), ZA, ZB, n, F, rho, e_zero, emin_c, promote)
+    mask = _tiled_mask(model)
+    if mask is not None:
+        kernel = K.gemm_tiled if M * N * Kp >= _TILED_MIN_WORK else K.gemm_tiled_serial
+        out, bad_a, bad_b = kernel(A, B, n, F, rho, e_zero, emin_a, emin_b, emin_c, promote, mask)
+        bad_rows, bad_cols = np.flatnonzero(bad_a), np.flatnonzero(bad_b)
     else:
+        A, B = A.astype(np.float64, copy=False), B.astype(np.float64, copy=False)
+        EA, A0 = K.exponents(A, emin_a)
+        EB, B0 = K.exponents(B, emin_b)
+        ZA = (A0 == 0).reshape(M, Kp // n, n).any(axis=2)
+        ZB = (B0 == 0).reshape(Kp // n, n, N).any(axis=1)
         out = K.gemm(A0, B0, EA, EB, ZA, ZB, n, F, rho, e_zero, emin_c, promote)
-    bad_rows = np.flatnonzero(~np.isfinite(A).all(axis=1))
-    bad_cols = np.flatnonzero(~np.isfinite(B).all(axis=0))
+        bad_rows = np.flatnonzero(~np.isfinite(A).all(axis=1))
+        bad_cols = np.flatnonzero(~np.isfinite(B).all(axis=0))
     if bad_rows.size or bad_cols.size:
         ii, jj = np.meshgrid(np.arange(M), np.arange(N), indexing="ij")
-        mask = np.zeros((M, N), bool)
-        mask[bad_rows, :] = True
-        mask[:, bad_cols] = True
-        ii, jj = ii[mask], jj[mask]
-        out[ii, jj] = K.dot_rows(A[ii], np.ascontiguousarray(B.T)[jj], np.zeros(ii.size), n, F, rho, e_zero,
-                                 emin_a, emin_b, emin_c, promote)
+        sel = np.zeros((M, N), bool)
+        sel[bad_rows, :] = True
+        sel[:, bad_cols] = True
+        ii, jj = ii[sel], jj[sel]
+        out[ii, jj] = K.dot_rows(_f64(A[ii]), _f64(np.ascontiguousarray(B.T)[jj]), np.zeros(ii.size), n, F, rho,
+                                 e_zero, emin_a, emin_b, emin_c, promote)
     return out

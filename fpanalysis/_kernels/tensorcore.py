@@ -39,9 +39,12 @@ import math
 from fractions import Fraction
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
 
-from .bits import f64_to_u64, u64_to_f64
+from .bits import f32_to_u32, f64_to_u64, h16_to_f32, u64_to_f64
 
 RZ_FP32, RZ_E8M13, RNE_FP16 = 0, 1, 2
 # (precision p, emin, overflow threshold 2**(emax + 1)) of each output rounding
@@ -238,91 +241,6 @@ def gemm(A, B, EA, EB, ZA, ZB, n, F, rho, e_zero, emin_c, promote):  # type: ign
     return out
 
 
-@njit(parallel=True, cache=True)
-def gemm_f32(A, B, EA, EB, ZA, ZB, n, F, rho, e_zero, emin_c, promote):  # type: ignore[no-untyped-def]
-    """:func:`gemm` for inputs whose products are exact normal float32 numbers (fp16, FP8) and
-    whose aligned products cannot overflow int32 (``n * 4 * 2**F <= 2**31``; the caller checks).
-
-    ``A``, ``B`` float32; ``EA``, ``EB`` the exponents as float32 (small integers: their sums and
-    maxima are exact, and float32 ``max`` vectorises where 64-bit integer ``max`` does not).
-    Each aligned product is ``int32(a * b * 2**(F - E))``: a product of at most 22 bits scaled
-    by a power of two is an exact float32 below ``2**27``, and the conversion truncates toward
-    zero; the products are summed in int32 and the accumulator's truncated term in float64.
-    Tiles of 8 rows x 128 columns: every slice of ``B`` read from memory serves 8 rows of ``A``.
-    """
-    M, Kp = A.shape
-    N = B.shape[1]
-    nb = Kp // n
-    R = 4
-    JC = N
-    out = np.empty((M, N))
-    nti = (M + R - 1) // R
-    ntj = (N + JC - 1) // JC
-    for t in prange(nti * ntj):
-        i0 = (t // ntj) * R
-        j0 = (t % ntj) * JC
-        rows = min(R, M - i0)
-        W = min(JC, N - j0)
-        acc = np.zeros((R, JC))
-        tot = np.zeros((R, JC), np.float32)
-        E = np.empty((R, JC), np.float32)
-        S = np.empty((R, JC), np.int32)
-        sc = np.empty((R, JC), np.float32)
-        ct = np.empty((R, JC))
-        for blk in range(nb):
-            k0 = blk * n
-            for r in range(rows):
-                Er = E[r]
-                for j in range(W):
-                    Er[j] = np.float32(-(1 << 28))
-                for k in range(k0, k0 + n):
-                    ea = EA[i0 + r, k]
-                    EBk = EB[k, j0:j0 + W]
-                    for j in range(W):
-                        Er[j] = max(Er[j], ea + EBk[j])
-                za = ZA[i0 + r, blk]
-                for j in range(W):
-                    c = acc[r, j]
-                    cc = c if math.isfinite(c) else 0.0
-                    e = np.int64(Er[j])
-                    if cc != 0.0:
-                        e = max(e, max(_exp(cc), emin_c))
-                    if za or ZB[blk, j0 + j] or cc == 0.0:
-                        e = max(e, e_zero)
-                    Er[j] = np.float32(e)
-                    sc[r, j] = np.float32(_pow2(min(F - e, 127)))
-                    ct[r, j] = np.trunc(cc * _pow2(F - e))
-                    S[r, j] = 0
-            for k in range(k0, k0 + n):
-                Bk = B[k, j0:j0 + W]
-                for r in range(rows):
-                    a = A[i0 + r, k]
-                    Sr = S[r]
-                    scr = sc[r]
-                    for j in range(W):
-                        Sr[j] += np.int32((a * Bk[j]) * scr[j])
-            for r in range(rows):
-                for j in range(W):
-                    c = acc[r, j]
-                    v = round_out((np.float64(S[r, j]) + ct[r, j]) * _pow2(np.int64(E[r, j]) - F), rho)
-                    acc[r, j] = v if math.isfinite(c) else c
-                if promote > 0 and ((blk + 1) * n) % promote == 0:
-                    for j in range(W):
-                        tot[r, j] = tot[r, j] + np.float32(acc[r, j])
-                        acc[r, j] = 0.0
-        for r in range(rows):
-            if promote > 0:
-                if (nb * n) % promote != 0:
-                    for j in range(W):
-                        tot[r, j] = tot[r, j] + np.float32(acc[r, j])
-                for j in range(W):
-                    out[i0 + r, j0 + j] = tot[r, j]
-            else:
-                for j in range(W):
-                    out[i0 + r, j0 + j] = acc[r, j]
-    return out
-
-
 # --- pure-Python twin (test oracle) ------------------------------------------------------------
 
 
@@ -388,3 +306,398 @@ def dot_python(a: list[float], b: list[float], c: float, n: int, F: int, rho: in
         with np.errstate(over="ignore", invalid="ignore"):
             tot = np.float32(tot + np.float32(acc))
     return float(tot)
+
+
+# --- register-tiled GEMM for inputs whose products are exact in float32 ----------------------
+#
+# ``gemm_tiled`` computes the same chains as :func:`gemm` for fp16 and FP8 inputs, in the manner
+# of BLAS micro-kernels (Goto & van de Geijn, ACM TOMS 34(3), 2008): ``B`` is packed into panels
+# of ``TNR`` columns and ``A`` into strips of ``TMR`` rows, and the chain of a ``TMR x TNR``
+# tile runs over all blocks with the tile's sums in vector registers.  The tile step is written
+# in LLVM IR with explicit vector types (numba cannot express a tile that stays in registers).
+# For each block and every entry of the tile:
+#
+# 1. the largest exponent sum ``e_a + e_b`` of the block's products, in uint8 lanes: the packed
+#    exponents are ``e_a + 63`` and ``e_b + 64`` (fp16 and FP8 exponents lie in [-14, 15]) and 0
+#    for a zero input, so a sum is ``e_a + e_b + 127`` >= 99 for a nonzero product and <= 79
+#    otherwise, and a block without a nonzero product is recognised (``< _NONE_BELOW``);
+# 2. ``E``, the largest of that, the accumulator's exponent and (fp16 accumulators) the floors
+#    ``e_zero`` of zero terms -- ``FA``/``FB`` mark the rows/columns whose block holds a zero;
+# 3. the products ``a * b`` (exact float32 numbers), scaled by ``2**(F - E)`` (exact: the result
+#    is a normal float32 number or below ``2**-126``, where truncation gives 0 either way) and
+#    converted toward zero to int32 (``fptosi``): the truncated terms, whose sum cannot
+#    overflow (``n * max|a b| * 2**F < 2**31``, checked by the caller); the accumulator's
+#    truncated term is kept apart (with it the total can exceed ``2**31``: Hopper fp16);
+# 4. the total in float64 (exact: below ``2**32`` in magnitude) and its rounding:
+#
+#    * toward zero (fp32 and E8M13 accumulators): the float64 total's significand bits below
+#      the accumulator's precision are cleared (``mask``), the result is converted to float32
+#      (exact) and scaled by ``2**(E - F)``.  The caller checks that this is the rounding of the
+#      model: ``e_zero <= emin_a + emin_b`` and ``e_zero < emin_c``, so neither the floor nor a
+#      zero accumulator changes ``E`` of a block with a nonzero product, and
+#      ``emin_a + emin_b - F >= -126``, so a nonzero result (a multiple of ``2**(E - F)``, with
+#      ``E >= emin_a + emin_b``) lies in the normal range, where toward-zero rounding is the
+#      truncation of the significand.  A block without a nonzero product leaves the accumulator
+#      as it is (it is a multiple of ``2**(E - F)`` when ``p_out - 1 <= F``, also checked); the
+#      accumulator cannot overflow (``|c| <= sum |a b| < K * 2**32``);
+#    * to nearest even (fp16 accumulators): ``v = total * 2**(E - F)`` in float64 (exact) and
+#      the ``1.5 * 2**52`` addition as in :func:`round_out`, overflow to infinity; an infinite
+#      accumulator stays as it is.
+#
+# The test oracles are :func:`dot_python` and :func:`gemm` (``tests/emulator/
+# test_tensorcore_tiled.py``).
+
+
+def _lanes() -> int:
+    from .bits import target_features
+
+    return 16 if "avx512f" in target_features() else 8
+
+
+TVL = _lanes()  # float32 lanes of a vector register
+TNV = 4  # vectors per tile row
+TNR = TNV * TVL  # columns of a tile
+TMR = 3  # rows of a tile
+BIAS_A, BIAS_B = 63, 64  # uint8 exponents: e_a + 63, e_b + 64 (a zero input: 0), so that a sum is
+_NONE_BELOW = 90  # the biased exponent e_a + e_b + 127 (at least 99), or at most 79 with a zero input
+_TILE_RZ, _TILE_RNE16 = 0, 1
+
+
+def _tc_tile_kernel(kind: int):  # type: ignore[no-untyped-def]
+    """Intrinsic ``tile(Ap, EAp, Bp, EBp, FAp, FBp, acc, nblk, n, F, emin_c, e_zero, mask)``.
+
+    Runs the chain over ``nblk`` blocks of ``n`` terms on one ``TMR x TNR`` tile, from the
+    accumulators ``acc`` (float32, ``TMR*TNR``, row-major; written back).  Layouts (C-contiguous,
+    1-D views starting at the tile's first block): ``Ap[k*TMR + r]`` float32 and ``EAp[k*TMR + r]``
+    uint8 (the strip of A), ``Bp[k*TNR + j]`` float32 and ``EBp[k*TNR + j]`` uint8 (the panel of
+    B; biased exponents, see the section comment), ``FAp[blk*TMR + r]``, ``FBp[blk*TNR + j]``
+    int32 (``e_zero`` where the block has a zero input, else a very small number).  ``kind``: ``_TILE_RZ`` (toward zero; ``mask`` clears the
+    float64 significand bits below the output precision) or ``_TILE_RNE16`` (fp16, nearest even).
+    """
+
+    @intrinsic
+    def tile(typingctx, Ap, EAp, Bp, EBp, FAp, FBp, acc, nblk, n, F, emin_c, e_zero, mask):  # type: ignore[no-untyped-def]
+        want = ((Ap, types.float32), (EAp, types.uint8), (Bp, types.float32), (EBp, types.uint8),
+                (FAp, types.int32), (FBp, types.int32), (acc, types.float32))
+        if not all(isinstance(a, types.Array) and a.dtype == t and a.layout == "C" and a.ndim == 1
+                   for a, t in want):
+            return None
+        sig = types.none(Ap, EAp, Bp, EBp, FAp, FBp, acc, types.intp, types.intp, types.intp, types.intp,
+                         types.intp, types.int64)
+
+        def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+            nblk_v, n_v, F_v, eminc_v, ezero_v, mask_v = args[7:]
+            i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+            f32, f64 = ir.FloatType(), ir.DoubleType()
+            VL, NV, NR, MR = TVL, TNV, TNR, TMR
+            vf = ir.VectorType(f32, VL)
+            vd = ir.VectorType(f64, VL)
+            vi = ir.VectorType(i32, VL)
+            vl = ir.VectorType(i64, VL)
+            vb = ir.VectorType(i8, NR)
+
+            def data(k):  # type: ignore[no-untyped-def]
+                return context.make_array(signature.args[k])(context, builder, args[k]).data
+
+            def c64(v):  # type: ignore[no-untyped-def]
+                return ir.Constant(i64, v)
+
+            def splat(x, vt):  # type: ignore[no-untyped-def]
+                u = ir.Constant(vt, ir.Undefined)
+                z = ir.Constant(ir.VectorType(i32, vt.count), [0] * vt.count)
+                return builder.shuffle_vector(builder.insert_element(u, x, ir.Constant(i32, 0)), u, z)
+
+            def vconst(vt, v):  # type: ignore[no-untyped-def]
+                return ir.Constant(vt, [v] * vt.count)
+
+            def intr(name, vt, *xs):  # type: ignore[no-untyped-def]
+                suffix = f"v{vt.count}{'f32' if vt.element == f32 else 'f64'}"
+                fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt] * len(xs)),
+                                                    f"{name}.{suffix}")
+                return builder.call(fn, list(xs))
+
+            def smax(x, y):  # type: ignore[no-untyped-def]
+                return builder.select(builder.icmp_signed(">", x, y), x, y)
+
+            def smin(x, y):  # type: ignore[no-untyped-def]
+                return builder.select(builder.icmp_signed("<", x, y), x, y)
+
+            def load_vec(ptr, off, vt):  # type: ignore[no-untyped-def]
+                return builder.load(builder.bitcast(builder.gep(ptr, [off]), ir.PointerType(vt)), align=1)
+
+            def pow2_64(e):  # 2.0**e for a <VL x i32> of exponents in the float64 range
+                return builder.bitcast(builder.shl(builder.add(builder.sext(e, vl), vconst(vl, 1023)),
+                                                   vconst(vl, 52)), vd)
+
+            a_p, ea_p, b_p, eb_p, fa_p, fb_p, acc_p = (data(k) for k in range(7))
+            F32 = builder.trunc(F_v, i32)
+            Fs = splat(F32, vi)
+            Fb = builder.add(Fs, vconst(vi, 254))
+            emin_s = splat(builder.trunc(eminc_v, i32), vi)
+            ezero_s = splat(builder.trunc(ezero_v, i32), vi)
+            mask_s = splat(mask_v, vl)
+            accs = [[cgutils.alloca_once(builder, vf) for _ in range(NV)] for _ in range(MR)]
+            for r in range(MR):
+                for v in range(NV):
+                    builder.store(load_vec(acc_p, c64(r * NR + v * VL), vf), accs[r][v])
+            e8 = [cgutils.alloca_once(builder, vb) for _ in range(MR)]
+            S = [[cgutils.alloca_once(builder, vi) for _ in range(NV)] for _ in range(MR)]
+            inf_f = vconst(vf, float("inf"))
+            zero_f = vconst(vf, 0.0)
+            with cgutils.for_range(builder, nblk_v) as bl:
+                blk = bl.index
+                k0 = builder.mul(blk, n_v)
+                # 1. largest (biased) exponent sum of the block, uint8 lanes
+                for r in range(MR):
+                    builder.store(vconst(vb, 0), e8[r])
+                with cgutils.for_range(builder, n_v) as kl:
+                    k = builder.add(k0, kl.index)
+                    eb = load_vec(eb_p, builder.mul(k, c64(NR)), vb)
+                    for r in range(MR):
+                        ea = builder.load(builder.gep(ea_p, [builder.add(builder.mul(k, c64(MR)), c64(r))]))
+                        x = builder.load(e8[r])
+                        y = builder.add(splat(ea, vb), eb)
+                        builder.store(builder.select(builder.icmp_unsigned(">", x, y), x, y), e8[r])
+                # the block's E, the scale 2**(F - E) and the accumulator's truncated term
+                Es, scs, cts, fins, olds, nones, scis = {}, {}, {}, {}, {}, {}, {}
+                for r in range(MR):
+                    e8r = builder.load(e8[r])
+                    if kind != _TILE_RZ:
+                        fa = splat(builder.load(builder.gep(fa_p, [builder.add(builder.mul(blk, c64(MR)), c64(r))])), vi)
+                    for v in range(NV):
+                        half = builder.shuffle_vector(e8r, ir.Constant(vb, ir.Undefined),
+                                                      ir.Constant(ir.VectorType(i32, VL), list(range(v * VL, v * VL + VL))))
+                        ep = builder.zext(half, vi)  # biased: e + 127
+                        none = builder.icmp_signed("<", ep, vconst(vi, _NONE_BELOW))
+                        a = builder.load(accs[r][v])
+                        olds[r, v], nones[r, v] = a, none
+                        if kind == _TILE_RZ:
+                            # floors and the zero accumulator never decide E here (see above)
+                            # biased exponents; in the lanes of a block without a nonzero product
+                            # the scales are meaningless and the result is discarded
+                            ec = builder.and_(builder.lshr(builder.bitcast(a, vi), vconst(vi, 23)), vconst(vi, 255))
+                            Eb = smax(ep, ec)
+                            sc = builder.bitcast(builder.shl(builder.sub(Fb, Eb), vconst(vi, 23)), vf)
+                            scis[r, v] = builder.bitcast(builder.shl(builder.sub(Eb, Fs), vconst(vi, 23)), vf)
+                            cts[r, v] = builder.fptosi(builder.fmul(a, sc), vi)
+                            scs[r, v] = sc
+                            builder.store(vconst(vi, 0), S[r][v])
+                            continue
+                        ep = builder.select(none, vconst(vi, -(1 << 24)), builder.sub(ep, vconst(vi, 127)))
+                        fb = load_vec(fb_p, builder.add(builder.mul(blk, c64(NR)), c64(v * VL)), vi)
+                        fin = builder.fcmp_ordered("<", intr("llvm.fabs", vf, a), inf_f)
+                        cc = builder.select(fin, a, zero_f)
+                        bits = builder.bitcast(cc, vi)
+                        ec = builder.sub(builder.and_(builder.lshr(bits, vconst(vi, 23)), vconst(vi, 255)),
+                                         vconst(vi, 127))
+                        ec = smax(ec, emin_s)
+                        ec = builder.select(builder.fcmp_ordered("==", cc, zero_f), ezero_s, ec)
+                        E = smax(smax(ep, ec), smax(fa, fb))
+                        d = builder.sub(Fs, E)
+                        sc = builder.bitcast(builder.shl(builder.add(smin(d, vconst(vi, 127)), vconst(vi, 127)),
+                                                         vconst(vi, 23)), vf)
+                        ct = intr("llvm.trunc", vd, builder.fmul(builder.fpext(cc, vd), pow2_64(d)))
+                        Es[r, v], scs[r, v], cts[r, v], fins[r, v] = E, sc, ct, fin
+                        builder.store(vconst(vi, 0), S[r][v])
+                # 2. the truncated products, summed in int32
+                with cgutils.for_range(builder, n_v) as kl:
+                    k = builder.add(k0, kl.index)
+                    bv = [load_vec(b_p, builder.add(builder.mul(k, c64(NR)), c64(v * VL)), vf) for v in range(NV)]
+                    for r in range(MR):
+                        a = splat(builder.load(builder.gep(a_p, [builder.add(builder.mul(k, c64(MR)), c64(r))])), vf)
+                        for v in range(NV):
+                            t = builder.fptosi(builder.fmul(builder.fmul(a, bv[v]), scs[r, v]), vi)
+                            builder.store(builder.add(builder.load(S[r][v]), t), S[r][v])
+                # 3. total, rounding to the accumulator
+                for r in range(MR):
+                    for v in range(NV):
+                        if kind == _TILE_RZ:
+                            tot = builder.fadd(builder.sitofp(builder.load(S[r][v]), vd), builder.sitofp(cts[r, v], vd))
+                            rv = builder.bitcast(builder.and_(builder.bitcast(tot, vl), mask_s), vd)
+                            new = builder.fmul(builder.fptrunc(rv, vf), scis[r, v])
+                            builder.store(builder.select(nones[r, v], olds[r, v], new), accs[r][v])
+                            continue
+                        tot = builder.fadd(builder.sitofp(builder.load(S[r][v]), vd), cts[r, v])
+                        val = builder.fmul(tot, pow2_64(builder.sub(Es[r, v], Fs)))
+                        ev = builder.sub(builder.and_(builder.lshr(builder.bitcast(val, vl), vconst(vl, 52)),
+                                                      vconst(vl, 0x7FF)), vconst(vl, 1023))
+                        q = builder.sub(smax(builder.trunc(ev, vi), vconst(vi, -14)), vconst(vi, 10))
+                        s = builder.fmul(val, pow2_64(builder.sub(vconst(vi, 0), q)))
+                        magic = vconst(vd, _RNE_MAGIC)
+                        rv = builder.fmul(builder.fsub(builder.fadd(s, magic), magic), pow2_64(q))
+                        big = builder.fcmp_ordered(">=", intr("llvm.fabs", vd, rv), vconst(vd, 65536.0))
+                        rv = builder.select(big, intr("llvm.copysign", vd, vconst(vd, float("inf")), rv), rv)
+                        new = builder.fptrunc(rv, vf)
+                        builder.store(builder.select(fins[r, v], new, olds[r, v]), accs[r][v])
+            for r in range(MR):
+                for v in range(NV):
+                    ptr = builder.bitcast(builder.gep(acc_p, [c64(r * NR + v * VL)]), ir.PointerType(vf))
+                    builder.store(builder.load(accs[r][v]), ptr, align=1)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+_tile_rz = _tc_tile_kernel(_TILE_RZ)
+_tile_rne16 = _tc_tile_kernel(_TILE_RNE16)
+
+
+def _as_f32(x):  # type: ignore[no-untyped-def]
+    """float32 value of an input: a float, or binary16 bits (uint16)."""
+
+
+@overload(_as_f32)
+def _as_f32_impl(x):  # type: ignore[no-untyped-def]
+    if x == types.uint16:
+        return lambda x: h16_to_f32(x)
+    return lambda x: np.float32(x)
+
+
+@njit(inline="always", cache=True)
+def _decode_row(x, v, e, emin, bias):  # type: ignore[no-untyped-def]
+    """Values (float32) and biased exponents ``max(floor(log2|x|), emin) + bias`` (uint8) of the
+    fp16/FP8 inputs ``x`` (a float or binary16-bit row) into ``v`` and ``e``; zeros and
+    non-finite inputs get value 0 and exponent 0.  Returns how many inputs are not finite.
+    Branch-free (it vectorises); the inputs are never float32 subnormals (|x| >= 2**-24), so the
+    float32 exponent field is ``floor(log2|x|)``."""
+    bad = 0
+    for k in range(x.shape[0]):
+        f = _as_f32(x[k])
+        u = np.int32(f32_to_u32(f) & np.uint32(0x7FFFFFFF))
+        fin = u < np.int32(0x7F800000)
+        ok = fin & (u != np.int32(0))
+        ex = max((u >> np.int32(23)) - np.int32(127), np.int32(emin)) + np.int32(bias)
+        v[k] = f if fin else np.float32(0.0)
+        e[k] = np.uint8(ex if ok else 0)
+        bad += np.int64(not fin)
+    return bad
+
+
+@njit(cache=True)
+def _pack_tiles(A, B, n, emin_a, emin_b, e_zero):  # type: ignore[no-untyped-def]
+    """Strips of ``TMR`` rows of ``A`` (M, Kp) and panels of ``TNR`` columns of ``B`` (Kp, N)
+    (float32 or float64 values, or binary16 bits): values as float32, biased uint8 exponents (0
+    for zeros and padding), the floors ``FA``/``FB`` (``e_zero`` where a block of a row/column
+    holds a zero), and which rows of ``A`` and columns of ``B`` hold a non-finite value."""
+    M, Kp = A.shape
+    N = B.shape[1]
+    nb = Kp // n
+    mt = (M + TMR - 1) // TMR
+    nt = (N + TNR - 1) // TNR
+    Ap = np.zeros((mt, Kp * TMR), np.float32)
+    EAp = np.zeros((mt, Kp * TMR), np.uint8)
+    FA = np.full((mt, nb * TMR), -(1 << 24), np.int32)
+    bad_a = np.zeros(M, np.bool_)
+    bad_b = np.zeros(N, np.bool_)
+    v = np.empty(max(Kp, N), np.float32)
+    e = np.empty(max(Kp, N), np.uint8)
+    for i in range(M):
+        t, r = divmod(i, TMR)
+        bad_a[i] = _decode_row(A[i], v, e, emin_a, BIAS_A) > 0
+        for k in range(Kp):
+            Ap[t, k * TMR + r] = v[k]
+            EAp[t, k * TMR + r] = e[k]
+        for blk in range(nb):
+            z = False
+            for k in range(blk * n, blk * n + n):
+                z |= e[k] == 0
+            if z:
+                FA[t, blk * TMR + r] = e_zero
+    Bp = np.zeros((nt, Kp * TNR), np.float32)
+    EBp = np.zeros((nt, Kp * TNR), np.uint8)
+    FB = np.full((nt, nb * TNR), -(1 << 24), np.int32)
+    zb = np.zeros(N, np.bool_)
+    for k in range(Kp):
+        _decode_row(B[k], v, e, emin_b, BIAS_B)
+        for j in range(N):
+            bad_b[j] |= not math.isfinite(_as_f32(B[k, j]))
+            zb[j] |= e[j] == 0
+        for t in range(nt):
+            j0 = t * TNR
+            w = min(TNR, N - j0)
+            for c in range(w):
+                Bp[t, k * TNR + c] = v[j0 + c]
+                EBp[t, k * TNR + c] = e[j0 + c]
+        if (k + 1) % n == 0:
+            blk = k // n
+            for j in range(N):
+                if zb[j]:
+                    t, c = divmod(j, TNR)
+                    FB[t, blk * TNR + c] = e_zero
+                zb[j] = False
+    return Ap, EAp, Bp, EBp, FA, FB, bad_a, bad_b
+
+
+@njit(cache=True)
+def _tile_chain(Ap, EAp, Bp, EBp, FA, FB, out, ti, tj, M, N, nb, n, F, rho, e_zero, emin_c, promote, mask,
+                acc, tot):  # type: ignore[no-untyped-def]
+    """The chains of tile (``ti``, ``tj``) into ``out``; ``acc`` and ``tot`` are scratch tiles."""
+    acc[:] = 0.0
+    tot[:] = 0.0
+    step = nb if promote <= 0 else promote // n
+    for b0 in range(0, nb, step):
+        b1 = min(nb, b0 + step)
+        a_sl = Ap[ti, b0 * n * TMR:b1 * n * TMR]
+        ea_sl = EAp[ti, b0 * n * TMR:b1 * n * TMR]
+        b_sl = Bp[tj, b0 * n * TNR:b1 * n * TNR]
+        eb_sl = EBp[tj, b0 * n * TNR:b1 * n * TNR]
+        fa_sl = FA[ti, b0 * TMR:b1 * TMR]
+        fb_sl = FB[tj, b0 * TNR:b1 * TNR]
+        if rho == RNE_FP16:
+            _tile_rne16(a_sl, ea_sl, b_sl, eb_sl, fa_sl, fb_sl, acc, b1 - b0, n, F, emin_c, e_zero, mask)
+        else:
+            _tile_rz(a_sl, ea_sl, b_sl, eb_sl, fa_sl, fb_sl, acc, b1 - b0, n, F, emin_c, e_zero, mask)
+        if promote > 0:
+            for x in range(TMR * TNR):
+                tot[x] = tot[x] + acc[x]
+                acc[x] = 0.0
+    res = tot if promote > 0 else acc
+    i0 = ti * TMR
+    j0 = tj * TNR
+    for r in range(min(TMR, M - i0)):
+        for c in range(min(TNR, N - j0)):
+            out[i0 + r, j0 + c] = res[r * TNR + c]
+
+
+@njit(cache=True)
+def gemm_tiled_serial(A, B, n, F, rho, e_zero, emin_a, emin_b, emin_c, promote, mask):  # type: ignore[no-untyped-def]
+    """:func:`gemm` of ``A`` (M, Kp), ``B`` (Kp, N) holding fp16 or FP8 numbers (float32 or float64
+    values, or binary16 bits as uint16; see the section comment, the caller checks the
+    conditions stated there), one thread; ``mask`` is the float64 bit mask of toward-zero
+    rounding to the accumulator.  Returns the float32 results and which rows of ``A`` and
+    columns of ``B`` hold infinities or NaNs (they count as zeros here)."""
+    M, Kp = A.shape
+    N = B.shape[1]
+    nb = Kp // n
+    Ap, EAp, Bp, EBp, FA, FB, bad_a, bad_b = _pack_tiles(A, B, n, emin_a, emin_b, e_zero)
+    out = np.empty((M, N), np.float32)
+    acc = np.empty(TMR * TNR, np.float32)
+    tot = np.empty(TMR * TNR, np.float32)
+    for tj in range(Bp.shape[0]):
+        for ti in range(Ap.shape[0]):
+            _tile_chain(Ap, EAp, Bp, EBp, FA, FB, out, ti, tj, M, N, nb, n, F, rho, e_zero, emin_c, promote, mask,
+                        acc, tot)
+    return out, bad_a, bad_b
+
+
+@njit(parallel=True, cache=True)
+def gemm_tiled(A, B, n, F, rho, e_zero, emin_a, emin_b, emin_c, promote, mask):  # type: ignore[no-untyped-def]
+    """:func:`gemm_tiled_serial` with the tiles spread over threads."""
+    M, Kp = A.shape
+    N = B.shape[1]
+    nb = Kp // n
+    Ap, EAp, Bp, EBp, FA, FB, bad_a, bad_b = _pack_tiles(A, B, n, emin_a, emin_b, e_zero)
+    out = np.empty((M, N), np.float32)
+    mt, nt = Ap.shape[0], Bp.shape[0]
+    groups = (mt + 15) // 16  # work items: 16 row strips of one panel, sharing scratch tiles
+    for t in prange(nt * groups):
+        tj = t // groups
+        g = t - tj * groups
+        acc = np.empty(TMR * TNR, np.float32)
+        tot = np.empty(TMR * TNR, np.float32)
+        for ti in range(g * 16, min(mt, g * 16 + 16)):
+            _tile_chain(Ap, EAp, Bp, EBp, FA, FB, out, ti, tj, M, N, nb, n, F, rho, e_zero, emin_c, promote, mask,
+                        acc, tot)
+    return out, bad_a, bad_b

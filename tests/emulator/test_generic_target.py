@@ -1,7 +1,8 @@
 """The kernels on a target without vector or half-precision instructions.
 
-The package adapts two things to the CPU numba compiles for: the shape of the register tile of
-the fp32-accumulate GEMM (12 x 32 with AVX-512, else 6 x 16) and the float32 <-> binary16
+The package adapts two things to the CPU numba compiles for: the shape of the register tiles of
+the fp32-accumulate GEMM (12 x 32 with AVX-512, else 6 x 16) and of the tensor-core GEMM (vectors
+of 16 or 8 float32 lanes), and the float32 <-> binary16
 conversions (instructions with F16C or on ARMv8, else integer code, since LLVM's fallback calls
 compiler-rt functions that numba does not link).  This test recompiles everything for
 ``NUMBA_CPU_NAME=generic`` (x86-64 or ARMv8 base, no FMA unit: ``llvm.fma`` becomes a libm
@@ -23,6 +24,7 @@ SELECTED = {
     "test_peer_bugs.py": "fp16_overflow_boundary",
     "test_rounding_paths.py": "native_storage or kernels_match_numpy_twin",
     "../verify/test_verify_linalg.py": "real_kernels_pass",
+    "test_tensorcore_tiled.py": "(tiled_kernel_matches_twin and hopper) or serial_and_parallel",
 }
 
 

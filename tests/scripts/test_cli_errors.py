@@ -135,6 +135,7 @@ def test_garbage_checkpoint_is_one_line(files: Path) -> None:
         (("analyze", "mlp", "--data", "gaussian", "--json", "{d}/a_file/x.json"), "a_file is a file, not a folder"),
         (("verify", "--n", "0"), "--n must be an integer >= 1, got 0"),
         (("verify", "--n", "-1"), "--n must be an integer >= 1, got -1"),
+        (("verify", "--tc-blocks", "0"), "--tc-blocks must be an integer >= 1, got 0"),
         (("verify", "--json", "{d}/a_file/v.json"), "a_file is a file, not a folder"),
         (("round", "0.1", "--mode", "stochastic"), "--mode stochastic needs --seed"),
         (("round", "0.1", "--format", "p=11,emin=-14,emax=x"), "emax must be an integer"),
