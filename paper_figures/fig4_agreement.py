@@ -23,7 +23,7 @@ from pathlib import Path
 
 from paper_figures import style
 from paper_figures._analysis import PATTERN, load_reports, model_label
-from paper_figures._inputs import fnum, figure_main, reading
+from paper_figures._inputs import figure_main, fnum, reading
 
 NAME = "fig4_agreement"
 INPUT = PATTERN
