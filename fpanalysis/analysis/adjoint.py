@@ -47,8 +47,12 @@ their minimum.
 Soundness of the arithmetic.  ``mu``, ``g`` and the magnitudes are computed in float64.  Each is
 a sum of at most ``N`` products along any path (``N`` = the sum of the reduction lengths), so
 its float64 error is at most ``gamma_N(u64)`` times the same computation with absolute values,
-which the absolute pass ``A = |J| (|k| + e_bar + eta_bar)`` bounds; the certificate adds
-``2**-30 A`` (checked to exceed ``gamma_N(u64)``) and pads every sum by ``1 + 2**-40``.  ``k`` is
+which the absolute pass ``A = |J| (|k| + e_bar + eta_bar)`` bounds; the certificate and every
+radius add ``gamma A`` with ``gamma = 4 N u64 / (1 - 4 N u64)`` (``N`` also counting the widest
+per-step sum; computed from the network's shapes before any radius, required ``<= 2**-30``) and
+pad every sum by ``1 + 2**-40``.  ``A`` is a product of absolute values and grows like the
+interval bound on deep networks, so this allowance must be the network's own ``gamma_N``, not a
+fixed one: on ResNet-20 a fixed ``2**-30`` alone exceeded the logit margins.  ``k`` is
 computed in float64 from the exact rounded parameters (its error, ``2 (n + 2) u64 |W^ - W| |x~|``,
 is added to ``e_bar``).  If any ``e_bar`` or ``eta_bar`` of an input is infinite (possible
 overflow), that input is not certified and its bounds are infinite.
@@ -152,11 +156,12 @@ class AdjointResult:
 
 
 class _Rec:
-    __slots__ = ("Ak", "Aw", "G", "is_eta", "lin", "mu", "var", "w", "w0", "z")
+    __slots__ = ("Ak", "Aw", "G", "gam", "is_eta", "lin", "mu", "var", "w", "w0", "z")
 
     def __init__(self) -> None:
         self.z = self.G = self.mu = self.Ak = self.Aw = self.lin = self.w = self.w0 = self.var = None
         self.is_eta = False
+        self.gam = _SLACK
 
 
 def _ulp_var(z: torch.Tensor, fmt: Any) -> torch.Tensor:
@@ -258,26 +263,39 @@ def _forward_sweep(traced: TracedModel, x: torch.Tensor, cfg: BoundConfig, cache
     sizes: dict[str, Any] = {}
     in_shapes: dict[str, list] = {}
     with torch.no_grad():
+        # pass 1: the fp32 run (values and shapes), so that the float64 allowance gamma_N(u64) of
+        # the whole network is known before any radius uses it
         for s in traced.steps:
             if s.kind == "size":
                 sizes[s.name] = torch_step(s, [sizes[n] if n in sizes else R[n].z for n in s.inputs], torch.float32,
                                            cache, dict(sizes))
                 continue
             r = _Rec()
+            R[s.name] = r
             if s.kind == "input":
                 r.z = x
+                continue
+            in_shapes[s.name] = [tuple(R[n].z.shape) for n in s.inputs if n in R]
+            r.z = torch_step(s, [sizes[n] if n in sizes else R[n].z for n in s.inputs], torch.float32, cache,
+                             dict(sizes))
+        gam = _gamma64(traced, in_shapes)
+        if not gam <= _SLACK:
+            raise ValueError(f"network too large for the float64 allowance of the adjoint certificate "
+                             f"(gamma {gam:.3g} > 2**-30)")
+        # pass 2: known parts, magnitudes, local bounds and radii
+        for s in traced.steps:
+            if s.kind == "size":
+                continue
+            r = R[s.name]
+            r.gam = gam
+            if s.kind == "input":
                 xh = torch.from_numpy(np.asarray(_round(x, f), dtype=np.float64)).reshape(x.shape)
                 k = xh - x.double()  # exact: both are binary32 numbers of close magnitude
                 r.G = k.abs()
                 r.mu, r.Ak, r.Aw = k, k.abs(), torch.zeros_like(k)
-                R[s.name] = r
                 continue
             ins = [R[n] for n in s.inputs if n in R]
-            in_shapes[s.name] = [tuple(i.z.shape) for i in ins]
-            r.z = torch_step(s, [sizes[n] if n in sizes else R[n].z for n in s.inputs], torch.float32, cache,
-                             dict(sizes))
             _forward(s, ins, r, cfg, cache, sizes)
-            R[s.name] = r
             if s.name in exact_at:
                 r.G = torch.minimum(r.G, _exact_rows(traced, R, s.name, sizes, cache, row_chunk))
     return R, sizes, in_shapes
@@ -337,7 +355,7 @@ def _exact_rows(traced: TracedModel, R: dict[str, _Rec], upto: str, sizes: dict,
                     grads[name] = grads[name] + gi if name in grads else gi
             acc[:, start:start + S] = part.T
     acc = acc.reshape((B,) + shape)
-    rad = _fix((r_t.mu.abs() + acc * _PAD + _SLACK * (r_t.Ak + r_t.Aw)) * _PAD)
+    rad = _fix((r_t.mu.abs() + acc * _PAD + r_t.gam * (r_t.Ak + r_t.Aw)) * _PAD)
     return torch.where(finite.reshape((B,) + (1,) * len(shape)), rad, torch.full_like(rad, math.inf))
 
 
@@ -352,8 +370,6 @@ def adjoint_radii(traced: TracedModel, x: torch.Tensor, cfg: BoundConfig, cache:
         raise ValueError(_unsupported_message(bad))
     R, _, in_shapes = _forward_sweep(traced, x.detach().to("cpu", torch.float32), cfg, cache or ParamCache(), radii,
                                      row_chunk)
-    if not _gamma64(traced, in_shapes) <= _SLACK:
-        raise ValueError("network too large for the float64 slack of the adjoint radii")
     return {n: r.G for n, r in R.items()}
 
 
@@ -364,10 +380,7 @@ def _chunk(traced: TracedModel, x: torch.Tensor, cfg: BoundConfig, cache: ParamC
     out = R[traced.output]
     z = out.z.double()
     K = int(z.shape[1])
-    gam = _gamma64(traced, in_shapes)
-    if not gam <= _SLACK:
-        raise ValueError(f'network too large for the float64 slack of the adjoint certificate (gamma {gam:.3g})')
-    gam = _SLACK
+    gam = out.gam  # gamma_N(u64) of the network (checked <= 2**-30 in the sweep)
     # per-input validity: every injected bound finite
     finite = torch.ones(B, dtype=torch.bool)
     for r in R.values():
@@ -573,7 +586,7 @@ _SLACK = 2.0**-30
 
 def _radius(r: _Rec) -> torch.Tensor:
     """Sound radius from the adjoint forward quantities: |d| <= |mu| + |J| w (+ float64 slack)."""
-    return _fix((r.mu.abs() + r.Aw + _SLACK * (r.Ak + r.Aw)) * _PAD)
+    return _fix((r.mu.abs() + r.Aw + r.gam * (r.Ak + r.Aw)) * _PAD)
 
 
 def _linear(s: Step, x: _Rec, r: _Rec, cfg: BoundConfig, cache: ParamCache) -> None:

@@ -329,3 +329,12 @@ def test_exact_certificate_sound_and_not_weaker() -> None:
 def test_bad_radii_refused() -> None:
     with pytest.raises(ValueError, match="valid choices are: interval, exact"):
         adjoint_certificate(trace_model(_deep_mlp()), torch.randn(2, 10), CFG, radii="tier-b")
+
+
+def test_float64_allowance_is_the_networks_gamma() -> None:
+    """The float64 allowance is gamma_N(u64) of the network (far below the 2**-30 cap): a fixed
+    2**-30 times the absolute-value magnitudes, which grow like the interval bound, swamped the
+    logit margins of ResNet-20."""
+    res = adjoint_certificate(trace_model(_cnn(0)), torch.randn(4, 2, 8, 8), CFG)
+    g = res.stats["gamma64"]
+    assert 0 < g < 2.0**-36
