@@ -61,7 +61,7 @@ def main(argv: list[str]) -> dict:
         t0 = time.perf_counter()
         res = adjoint_certificate(tr, X, bc, batch_size=cfg.batch, radii=tier, row_chunk=cfg.row_chunk)
         sec = time.perf_counter() - t0
-        row = {"seconds": sec, "certified": int(res.certified.sum()), "n": int(len(c)),
+        row = {"seconds": sec, "certified": int(res.certified.sum()), "n": len(c),
                "median_bound": float(np.median(res.bound.max(1))), "median_limit": float(np.median(res.limit)),
                "median_switching": float(np.median(res.switching)), "runs": {}}
         for be in ("emulator", "half"):

@@ -368,7 +368,7 @@ def adjoint_radii(traced: TracedModel, x: torch.Tensor, cfg: BoundConfig, cache:
     bad = unsupported_steps(traced)
     if bad:
         raise ValueError(_unsupported_message(bad))
-    R, _, in_shapes = _forward_sweep(traced, x.detach().to("cpu", torch.float32), cfg, cache or ParamCache(), radii,
+    R, _, _ = _forward_sweep(traced, x.detach().to("cpu", torch.float32), cfg, cache or ParamCache(), radii,
                                      row_chunk)
     return {n: r.G for n, r in R.items()}
 
@@ -376,7 +376,7 @@ def adjoint_radii(traced: TracedModel, x: torch.Tensor, cfg: BoundConfig, cache:
 def _chunk(traced: TracedModel, x: torch.Tensor, cfg: BoundConfig, cache: ParamCache, radii: str = "interval",
            row_chunk: int = 256) -> dict[str, Any]:
     B = int(x.shape[0])
-    R, sizes, in_shapes = _forward_sweep(traced, x, cfg, cache, radii, row_chunk)
+    R, sizes, _ = _forward_sweep(traced, x, cfg, cache, radii, row_chunk)
     out = R[traced.output]
     z = out.z.double()
     K = int(z.shape[1])
