@@ -50,6 +50,7 @@ class Config:
     out: str = str(HERE / "results" / "bench_analysis.json")
     smoke: bool = False
     certificate: str = "adjoint"    # or "interval" (today's Gamma > 2 B alone), for comparison
+    resnet_weights: str = ""        # a ResNet-20 state_dict (torch.save) used instead of the short training
 
 
 def _parse(argv: list[str]) -> Config:
@@ -135,14 +136,22 @@ def _train(model: Any, x: Any, y: Any, cfg: Config) -> dict[str, float]:
     return {"steps": cfg.train_steps, "seconds": time.perf_counter() - t0, "last_loss": loss}
 
 
-def _one(name: str, model: Any, data: Any, n: int, cfg: Config, source: str) -> dict[str, Any]:
+def _one(name: str, model: Any, data: Any, n: int, cfg: Config, source: str, weights: str = "") -> dict[str, Any]:
     import numpy as np
     import torch
 
     from fpanalysis.analysis import analyze
 
     torch.manual_seed(cfg.seed)
-    train = _train(model, data.x_train, data.y_train, cfg)
+    if weights:
+        model.load_state_dict(torch.load(weights))
+        model.eval()
+        with torch.no_grad():
+            acc = float((model(torch.from_numpy(np.asarray(data.x_test))).argmax(1).numpy()
+                         == np.asarray(data.y_test)).mean())
+        train = {"weights": weights, "steps": 0, "fp32_test_acc_all_test": acc}
+    else:
+        train = _train(model, data.x_train, data.y_train, cfg)
     x, y = np.asarray(data.x_test[:n]), np.asarray(data.y_test[:n])
     t0 = time.perf_counter()
     rep = analyze(model, x, cfg.fmt, cfg.profile, failure_prob=cfg.failure_prob, batch_size=cfg.batch_size,
@@ -176,7 +185,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     results["runs"].append(_one("lenet5", lenet, mnist, cfg.lenet_images, cfg, msrc))
     cifar, csrc = _cifar(cfg)
     resnet = build_model("resnet20", input_shape=cifar.input_shape, num_classes=10)
-    results["runs"].append(_one("resnet20", resnet, cifar, cfg.resnet_images, cfg, csrc))
+    results["runs"].append(_one("resnet20", resnet, cifar, cfg.resnet_images, cfg, csrc, cfg.resnet_weights))
     print("\n=== summary ===")
     targets = {"lenet5": 30.0, "resnet20": 120.0}
     for r in results["runs"]:
@@ -189,6 +198,19 @@ def main(argv: list[str]) -> dict[str, Any]:
               f"certified {lg['certified_fraction'] * 100:.1f}% (probabilistic {lg['certified_prob_fraction'] * 100:.1f}%), "
               f"observed agreement {real} {100 * half.get('agreement', float('nan')):.2f}%, "
               f"flips {half.get('flips')}, bound violations {half.get('bound_violations')}; accuracy {rep['accuracy']}")
+        ci = rep.get("certificate", {})
+        if ci.get("method") == "adjoint":
+            t = rep["timings"]
+            ratio = t["total"] / max(t["total"] - t.get("adjoint", 0.0), 1e-9)
+            print(f"  adjoint: certified {ci['certified_adjoint']}/{ci['n']} (interval {ci['certified_interval']}); "
+                  f"time ratio to the interval analysis {ratio:.2f} (adjoint {t['adjoint']:.1f} s of {t['total']:.1f} s)")
+            for run, rr in ci.get("runs", {}).items():
+                cal = rr["calibration"]
+                print(f"  {run}: bound violations {rr['bound_violations']}, margin violations "
+                      f"{rr['margin_violations']}, certified flips {rr['flips_certified']}, median limit/delta "
+                      f"{rr['median_limit_over_delta']:.3g}, median bound/delta {rr['median_bound_over_delta']:.3g}, "
+                      f"delta/delta_pred q05 {cal['q05']:.3g} q50 {cal['q50']:.3g} q95 {cal['q95']:.3g} "
+                      f"(within [0.25, 2]: {100 * cal['within_0.25_2']:.1f}%)")
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     from fpanalysis.analysis.report import json_safe

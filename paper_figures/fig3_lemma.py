@@ -7,6 +7,12 @@ any low-precision run.  Points: certified (``Gamma > 2 B``), agreed but not cert
 (the low-precision class differs).  One figure per format (``fig3_lemma_<fmt>``), profile
 ``fp32-accumulate`` when present.
 
+Third row, where the report has the adjoint certificate (``per_input.adjoint``): per input,
+sorted by the observed error, side by side: the observed ``delta(x)``, the calibrated (NOT sound)
+prediction ``delta_pred(x)``, the limit of any interval-style bound ``sum |g| e_bar``, the sound
+adjoint bound on ``max_i |z16_i - z32_i|``, and half the margin ``Gamma(x) / 2`` (docs/theory.md
+section 2.3a).
+
 Input: ``analysis/*.json`` (``python -m experiments.analysis_runs``): ``per_input.logits``
 with ``gamma``, ``B``, ``certified``, ``class_fp32``, ``delta_<run>``, ``class_<run>`` (run
 ``emulator``, else the first one present).
@@ -42,7 +48,41 @@ def _points(rep: dict) -> dict:
     if not (len(g) == len(d) == len(b) == len(cert) == len(same)):
         raise ValueError("per-input arrays of different lengths")
     outcome = ["flipped" if not s else ("certified" if c else "agreed") for s, c in zip(same, cert)]
-    return {"run": run, "gamma": g, "delta": d, "B": b, "outcome": outcome}
+    out = {"run": run, "gamma": g, "delta": d, "B": b, "outcome": outcome}
+    adj = rep["per_input"].get("adjoint")
+    if adj:
+        out["adjoint"] = {k: [fnum(v) for v in adj[k]] for k in ("bound", "limit", "predicted")}
+        if any(len(v) != len(g) for v in out["adjoint"].values()):
+            raise ValueError("per_input.adjoint arrays of a different length than per_input.logits")
+    return out
+
+
+#: third row: (key, label, colour, marker)
+SIDE = [("gamma2", r"$\Gamma(x)/2$ (half the margin)", "0.55", "_"),
+        ("bound", "sound adjoint bound (certified)", "#009E73", "v"),
+        ("limit", r"limit $\sum|g|\bar e$ of interval-style bounds", "#0072B2", "^"),
+        ("predicted", r"predicted $\delta_{pred}$ (calibrated, not sound)", "#E69F00", "s"),
+        ("delta", r"observed $\delta(x)$", "#D55E00", "o")]
+
+
+def _side_by_side(ax, p: dict) -> None:
+    """Per input (sorted by delta): observed, predicted, limit, sound bound, Gamma / 2 (log scale)."""
+    n = len(p["delta"])
+    order = sorted(range(n), key=lambda k: p["delta"][k] if math.isfinite(p["delta"][k]) else math.inf)
+    vals = dict(p["adjoint"], delta=p["delta"], gamma2=[v / 2 for v in p["gamma"]])
+    shown = 0
+    for key, label, col, mk in SIDE:
+        xs = [i for i, k in enumerate(order) if vals[key][k] > 0 and math.isfinite(vals[key][k])]
+        ys = [vals[key][order[i]] for i in xs]
+        ax.scatter(xs, ys, s=5, marker=mk, color=col, linewidths=0.6 if mk == "_" else 0, alpha=0.8, label=label)
+        shown += len(xs)
+    n_inf = sum(1 for v in p["adjoint"]["bound"] if math.isinf(v))
+    if n_inf:
+        ax.text(0.98, 0.02, f"sound bound infinite for {n_inf} of {n} inputs (not drawn)", fontsize=6,
+                transform=ax.transAxes, ha="right", va="bottom", color="0.3")
+    if shown:
+        ax.set_yscale("log")
+    ax.set_xlabel("test inputs, sorted by the observed error", fontsize=7)
 
 
 def make(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
@@ -68,8 +108,10 @@ def make(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
                 pts.append((r, _points(r["report"])))
         with style.context():
             ncol = len(pts)
-            fig, axes = plt.subplots(2, ncol, figsize=(max(style.SINGLE, 2.35 * ncol), 4.9), squeeze=False,
-                                     layout="constrained")
+            third = any("adjoint" in p for _, p in pts)
+            nrow = 3 if third else 2
+            fig, axes = plt.subplots(nrow, ncol, figsize=(max(style.SINGLE, 2.35 * ncol), 2.45 * nrow),
+                                     squeeze=False, layout="constrained")
             for j, (r, p) in enumerate(pts):
                 for i, (xkey, xlabel, line) in enumerate([
                         ("delta", ("measured error\n" r"$\delta(x)=\|M_{32}(x)-M_{16}(x)\|_\infty$ (logits)"),
@@ -116,11 +158,27 @@ def make(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
                     head = f"({letter}) {model_label(r['model'])}" if i == 0 else f"({letter})"
                     ax.set_title(f"{head}\ncertified {counts['certified']}, not certified {counts['agreed']}, "
                                  f"flipped {counts['flipped']}", fontsize=7.5)
+                if third:
+                    ax = axes[2][j]
+                    if "adjoint" in p:
+                        _side_by_side(ax, p)
+                    else:
+                        ax.text(0.5, 0.5, "adjoint certificate not run\n(smooth layers, or an older report)",
+                                transform=ax.transAxes, ha="center", va="center", color="0.3", fontsize=7)
+                        ax.set_xticks([])
+                        ax.set_yticks([])
+                    if j == 0:
+                        ax.set_ylabel("logit error (logit units)", fontsize=7)
+                    ax.set_title(f"({'abcdefghijkl'[2 * ncol + j]}) certified, limit, predicted, observed",
+                                 fontsize=7.5)
             handles = [plt.Line2D([], [], linestyle="none", marker="o" if oc != "flipped" else "X", markersize=5,
                                   color=style.color("outcome", oc), label=lb) for oc, lb in LABELS.items()]
             handles += [plt.Line2D([], [], color="black", label=r"$\Gamma=2\delta$ (top), $\Gamma=2B$ (bottom)"),
                         plt.matplotlib.patches.Patch(color="0.5", alpha=0.15, label="fp32 class guaranteed")]
-            fig.legend(handles=handles, loc="outside lower center", ncol=5, fontsize=6.5)
+            if third:
+                handles += [plt.Line2D([], [], linestyle="none", marker=mk, markersize=4, color=col, label=lb)
+                            for _, lb, col, mk in SIDE]
+            fig.legend(handles=handles, loc="outside lower center", ncol=5 if not third else 4, fontsize=6.5)
             prof = pts[0][0]["profile"]
             fig.suptitle(f"{fmt}, {prof} arithmetic ({pts[0][1]['run']} run, {len(pts[0][1]['gamma'])} test inputs "
                          "per model)", fontsize=8.5)

@@ -6,8 +6,16 @@ emulated run and of torch's real half kernels with the fp32 class (fp16 only: th
 runs torch's half kernels in fp16 whatever the format).  By construction
 certified <= lemma <= observed (for the run the bound covers).
 
+Where the report has the adjoint certificate (``certificate.method == "adjoint"``), its own
+fraction is drawn beside the interval one, and, side by side with them, what the limit of any
+interval-style bound would certify (``Gamma > 2 limit``, ``per_input.adjoint.limit``) and what the
+calibrated predictor expects (``Gamma > 2 delta_pred``: NOT sound), so that certified, limit,
+predicted and observed can be compared (docs/theory.md section 2.3a).
+
 Input: ``analysis/*.json`` (``python -m experiments.analysis_runs``): ``tolerance.logits`` with
-``n``, ``certified``, ``certified_prob``, ``runs.<run>.{agree, n, lemma_applies}``.
+``n``, ``certified``, ``certified_prob``, ``runs.<run>.{agree, n, lemma_applies}``; optional
+``certificate.{method, certified_adjoint, certified_interval}`` and ``per_input.adjoint.{limit,
+predicted}`` with ``per_input.logits.gamma``.
 """
 from __future__ import annotations
 
@@ -15,15 +23,18 @@ from pathlib import Path
 
 from paper_figures import style
 from paper_figures._analysis import PATTERN, load_reports, model_label
-from paper_figures._inputs import figure_main, reading
+from paper_figures._inputs import figure_main, fnum, reading
 
 NAME = "fig4_agreement"
 INPUT = PATTERN
 SPACE = "logits"
 
 BARS = [  # key, label, colour, hatch
-    ("certified", r"certified a priori ($\Gamma>2B$, deterministic $B$)", "#009E73", None),
+    ("certified", r"certified a priori (sound: either certificate)", "#009E73", None),
+    ("certified_adjoint", "certified a priori by the adjoint certificate alone", "#56B4E9", None),
     ("certified_prob", r"certified a priori ($\Gamma>2B$, probabilistic $B$)", "#8FD3BE", None),
+    ("limit", r"limit: $\Gamma>2\sum|g|\bar e$ (no interval-style bound does better)", "#0072B2", None),
+    ("predicted", r"predicted: $\Gamma>2\delta_{pred}$ (calibrated, not sound)", "#E69F00", None),
     ("lemma", r"lemma applies a posteriori ($\Gamma>2\delta$, emulator)", "#CC79A7", None),
     ("emulator", "same class as fp32: emulator", "#D55E00", None),
     ("torch-half", "same class as fp32: torch fp16 kernels (fp16 rows only)", "#555555", None),
@@ -40,6 +51,18 @@ def _row(rep: dict) -> dict:
         out["lemma"] = int(runs["emulator"]["lemma_applies"]) / int(runs["emulator"]["n"])
     if "torch-half" in runs and rep.get("config", {}).get("fmt") == "fp16":  # torch's half run is always fp16
         out["torch-half"] = int(runs["torch-half"]["agree"]) / int(runs["torch-half"]["n"])
+    cert = rep.get("certificate") or {}
+    if cert.get("method") == "adjoint":
+        out["certified_adjoint"] = int(cert["certified_adjoint"]) / n
+    adj = rep.get("per_input", {}).get("adjoint")
+    gam = rep.get("per_input", {}).get(SPACE, {}).get("gamma")
+    if adj and gam is not None:
+        g = [fnum(v) for v in gam]
+        for key in ("limit", "predicted"):
+            v = [fnum(a) for a in adj[key]]
+            if len(v) != len(g):
+                raise ValueError(f"per_input.adjoint.{key} and per_input.{SPACE}.gamma differ in length")
+            out[key] = sum(1 for a, b in zip(g, v) if a > 2 * b) / len(g)
     return out
 
 

@@ -47,8 +47,12 @@ their minimum.
 Soundness of the arithmetic.  ``mu``, ``g`` and the magnitudes are computed in float64.  Each is
 a sum of at most ``N`` products along any path (``N`` = the sum of the reduction lengths), so
 its float64 error is at most ``gamma_N(u64)`` times the same computation with absolute values,
-which the absolute pass ``A = |J| (|k| + e_bar + eta_bar)`` bounds; the certificate adds
-``2**-30 A`` (checked to exceed ``gamma_N(u64)``) and pads every sum by ``1 + 2**-40``.  ``k`` is
+which the absolute pass ``A = |J| (|k| + e_bar + eta_bar)`` bounds; the certificate and every
+radius add ``gamma A`` with ``gamma = 4 N u64 / (1 - 4 N u64)`` (``N`` also counting the widest
+per-step sum; computed from the network's shapes before any radius, required ``<= 2**-30``) and
+pad every sum by ``1 + 2**-40``.  ``A`` is a product of absolute values and grows like the
+interval bound on deep networks, so this allowance must be the network's own ``gamma_N``, not a
+fixed one: on ResNet-20 a fixed ``2**-30`` alone exceeded the logit margins.  ``k`` is
 computed in float64 from the exact rounded parameters (its error, ``2 (n + 2) u64 |W^ - W| |x~|``,
 is added to ``e_bar``).  If any ``e_bar`` or ``eta_bar`` of an input is infinite (possible
 overflow), that input is not certified and its bounds are infinite.
@@ -108,7 +112,7 @@ from .network_bounds import (
     reduction_length,
 )
 
-__all__ = ["ADJOINT_KINDS", "AdjointResult", "adjoint_certificate", "adjoint_radii", "unsupported_steps"]
+__all__ = ["ADJOINT_KINDS", "RADII", "AdjointResult", "adjoint_certificate", "adjoint_radii", "unsupported_steps"]
 
 #: Step kinds the adjoint certificate covers (piecewise-linear networks).
 ADJOINT_KINDS = frozenset({"input", "output", "size", "identity", "shape", "cat", "linear", "conv2d", "batchnorm",
@@ -152,11 +156,12 @@ class AdjointResult:
 
 
 class _Rec:
-    __slots__ = ("Ak", "Aw", "G", "is_eta", "lin", "mu", "var", "w", "w0", "z")
+    __slots__ = ("Ak", "Aw", "G", "gam", "is_eta", "lin", "mu", "var", "w", "w0", "z")
 
     def __init__(self) -> None:
         self.z = self.G = self.mu = self.Ak = self.Aw = self.lin = self.w = self.w0 = self.var = None
         self.is_eta = False
+        self.gam = _SLACK
 
 
 def _ulp_var(z: torch.Tensor, fmt: Any) -> torch.Tensor:
@@ -187,9 +192,28 @@ def _pair(v: Any) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
+#: Radius tiers: "interval" (tier A: min of the interval bound and |mu| + |J| w propagated with
+#: absolute values, cheap) and "exact" (tier B: also the exact rows of the Jacobian at every ReLU /
+#: max-pool input, one backward pass per neuron: costly, see :func:`_exact_rows`).
+RADII = ("interval", "exact")
+
+
+def _check_radii(radii: str) -> None:
+    if radii not in RADII:
+        raise ValueError(f"unknown radii {radii!r}; valid choices are: {', '.join(RADII)} "
+                         f"('interval': tier A, cheap; 'exact': tier B, exact Jacobian rows at ReLU / max-pool "
+                         f"inputs, one backward pass per neuron)")
+
+
 def adjoint_certificate(traced: TracedModel, X: torch.Tensor, cfg: BoundConfig, *, batch_size: int = 64,
-                        cache: ParamCache | None = None) -> AdjointResult:
-    """Sound per-input certificates by adjoint error propagation (see the module docstring)."""
+                        cache: ParamCache | None = None, radii: str = "interval",
+                        row_chunk: int = 256) -> AdjointResult:
+    """Sound per-input certificates by adjoint error propagation (see the module docstring).
+
+    ``radii``: ``"interval"`` (tier A, default) or ``"exact"`` (tier B: exact Jacobian rows at
+    every ReLU / max-pool input, :func:`_exact_rows`; ``row_chunk`` neurons per backward pass).
+    """
+    _check_radii(radii)
     bad = unsupported_steps(traced)
     if bad:
         raise ValueError(_unsupported_message(bad))
@@ -198,7 +222,8 @@ def adjoint_certificate(traced: TracedModel, X: torch.Tensor, cfg: BoundConfig, 
     cache = cache or ParamCache()
     parts = []
     for i in range(0, int(X.shape[0]), int(batch_size)):
-        parts.append(_chunk(traced, X[i:i + batch_size].detach().to("cpu", torch.float32), cfg, cache))
+        parts.append(_chunk(traced, X[i:i + batch_size].detach().to("cpu", torch.float32), cfg, cache, radii,
+                            row_chunk))
     keys = parts[0].keys()
     cat = {k: np.concatenate([p[k] for p in parts], 0) for k in keys if k != "stats"}
     return AdjointResult(stats=parts[0]["stats"], **cat)
@@ -225,56 +250,137 @@ def _gamma64(traced: TracedModel, shapes: dict) -> float:
     return 4 * nu / (1 - 4 * nu)
 
 
-def _forward_sweep(traced: TracedModel, x: torch.Tensor, cfg: BoundConfig,
-                   cache: ParamCache) -> tuple[dict[str, _Rec], dict[str, Any], dict[str, list]]:
+def _forward_sweep(traced: TracedModel, x: torch.Tensor, cfg: BoundConfig, cache: ParamCache,
+                   radii: str = "interval", row_chunk: int = 256
+                   ) -> tuple[dict[str, _Rec], dict[str, Any], dict[str, list]]:
     f = cfg.fmt
     R: dict[str, _Rec] = {}
+    exact_at = set()
+    if radii == "exact":
+        for s in traced.steps:
+            if s.kind in ("relu", "maxpool2d"):
+                exact_at.update(n for n in s.inputs)
     sizes: dict[str, Any] = {}
     in_shapes: dict[str, list] = {}
     with torch.no_grad():
+        # pass 1: the fp32 run (values and shapes), so that the float64 allowance gamma_N(u64) of
+        # the whole network is known before any radius uses it
         for s in traced.steps:
             if s.kind == "size":
                 sizes[s.name] = torch_step(s, [sizes[n] if n in sizes else R[n].z for n in s.inputs], torch.float32,
                                            cache, dict(sizes))
                 continue
             r = _Rec()
+            R[s.name] = r
             if s.kind == "input":
                 r.z = x
+                continue
+            in_shapes[s.name] = [tuple(R[n].z.shape) for n in s.inputs if n in R]
+            r.z = torch_step(s, [sizes[n] if n in sizes else R[n].z for n in s.inputs], torch.float32, cache,
+                             dict(sizes))
+        gam = _gamma64(traced, in_shapes)
+        if not gam <= _SLACK:
+            raise ValueError(f"network too large for the float64 allowance of the adjoint certificate "
+                             f"(gamma {gam:.3g} > 2**-30)")
+        # pass 2: known parts, magnitudes, local bounds and radii
+        for s in traced.steps:
+            if s.kind == "size":
+                continue
+            r = R[s.name]
+            r.gam = gam
+            if s.kind == "input":
                 xh = torch.from_numpy(np.asarray(_round(x, f), dtype=np.float64)).reshape(x.shape)
                 k = xh - x.double()  # exact: both are binary32 numbers of close magnitude
                 r.G = k.abs()
                 r.mu, r.Ak, r.Aw = k, k.abs(), torch.zeros_like(k)
-                R[s.name] = r
                 continue
             ins = [R[n] for n in s.inputs if n in R]
-            in_shapes[s.name] = [tuple(i.z.shape) for i in ins]
-            r.z = torch_step(s, [sizes[n] if n in sizes else R[n].z for n in s.inputs], torch.float32, cache,
-                             dict(sizes))
             _forward(s, ins, r, cfg, cache, sizes)
-            R[s.name] = r
+            if s.name in exact_at:
+                r.G = torch.minimum(r.G, _exact_rows(traced, R, s.name, sizes, cache, row_chunk))
     return R, sizes, in_shapes
 
 
-def adjoint_radii(traced: TracedModel, x: torch.Tensor, cfg: BoundConfig,
-                  cache: ParamCache | None = None) -> dict[str, torch.Tensor]:
-    """Sound per-neuron radii ``R_s >= |x^_s - x~_s|`` of every tensor step (float64), for tests and reports."""
+def _exact_rows(traced: TracedModel, R: dict[str, _Rec], upto: str, sizes: dict, cache: ParamCache,
+                row_chunk: int) -> torch.Tensor:
+    """Tier-B radius of step ``upto``: ``|mu_t| + sum_{s <= t} |J_{t<-s}| (e_bar_s + eta_bar_s)``, exact rows.
+
+    Soundness.  The decomposition of the module docstring, stopped at step ``t`` instead of the
+    logits, is exact: ``d_t = mu_t + sum_{s <= t} J_{t<-s} (e_s + eta_s)`` with ``|e_s| <= e_bar_s``
+    and ``|eta_s| <= eta_bar_s`` (these use only the radii of steps before ``t``, already sound by
+    induction over the sweep).  Hence ``|d_t[n]| <= |mu_t[n]| + sum_s |row_n(J_{t<-s})| w_s`` for every
+    neuron ``n``, with the rows obtained as ``J_{t<-s}^T e_n`` by one backward pass of the same
+    linearisation the certificate uses (a VJP per neuron, ``row_chunk`` seeds stacked per pass).
+    The float64 evaluation error of the rows and sums is bounded as for the certificate: by
+    ``gamma_N(u64) <= 2**-30`` times the absolute-value propagation ``Ak + Aw`` of step ``t`` (which
+    dominates every ``|J| |k|`` and ``|J| w`` path sum), and each sum is padded by ``1 + 2**-40``.
+    An input whose local bound or switching slack is infinite at any step before ``t`` gets an
+    infinite radius here (the tier-A radius, kept by the minimum, still applies).  Cost: one
+    backward pass through the prefix per ``row_chunk`` neurons of ``t`` (CROWN's per-neuron
+    backward bounds, Zhang et al., NeurIPS 2018, have the same cost); see docs/theory.md
+    section 2.3a.
+    """
+    r_t = R[upto]
+    B = int(r_t.z.shape[0])
+    shape = tuple(r_t.z.shape[1:])
+    n = int(np.prod(shape)) if shape else 1
+    prefix = []
+    for s in traced.steps:
+        prefix.append(s)
+        if s.name == upto:
+            break
+    finite = torch.ones(B, dtype=torch.bool)
+    for s in prefix:
+        w = R[s.name].w if s.name in R else None
+        if w is not None:
+            finite &= torch.isfinite(w.reshape(B, -1)).all(1)
+    acc = torch.zeros(B, n, dtype=torch.float64)
+    with torch.no_grad():
+        for start in range(0, n, int(row_chunk)):
+            S = min(int(row_chunk), n - start)
+            seed = torch.zeros(S, B, n, dtype=torch.float64)
+            seed[torch.arange(S), :, start + torch.arange(S)] = 1.0
+            grads = {upto: seed.reshape((S, B) + shape)}
+            part = torch.zeros(S, B, dtype=torch.float64)
+            for s in reversed(prefix):
+                if s.kind == "size" or s.name not in grads:
+                    continue
+                g = grads.pop(s.name)
+                r = R[s.name]
+                if r.w is not None:
+                    part += _dot(g.reshape(S, B, -1).abs(), r.w, B)
+                if s.kind == "input":
+                    continue
+                for name, gi in _backward(s, g, r, [R[m] for m in s.inputs if m in R], S, B, cache, sizes):
+                    grads[name] = grads[name] + gi if name in grads else gi
+            acc[:, start:start + S] = part.T
+    acc = acc.reshape((B,) + shape)
+    rad = _fix((r_t.mu.abs() + acc * _PAD + r_t.gam * (r_t.Ak + r_t.Aw)) * _PAD)
+    return torch.where(finite.reshape((B,) + (1,) * len(shape)), rad, torch.full_like(rad, math.inf))
+
+
+def adjoint_radii(traced: TracedModel, x: torch.Tensor, cfg: BoundConfig, cache: ParamCache | None = None, *,
+                  radii: str = "interval", row_chunk: int = 256) -> dict[str, torch.Tensor]:
+    """Sound per-neuron radii ``R_s >= |x^_s - x~_s|`` of every tensor step (float64), for tests and reports.
+
+    ``radii``: ``"interval"`` (tier A) or ``"exact"`` (tier B, :func:`_exact_rows`)."""
+    _check_radii(radii)
     bad = unsupported_steps(traced)
     if bad:
         raise ValueError(_unsupported_message(bad))
-    R, _, _ = _forward_sweep(traced, x.detach().to("cpu", torch.float32), cfg, cache or ParamCache())
+    R, _, _ = _forward_sweep(traced, x.detach().to("cpu", torch.float32), cfg, cache or ParamCache(), radii,
+                                     row_chunk)
     return {n: r.G for n, r in R.items()}
 
 
-def _chunk(traced: TracedModel, x: torch.Tensor, cfg: BoundConfig, cache: ParamCache) -> dict[str, Any]:
+def _chunk(traced: TracedModel, x: torch.Tensor, cfg: BoundConfig, cache: ParamCache, radii: str = "interval",
+           row_chunk: int = 256) -> dict[str, Any]:
     B = int(x.shape[0])
-    R, sizes, in_shapes = _forward_sweep(traced, x, cfg, cache)
+    R, sizes, _ = _forward_sweep(traced, x, cfg, cache, radii, row_chunk)
     out = R[traced.output]
     z = out.z.double()
     K = int(z.shape[1])
-    gam = _gamma64(traced, in_shapes)
-    if not gam <= _SLACK:
-        raise ValueError(f'network too large for the float64 slack of the adjoint certificate (gamma {gam:.3g})')
-    gam = _SLACK
+    gam = out.gam  # gamma_N(u64) of the network (checked <= 2**-30 in the sweep)
     # per-input validity: every injected bound finite
     finite = torch.ones(B, dtype=torch.bool)
     for r in R.values():
@@ -480,7 +586,7 @@ _SLACK = 2.0**-30
 
 def _radius(r: _Rec) -> torch.Tensor:
     """Sound radius from the adjoint forward quantities: |d| <= |mu| + |J| w (+ float64 slack)."""
-    return _fix((r.mu.abs() + r.Aw + _SLACK * (r.Ak + r.Aw)) * _PAD)
+    return _fix((r.mu.abs() + r.Aw + r.gam * (r.Ak + r.Aw)) * _PAD)
 
 
 def _linear(s: Step, x: _Rec, r: _Rec, cfg: BoundConfig, cache: ParamCache) -> None:

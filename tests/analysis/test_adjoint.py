@@ -228,8 +228,14 @@ def test_analyze_uses_adjoint_by_default_and_reports_it() -> None:
     assert "adjoint:" in rep.summary() and "delta/delta_pred" in rep.summary()
     assert AnalysisReport.from_json(rep.to_json()).certificate["certified_adjoint"] == info["certified_adjoint"]
     assert len(rep.per_input["adjoint"]["limit"]) == 24
-    with pytest.raises(ValueError, match="valid certificates are: adjoint, interval"):
+    with pytest.raises(ValueError, match="valid certificates are: adjoint, adjoint-exact, interval"):
         analyze(m, x, certificate="lipschitz", progress=False)
+    exact = analyze(m, x, "fp16", progress=False, local=False, reference=False, certificate="adjoint-exact")
+    assert exact.certificate["method"] == "adjoint" and exact.certificate["radii"] == "exact"
+    assert info["radii"] == "interval"
+    assert exact.certificate["certified_adjoint"] >= info["certified_adjoint"]
+    for run in exact.certificate["runs"].values():
+        assert run["bound_violations"] == run["margin_violations"] == run["flips_certified"] == 0
 
 
 def test_analyze_smooth_model_says_interval_is_used() -> None:
@@ -241,3 +247,100 @@ def test_analyze_smooth_model_says_interval_is_used() -> None:
     assert rep.certificate["method"] == "interval"
     assert "not certified by the adjoint method" in rep.certificate["note"]
     assert "not examined" in rep.summary()
+
+
+# ---------------------------------------------------------------- tier-B (exact-row) radii
+
+
+def _deep_mlp(seed: int = 0, depth: int = 6, width: int = 24) -> nn.Module:
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = [nn.Linear(10, width), nn.ReLU()]
+    for _ in range(depth - 2):
+        layers += [nn.Linear(width, width), nn.ReLU()]
+    layers.append(nn.Linear(width, 5))
+    return nn.Sequential(*layers).eval()
+
+
+@pytest.mark.parametrize("model", ["cnn", "res", "mlp"])
+def test_exact_radii_hold_per_neuron_and_tighten(model: str) -> None:
+    """Tier B: |emulated - fp32| <= R_exact at every step (emulator and torch half), and the exact
+    radii are never above tier A and, on the deep MLP, strictly below it somewhere (one residual
+    block or two layers leave tier A nearly exact already)."""
+    m = {"cnn": lambda: _cnn(1), "res": lambda: _Res().eval(), "mlp": _deep_mlp}[model]()
+    torch.manual_seed(7)
+    x = {"cnn": lambda: torch.randn(6, 2, 8, 8), "res": lambda: torch.randn(6, 3, 6, 6),
+         "mlp": lambda: torch.randn(6, 10)}[model]()
+    tr = trace_model(m)
+    ra = adjoint_radii(tr, x, CFG)
+    rb = adjoint_radii(tr, x, CFG, radii="exact", row_chunk=5)
+    out = run_model(tr, x, "fp16", backends=("float32", "emulator", "half"))
+    tighter = 0
+    for name, R in rb.items():
+        assert bool((R <= ra[name]).all()), name
+        tighter += int((R < ra[name]).sum())
+        for be in ("emulator", "half"):
+            d = (out[be][name].double() - out["float32"][name].double()).abs()
+            assert bool((d <= R).all()), (name, be, float((d - R).max()))
+    if model == "mlp":
+        assert tighter > 0
+
+
+def test_exact_rows_match_explicit_jacobian() -> None:
+    """The tier-B radius at a ReLU input equals |mu| + sum_s |J_{t<-s}| w_s with J built explicitly
+    from the rounded weight matrices and the fp32 activation pattern (float64 matrix products)."""
+    from fpanalysis.analysis.adjoint import _exact_rows, _forward_sweep
+    from fpanalysis.nn.execute import ParamCache
+
+    m = _deep_mlp(3, depth=4, width=12)
+    torch.manual_seed(2)
+    x = torch.randn(3, 10)
+    tr = trace_model(m)
+    cache = ParamCache()
+    R, sizes, _ = _forward_sweep(tr, x, CFG, cache)
+    lin = [s for s in tr.steps if s.kind == "linear"]
+    relu = [s for s in tr.steps if s.kind == "relu"]
+    t = lin[2]  # input of the third ReLU
+    got = _exact_rows(tr, R, t.name, sizes, cache, 4)
+    Wh = [torch.from_numpy(np.asarray(round_to(s.attrs["weight"].detach().double().numpy(), "fp16"),
+                                      dtype=np.float64)) for s in lin]
+    for b in range(3):
+        D = [torch.diag((R[s.inputs[0]].z[b].double() > 0).double()) for s in relu]
+        # J_{t<-s} for s = lin2 (identity), relu1 (W2), lin1 (W2 D1), relu0 (W2 D1 W1), lin0 (W2 D1 W1 D0)
+        J = torch.eye(12, dtype=torch.float64)
+        want = R[t.name].mu[b].abs() + R[t.name].w[b]
+        chain = [(relu[1], Wh[2]), (lin[1], D[1]), (relu[0], Wh[1]), (lin[0], D[0])]
+        for s, M in chain:
+            J = J @ M
+            want = want + J.abs() @ R[s.name].w[b]
+        # equal up to the float64 allowance (2**-30 of the magnitudes, padding): above, never below
+        assert bool((got[b] >= want).all()) and bool((got[b] <= want * (1 + 1e-7)).all()), (b, got[b] - want)
+
+
+def test_exact_certificate_sound_and_not_weaker() -> None:
+    m = _deep_mlp(4, depth=7, width=20)
+    torch.manual_seed(9)
+    x = torch.randn(24, 10)
+    tr = trace_model(m)
+    a = adjoint_certificate(tr, x, CFG)
+    b = adjoint_certificate(tr, x, CFG, radii="exact", row_chunk=7)
+    obs = _observed(m, x)
+    z = obs["float32"]
+    for name in ("emulator", "half"):
+        d = np.abs(obs[name] - z)
+        assert (d <= b.bound).all(), name
+        assert not ((obs[name].argmax(1) != z.argmax(1)) & b.certified).any()
+    assert (b.bound <= a.bound).all() and int(b.certified.sum()) >= int(a.certified.sum())
+
+
+def test_bad_radii_refused() -> None:
+    with pytest.raises(ValueError, match="valid choices are: interval, exact"):
+        adjoint_certificate(trace_model(_deep_mlp()), torch.randn(2, 10), CFG, radii="tier-b")
+
+
+def test_float64_allowance_is_the_networks_gamma() -> None:
+    """The float64 allowance is gamma_N(u64) of the network (far below the 2**-30 cap): a fixed
+    2**-30 times the absolute-value magnitudes, which grow like the interval bound, swamped the
+    logit margins of ResNet-20."""
+    res = adjoint_certificate(trace_model(_cnn(0)), torch.randn(4, 2, 8, 8), CFG)
+    g = res.stats["gamma64"]
+    assert 0 < g < 2.0**-36

@@ -75,8 +75,17 @@ def _analysis_report(model: str, fmt: str, profile: str, rng: np.random.Generato
             "torch-half": {"name": "torch-half", "n": n, "agree": n, "flips": 0, "lemma_applies": n - 2}}
     tol = {"space": "logits", "n": n, "certified": int(cert.sum()), "certified_prob": int(cert.sum()) + 1,
            "probability": 0.999, "runs": runs}
-    return {"config": {"model": model, "fmt": fmt, "profile": profile, "n_inputs": n}, "layers": layers,
-            "tolerance": {"logits": tol}, "per_input": {"logits": per}, "accuracy": {}, "timings": {}}
+    rep = {"config": {"model": model, "fmt": fmt, "profile": profile, "n_inputs": n}, "layers": layers,
+           "tolerance": {"logits": tol}, "per_input": {"logits": per}, "accuracy": {}, "timings": {}}
+    if model == "mlp":  # the adjoint certificate's entries (piecewise-linear model)
+        bound = delta * 8
+        bound[1] = math.inf
+        rep["per_input"]["adjoint"] = {"bound": ["inf" if math.isinf(b) else b for b in bound],
+                                       "limit": (delta * 300).tolist(), "predicted": (delta * 30).tolist(),
+                                       "certified": (gamma > 2 * bound).tolist()}
+        rep["certificate"] = {"method": "adjoint", "n": n, "certified_adjoint": int((gamma > 2 * bound).sum()),
+                              "certified_interval": int(cert.sum())}
+    return rep
 
 
 def _train_run(model: str, mode: str, seed: int, diverged: bool = False) -> dict:
@@ -288,6 +297,33 @@ def test_fig4_bar_lengths_are_the_certified_and_observed_fractions(synthetic: Pa
     for frac in (t["certified"] / t["n"], t["certified_prob"] / t["n"], t["runs"]["emulator"]["agree"] / t["n"],
                  t["runs"]["emulator"]["lemma_applies"] / t["n"]):
         assert round(100 * frac, 9) in widths
+
+
+def test_fig4_draws_adjoint_limit_and_predicted_fractions(synthetic: Path, drawn: dict) -> None:
+    """Side by side: the adjoint certificate's fraction, Gamma > 2 limit and Gamma > 2 delta_pred."""
+    rep = json.loads((synthetic / "analysis" / "digits-mlp-fp16-ieee.json").read_text())
+    n = rep["tolerance"]["logits"]["n"]
+    g = np.asarray(rep["per_input"]["logits"]["gamma"], float)
+    adj = rep["per_input"]["adjoint"]
+    want = [rep["certificate"]["certified_adjoint"] / n, float(np.mean(g > 2 * np.asarray(adj["limit"], float))),
+            float(np.mean(g > 2 * np.asarray(adj["predicted"], float)))]
+    assert 0 < want[1] < 1 and 0 < want[2] < 1 and want[1] != want[2]
+    (_, axes), = _saved(drawn, "fig4")
+    widths = {round(w, 9) for a in axes if "bars" in a for w in a["bars"]}
+    for frac in want:
+        assert round(100 * frac, 9) in widths, frac
+
+
+def test_fig3_third_row_shows_certified_limit_predicted_observed(drawn: dict) -> None:
+    (_, axes), = _saved(drawn, "fig3_lemma_fp16")
+    rows = sorted({tuple(a["row"]) for a in axes if "row" in a})
+    assert len(rows) == 3
+    third = [a for a in axes if "row" in a and tuple(a["row"]) == rows[0]]
+    # the MLP has adjoint results (log-scale points); the ViT's panel only says it was not run
+    assert len(third) == 2
+    drawn_ = [a for a in third if a["has_data"]]
+    assert len(drawn_) == 1 and drawn_[0]["yscale"] == "log"
+    assert drawn_[0]["xlabel"].startswith("test inputs, sorted")
 
 
 def test_fig5_ignores_other_json_and_counts_divergence(synthetic: Path) -> None:
