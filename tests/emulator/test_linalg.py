@@ -444,6 +444,117 @@ def test_ieee_fp16_rne_tiled_matches_oracles(order: str, monkeypatch) -> None:  
     assert calls == (["h16_tiled"] if G.H16_TILED else [])
 
 
+def _is_tie16(x: np.ndarray) -> np.ndarray:
+    """Whether each finite float64 ``x`` lies exactly halfway between two binary16 numbers (the
+    neighbouring float64 numbers round, in numpy's direct float64 -> float16 conversion, to
+    different binary16 numbers, and ``x`` itself is not one)."""
+    with np.errstate(over="ignore"):
+        lo = np.nextafter(x, -np.inf).astype(np.float16)
+        hi = np.nextafter(x, np.inf).astype(np.float16)
+        return np.isfinite(x) & (lo != hi) & (x.astype(np.float16).astype(np.float64) != x)
+
+
+def test_h16_scaled_integer_sum_twin_is_binary16_rounding() -> None:
+    """The integer rounding of the scaled tile accumulators (numpy twin ``gemm._h16_step``)
+    equals binary16 arithmetic done by numpy's float16 (product, then sum, each rounded) on
+    every finite binary16 ``c`` against sums that tie (``p`` = +-half an ulp of ``c`` and odd
+    multiples), land in the subnormal range, reach the overflow threshold 65520 exactly or
+    just below, and on random pairs, infinities, NaN and signed zeros."""
+    from fpanalysis._kernels import gemm as G
+
+    allbits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    h = allbits.view(np.float16).astype(np.float32)
+    fin = h[np.isfinite(h)]
+    with np.errstate(over="ignore"):  # the spacing above 65504 is inf: use the binade's, 32
+        ulp = np.spacing(np.abs(fin).astype(np.float16)).astype(np.float32)
+    half_ulp = np.where(np.isinf(ulp), np.float32(32.0), ulp) / 2
+    rng = np.random.default_rng(5)
+    cs, as_, bs = [], [], []
+
+    def add(c, a, b):  # type: ignore[no-untyped-def]
+        cs.append(np.asarray(c, np.float32)), as_.append(np.asarray(a, np.float32)), bs.append(np.asarray(b, np.float32))
+
+    for m in (1.0, -1.0, 3.0, -3.0):  # ties (and 3/2 ulp: rounds to even the other way)
+        ok = half_ulp >= 2.0**-24  # a binary16 number (and finite)
+        add(fin[ok], (half_ulp * m)[ok], np.ones(ok.sum()))
+    add(fin, np.full(fin.size, 2.0**-12), rng.choice(fin[np.abs(fin) < 2.0**-10], fin.size))  # subnormal products
+    add(np.full(4, 65504.0), [16.0, 15.0 + 2.0**-6, -16.0, 32.0], np.ones(4))  # 65520 ties to inf; below; back
+    add(np.full(3, -65504.0), [-16.0, -8.0, 0.0], np.ones(3))
+    add(rng.choice(fin, 300_000), rng.choice(fin, 300_000), rng.choice(fin, 300_000))
+    sp = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1.0, -(2.0**-24), 65504.0], np.float32)
+    g = np.array(np.meshgrid(sp, sp, sp)).reshape(3, -1)
+    add(g[0], g[1], g[2])
+    c, a, b = (np.concatenate(x) for x in (cs, as_, bs))
+    c[c == 0] = 0.0  # the tile's sums are never -0 (they start at +0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        p16 = a.astype(np.float16) * b.astype(np.float16)  # float16 product, rounded once
+        want = (c.astype(np.float16) + p16).astype(np.float32)  # float16 sum, rounded once
+        exact = c.astype(np.float64) + p16.astype(np.float64)
+    assert _is_tie16(exact).sum() > 200_000 and (np.isinf(want) & np.isfinite(exact)).sum() >= 2
+    with np.errstate(over="ignore", invalid="ignore"):
+        got = G._h16_step(c * np.float32(G._H16_SCALE), a, b, True) * np.float32(1 / G._H16_SCALE)
+    assert same(got, want), np.flatnonzero(~((got == want) | (np.isnan(got) & np.isnan(want))))[:10]
+    assert same(G._h16_step(c, a, b, False), want)
+
+
+@pytest.mark.parametrize("order", ["sequential", "blocked"])
+def test_ieee_fp16_tiled_both_roundings_adversarial(order: str) -> None:
+    """The binary16 register tile rounds sums two ways (conversion pairs; integer rounding of
+    sums scaled by 2**112 on a checkerboard of accumulators).  Operands built to make products
+    and sums tie, results subnormal, sums cross 65520 to inf, inf - inf = NaN, -0 products; two
+    passes over k (the scaled tile saved and reloaded); every case counted in both kinds of
+    accumulator and compared bit for bit with numpy float16 done one operation at a time."""
+    from fpanalysis._kernels import gemm as G
+
+    if not G.H16_TILED:
+        pytest.skip("the binary16 register tile needs F16C without AVX512-FP16")
+    rng = np.random.default_rng(12)
+    M, K, N, blk = 2 * G.MR + 5, 300, 2 * G.NR + 7, 40
+    # few significant bits and exponents 11 apart make exact halfway sums common
+    mant = np.array([1.0, 1.5, 1.25, 1.75, 1.0 + 2.0**-10, 1.0 + 3 * 2.0**-10])
+    A = rng.choice(mant, (M, K)) * 2.0 ** rng.integers(-6, 6, (M, K)) * rng.choice([-1.0, 1.0], (M, K))
+    B = rng.choice(mant, (K, N)) * 2.0 ** rng.integers(-6, 6, (K, N))
+    A[: G.MR // 2] *= 2.0**-9  # rows of subnormal products and sums
+    A[G.MR // 2 : G.MR, :8] = 2.0**14  # big sums: cross 65520 (inf), some come back with -B
+    B[4:8] *= rng.choice([-1.0, 1.0], (4, N))
+    u = rng.random((M, K))
+    A[u < 0.003] = np.nan
+    A[(u > 0.003) & (u < 0.006)] = np.inf
+    A[(u > 0.006) & (u < 0.02)] = -0.0
+    A[G.MR - 1] = -0.0  # a row of -0 products: +0 results (in both kinds of accumulator)
+    A16, B16 = A.astype(np.float16), B.astype(np.float16)  # (small subnormals round)
+    A, B = A16.astype(np.float64), B16.astype(np.float64)
+
+    # numpy float16 one operation at a time, counting ties / subnormal and overflowing sums
+    step = blk if order == "blocked" else K
+    acc = np.zeros((M, N), np.float16)
+    ties = np.zeros((M, N), int)
+    sub = np.zeros((M, N), bool)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for k0 in range(0, K, step):
+            s = np.zeros((M, N), np.float16)
+            for k in range(k0, min(K, k0 + step)):
+                a64, b64 = A16[:, k : k + 1].astype(np.float64), B16[k].astype(np.float64)
+                p = A16[:, k : k + 1] * B16[k]
+                ties += _is_tie16(a64 * b64)
+                exact = s.astype(np.float64) + p.astype(np.float64)
+                ties += _is_tie16(exact)
+                s = s + p
+                sub |= (s != 0) & (np.abs(s) < 2.0**-14)
+            acc = acc + s
+    want = acc.astype(np.float32)
+    got = matmul(A, B, "fp16", "ieee", order=order, block=blk)
+    assert same(got, want), np.argwhere(~((got == want) | (np.isnan(got) & np.isnan(want))))[:10]
+
+    i, j = np.indices((M, N))
+    scaled = ((i % G.MR) + (j % G.NR) // G.VL) % 2 == 1
+    scaled[(i >= M // G.MR * G.MR) | (j >= N // G.NR * G.NR)] = False  # edge tiles: same kernel, counted apart
+    for part in (scaled, ~scaled):
+        assert ties[part].sum() > 1000 and sub[part].sum() > 10
+        assert np.isinf(got[part]).sum() > 5 and np.isnan(got[part]).sum() > 5
+        assert ((got[part] == 0) & ~np.signbit(got[part])).sum() >= G.NR // 2
+
+
 @pytest.mark.parametrize("mode", ALL_MODES)
 @pytest.mark.parametrize(
     "order,fma", [("sequential", False), ("sequential", True), ("pairwise", False), ("blocked", True)]
