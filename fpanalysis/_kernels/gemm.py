@@ -12,9 +12,8 @@ Higham's recursive pairing of the terms):
   float32, and float32 is wide enough, 24 >= 2*11 + 2, for double rounding of a sum of two
   fp16 numbers to be innocuous; Figueroa, ACM SIGNUM 1995).  ``h16_tiled`` (sequential and
   blocked orders) is the same arithmetic in the register tile of ``f32_tiled``: binary16 values
-  held in float32 vectors, each product rounded by a vector ``fptrunc``/``fpext`` pair, each
-  sum the same way or, on half the accumulators, by integer arithmetic on the float32 bits of
-  the sum scaled by 2**112 (``_h16_step``); it is used on x86-64 with F16C and without AVX512-FP16 (``H16_TILED``), where it saves the
+  held in float32 vectors, each product and sum rounded by a vector ``fptrunc``/``fpext`` pair;
+  it is used on x86-64 with F16C and without AVX512-FP16 (``H16_TILED``), where it saves the
   per-operation conversions of the operands and the loads and stores of the sums.
 * ``f32_*`` -- the ``fp32-accumulate`` profile on float32 values: products rounded to float32
   (exact for fp16 operands) and float32 additions, both IEEE round-to-nearest-even.  When the
@@ -309,43 +308,6 @@ KC = 256  # k per pass over a tile: a packed A strip (KC x MR) stays in L1, a B 
 
 
 _MUL_ADD, _FMA, _H16 = 0, 1, 2  # kinds of tile step
-_H16_SCALE = 2.0**112  # binary16 values times this: 65504 * 2**112 < 2**128 <= 65520 * 2**112
-
-
-def _h16_scaled(r: int, v: int) -> bool:
-    """Whether accumulator (r, v) of the ``_H16`` tile rounds its sums with integers on values
-    scaled by 2**112 (a checkerboard: half the accumulators), see :func:`_h16_step`."""
-    return (r + v) % 2 == 1
-
-
-def _h16_step(c: np.ndarray, a: np.ndarray, b: np.ndarray, scaled: bool) -> np.ndarray:
-    """numpy twin of one ``_H16`` tile step on float32 arrays (the test oracle of the codegen).
-
-    ``scaled=False``: ``c + fl16(a*b)`` rounded to binary16 (each rounding a conversion to
-    float16 and back).  ``scaled=True``: ``c`` holds a binary16 number times 2**112.  The sum is
-    one float32 fused multiply-add ``fl32(fl16(a*b) * 2**112 + c)``, which is
-    ``fl32(c/2**112 + fl16(a*b)) * 2**112`` exactly (scaling by a power of two; a nonzero sum of
-    binary16 numbers is at least 2**-24, so scaled it is a normal float32), or +-inf when that
-    scaled sum overflows float32, exactly when the binary16 sum is at least 65520 and overflows
-    too.  Its bits are then rounded to 11 significant bits, nearest even, with integers (add
-    0x0fff plus the last kept bit, clear the 13 dropped bits): in binary16's normal range that
-    is binary16 rounding, and a carry out of the largest binade reaches the exponent of inf, as
-    binary16 overflow does (65504 * 2**112 < 2**128); below 2**-14 the sum of two binary16
-    numbers is exact, with at most 10 significant bits, so the integer rounding leaves it
-    alone; inf stays inf; NaNs here have 13 zero low bits (they come from binary16 values or
-    are the default NaN) and stay NaN.  The sums never produce -0 (they start from +0), so
-    the sign rules of an exact zero sum need no care.  Using this on half the accumulators
-    moves work from the conversion instructions to integer ones.
-    """
-    with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN follow IEEE rules
-        p = (a * b).astype(np.float16).astype(np.float32)
-        if not scaled:
-            return (c + p).astype(np.float16).astype(np.float32)
-        # the float64 value is exact (multiples of 2**88 below 2**129), then rounded once
-        s = (p.astype(np.float64) * _H16_SCALE + c.astype(np.float64)).astype(np.float32)
-    u = s.view(np.uint32)
-    u = (u + np.where(u & 0x2000, np.uint32(0x1000), np.uint32(0x0FFF))) & np.uint32(0xFFFFE000)
-    return u.view(np.float32)
 
 
 def _tile_kernel(kind: int):  # type: ignore[no-untyped-def]
@@ -356,18 +318,13 @@ def _tile_kernel(kind: int):  # type: ignore[no-untyped-def]
 
     Each step is, by ``kind``: ``_FMA`` one float32 FMA; ``_MUL_ADD`` a float32 product then a
     float32 sum; ``_H16`` (operands and accumulators are binary16 numbers held in float32) the
-    float32 product rounded to binary16, then the float32 sum rounded to binary16.  That is IEEE
-    binary16 arithmetic with round to nearest even: the product of two binary16 numbers is exact
-    in float32, and for a sum of two binary16 numbers rounding to float32 first and then to
-    binary16 gives the correctly rounded binary16 sum, because 24 >= 2*11 + 2 (Figueroa, "When
-    is double rounding innocuous?", ACM SIGNUM Newsletter 30(3), 1995).  Overflow gives inf,
-    subnormals are kept (no flush to zero in numba's code).
-
-    ``_H16`` rounds in two ways, on alternate accumulators (see :func:`_h16_step`), because
-    the conversion instructions alone limit the speed (about one per cycle): the product is
-    always rounded by a vector ``fptrunc`` to ``half`` and ``fpext`` back
-    (``vcvtps2ph``/``vcvtph2ps`` with F16C); the sum either the same way, or, on accumulators
-    held scaled by 2**112, by integer arithmetic on the float32 bits."""
+    float32 product rounded to binary16, then the float32 sum rounded to binary16, each
+    rounding a vector ``fptrunc`` to ``half`` and ``fpext`` back (``vcvtps2ph``/``vcvtph2ps``
+    with F16C).  That is IEEE binary16 arithmetic with round to nearest even: the product of two
+    binary16 numbers is exact in float32, and for a sum of two binary16 numbers rounding to
+    float32 first and then to binary16 gives the correctly rounded binary16 sum, because
+    24 >= 2*11 + 2 (Figueroa, "When is double rounding innocuous?", ACM SIGNUM Newsletter 30(3),
+    1995).  Overflow gives inf, subnormals are kept (no flush to zero in numba's code)."""
 
     @intrinsic
     def tile(typingctx, Ap, Bp, b_off, C, c_off, ldc, kc, load_c):  # type: ignore[no-untyped-def]
@@ -399,14 +356,6 @@ def _tile_kernel(kind: int):  # type: ignore[no-untyped-def]
             fma = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(vt, [vt, vt, vt]), f"llvm.fma.v{VL}f32"
             )
-            it = ir.VectorType(i32, VL)
-
-            def fconst(x: float):  # type: ignore[no-untyped-def]
-                return ir.Constant(vt, [x] * VL)
-
-            def iconst(x: int):  # type: ignore[no-untyped-def]
-                return ir.Constant(it, [x] * VL)
-
             acc = [[cgutils.alloca_once(builder, vt) for _ in range(NV)] for _ in range(MR)]
             c_rows = [builder.gep(c_p, [builder.mul(ldc_v, const(r))]) for r in range(MR)]
             with builder.if_else(load_v) as (then, otherwise):
@@ -414,8 +363,6 @@ def _tile_kernel(kind: int):  # type: ignore[no-untyped-def]
                     for r in range(MR):
                         for v in range(NV):
                             x = builder.load(vec_at(c_rows[r], const(v * VL)), align=4)
-                            if kind == _H16 and _h16_scaled(r, v):
-                                x = builder.fmul(x, fconst(_H16_SCALE))  # exact
                             builder.store(x, acc[r][v])
                 with otherwise:
                     for r in range(MR):
@@ -425,15 +372,6 @@ def _tile_kernel(kind: int):  # type: ignore[no-untyped-def]
 
             def to_h16(x):  # type: ignore[no-untyped-def]
                 return builder.fpext(builder.fptrunc(x, hv), vt)  # RNE to binary16, exactly back
-
-            def scaled_sum_to_h16(s):  # type: ignore[no-untyped-def]
-                # s = fl32(c + p) * 2**112; round its float32 bits to 11 significant bits, nearest
-                # even: add 0x0fff, plus 1 if the last kept bit (0x2000) is set, and clear the
-                # 13 dropped bits (the carry may ripple into the exponent, up to inf)
-                u = builder.bitcast(s, it)
-                odd = builder.icmp_unsigned("!=", builder.and_(u, iconst(0x2000)), iconst(0))
-                bias = builder.select(odd, iconst(0x1000), iconst(0x0FFF))
-                return builder.bitcast(builder.and_(builder.add(u, bias), iconst(-0x2000)), vt)
 
             undef = ir.Constant(vt, ir.Undefined)
             splat = ir.Constant(ir.VectorType(i32, VL), [0] * VL)
@@ -453,18 +391,12 @@ def _tile_kernel(kind: int):  # type: ignore[no-untyped-def]
                             x = builder.call(fma, [a, b[v], c])
                         elif kind == _MUL_ADD:  # no fast-math flags: LLVM keeps the two roundings
                             x = builder.fadd(c, builder.fmul(a, b[v]))
-                        elif not _h16_scaled(r, v):
+                        else:
                             x = to_h16(builder.fadd(c, to_h16(builder.fmul(a, b[v]))))
-                        else:  # c and the result scaled by 2**112: see _h16_step
-                            p = to_h16(builder.fmul(a, b[v]))
-                            x = scaled_sum_to_h16(builder.call(fma, [p, fconst(_H16_SCALE), c]))
                         builder.store(x, acc[r][v])
             for r in range(MR):
                 for v in range(NV):
-                    x = builder.load(acc[r][v])
-                    if kind == _H16 and _h16_scaled(r, v):
-                        x = builder.fmul(x, fconst(1.0 / _H16_SCALE))  # exact
-                    builder.store(x, vec_at(c_rows[r], const(v * VL)), align=4)
+                    builder.store(builder.load(acc[r][v]), vec_at(c_rows[r], const(v * VL)), align=4)
             return context.get_dummy_value()
 
         return sig, codegen
