@@ -411,7 +411,8 @@ def round_to(
         dest = out.reshape(-1)
     p, emin, minnorm, maxval, sub, ovf, code, key, kbits = args
     if return_stats:
-        counts = round_kernels.round_array_stats(flat, dest, p, emin, minnorm, maxval, sub, ovf, code, key, 0, kbits)
+        kern = round_kernels.round_array_stats if flat.size >= round_kernels.SERIAL_BELOW else round_kernels.round_array_stats_serial
+        counts = kern(flat, dest, p, emin, minnorm, maxval, sub, ovf, code, key, 0, kbits)
         stats = RoundingStats(flat.size, *(int(c) for c in counts))
         if int_counts is not None:  # the replaced entries are format numbers: no counts above
             stats = stats + RoundingStats(0, int_counts[0], int_counts[1], 0, 0)

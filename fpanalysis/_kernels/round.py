@@ -12,6 +12,8 @@ only where one of them is wrong.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import njit, prange
 
@@ -178,152 +180,109 @@ def f32_kernel_applies(p: int, emin: int, emax: int, subnormals: bool) -> bool:
     return 2 <= p <= 24 and lowest - p + 1 >= -126 and emax <= 127
 
 
-@njit(inline="always", cache=True)
-def _range_f32(x, out, start, stop, p, emin, minnorm, maxval, subnormals, ovf, mode):  # type: ignore[no-untyped-def]
-    """Round float32 ``x[start:stop]`` into float32 ``out`` (deterministic modes, formats where
-    :func:`f32_kernel_applies`)."""
-    mn = np.float32(minnorm)
-    mx = np.float32(maxval)
-    if mode == RNE:
-        for i in range(start, stop):
-            out[i] = round_scalar_f32(x[i], p, emin, mn, mx, subnormals, ovf, RNE)
-    elif mode == RNA:
-        for i in range(start, stop):
-            out[i] = round_scalar_f32(x[i], p, emin, mn, mx, subnormals, ovf, RNA)
-    elif mode == RZ:
-        for i in range(start, stop):
-            out[i] = round_scalar_f32(x[i], p, emin, mn, mx, subnormals, ovf, RZ)
-    elif mode == RU:
-        for i in range(start, stop):
-            out[i] = round_scalar_f32(x[i], p, emin, mn, mx, subnormals, ovf, RU)
-    elif mode == RD:
-        for i in range(start, stop):
-            out[i] = round_scalar_f32(x[i], p, emin, mn, mx, subnormals, ovf, RD)
-    else:
-        for i in range(start, stop):
-            out[i] = round_scalar_f32(x[i], p, emin, mn, mx, subnormals, ovf, RTO)
+# --- array kernels, one compiled specialisation per rounding mode -----------------------------
+#
+# Each array kernel below is a Python function that calls a numba kernel made for its mode by
+# a factory (``MODE`` a constant of the closure: numba's cache keys closures by their captured
+# values).  A job compiles only the modes it uses: compiling all eight mode loops into one
+# kernel took most of the first run's compile time (``fpanalysis check --demo`` uses one mode).
 
 
-@njit(parallel=True, cache=True)
+def _check_mode(mode: int, top: int) -> int:
+    m = int(mode)
+    if not 0 <= m <= top:
+        raise ValueError(f"rounding mode code {m} is not in 0..{top}")
+    return m
+
+
+@functools.lru_cache(maxsize=None)
+def _f32_kernel(MODE: int, parallel: bool):  # type: ignore[no-untyped-def]
+    """Round float32 ``x`` into float32 ``out`` with :func:`round_scalar_f32` in mode ``MODE``
+    (deterministic modes, formats where :func:`f32_kernel_applies`)."""
+
+    loop = prange if parallel else range  # (a closure value: part of the cache key)
+
+    def round_f32(x, out, p, emin, minnorm, maxval, subnormals, ovf):  # type: ignore[no-untyped-def]
+        mn = np.float32(minnorm)
+        mx = np.float32(maxval)
+        for i in loop(x.shape[0]):
+            out[i] = round_scalar_f32(x[i], p, emin, mn, mx, subnormals, ovf, MODE)
+
+    return njit(parallel=parallel, cache=True)(round_f32)
+
+
+@functools.lru_cache(maxsize=None)
+def _f64_kernel(MODE: int, parallel: bool):  # type: ignore[no-untyped-def]
+    """Round ``x`` into ``out`` (float32 or float64) with :func:`round_scalar` in mode ``MODE``;
+    the random bits of element ``i`` depend on ``(key, offset + i)`` only."""
+
+    loop = prange if parallel else range  # (a closure value: part of the cache key)
+
+    def round_f64(x, out, p, emin, minnorm, maxval, subnormals, ovf, key, offset, kbits):  # type: ignore[no-untyped-def]
+        for i in loop(x.shape[0]):
+            r = counter_random(key, U64(offset + i)) if MODE >= SR else U64(0)
+            out[i] = round_scalar(np.float64(x[i]), p, emin, minnorm, maxval, subnormals, ovf, MODE, r, kbits)[0]
+
+    return njit(parallel=parallel, cache=True)(round_f64)
+
+
+@functools.lru_cache(maxsize=None)
+def _stats_kernel(MODE: int, parallel: bool):  # type: ignore[no-untyped-def]
+    """:func:`_f64_kernel` that also counts (inexact, overflow, subnormal, flushed)."""
+
+    loop = prange if parallel else range  # (a closure value: part of the cache key)
+
+    def round_stats(x, out, p, emin, minnorm, maxval, subnormals, ovf, key, offset, kbits):  # type: ignore[no-untyped-def]
+        n = x.shape[0]
+        n_inexact = 0
+        n_overflow = 0
+        n_subnormal = 0
+        n_flushed = 0
+        for i in loop(n):
+            r = counter_random(key, U64(offset + i)) if MODE >= SR else U64(0)
+            y, f = round_scalar(np.float64(x[i]), p, emin, minnorm, maxval, subnormals, ovf, MODE, r, kbits)
+            out[i] = y
+            n_inexact += f & F_INEXACT
+            n_overflow += (f & F_OVERFLOW) >> 1
+            n_subnormal += (f & F_SUBNORMAL) >> 2
+            n_flushed += (f & F_FLUSHED) >> 3
+        return n_inexact, n_overflow, n_subnormal, n_flushed
+
+    return njit(parallel=parallel, cache=True)(round_stats)
+
+
 def round_array_f32(x, out, p, emin, minnorm, maxval, subnormals, ovf, mode):  # type: ignore[no-untyped-def]
-    """:func:`_range_f32` over the whole array, in parallel."""
-    # one prange loop per mode: a chunked loop calling the range kernel measured 2x slower
-    mn = np.float32(minnorm)
-    mx = np.float32(maxval)
-    if mode == RNE:
-        for i in prange(x.shape[0]):
-            out[i] = round_scalar_f32(x[i], p, emin, mn, mx, subnormals, ovf, RNE)
-    elif mode == RNA:
-        for i in prange(x.shape[0]):
-            out[i] = round_scalar_f32(x[i], p, emin, mn, mx, subnormals, ovf, RNA)
-    elif mode == RZ:
-        for i in prange(x.shape[0]):
-            out[i] = round_scalar_f32(x[i], p, emin, mn, mx, subnormals, ovf, RZ)
-    elif mode == RU:
-        for i in prange(x.shape[0]):
-            out[i] = round_scalar_f32(x[i], p, emin, mn, mx, subnormals, ovf, RU)
-    elif mode == RD:
-        for i in prange(x.shape[0]):
-            out[i] = round_scalar_f32(x[i], p, emin, mn, mx, subnormals, ovf, RD)
-    else:
-        for i in prange(x.shape[0]):
-            out[i] = round_scalar_f32(x[i], p, emin, mn, mx, subnormals, ovf, RTO)
+    """Round float32 ``x`` (1-D) into float32 ``out`` with :func:`round_scalar_f32`, in parallel
+    (deterministic modes, formats where :func:`f32_kernel_applies`)."""
+    _f32_kernel(_check_mode(mode, RTO), True)(x, out, p, emin, minnorm, maxval, subnormals, ovf)
 
 
-@njit(cache=True)
 def round_array_f32_serial(x, out, p, emin, minnorm, maxval, subnormals, ovf, mode):  # type: ignore[no-untyped-def]
     """:func:`round_array_f32` on one thread (small arrays: no thread start-up cost)."""
-    _range_f32(x, out, 0, x.shape[0], p, emin, minnorm, maxval, subnormals, ovf, mode)
+    _f32_kernel(_check_mode(mode, RTO), False)(x, out, p, emin, minnorm, maxval, subnormals, ovf)
 
 
-@njit(inline="always", cache=True)
-def _range(x, out, start, stop, p, emin, minnorm, maxval, subnormals, ovf, mode, key, offset, kbits):  # type: ignore[no-untyped-def]
-    """Round ``x[start:stop]`` into ``out`` (float32 or float64), one loop per mode so that each
-    loop is specialised and vectorised."""
-    if mode == RNE:
-        for i in range(start, stop):
-            out[i] = round_scalar(np.float64(x[i]), p, emin, minnorm, maxval, subnormals, ovf, RNE, U64(0), 0)[0]
-    elif mode == RNA:
-        for i in range(start, stop):
-            out[i] = round_scalar(np.float64(x[i]), p, emin, minnorm, maxval, subnormals, ovf, RNA, U64(0), 0)[0]
-    elif mode == RZ:
-        for i in range(start, stop):
-            out[i] = round_scalar(np.float64(x[i]), p, emin, minnorm, maxval, subnormals, ovf, RZ, U64(0), 0)[0]
-    elif mode == RU:
-        for i in range(start, stop):
-            out[i] = round_scalar(np.float64(x[i]), p, emin, minnorm, maxval, subnormals, ovf, RU, U64(0), 0)[0]
-    elif mode == RD:
-        for i in range(start, stop):
-            out[i] = round_scalar(np.float64(x[i]), p, emin, minnorm, maxval, subnormals, ovf, RD, U64(0), 0)[0]
-    elif mode == RTO:
-        for i in range(start, stop):
-            out[i] = round_scalar(np.float64(x[i]), p, emin, minnorm, maxval, subnormals, ovf, RTO, U64(0), 0)[0]
-    elif mode == SR:
-        for i in range(start, stop):
-            r = counter_random(key, U64(offset + i))
-            out[i] = round_scalar(np.float64(x[i]), p, emin, minnorm, maxval, subnormals, ovf, SR, r, 0)[0]
-    else:
-        for i in range(start, stop):
-            r = counter_random(key, U64(offset + i))
-            out[i] = round_scalar(np.float64(x[i]), p, emin, minnorm, maxval, subnormals, ovf, SRK, r, kbits)[0]
-
-
-@njit(parallel=True, cache=True)
 def round_array(x, out, p, emin, minnorm, maxval, subnormals, ovf, mode, key, offset, kbits):  # type: ignore[no-untyped-def]
     """Round every element of the 1-D array ``x`` into ``out``, in parallel.  The random bits of
     element ``i`` depend on ``(key, offset + i)`` only, not on the number of threads."""
-    # one prange loop per mode: a chunked loop calling the range kernel measured 2x slower
-    if mode == RNE:
-        for i in prange(x.shape[0]):
-            out[i] = round_scalar(np.float64(x[i]), p, emin, minnorm, maxval, subnormals, ovf, RNE, U64(0), 0)[0]
-    elif mode == RNA:
-        for i in prange(x.shape[0]):
-            out[i] = round_scalar(np.float64(x[i]), p, emin, minnorm, maxval, subnormals, ovf, RNA, U64(0), 0)[0]
-    elif mode == RZ:
-        for i in prange(x.shape[0]):
-            out[i] = round_scalar(np.float64(x[i]), p, emin, minnorm, maxval, subnormals, ovf, RZ, U64(0), 0)[0]
-    elif mode == RU:
-        for i in prange(x.shape[0]):
-            out[i] = round_scalar(np.float64(x[i]), p, emin, minnorm, maxval, subnormals, ovf, RU, U64(0), 0)[0]
-    elif mode == RD:
-        for i in prange(x.shape[0]):
-            out[i] = round_scalar(np.float64(x[i]), p, emin, minnorm, maxval, subnormals, ovf, RD, U64(0), 0)[0]
-    elif mode == RTO:
-        for i in prange(x.shape[0]):
-            out[i] = round_scalar(np.float64(x[i]), p, emin, minnorm, maxval, subnormals, ovf, RTO, U64(0), 0)[0]
-    elif mode == SR:
-        for i in prange(x.shape[0]):
-            r = counter_random(key, U64(offset + i))
-            out[i] = round_scalar(np.float64(x[i]), p, emin, minnorm, maxval, subnormals, ovf, SR, r, 0)[0]
-    else:
-        for i in prange(x.shape[0]):
-            r = counter_random(key, U64(offset + i))
-            out[i] = round_scalar(np.float64(x[i]), p, emin, minnorm, maxval, subnormals, ovf, SRK, r, kbits)[0]
+    _f64_kernel(_check_mode(mode, SRK), True)(x, out, p, emin, minnorm, maxval, subnormals, ovf, key, offset, kbits)
 
 
-@njit(cache=True)
 def round_array_serial(x, out, p, emin, minnorm, maxval, subnormals, ovf, mode, key, offset, kbits):  # type: ignore[no-untyped-def]
     """:func:`round_array` on one thread (small arrays: no thread start-up cost)."""
-    _range(x, out, 0, x.shape[0], p, emin, minnorm, maxval, subnormals, ovf, mode, key, offset, kbits)
+    _f64_kernel(_check_mode(mode, SRK), False)(x, out, p, emin, minnorm, maxval, subnormals, ovf, key, offset, kbits)
 
 
-@njit(parallel=True, cache=True)
 def round_array_stats(x, out, p, emin, minnorm, maxval, subnormals, ovf, mode, key, offset, kbits):  # type: ignore[no-untyped-def]
     """Like :func:`round_array`, and return counts (inexact, overflow, subnormal, flushed)."""
-    n = x.shape[0]
-    n_inexact = 0
-    n_overflow = 0
-    n_subnormal = 0
-    n_flushed = 0
-    for i in prange(n):
-        r = counter_random(key, U64(offset + i)) if mode >= SR else U64(0)
-        y, f = round_scalar(np.float64(x[i]), p, emin, minnorm, maxval, subnormals, ovf, mode, r, kbits)
-        out[i] = y
-        n_inexact += f & F_INEXACT
-        n_overflow += (f & F_OVERFLOW) >> 1
-        n_subnormal += (f & F_SUBNORMAL) >> 2
-        n_flushed += (f & F_FLUSHED) >> 3
-    return n_inexact, n_overflow, n_subnormal, n_flushed
+    k = _stats_kernel(_check_mode(mode, SRK), True)
+    return k(x, out, p, emin, minnorm, maxval, subnormals, ovf, key, offset, kbits)
+
+
+def round_array_stats_serial(x, out, p, emin, minnorm, maxval, subnormals, ovf, mode, key, offset, kbits):  # type: ignore[no-untyped-def]
+    """:func:`round_array_stats` on one thread (small arrays: no thread start-up cost)."""
+    k = _stats_kernel(_check_mode(mode, SRK), False)
+    return k(x, out, p, emin, minnorm, maxval, subnormals, ovf, key, offset, kbits)
 
 
 @njit(inline="always", cache=True)

@@ -348,6 +348,26 @@ def test_stats_kernel_matches_numpy_twin(rng: np.random.Generator) -> None:
         np.testing.assert_allclose(a, b, rtol=1e-9)
 
 
+def test_stats_kernel_one_thread_twin_gives_the_same_bits(rng: np.random.Generator) -> None:
+    """run_layer_stats uses the one-thread layer_stats_serial below SERIAL_BELOW elements (it
+    compiles faster); it must give exactly the parallel kernel's results (same chunks), NaN,
+    inf and zeros included, with every optional input."""
+    from fpanalysis._kernels import stats as S
+
+    n = 300_000  # 64 chunks
+    v32 = (rng.standard_normal(n) * 2.0 ** rng.integers(-30, 10, n)).astype(np.float32)
+    ve = (v32 * (1 + rng.standard_normal(n) * 1e-3)).astype(np.float32)
+    ve[::997], ve[5::1009], v32[7::991] = np.nan, np.inf, 0.0
+    G = np.abs(rng.standard_normal(n)) * 1e-3
+    args = (ve, v32, G, G * 0.7, v32.astype(np.float64), ve.copy(), v32.astype(np.float64), ve.copy(), G, G * 0.5,
+            15, 2.0**-14, 1e-6, -40, 72, 64)
+    par, ser = S.layer_stats(*args), S.layer_stats_serial(*args)
+    for a, b in zip(par, ser):
+        assert a.tobytes() == b.tobytes()
+    counts = dict(zip(S.INT_FIELDS, par[1][0]))  # chunk 0
+    assert n < S.SERIAL_BELOW and counts["n_nan"] > 0 and counts["n_inf"] > 0
+
+
 @pytest.mark.parametrize("fmt, profile, mode, order", [
     ("fp16", "fp32-accumulate", "nearest-even", None), ("fp16", "ieee", "nearest-even", "sequential"),
     ("fp16", "ieee", "toward-zero", "pairwise"), ("fp16", "ieee", "nearest-even", "blocked"),

@@ -444,6 +444,72 @@ def test_ieee_fp16_rne_tiled_matches_oracles(order: str, monkeypatch) -> None:  
     assert calls == (["h16_tiled"] if G.H16_TILED else [])
 
 
+def _is_tie16(x: np.ndarray) -> np.ndarray:
+    """Whether each finite float64 ``x`` lies exactly halfway between two binary16 numbers (the
+    neighbouring float64 numbers round, in numpy's direct float64 -> float16 conversion, to
+    different binary16 numbers, and ``x`` itself is not one)."""
+    with np.errstate(over="ignore"):
+        lo = np.nextafter(x, -np.inf).astype(np.float16)
+        hi = np.nextafter(x, np.inf).astype(np.float16)
+        return np.isfinite(x) & (lo != hi) & (x.astype(np.float16).astype(np.float64) != x)
+
+
+@pytest.mark.parametrize("order", ["sequential", "blocked"])
+def test_ieee_fp16_tiled_adversarial(order: str) -> None:
+    """The binary16 register tile on operands built to make products and sums tie, results
+    subnormal, sums cross 65520 to inf, inf - inf = NaN, -0 products; two passes over k (the
+    tile saved and reloaded), edge tiles; every case counted in the full tiles and compared bit
+    for bit with numpy float16 done one operation at a time."""
+    from fpanalysis._kernels import gemm as G
+
+    if not G.H16_TILED:
+        pytest.skip("the binary16 register tile needs F16C without AVX512-FP16")
+    rng = np.random.default_rng(12)
+    M, K, N, blk = 2 * G.MR + 5, 300, 2 * G.NR + 7, 40
+    # few significant bits and exponents 11 apart make exact halfway sums common
+    mant = np.array([1.0, 1.5, 1.25, 1.75, 1.0 + 2.0**-10, 1.0 + 3 * 2.0**-10])
+    A = rng.choice(mant, (M, K)) * 2.0 ** rng.integers(-6, 6, (M, K)) * rng.choice([-1.0, 1.0], (M, K))
+    B = rng.choice(mant, (K, N)) * 2.0 ** rng.integers(-6, 6, (K, N))
+    A[: G.MR // 2] *= 2.0**-9  # rows of subnormal products and sums
+    A[G.MR // 2 : G.MR, :8] = 2.0**14  # big sums: cross 65520 (inf), some come back with -B
+    B[4:8] *= rng.choice([-1.0, 1.0], (4, N))
+    u = rng.random((M, K))
+    A[u < 0.003] = np.nan
+    A[(u > 0.003) & (u < 0.006)] = np.inf
+    A[(u > 0.006) & (u < 0.02)] = -0.0
+    A[G.MR - 1] = -0.0  # a row of -0 products: +0 results
+    A16, B16 = A.astype(np.float16), B.astype(np.float16)  # (small subnormals round)
+    A, B = A16.astype(np.float64), B16.astype(np.float64)
+
+    # numpy float16 one operation at a time, counting ties / subnormal and overflowing sums
+    step = blk if order == "blocked" else K
+    acc = np.zeros((M, N), np.float16)
+    ties = np.zeros((M, N), int)
+    sub = np.zeros((M, N), bool)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for k0 in range(0, K, step):
+            s = np.zeros((M, N), np.float16)
+            for k in range(k0, min(K, k0 + step)):
+                a64, b64 = A16[:, k : k + 1].astype(np.float64), B16[k].astype(np.float64)
+                p = A16[:, k : k + 1] * B16[k]
+                ties += _is_tie16(a64 * b64)
+                exact = s.astype(np.float64) + p.astype(np.float64)
+                ties += _is_tie16(exact)
+                s = s + p
+                sub |= (s != 0) & (np.abs(s) < 2.0**-14)
+            acc = acc + s
+    want = acc.astype(np.float32)
+    got = matmul(A, B, "fp16", "ieee", order=order, block=blk)
+    assert same(got, want), np.argwhere(~((got == want) | (np.isnan(got) & np.isnan(want))))[:10]
+
+    i, j = np.indices((M, N))
+    full = (i < M // G.MR * G.MR) & (j < N // G.NR * G.NR)  # entries of full register tiles
+    for part in (full, ~full):
+        assert ties[part].sum() > 1000 and sub[part].sum() > 0
+        assert np.isinf(got[part]).sum() > 5 and np.isnan(got[part]).sum() > 5
+    assert sub[full].sum() > 10 and ((got[full] == 0) & ~np.signbit(got[full])).sum() >= G.NR
+
+
 @pytest.mark.parametrize("mode", ALL_MODES)
 @pytest.mark.parametrize(
     "order,fma", [("sequential", False), ("sequential", True), ("pairwise", False), ("blocked", True)]

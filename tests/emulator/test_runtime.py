@@ -77,3 +77,45 @@ def test_progress_in_a_log_is_one_line_per_phase() -> None:
     assert lines == ["job: started", "job: warm-up", "job: measuring", "job: certificate", "job: done"]
     env["FPANALYSIS_NO_PROGRESS"] = "1"
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stderr == ""
+
+
+
+MODES_RUN = """
+import json, sys, numpy as np, fpanalysis
+from fpanalysis._kernels import round as K
+from fpanalysis.rounding import RoundingMode
+x = np.array([1.0 + 2.0**-11 + 2.0**-13, -(1.0 + 2.0**-11 + 2.0**-13)])
+out = []
+for mode in sys.argv[1:]:
+    out += fpanalysis.round_to(x, 'fp16', mode).tolist()  # float64: round_array_serial
+    out += fpanalysis.round_to(x.astype(np.float32), 'fp16', mode, return_stats=True)[0].tolist()
+hits = {m: sum(K._f64_kernel(RoundingMode.parse(m).code, False).stats.cache_hits.values()) for m in sys.argv[1:]}
+print(json.dumps({"values": out, "kernels": K._f64_kernel.cache_info().currsize, "hits": hits}))
+"""
+
+
+def test_rounding_kernels_compile_per_mode_and_cache_apart(tmp_path: Path) -> None:
+    """Each rounding mode is its own compiled kernel (a job compiles only the modes it uses),
+    cached apart: a second process that loads the cache gets each mode's own code (a mix-up
+    would give nearest-even results for toward-zero, or the other way round)."""
+    import json
+
+    import numpy as np
+
+    from fpanalysis._kernels import round as K
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), FPANALYSIS_NO_PROGRESS="1")
+
+    def run(*modes: str) -> dict:  # type: ignore[type-arg]
+        res = subprocess.run([sys.executable, "-c", MODES_RUN, *modes], env=env, capture_output=True, text=True,
+                             check=True, cwd=PKG.parent)
+        return json.loads(res.stdout)
+
+    rne = [1.0009765625, -1.0009765625] * 2  # 1 + 2**-11 + 2**-13 rounds away from 1 (nearest)
+    rz = [1.0, -1.0] * 2  # and to 1 (toward zero)
+    first = run("nearest-even")
+    assert first == {"values": rne, "kernels": 1, "hits": {"nearest-even": 0}}  # compiled, one mode
+    second = run("toward-zero", "nearest-even")  # toward-zero compiled, nearest-even loaded
+    assert second == {"values": rz + rne, "kernels": 2, "hits": {"toward-zero": 0, "nearest-even": 1}}
+    with pytest.raises(ValueError, match="not in 0..7"):
+        K.round_array_serial(np.zeros(1), np.zeros(1), 11, -14, 2.0**-14, 65504.0, True, 0, 9, np.uint64(0), 0, 0)
