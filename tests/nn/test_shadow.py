@@ -22,6 +22,7 @@ from fpanalysis.nn.shadow import (
     apply_precision_plan,
     dry_run,
     judge_dry_run,
+    plateau_state,
     propose_fixes,
     range_trends,
     tensor_rounder,
@@ -331,6 +332,42 @@ def test_judge_thresholds_both_sides():
     # fp32 diverging too is not the format's fault
     assert ("divergence", "fail") not in checks(_meas(diverged={"fp32_step": 2, "shadow_step": 2}))
     assert ("buffer overflow", "fail") in checks(_meas(nonfinite_buffers=["bn.running_var"]))
+
+
+def test_plateau_stagnation_both_sides():
+    """On a plateau (fp32 not yet learning) a majority of lost updates fails, however little
+    first-order decrease they carry; off a plateau, or with fewer lost, it does not."""
+    T = DRY_RUN_THRESHOLDS
+    checks = lambda m: {(p["check"], p["status"]) for p in judge_dry_run(m)}
+    c = T["plateau_lost_fail"]
+    on = {"on_plateau": True, "fp32_first": 2.3, "fp32_last": 2.28, "observed_steps": 232}
+    off = dict(on, on_plateau=False)
+    st = lambda cnt: {"weighted": 0.001, "count_fraction": cnt, "worst": []}
+    assert ("plateau stagnation", "fail") in checks(_meas(stagnation=st(c + 0.01), plateau=on))
+    assert checks(_meas(stagnation=st(c - 0.01), plateau=on)) == set()
+    assert checks(_meas(stagnation=st(0.99), plateau=off)) == set()
+    assert checks(_meas(stagnation=st(0.99))) == set()  # not known: no plateau judgement
+    fixes = propose_fixes(_result_with({"plateau stagnation"}), nn.Linear(2, 2), [])
+    assert [f.name for f in fixes][:2] == ["fp32-master-weights", "stochastic-rounding"]
+
+
+def _result_with(checks: set[str]):
+    from fpanalysis.nn.shadow import DryRunResult
+
+    probs = [{"status": "fail", "check": k, "measured": 1.0, "threshold": 0.5, "message": "", "where": None}
+             for k in checks]
+    return DryRunResult("fp16", "fp32-accumulate", PrecisionPlan().to_dict(), 4, {"diverged": {}}, probs, 0.0, 0.0)
+
+
+def test_plateau_state_threshold():
+    p = DRY_RUN_THRESHOLDS["plateau_progress"]
+    first = [2.0, 2.0, 2.0, 2.0, 1.0, 1.0, 1.0, 1.0]  # head mean (first quarter): 2.0
+    flat = lambda x: [5.0] * 6 + [x, x]  # tail mean (last quarter): x
+    assert plateau_state(first, flat(2.0 * (1 - p) + 1e-6), 100)["on_plateau"]
+    assert not plateau_state(first, flat(2.0 * (1 - p) - 1e-6), 100)["on_plateau"]
+    assert plateau_state(first, flat(2.0), 100)["fp32_first"] == 2.0
+    assert not plateau_state([], [1.0], 10)["on_plateau"]
+    assert not plateau_state([2.0], [float("nan")], 10)["on_plateau"]
 
 
 def test_range_trend_extrapolation():
