@@ -518,7 +518,7 @@ def _dry_run_findings(work: nn.Module, X: torch.Tensor, y: torch.Tensor, c: Chec
     if warmed is not None:
         late_batches = _batches(X, y, c.batch_size, n, c.seed + 5)
         log(f"dry run (late): {n} steps {late_where} ...")
-        late = dry_run(warmed, late_batches, ev, fmt=f, profile=c.profile, seed=c.seed,
+        late = dry_run(warmed, late_batches, ev, fmt=f, profile=c.profile, seed=c.seed, segment="late",
                        progress=lambda d, t: progress(t + d, 2 * t), **kw)
         pl = plateau_state(base.measurements["losses"]["fp32"], late.measurements["losses"]["fp32"],
                            c.warmup_steps + 2 * n)
@@ -553,7 +553,7 @@ def _dry_run_findings(work: nn.Module, X: torch.Tensor, y: torch.Tensor, c: Chec
             if key not in starts:  # the warm-up under the fix's own recipe (the original one: the warmed model)
                 starts[key] = warmed if key == _recipe(None, spec) else _warm_start(work, r.plan, c, X, y)
             lr_ = dry_run(starts[key], late_batches, ev, fmt=f, profile=c.profile, plan=r.plan, seed=c.seed,
-                          reference=late.reference, plateau=late.measurements.get("plateau"), **kw)
+                          reference=late.reference, plateau=late.measurements.get("plateau"), segment="late", **kw)
             late_results[i] = lr_
             if not lr_.matches_fp32:
                 r.verified = False

@@ -351,6 +351,22 @@ def test_plateau_stagnation_both_sides():
     assert [f.name for f in fixes][:2] == ["fp32-master-weights", "stochastic-rounding"]
 
 
+def test_late_segment_gaps_only_warn_mechanisms_still_fail():
+    """From a trained fp32 model the loss and accuracy gaps are transients (warn at most); a
+    non-finite loss or lost updates on a plateau fail in either segment."""
+    checks = lambda m: {(p["check"], p["status"]) for p in judge_dry_run(m)}
+    T = DRY_RUN_THRESHOLDS
+    gaps = dict(loss={"fp32": 0.03, "shadow": 0.3, "gap": 2.7},
+                accuracy={"eval": {"fp32": 0.99, "shadow": 0.5, "gap": 0.49, "agreement": 0.5}})
+    assert {("loss gap", "fail"), ("accuracy gap (eval mode)", "fail")} <= checks(_meas(**gaps))
+    assert checks(_meas(segment="late", **gaps)) == {("loss gap", "warn"), ("accuracy gap (eval mode)", "warn")}
+    div = {"fp32_step": None, "shadow_step": 3}
+    assert ("divergence", "fail") in checks(_meas(segment="late", diverged=div))
+    on = {"on_plateau": True, "fp32_first": 2.3, "fp32_last": 2.3, "observed_steps": 232}
+    st = {"weighted": 0.0, "count_fraction": T["plateau_lost_fail"] + 0.1, "worst": []}
+    assert ("plateau stagnation", "fail") in checks(_meas(segment="late", stagnation=st, plateau=on))
+
+
 def _result_with(checks: set[str]):
     from fpanalysis.nn.shadow import DryRunResult
 
