@@ -1116,6 +1116,17 @@ def judge_dry_run(m: dict[str, Any], fmt_name: str = "fp16") -> list[dict[str, A
             f"loss decrease ({100 * s.get('count_fraction', 0):.1f}% of nonzero updates lost)"
             + (f"; most in {worst[0]['parameter']}" if worst else ""),
             {"parameter": worst[0]["parameter"]} if worst else None)
+    rc = m.get("recipe_fp32_loss")
+    if rc and math.isfinite(rc.get("original", math.nan)):
+        # a change that alters fp32 training too (input or weight scale, Adam eps) is compared
+        # with fp32 under the same change; it must not make fp32 itself train worse
+        ch = rc.get("changed", math.nan)
+        rgap = (ch - rc["original"]) / max(abs(rc["original"]), LOSS_FLOOR) if math.isfinite(ch) else math.inf
+        if rgap > T["loss_gap_fail"]:
+            add("fail", "change slows fp32", rgap, T["loss_gap_fail"],
+                f"with this change fp32 training itself reaches a mean loss of {ch:.4g} over the last steps against "
+                f"{rc['original']:.4g} without it ({100 * rgap:+.1f}%): the change trades the format's problem for "
+                "slower training")
     pl = m.get("plateau") or {}
     cnt = s.get("count_fraction", 0.0)
     if pl.get("on_plateau") and cnt > T["plateau_lost_fail"] and w <= T["stagnation_fail"]:

@@ -367,6 +367,18 @@ def test_late_segment_gaps_only_warn_mechanisms_still_fail():
     assert ("plateau stagnation", "fail") in checks(_meas(segment="late", stagnation=st, plateau=on))
 
 
+def test_a_change_that_slows_fp32_training_is_not_verified():
+    """Input scaling that keeps fp16 in range but makes fp32 itself learn slower fails."""
+    checks = lambda m: {(p["check"], p["status"]) for p in judge_dry_run(m)}
+    lg = DRY_RUN_THRESHOLDS["loss_gap_fail"]
+    assert ("change slows fp32", "fail") in checks(_meas(recipe_fp32_loss={"original": 1.0, "changed": 1 + lg + 0.01}))
+    assert checks(_meas(recipe_fp32_loss={"original": 1.0, "changed": 1 + lg - 0.01})) == set()
+    assert checks(_meas(recipe_fp32_loss={"original": 1.0, "changed": 0.5})) == set()  # trains faster: fine
+    # near a fit the comparison is absolute (LOSS_FLOOR): 0.03 -> 0.05 is not a slower training
+    assert checks(_meas(recipe_fp32_loss={"original": 0.03, "changed": 0.05})) == set()
+    assert ("change slows fp32", "fail") in checks(_meas(recipe_fp32_loss={"original": 1.0, "changed": float("nan")}))
+
+
 def _result_with(checks: set[str]):
     from fpanalysis.nn.shadow import DryRunResult
 
