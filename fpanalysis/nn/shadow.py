@@ -1108,8 +1108,11 @@ def judge_dry_run(m: dict[str, Any], fmt_name: str = "fp16") -> list[dict[str, A
                 f"{100 * a['agreement']:.1f}% of held-out inputs keep the fp32 class")
     s = m.get("stagnation", {})
     w = s.get("weighted", 0.0)
+    # near a fit (fp32's loss below LOSS_FLOOR, the floor of the loss gap) what is left to gain is
+    # a fraction of a negligible loss: a large share of it lost only warns
+    fitted = math.isfinite(m.get("loss", {}).get("fp32", math.nan)) and m["loss"]["fp32"] < LOSS_FLOOR
     if w > T["stagnation_warn"]:
-        st = "fail" if w > T["stagnation_fail"] else "warn"
+        st = "fail" if w > T["stagnation_fail"] and not fitted else "warn"
         worst = s.get("worst") or []
         add(st, "update stagnation", w, T["stagnation_fail"] if st == "fail" else T["stagnation_warn"],
             f"updates that round back to the old weight would have brought {100 * w:.1f}% of fp32's first-order "

@@ -367,6 +367,17 @@ def test_late_segment_gaps_only_warn_mechanisms_still_fail():
     assert ("plateau stagnation", "fail") in checks(_meas(segment="late", stagnation=st, plateau=on))
 
 
+def test_stagnation_near_a_fit_only_warns():
+    """Below LOSS_FLOOR the decrease still to gain is negligible: a large lost share warns."""
+    from fpanalysis.nn.shadow import LOSS_FLOOR
+
+    checks = lambda m: {(p["check"], p["status"]) for p in judge_dry_run(m)}
+    st = {"weighted": DRY_RUN_THRESHOLDS["stagnation_fail"] + 0.1, "count_fraction": 0.9, "worst": []}
+    loss = lambda x: {"fp32": x, "shadow": x, "gap": 0.0}
+    assert ("update stagnation", "fail") in checks(_meas(stagnation=st, loss=loss(LOSS_FLOOR * 1.01)))
+    assert ("update stagnation", "warn") in checks(_meas(stagnation=st, loss=loss(LOSS_FLOOR * 0.99)))
+
+
 def test_a_change_that_slows_fp32_training_is_not_verified():
     """Input scaling that keeps fp16 in range but makes fp32 itself learn slower fails."""
     checks = lambda m: {(p["check"], p["status"]) for p in judge_dry_run(m)}
