@@ -67,7 +67,7 @@ def make(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
         ax.set_xticklabels([f"fp16 {o}" for o in CLASSES])
         ax.set_yticks([0, 1])
         ax.set_yticklabels(["SAFE\n(trains)", "SAFE WITH CHANGES\nor UNSAFE (fails)"])
-        ax.set_xlabel("outcome of real fp16 training (vs fp32)")
+        ax.set_xlabel("real pure-fp16 training (vs fp32)")
         ax.set_ylabel("check's prediction")
         ax.grid(False)
         right = counts["trains", "trains"] + counts["fails", "fails"] - errors
@@ -75,11 +75,12 @@ def make(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
                      f"false SAFE {counts['trains', 'fails']}; verified plans that trained: {fix_ok}/{len(fixed)}")
         if wide:
             ax2.axis("off")
-            cells = [[str(r.get("case", "")), str(r.get("verdict", "")), str(r["outcome"]), _why(r),
+            cells = [[str(r.get("case", "")), str(r.get("verdict", "")).replace("SAFE WITH CHANGES", "with changes"),
+                      str(r["outcome"]), _why(r),
                       {None: "", "trains": "trains", "fails": "fails"}.get(r.get("fix"), str(r.get("fix")))]
                      for r in rows]
             tb = ax2.table(cellText=cells, colLabels=["configuration", "verdict", "fp16", "why", "with plan"],
-                           loc="upper center", cellLoc="left", colWidths=[0.25, 0.2, 0.08, 0.37, 0.1])
+                           loc="upper center", cellLoc="left", colWidths=[0.3, 0.15, 0.08, 0.35, 0.12])
             tb.auto_set_font_size(False)
             tb.set_fontsize(5.8)
             for (i, j), cell in tb.get_celld().items():
