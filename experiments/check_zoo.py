@@ -370,13 +370,26 @@ def stage_fixes(cfg: Config, smoke: bool) -> dict:
         v = verdicts.get(case.name, {})
         if v.get("verdict") != "SAFE WITH CHANGES" or not v.get("plan") or case.name not in truth:
             continue
+        if _same_plan(rows.get(case.name), v):  # this plan was trained already
+            continue
         data = load_data(case.data, case.scale)
         runs16 = [train(case, data, "fp16", s, cfg, plan=v["plan"]) for s in range(cfg.seeds)]
         out, cause = outcome(runs16, truth[case.name]["runs"]["fp32"], cfg)
-        rows[case.name] = {"outcome_with_plan": out, "cause": cause, "runs": runs16, "changes": v["changes"]}
+        rows[case.name] = {"outcome_with_plan": out, "cause": cause, "runs": runs16, "changes": v["changes"],
+                           "plan": v["plan"]}
         print(f"{case.name:28s} with its plan: {out} ({cause})", flush=True)
         write_json(path, store)
     return store
+
+
+def _same_plan(fix_row: dict | None, verdict_row: dict) -> bool:
+    """Was ``fix_row`` trained with the plan of ``verdict_row`` (rows written before plans were
+    stored compare the changes, whose descriptions carry every parameter)?"""
+    if not fix_row or verdict_row.get("verdict") != "SAFE WITH CHANGES":
+        return False
+    if "plan" in fix_row:
+        return fix_row["plan"] == verdict_row.get("plan")
+    return fix_row.get("changes") == verdict_row.get("changes")
 
 
 def stage_report(cfg: Config) -> dict:
@@ -395,7 +408,7 @@ def stage_report(cfg: Config) -> dict:
         predicted = "trains" if v == "SAFE" else "fails"
         rows.append({"case": name, "why": t["case"]["why"], "verdict": v, "predicted": predicted,
                      "outcome": t["outcome"], "cause": t["cause"], "hit": predicted == t["outcome"] and v != "ERROR",
-                     "fix": fixes.get(name, {}).get("outcome_with_plan")})
+                     "fix": fixes[name]["outcome_with_plan"] if _same_plan(fixes.get(name), verdicts[name]) else None})
     conf = {f"{v} / {o}": sum(1 for r in rows if r["verdict"] == v and r["outcome"] == o)
             for v in ("SAFE", "SAFE WITH CHANGES", "UNSAFE", "ERROR") for o in ("trains", "fails")}
     false_safe = [r["case"] for r in rows if r["verdict"] == "SAFE" and r["outcome"] == "fails"]

@@ -67,6 +67,10 @@ class CheckConfig:
     dry_run_start : {"initial", "warmed-up"}
         Where the dry run starts: from the model as given, as real training does (default), or
         from the model after the certificate's fp32 warm-up.
+    dry_run_late : bool
+        With ``dry_run_start="initial"`` and a warm-up, also run a second dry-run segment from the
+        warmed-up fp32 model, judge a plateau (fp32 not yet learning) and verify fixes in both
+        segments (docs/theory.md §4.8).
     seed : int
         Seed of the batch order and the initialisation of the warm-up.
     model_name : str, optional
@@ -94,6 +98,7 @@ class CheckConfig:
     profile: str = "fp32-accumulate"
     dry_run_steps: int = 16
     dry_run_start: str = "initial"
+    dry_run_late: bool = True
     seed: int = 0
     model_name: str | None = None
     recipe: str | None = None
@@ -125,6 +130,7 @@ class CheckConfig:
         set_("profile", Profile.parse(self.profile).value)
         set_("seed", _positive_int("seed", self.seed, minimum=0))
         set_("certify", bool(self.certify))
+        set_("dry_run_late", bool(self.dry_run_late))
 
     @property
     def is_fp8(self) -> bool:

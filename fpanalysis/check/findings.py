@@ -468,16 +468,21 @@ def adam_first_step_errors(grads: np.ndarray, fmt: FloatFormat, lr: float, eps: 
     return v_under, float(np.mean(nonfinite)), float(np.mean(off))
 
 
-def dry_run_findings(d: dict[str, Any] | None, fmt: FloatFormat, verified: list[str] | None = None) -> list[Finding]:
+def dry_run_findings(d: dict[str, Any] | None, fmt: FloatFormat, verified: list[str] | None = None,
+                     segment: str = "", where: str = "") -> list[Finding]:
     """Findings from the shadow low-precision dry run (:func:`fpanalysis.nn.shadow.dry_run`,
     ``result.to_dict()``): each of its problems, or one ``ok`` finding saying how closely the
     shadow run followed fp32.  A failure is fixable when the dry run verified a change
-    (``verified``, the descriptions of the changes after which the shadow run matched fp32)."""
+    (``verified``, the descriptions of the changes after which the shadow run matched fp32).
+    ``segment`` names a later segment of the dry run (``"late"``: the one resumed from the
+    warmed-up fp32 model, docs/theory.md §4.8) and ``where`` says where it started."""
     if not d:
         return []
     m = d["measurements"]
     fix = "; ".join(verified) if verified else None
     steps = d.get("steps")
+    name = f"dry run ({segment})" if segment else "dry run"
+    span = f"{steps}-step dry run" + (f" {where}" if where else "")
     out: list[Finding] = []
     for p in d.get("problems", []):
         where = p.get("where") or {}
@@ -488,9 +493,9 @@ def dry_run_findings(d: dict[str, Any] | None, fmt: FloatFormat, verified: list[
         if p["check"] in ("buffer overflow", "op overflow"):
             thr = fmt.max  # a value above the format's largest finite number
         out.append(Finding(  # named as measured by the dry run, beside the probes' predictions
-            f"dry run: {p['check']}", p["status"], float(p["measured"]), float(thr) if thr is not None else math.nan,
+            f"{name}: {p['check']}", p["status"], float(p["measured"]), float(thr) if thr is not None else math.nan,
             ">" if p["check"] not in ("divergence", "range trend") else "at step" if p["check"] == "divergence" else "<",
-            p["message"] + f" ({steps}-step dry run)",
+            p["message"] + f" ({span})",
             fix=fix if p["status"] == "fail" else (fix or None), fixable=bool(verified), layer=layer,
         ))
     if not out:
@@ -498,8 +503,8 @@ def dry_run_findings(d: dict[str, Any] | None, fmt: FloatFormat, verified: list[
         acc = m.get("accuracy", {}).get("eval", {})
         st = m.get("stagnation", {})
         out.append(Finding(
-            "dry run", "ok", float(acc.get("agreement", math.nan)), math.nan, "agreement",
-            f"{steps} training steps in {fmt.name} (op-by-op rounding, {fmt.name} storage) follow fp32: loss "
+            name, "ok", float(acc.get("agreement", math.nan)), math.nan, "agreement",
+            (f"{where}: " if where else "") + f"{steps} training steps in {fmt.name} (op-by-op rounding, {fmt.name} storage) follow fp32: loss "
             f"{loss.get('shadow', math.nan):.4g} vs {loss.get('fp32', math.nan):.4g}, eval-mode class kept for "
             f"{100 * acc.get('agreement', math.nan):.1f}% of held-out inputs, stagnation costs "
             f"{100 * st.get('weighted', 0.0):.2f}% of fp32's loss decrease",

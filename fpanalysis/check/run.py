@@ -197,7 +197,8 @@ def run_check(
             progress(done, total, what)
 
     cert_batches = -(-min(c.certify_samples, _n_samples(X)) // CERTIFY_BATCH) if certify else 0
-    total_steps = steps + (warmup_steps if certify else 0) + cert_batches + 2 * c.dry_run_steps
+    late = c.dry_run_steps > 0 and c.dry_run_late and c.dry_run_start == "initial" and certify and warmup_steps > 0
+    total_steps = steps + (warmup_steps if certify else 0) + cert_batches + 2 * c.dry_run_steps * (2 if late else 1)
     diverged_at = None  # (fp32 step, its loss) where training diverged (_diverged)
     first_loss = None
     # warm-up in fp32 so that margins (and gradients) mean something
@@ -287,7 +288,7 @@ def run_check(
     }
     findings = findings_from_measurements(meas, f)
     if certify:
-        base = total_steps - cert_batches - 2 * c.dry_run_steps
+        base = total_steps - cert_batches - 2 * c.dry_run_steps * (2 if late else 1)
         findings += _agreement_findings(work, X, c, meas, details,
                                         progress=lambda d, t, what: report(base + d, total_steps, what))
     if c.dry_run_steps > 0 and not isinstance(X, torch.Tensor):
@@ -295,10 +296,11 @@ def run_check(
                                 "not examined: the dry run needs one input tensor (this model takes several)"))
         verdict, changes = decide_verdict(findings)
     elif c.dry_run_steps > 0:
-        done0 = total_steps - 2 * c.dry_run_steps
+        done0 = total_steps - 2 * c.dry_run_steps * (2 if late else 1)
         findings, verified = _dry_run_findings(
             initial if initial is not None else work, X, y, c, meas, findings, details, log or (lambda line: None),
-            lambda d, t: report(done0 + d, total_steps, "dry run"))
+            lambda d, t: report(done0 + d, total_steps, "dry run"),
+            warmed=work if late else None)
         verdict, changes = decide_verdict(findings, verified)
     else:
         verdict, changes = decide_verdict(findings)
@@ -306,7 +308,7 @@ def run_check(
         "model": c.model_name or type(model).__name__, "format": f.name, "optimizer": optimizer, "lr": lr,
         "eps": eps, "momentum": momentum, "batch_size": batch_size, "steps": steps,
         "warmup_steps": warmup_steps if certify else 0, "samples": _n_samples(X), "profile": c.profile,
-        "dry_run_steps": c.dry_run_steps,
+        "dry_run_steps": c.dry_run_steps, "dry_run_late": late,
         "seed": seed, "seconds": round(time.perf_counter() - t0, 2),
     }
     return CheckReport(verdict, findings, changes, config, details)
@@ -465,50 +467,119 @@ def _static_fixes(meas: Measurements, findings: list[Finding], c: CheckConfig) -
     return out
 
 
+def _warm_start(initial: nn.Module, plan: Any, c: CheckConfig, X: torch.Tensor, y: torch.Tensor) -> nn.Module:
+    """The check's fp32 warm-up replayed from ``initial`` under the training recipe of ``plan``
+    (its input scale, weight scale and Adam eps act in fp32 too), on the warm-up's batches.  The
+    weights are returned in the unscaled parametrisation, since the dry run applies the plan's
+    weight scale itself (power-of-two factors: exact)."""
+    from ..nn.shadow import _scale_weights
+
+    m = copy.deepcopy(initial).float().train()
+    ws = dict(plan.weight_scale)
+    _scale_weights(m, ws)
+    opt = make_optimizer(m.parameters(), c.optimizer, c.lr, float(plan.optimizer.get("eps", c.eps)), c.momentum,
+                         c.betas)
+    s_in = float(plan.input_scale)
+    for xb, yb in _batches(X, y, c.batch_size, c.warmup_steps, c.seed + 1):
+        opt.zero_grad(set_to_none=True)
+        xin = xb.float() * s_in if xb.is_floating_point() and s_in != 1.0 else xb
+        default_loss(call_model(m, xin), yb).backward()
+        opt.step()
+    _scale_weights(m, {k: 1.0 / v for k, v in ws.items()})
+    return m
+
+
 def _dry_run_findings(work: nn.Module, X: torch.Tensor, y: torch.Tensor, c: CheckConfig, meas: Measurements,
                       findings: list[Finding], details: dict[str, Any], log: Callable[[str], None],
-                      progress: Callable[[int, int], None]) -> tuple[list[Finding], list[str]]:
+                      progress: Callable[[int, int], None],
+                      warmed: nn.Module | None = None) -> tuple[list[Finding], list[str]]:
     """Run the shadow dry run from the measured model, verify the proposed fixes, and return the
-    findings (the counted stagnation replaced by the weighed one) and the verified changes."""
-    from ..nn.shadow import propose_fixes, verify_fixes
+    findings (the counted stagnation replaced by the weighed one) and the verified changes.
+
+    With ``warmed`` (the model after the fp32 warm-up), a second segment of the dry run resumes
+    from it ("late": smaller gradients, larger weights, grown ranges), the plateau state is read
+    from fp32's losses of both segments (:func:`fpanalysis.nn.shadow.plateau_state`), and a fix
+    counts as verified only when the shadow run matches fp32 in both segments; the late segment of
+    a fix that changes fp32 training too (input or weight scale, Adam eps) starts from the warm-up
+    replayed under that change (docs/theory.md §4.8)."""
+    from ..nn.shadow import _OptSpec, _recipe, dry_run, judge_dry_run, plateau_state, propose_fixes, verify_fixes
     from .findings import dry_run_findings
 
     f = c.format
-    batches = _batches(X, y, c.batch_size, c.dry_run_steps, c.seed + 3)
+    n = c.dry_run_steps
+    batches = _batches(X, y, c.batch_size, n, c.seed + 3)
     g = torch.Generator().manual_seed(c.seed + 4)
     idx = torch.randperm(X.shape[0], generator=g)[:DRY_RUN_EVAL]
     ev = (X[idx], y[idx])
     kw = {"optimizer": c.optimizer, "lr": c.lr, "eps": c.eps, "momentum": c.momentum, "betas": c.betas}
-    from ..nn.shadow import dry_run
+    n_seg = 2 if warmed is not None else 1
 
-    log(f"dry run: {c.dry_run_steps} steps in {f.name} (op-by-op rounding, {f.name} storage) beside fp32 ...")
-    base = dry_run(work, batches, ev, fmt=f, profile=c.profile, seed=c.seed, progress=progress, **kw)
-    fails = [p for p in base.problems if p["status"] == "fail"]
-    log(f"dry run: {base.seconds:.1f} s ({1000 * base.seconds_per_step:.0f} ms per {f.name} step); "
-        + ("matches fp32" if not fails else "problems: " + ", ".join(p["check"] for p in fails)))
+    log(f"dry run: {n} steps in {f.name} (op-by-op rounding, {f.name} storage) beside fp32 ...")
+    base = dry_run(work, batches, ev, fmt=f, profile=c.profile, seed=c.seed,
+                   progress=lambda d, t: progress(d, n_seg * t), **kw)
+    late = None
+    late_where = f"from the fp32 model after {c.warmup_steps} warm-up steps"
+    if warmed is not None:
+        late_batches = _batches(X, y, c.batch_size, n, c.seed + 5)
+        log(f"dry run (late): {n} steps {late_where} ...")
+        late = dry_run(warmed, late_batches, ev, fmt=f, profile=c.profile, seed=c.seed, segment="late",
+                       progress=lambda d, t: progress(t + d, 2 * t), **kw)
+        pl = plateau_state(base.measurements["losses"]["fp32"], late.measurements["losses"]["fp32"],
+                           c.warmup_steps + 2 * n)
+        for r in (base, late):  # judged again, knowing whether fp32 has started to learn
+            r.measurements["plateau"] = pl
+            r.problems = judge_dry_run(r.measurements, f.name)
+    fails = [p for r in (base, late) if r is not None for p in r.problems if p["status"] == "fail"]
+    log(f"dry run: {base.seconds + (late.seconds if late else 0):.1f} s ({1000 * base.seconds_per_step:.0f} ms per "
+        f"{f.name} step); " + ("matches fp32" if not fails else "problems: " + ", ".join(p["check"] for p in fails)))
     candidates = []
     static_fail = any(x.status == "fail" for x in findings)
     if fails or static_fail:
-        for fx in propose_fixes(base, work, batches, optimizer=c.optimizer, eps=c.eps) + _static_fixes(meas, findings, c):
+        proposed = propose_fixes(base, work, batches, optimizer=c.optimizer, eps=c.eps)
+        if late is not None:
+            proposed += propose_fixes(late, warmed, late_batches, optimizer=c.optimizer, eps=c.eps)
+        for fx in proposed + _static_fixes(meas, findings, c):
             if all(fx != o for o in candidates):
                 candidates.append(fx)
     candidates = candidates[:DRY_RUN_MAX_FIXES]
     results = []
+    late_results: dict[int, Any] = {}
     if candidates:
         def one(desc: str) -> None:
             log(f"dry run: verifying {desc} ...")
         results = verify_fixes(work, batches, ev, base, candidates, progress=one, **kw)
+        starts: dict[tuple, nn.Module] = {}
+        spec = _OptSpec(c.optimizer, c.lr, c.eps, c.momentum, tuple(c.betas), 0.0)
+        for i, r in enumerate(results):
+            if late is None or not r.verified:
+                continue
+            key = _recipe(r.plan, spec)
+            if key not in starts:  # the warm-up under the fix's own recipe (the original one: the warmed model)
+                starts[key] = warmed if key == _recipe(None, spec) else _warm_start(work, r.plan, c, X, y)
+            lr_ = dry_run(starts[key], late_batches, ev, fmt=f, profile=c.profile, plan=r.plan, seed=c.seed,
+                          reference=late.reference, plateau=late.measurements.get("plateau"), segment="late", **kw)
+            late_results[i] = lr_
+            if not lr_.matches_fp32:
+                r.verified = False
+                r.problems = r.problems + [dict(p, check=f"{p['check']} (late)") for p in lr_.problems]
         for r in results:
             left = [p["check"] for p in r.problems if p["status"] == "fail"]
-            log(f"dry run: {r.describe()}: " + ("verified (matches fp32)" if r.verified else "not verified (" + ", ".join(left) + ")"))
+            log(f"dry run: {r.describe()}: " + ("verified (matches fp32" + (" in both segments)" if late else ")")
+                                               if r.verified else "not verified (" + ", ".join(left) + ")"))
     good = [r for r in results if r.verified]
     verified = [good[0].describe()] if good else []
     details["dry_run"] = base.to_dict()
-    details["fixes"] = [r.to_dict() for r in results]
+    if late is not None:
+        details["dry_run_late"] = late.to_dict()
+    details["fixes"] = [dict(r.to_dict(), late=late_results[i].to_dict() if i in late_results else None)
+                        for i, r in enumerate(results)]
     details["plan"] = good[0].plan.to_dict() if good else None
     details["also_verified"] = [r.describe() for r in good[1:]]
     kept = [x for x in findings if x.check != "update stagnation (count)" or x.status == "ok"]
     counted = [x for x in findings if x.check == "update stagnation (count)" and x.status != "ok"]
     for x in counted:  # the count stays, as information next to the weighed measure
         kept.append(Finding(x.check, "ok", x.measured, x.threshold, "info", x.message, layer=x.layer))
-    return kept + dry_run_findings(base.to_dict(), f, verified), verified
+    out = kept + dry_run_findings(base.to_dict(), f, verified)
+    if late is not None:
+        out += dry_run_findings(late.to_dict(), f, verified, segment="late", where=late_where)
+    return out, verified

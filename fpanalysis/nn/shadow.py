@@ -24,7 +24,10 @@ module path, phase and step whose output overflowed or became non-finite), the l
 accuracy gap (train and eval mode) to fp32, update stagnation weighed by the loss decrease the lost
 updates would have brought (first order: ``sum(g * lost update)`` against the fp32 step's
 ``sum(g * update)``), buffer overflow and buffer updates lost to rounding, and the trend of every
-range per step, extrapolated to "overflows in about N steps".
+range per step, extrapolated to "overflows in about N steps".  Given the caller's plateau state
+(:func:`plateau_state`: fp32 has not started to learn over everything observed), losing most
+updates on a plateau fails too, since the first-order weighing is blind there (docs/theory.md
+§4.8).
 
 Changes are :class:`Fix` objects applied to a :class:`PrecisionPlan`; :func:`verify_fixes` runs
 the dry run again with each and keeps only those after which the shadow run matches fp32 within
@@ -67,6 +70,7 @@ __all__ = [
     "apply_precision_plan",
     "dry_run",
     "judge_dry_run",
+    "plateau_state",
     "propose_fixes",
     "range_trends",
     "recommended_plan",
@@ -96,6 +100,12 @@ DRY_RUN_THRESHOLDS: dict[str, float] = {
     # a short distance only)
     "trend_fail_steps": 100.0,
     "trend_fail_headroom": 4.0,
+    # a plateau: fp32's loss fell by less than this share of its first value over everything the
+    # check observed (warm-up and dry runs) -- the model has not started to learn yet ...
+    "plateau_progress": 0.10,
+    # ... and on a plateau, losing more than this share of the nonzero updates fails (the
+    # first-order weighing cannot see it there; docs/theory.md §4.8)
+    "plateau_lost_fail": 0.50,
 }
 
 #: Losses below this are compared in absolute terms (the loss gap divides by at least this).
@@ -1066,10 +1076,20 @@ def judge_dry_run(m: dict[str, Any], fmt_name: str = "fp16") -> list[dict[str, A
             add("warn", "buffer stall", st["stall_fraction"], T["buffer_stall_warn"],
                 f"{100 * st['stall_fraction']:.1f}% of the updates of buffer {name} round away in {fmt_name} "
                 f"({st['subnormal']} of {st['numel']} entries subnormal)", {"buffer": name})
+    # A segment resumed from a trained fp32 model ("late") starts near an fp32 minimum, which is
+    # not a fixed point of the format's dynamics (a different effective step, fresh optimizer
+    # state): the low-precision run moves away from it at first, a transient that says nothing
+    # about where low-precision training from the start would be.  There the loss and accuracy
+    # gaps are reported, as warnings at most; the mechanisms (non-finite values, buffers,
+    # stagnation, plateau, range trends) are judged as in the first segment (docs/theory.md §4.8).
+    late = m.get("segment") == "late"
+
+    def capped(st: str) -> str:
+        return "warn" if late and st == "fail" else st
     loss = m.get("loss", {})
     gap = loss.get("gap", 0.0)
     if gap is not None and d.get("shadow_step") is None:
-        st = "fail" if gap > T["loss_gap_fail"] else ("warn" if gap > T["loss_gap_warn"] else "ok")
+        st = capped("fail" if gap > T["loss_gap_fail"] else ("warn" if gap > T["loss_gap_warn"] else "ok"))
         if st != "ok":
             add(st, "loss gap", gap, T["loss_gap_fail"] if st == "fail" else T["loss_gap_warn"],
                 f"mean loss over the last steps {loss['shadow']:.4g} in {fmt_name} vs {loss['fp32']:.4g} in fp32 "
@@ -1080,6 +1100,7 @@ def judge_dry_run(m: dict[str, Any], fmt_name: str = "fp16") -> list[dict[str, A
         # is a failure only when the low-precision run is also the less accurate one
         if a["agreement"] < T["agreement_fail"] and a["gap"] > T["accuracy_gap_warn"]:
             st = "fail"
+        st = capped(st)
         if st != "ok":
             add(st, f"accuracy gap ({label} mode)", a["gap"],
                 T["accuracy_gap_fail"] if st == "fail" else T["accuracy_gap_warn"],
@@ -1087,14 +1108,38 @@ def judge_dry_run(m: dict[str, Any], fmt_name: str = "fp16") -> list[dict[str, A
                 f"{100 * a['agreement']:.1f}% of held-out inputs keep the fp32 class")
     s = m.get("stagnation", {})
     w = s.get("weighted", 0.0)
+    # near a fit (fp32's loss below LOSS_FLOOR, the floor of the loss gap) what is left to gain is
+    # a fraction of a negligible loss: a large share of it lost only warns
+    fitted = math.isfinite(m.get("loss", {}).get("fp32", math.nan)) and m["loss"]["fp32"] < LOSS_FLOOR
     if w > T["stagnation_warn"]:
-        st = "fail" if w > T["stagnation_fail"] else "warn"
+        st = "fail" if w > T["stagnation_fail"] and not fitted else "warn"
         worst = s.get("worst") or []
         add(st, "update stagnation", w, T["stagnation_fail"] if st == "fail" else T["stagnation_warn"],
             f"updates that round back to the old weight would have brought {100 * w:.1f}% of fp32's first-order "
             f"loss decrease ({100 * s.get('count_fraction', 0):.1f}% of nonzero updates lost)"
             + (f"; most in {worst[0]['parameter']}" if worst else ""),
             {"parameter": worst[0]["parameter"]} if worst else None)
+    rc = m.get("recipe_fp32_loss")
+    if rc and math.isfinite(rc.get("original", math.nan)):
+        # a change that alters fp32 training too (input or weight scale, Adam eps) is compared
+        # with fp32 under the same change; it must not make fp32 itself train worse
+        ch = rc.get("changed", math.nan)
+        rgap = (ch - rc["original"]) / max(abs(rc["original"]), LOSS_FLOOR) if math.isfinite(ch) else math.inf
+        if rgap > T["loss_gap_fail"]:
+            add("fail", "change slows fp32", rgap, T["loss_gap_fail"],
+                f"with this change fp32 training itself reaches a mean loss of {ch:.4g} over the last steps against "
+                f"{rc['original']:.4g} without it ({100 * rgap:+.1f}%): the change trades the format's problem for "
+                "slower training")
+    pl = m.get("plateau") or {}
+    cnt = s.get("count_fraction", 0.0)
+    if pl.get("on_plateau") and cnt > T["plateau_lost_fail"] and w <= T["stagnation_fail"]:
+        add("fail", "plateau stagnation", cnt, T["plateau_lost_fail"],
+            f"fp32 has not started to learn in the {pl.get('observed_steps', 0)} steps observed (its loss went "
+            f"from {pl.get('fp32_first', math.nan):.4g} to {pl.get('fp32_last', math.nan):.4g}, less than "
+            f"{100 * T['plateau_progress']:.0f}% lower), and {100 * cnt:.1f}% of the nonzero updates round away in "
+            f"{fmt_name}: on a plateau the loss decrease is nearly zero to first order, and the small updates "
+            "that lead off it are the ones lost, so low-precision training leaves it later",
+            {"parameter": (s.get("worst") or [{}])[0].get("parameter")} if s.get("worst") else None)
     for t in m.get("trends", [])[:3]:
         soon = (t["steps_to_overflow"] <= T["trend_fail_steps"]
                 and t.get("headroom", math.inf) <= T["trend_fail_headroom"])
@@ -1103,6 +1148,25 @@ def judge_dry_run(m: dict[str, Any], fmt_name: str = "fp16") -> list[dict[str, A
             f"{t['range']} (now {t['last_max']:.4g}) grows by {t['growth_per_step']:.3g} per step: overflows {fmt_name} in about "
             f"{t['steps_to_overflow']:.0f} steps", {"range": t["range"]})
     return out
+
+
+def plateau_state(fp32_first: list[float], fp32_last: list[float], observed_steps: int) -> dict[str, Any]:
+    """Has fp32 training started to learn?  ``fp32_first``: fp32 losses of the first steps from the
+    initial model; ``fp32_last``: fp32 losses of the last steps observed (a dry run from the
+    warmed-up model); ``observed_steps``: the steps between.  On a plateau when the mean of the
+    last quarter of ``fp32_last`` is above ``1 - plateau_progress`` times the mean of the first
+    quarter of ``fp32_first`` (docs/theory.md §4.8)."""
+    first, last = _head_mean(fp32_first), _tail_mean(fp32_last)
+    on = bool(math.isfinite(first) and math.isfinite(last) and first > 0
+              and last >= (1.0 - DRY_RUN_THRESHOLDS["plateau_progress"]) * first)
+    return {"fp32_first": first, "fp32_last": last, "observed_steps": int(observed_steps), "on_plateau": on}
+
+
+def _head_mean(v: list[float]) -> float:
+    if not v:
+        return math.nan
+    k = max(1, len(v) // 4)
+    return float(np.mean(v[:k]))
 
 
 def dry_run(
@@ -1123,6 +1187,8 @@ def dry_run(
     seed: int = 0,
     reference: Any = None,
     progress: Callable[[int, int], None] | None = None,
+    plateau: dict[str, Any] | None = None,
+    segment: str = "initial",
 ) -> DryRunResult:
     """Train ``model`` for ``len(batches)`` steps in the format (the shadow run) and in fp32.
 
@@ -1144,6 +1210,12 @@ def dry_run(
     reference : optional
         ``result.reference`` of an earlier dry run on the same model and batches: reuses its fp32
         run (the fixes' dry runs share one fp32 reference).
+    plateau : dict, optional
+        What the caller observed of fp32 training beyond these steps (:func:`plateau_state`):
+        with ``on_plateau`` true, losing most updates fails (``plateau stagnation``).
+    segment : {"initial", "late"}
+        ``"late"``: ``model`` is a trained fp32 model (the check's warm-up); the loss and accuracy
+        gaps then only warn (:func:`judge_dry_run`).
 
     Returns
     -------
@@ -1188,6 +1260,11 @@ def dry_run(
         meas["recipe_fp32_loss"] = {"original": _tail_mean(refs[base_key].losses), "changed": _tail_mean(refs[key].losses)}
     meas["arithmetic"] = ("fp32 opmath, one rounding per op output" +
                           ("; ieee accumulation inside long sums is not modelled" if profile == "ieee" else ""))
+    if plateau is not None:
+        meas["plateau"] = dict(plateau)
+    if segment not in ("initial", "late"):
+        raise ValueError(f"unknown segment {segment!r}; valid: initial, late")
+    meas["segment"] = segment
     problems = judge_dry_run(meas, f.name)
     return DryRunResult(f.name, profile, plan.to_dict(), n, meas, problems, time.perf_counter() - t0,
                         sh.seconds / max(1, sh.steps_run), refs, seed)
@@ -1285,7 +1362,7 @@ def propose_fixes(result: DryRunResult, model: nn.Module, batches: Sequence[tupl
     underflow_like = probs & {"loss gap", "accuracy gap (train mode)", "accuracy gap (eval mode)"}
     if underflow_like and not bad_buffers and (ev is None or ev["phase"] != "forward"):
         add(Fix("loss-scale", {"mode": "dynamic", "scale": 2.0**10, "growth_interval": 2000}))
-    if "update stagnation" in probs:  # the standard cure first (mixed precision), then the pure-format one
+    if probs & {"update stagnation", "plateau stagnation"}:  # the standard cure first (mixed precision), then the pure-format one
         add(Fix("fp32-master-weights"))
         add(Fix("stochastic-rounding"))
     if owners:
@@ -1348,6 +1425,7 @@ def verify_fixes(model: nn.Module, batches: Sequence[tuple[Any, torch.Tensor]],
         if progress:
             progress(" + ".join(fx.name for fx in group))
         kwargs.setdefault("seed", base.seed)
+        kwargs.setdefault("plateau", base.measurements.get("plateau"))
         r = dry_run(model, batches, eval_data, fmt=base.format, profile=base.profile, plan=plan,
                     reference=base.reference, **kwargs)
         out.append(FixResult(list(group), r.matches_fp32, r.problems, r.measurements, plan))

@@ -153,6 +153,8 @@ def test_dry_run_findings() -> None:
     ok = dry_run_findings({"steps": 8, "problems": [], "measurements": {
         "loss": {"fp32": 1.0, "shadow": 1.0}, "accuracy": {"eval": {"agreement": 1.0}}, "stagnation": {"weighted": 0.0}}}, FP16)
     assert [g.status for g in ok] == ["ok"]
+    late = dry_run_findings(d, FP16, verified=[], segment="late", where="from the warmed-up model")[0]
+    assert late.check == "dry run (late): buffer overflow" and "8-step dry run from the warmed-up model" in late.message
 
 
 def test_adam_first_step_simulation_matches_hand_computation() -> None:

@@ -22,6 +22,7 @@ from fpanalysis.nn.shadow import (
     apply_precision_plan,
     dry_run,
     judge_dry_run,
+    plateau_state,
     propose_fixes,
     range_trends,
     tensor_rounder,
@@ -331,6 +332,81 @@ def test_judge_thresholds_both_sides():
     # fp32 diverging too is not the format's fault
     assert ("divergence", "fail") not in checks(_meas(diverged={"fp32_step": 2, "shadow_step": 2}))
     assert ("buffer overflow", "fail") in checks(_meas(nonfinite_buffers=["bn.running_var"]))
+
+
+def test_plateau_stagnation_both_sides():
+    """On a plateau (fp32 not yet learning) a majority of lost updates fails, however little
+    first-order decrease they carry; off a plateau, or with fewer lost, it does not."""
+    T = DRY_RUN_THRESHOLDS
+    checks = lambda m: {(p["check"], p["status"]) for p in judge_dry_run(m)}
+    c = T["plateau_lost_fail"]
+    on = {"on_plateau": True, "fp32_first": 2.3, "fp32_last": 2.28, "observed_steps": 232}
+    off = dict(on, on_plateau=False)
+    st = lambda cnt: {"weighted": 0.001, "count_fraction": cnt, "worst": []}
+    assert ("plateau stagnation", "fail") in checks(_meas(stagnation=st(c + 0.01), plateau=on))
+    assert checks(_meas(stagnation=st(c - 0.01), plateau=on)) == set()
+    assert checks(_meas(stagnation=st(0.99), plateau=off)) == set()
+    assert checks(_meas(stagnation=st(0.99))) == set()  # not known: no plateau judgement
+    fixes = propose_fixes(_result_with({"plateau stagnation"}), nn.Linear(2, 2), [])
+    assert [f.name for f in fixes][:2] == ["fp32-master-weights", "stochastic-rounding"]
+
+
+def test_late_segment_gaps_only_warn_mechanisms_still_fail():
+    """From a trained fp32 model the loss and accuracy gaps are transients (warn at most); a
+    non-finite loss or lost updates on a plateau fail in either segment."""
+    checks = lambda m: {(p["check"], p["status"]) for p in judge_dry_run(m)}
+    T = DRY_RUN_THRESHOLDS
+    gaps = dict(loss={"fp32": 0.03, "shadow": 0.3, "gap": 2.7},
+                accuracy={"eval": {"fp32": 0.99, "shadow": 0.5, "gap": 0.49, "agreement": 0.5}})
+    assert {("loss gap", "fail"), ("accuracy gap (eval mode)", "fail")} <= checks(_meas(**gaps))
+    assert checks(_meas(segment="late", **gaps)) == {("loss gap", "warn"), ("accuracy gap (eval mode)", "warn")}
+    div = {"fp32_step": None, "shadow_step": 3}
+    assert ("divergence", "fail") in checks(_meas(segment="late", diverged=div))
+    on = {"on_plateau": True, "fp32_first": 2.3, "fp32_last": 2.3, "observed_steps": 232}
+    st = {"weighted": 0.0, "count_fraction": T["plateau_lost_fail"] + 0.1, "worst": []}
+    assert ("plateau stagnation", "fail") in checks(_meas(segment="late", stagnation=st, plateau=on))
+
+
+def test_stagnation_near_a_fit_only_warns():
+    """Below LOSS_FLOOR the decrease still to gain is negligible: a large lost share warns."""
+    from fpanalysis.nn.shadow import LOSS_FLOOR
+
+    checks = lambda m: {(p["check"], p["status"]) for p in judge_dry_run(m)}
+    st = {"weighted": DRY_RUN_THRESHOLDS["stagnation_fail"] + 0.1, "count_fraction": 0.9, "worst": []}
+    loss = lambda x: {"fp32": x, "shadow": x, "gap": 0.0}
+    assert ("update stagnation", "fail") in checks(_meas(stagnation=st, loss=loss(LOSS_FLOOR * 1.01)))
+    assert ("update stagnation", "warn") in checks(_meas(stagnation=st, loss=loss(LOSS_FLOOR * 0.99)))
+
+
+def test_a_change_that_slows_fp32_training_is_not_verified():
+    """Input scaling that keeps fp16 in range but makes fp32 itself learn slower fails."""
+    checks = lambda m: {(p["check"], p["status"]) for p in judge_dry_run(m)}
+    lg = DRY_RUN_THRESHOLDS["loss_gap_fail"]
+    assert ("change slows fp32", "fail") in checks(_meas(recipe_fp32_loss={"original": 1.0, "changed": 1 + lg + 0.01}))
+    assert checks(_meas(recipe_fp32_loss={"original": 1.0, "changed": 1 + lg - 0.01})) == set()
+    assert checks(_meas(recipe_fp32_loss={"original": 1.0, "changed": 0.5})) == set()  # trains faster: fine
+    # near a fit the comparison is absolute (LOSS_FLOOR): 0.03 -> 0.05 is not a slower training
+    assert checks(_meas(recipe_fp32_loss={"original": 0.03, "changed": 0.05})) == set()
+    assert ("change slows fp32", "fail") in checks(_meas(recipe_fp32_loss={"original": 1.0, "changed": float("nan")}))
+
+
+def _result_with(checks: set[str]):
+    from fpanalysis.nn.shadow import DryRunResult
+
+    probs = [{"status": "fail", "check": k, "measured": 1.0, "threshold": 0.5, "message": "", "where": None}
+             for k in checks]
+    return DryRunResult("fp16", "fp32-accumulate", PrecisionPlan().to_dict(), 4, {"diverged": {}}, probs, 0.0, 0.0)
+
+
+def test_plateau_state_threshold():
+    p = DRY_RUN_THRESHOLDS["plateau_progress"]
+    first = [2.0, 2.0, 2.0, 2.0, 1.0, 1.0, 1.0, 1.0]  # head mean (first quarter): 2.0
+    flat = lambda x: [5.0] * 6 + [x, x]  # tail mean (last quarter): x
+    assert plateau_state(first, flat(2.0 * (1 - p) + 1e-6), 100)["on_plateau"]
+    assert not plateau_state(first, flat(2.0 * (1 - p) - 1e-6), 100)["on_plateau"]
+    assert plateau_state(first, flat(2.0), 100)["fp32_first"] == 2.0
+    assert not plateau_state([], [1.0], 10)["on_plateau"]
+    assert not plateau_state([2.0], [float("nan")], 10)["on_plateau"]
 
 
 def test_range_trend_extrapolation():

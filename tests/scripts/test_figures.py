@@ -32,7 +32,7 @@ FIGURES = {
 COMMANDS = {
     "fig1": "experiments.analysis_runs", "fig2": "experiments.error_growth", "fig3": "experiments.analysis_runs",
     "fig4": "experiments.analysis_runs", "fig5": "experiments.sweep", "fig6": "experiments.exponent_histograms",
-    "fig7": "experiments.stagnation", "fig8": "experiments.check_validation",
+    "fig7": "experiments.stagnation", "fig8": "experiments.check_zoo",
     "fig9": "experiments.bench_emulator",
 }
 
@@ -143,10 +143,14 @@ def write_synthetic(results: Path, seed: int = 0) -> None:
         "rows": [{"format": f, "lr": lr, "lost_fraction": 1.0 / (1 + 100 * lr * (1 if f == "fp16" else 0.1))}
                  for f in STAGNATION["format"] for lr in STAGNATION["lr"]],
         "grad_abs_median": 1e-3, "weight_abs_median": 0.05, "n_parameters": 100})
-    _dump(results / "check_validation.json", {"config": {"device": "cpu"}, "rows": [
-        {"case": "a", "seed": 0, "verdict": "SAFE", "predicted": "trains", "outcome": "trains", "cause": "ok"},
-        {"case": "b", "seed": 0, "verdict": "UNSAFE", "predicted": "fails", "outcome": "fails", "cause": "diverged"},
-        {"case": "c", "seed": 0, "verdict": "SAFE WITH CHANGES", "predicted": "fails", "outcome": "trains", "cause": "x"},
+    _dump(results / "check_zoo" / "report.json", {"experiment": "check_zoo", "fix_success": 1, "fixes_tried": 2, "rows": [
+        {"case": "a", "verdict": "SAFE", "predicted": "trains", "outcome": "trains", "cause": "ok", "fix": None},
+        {"case": "b", "verdict": "UNSAFE", "predicted": "fails", "outcome": "fails", "cause": "diverged", "fix": None},
+        {"case": "c", "verdict": "SAFE WITH CHANGES", "predicted": "fails", "outcome": "trains", "cause": "x",
+         "fix": "trains"},
+        {"case": "d", "verdict": "SAFE WITH CHANGES", "predicted": "fails", "outcome": "fails", "cause": "y",
+         "fix": "fails"},
+        {"case": "e", "verdict": "SAFE", "predicted": "trains", "outcome": "fails", "cause": "z", "fix": None},
     ]})
     _dump(results / "bench_emulator.json", {"quick": True, "results": [
         {"benchmark": "round", "seconds": {"fpanalysis_rne": 0.01, "numpy_astype": 0.02}, "ratios": {"vs_numpy_astype": 2.0},
@@ -177,7 +181,7 @@ def _describe(fig) -> list[dict]:
             continue
         box = ax.get_position()
         out.append({
-            "xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(),
+            "xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(), "title": ax.get_title(),
             "has_data": bool(ax.lines or ax.collections or ax.patches or ax.images),
             "row": [round(box.y0, 3), round(box.y1, 3)], "col": [round(box.x0, 3), round(box.x1, 3)],
             "lines": {ln.get_label(): [np.asarray(ln.get_xdata(), float).tolist(),
@@ -275,6 +279,16 @@ def test_fig7_plots_the_lost_fractions_given(synthetic: Path, drawn: dict) -> No
         np.testing.assert_allclose(x, [w[0] for w in want])
         np.testing.assert_allclose(y, [w[1] for w in want])
     assert axes[0]["xscale"] == "log"  # learning rates span decades
+
+
+def test_fig8_counts_the_zoo_report(drawn: dict) -> None:
+    """5 rows: a, b, d right; c a false alarm; e a false SAFE; plans tried on c (trained) and d."""
+    (_, axes), = _saved(drawn, "fig8")
+    title = next(a["title"] for a in axes if "title" in a and a["title"])
+    assert "5 configurations: 3 right (60%)" in title
+    assert "false SAFE 1" in title and "trained: 1/2" in title
+    table = next(a["table"] for a in axes if "table" in a)
+    assert "with plan" in table[0]
 
 
 def test_fig2_plots_measured_errors_and_leaves_vacuous_gamma_out(synthetic: Path, drawn: dict) -> None:
@@ -375,7 +389,7 @@ def test_make_all_draws_present_figures_and_fails_on_malformed(tmp_path: Path, c
     results = tmp_path / "results"
     write_synthetic(results)
     (results / "stagnation.json").write_text("{not json")
-    _dump(results / "check_validation.json", {"rows": [{"case": "a"}]})  # no predicted/outcome
+    _dump(results / "check_zoo" / "report.json", {"rows": [{"case": "a"}]})  # no predicted/outcome
     (results / "error_growth.json").unlink()
     rc = make_all.main(["--results", str(results), "--out", str(tmp_path / "out"), "--only", "fig2,fig7,fig8,fig9"])
     out = capsys.readouterr().out
