@@ -148,7 +148,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, steps=args.steps, warmup_steps=args.warmup_steps,
         certify=not args.no_certify, certify_samples=args.certify_samples, profile=args.profile,
         dry_run_steps=args.dry_run_steps, seed=args.seed, model_name=f"{args.model} on {args.data}",
+        recipe=args.recipe, history_len=args.amax_history, margin=args.fp8_margin,
     )
+    if config.is_fp8 and args.plots:
+        raise UserError("--plots draws the fp16/bf16 check's ranges; the FP8 check (--format fp8) has no plots yet: "
+                        "drop --plots (the per-GEMM table is in the report and in --json)")
     if args.plan and args.dry_run_steps == 0:
         raise UserError("--plan needs the dry run (it writes the plan the dry run verified); drop --dry-run-steps 0")
     _check_outputs(args)
@@ -348,7 +352,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "with MNIST idx files or CIFAR-10 batches")
     p.add_argument("--checkpoint", help="state_dict saved with torch.save (loaded with weights_only=True)")
     p.add_argument("--format", default="fp16", help="target format: a preset (fp16, bf16, fp8_e4m3fn, ...; see "
-                   "'fpanalysis formats') or p=P,emin=EMIN,emax=EMAX[,subnormals=0][,overflow=saturate] (default fp16)")
+                   "'fpanalysis formats') or p=P,emin=EMIN,emax=EMAX[,subnormals=0][,overflow=saturate] (default fp16); "
+                   "'fp8': the FP8 / MX GEMM check with a scaling recipe (--recipe)")
+    p.add_argument("--recipe", default=None,
+                   help="with --format fp8: the scaling recipe of the FP8 GEMMs (Linear, Conv2d): delayed (per-tensor, "
+                   "amax history; default), current (per-tensor), mxfp8, mxfp6, mxfp4 (MX blocks of 32), nvfp4; per GEMM "
+                   "it reports operand saturation/underflow, output error vs fp32 and the amax history needed, and "
+                   "verifies in a dry run (fp32 vs emulated FP8, same weights and batches) which GEMMs to keep in bf16")
+    p.add_argument("--amax-history", type=int, default=None,
+                   help="with --format fp8 --recipe delayed: amax history length (default 16)")
+    p.add_argument("--fp8-margin", type=int, default=None,
+                   help="with --format fp8 and a per-tensor recipe: scale = fmax / amax / 2^margin (default 0)")
     p.add_argument("--optimizer", default="sgd", help="sgd, adam or adamw (default sgd)")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--eps", type=float, default=1e-8, help="Adam epsilon (default 1e-8, torch's default)")
@@ -365,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run-steps", type=int, default=16,
                    help="steps of the shadow low-precision dry run that also verifies each fix (default 16; 0 skips it)")
     p.add_argument("--plan", metavar="PATH", help="write the verified precision plan as JSON "
-                   "(apply it with fpanalysis.nn.shadow.apply_precision_plan)")
+                   "(apply it with fpanalysis.nn.shadow.apply_precision_plan; with --format fp8 an FP8 plan: "
+                   "recipe, options and GEMMs kept in bf16, applied with fpanalysis.nn.fp8.apply_fp8_plan)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="write the report as JSON")
     p.add_argument("--plots", metavar="DIR", help="write plots (ranges vs format bands, gradient histograms)")

@@ -71,6 +71,13 @@ class CheckConfig:
         Seed of the batch order and the initialisation of the warm-up.
     model_name : str, optional
         Name shown in the report.
+    recipe : str, optional
+        With ``fmt="fp8"``: the FP8 scaling recipe of the FP8 / MX check (:mod:`.fp8`):
+        ``"delayed"`` (default), ``"current"``, ``"mxfp8"``, ``"nvfp4"`` (and ``"mxfp6"``,
+        ``"mxfp4"``); refused for any other ``fmt``.
+    history_len, margin : int, optional
+        With ``fmt="fp8"``: delayed scaling's amax history length (default 16) and the
+        per-tensor recipes' margin (default 0).
     """
 
     fmt: Any = "fp16"
@@ -89,10 +96,13 @@ class CheckConfig:
     dry_run_start: str = "initial"
     seed: int = 0
     model_name: str | None = None
+    recipe: str | None = None
+    history_len: int | None = None
+    margin: int | None = None
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen dataclass
-        set_("fmt", get_format(self.fmt))
+        set_("fmt", "fp8" if _fp8_options(self, set_) else get_format(self.fmt))
         opt = str(self.optimizer).strip().lower()
         if opt not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; valid optimizers are: {', '.join(OPTIMIZERS)}")
@@ -117,11 +127,43 @@ class CheckConfig:
         set_("certify", bool(self.certify))
 
     @property
+    def is_fp8(self) -> bool:
+        """Whether this is the FP8 / MX check (``fmt="fp8"``, :mod:`fpanalysis.check.fp8`)."""
+        return self.recipe is not None
+
+    @property
     def format(self) -> FloatFormat:
-        """The target format (``fmt`` after parsing)."""
+        """The target format (``fmt`` after parsing; E4M3 for the FP8 check)."""
+        if self.is_fp8:
+            from ..recipes import FP8_ELEMENTS
+
+            return FP8_ELEMENTS["e4m3"]
         return self.fmt  # type: ignore[return-value]
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["fmt"] = self.format.name
+        d["fmt"] = "fp8" if self.is_fp8 else self.format.name
         return d
+
+
+def _fp8_options(c: CheckConfig, set_: Any) -> bool:
+    """Validate the FP8 options (and fill in their defaults); whether ``fmt`` is ``"fp8"``."""
+    fp8 = isinstance(c.fmt, str) and c.fmt.strip().lower() == "fp8"
+    if not fp8:
+        for name, flag in (("recipe", "--recipe"), ("history_len", "--amax-history"), ("margin", "--fp8-margin")):
+            if getattr(c, name) is not None:
+                fmt = c.fmt.name if isinstance(c.fmt, FloatFormat) else c.fmt
+                raise ValueError(f"{name} ({flag}) is an option of the FP8 check: it needs fmt='fp8' (--format fp8), "
+                                 f"got format {fmt!r}")
+        return False
+    recipes = ("current", "delayed", "mxfp8", "mxfp6", "mxfp4", "nvfp4")  # fpanalysis.nn.fp8.FP8_RECIPES
+    recipe = "delayed" if c.recipe is None else str(c.recipe).strip().lower()
+    if recipe not in recipes:
+        raise ValueError(f"unknown FP8 recipe {c.recipe!r}; valid recipes are: {', '.join(recipes)}")
+    set_("recipe", recipe)
+    set_("history_len", _positive_int("history_len (the amax history length)",
+                                      16 if c.history_len is None else c.history_len))
+    set_("margin", _positive_int("margin", 0 if c.margin is None else c.margin, minimum=0))
+    if c.margin and recipe not in ("current", "delayed"):
+        raise ValueError(f"margin applies to the per-tensor recipes (current, delayed), not to {recipe}")
+    return True

@@ -181,6 +181,10 @@ def run_check(
     n_classes = _check_forward_shape(model, X, y)
     if int(y.max()) >= n_classes or int(y.min()) < 0:
         raise ValueError(f"labels range over [{int(y.min())}, {int(y.max())}] but the model has {n_classes} outputs")
+    if c.is_fp8:  # the FP8 / MX check (fpanalysis.check.fp8)
+        from .fp8 import run_fp8_check
+
+        return run_fp8_check(model, X, y, c, progress=progress, log=log)
     optimizer, lr, eps, momentum, betas = c.optimizer, c.lr, c.eps, c.momentum, c.betas
     batch_size, steps, warmup_steps, certify, seed = c.batch_size, c.steps, c.warmup_steps, c.certify, c.seed
     t0 = time.perf_counter()
