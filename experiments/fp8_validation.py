@@ -10,7 +10,8 @@ prediction.  Nothing here is tuned to the check: the ground truth is the emulate
 
     python -m experiments.fp8_validation truth      # baseline and FP8 training, 2 seeds per case
     python -m experiments.fp8_validation verdicts   # the FP8 check per case and recipe (seed 0)
-    python -m experiments.fp8_validation report     # confusion matrix, false SAFE, gaps
+    python -m experiments.fp8_validation fixes      # training with each SAFE WITH CHANGES plan applied
+    python -m experiments.fp8_validation report     # confusion matrix, false SAFE, gaps, fixes
     python -m experiments.fp8_validation all --smoke   # two cases, one seed, one epoch (seconds)
     python -m experiments.fp8_validation truth --only=mlp-digits --recipes=current
 
@@ -244,8 +245,10 @@ def stats_summary(stats: dict | None) -> dict:
     return out
 
 
-def train(case: Case, data: Any, mode: str, seed: int, cfg: Config) -> dict:
-    """One training run: ``mode`` "bf16" (autocast, the baseline) or an FP8 recipe."""
+def train(case: Case, data: Any, mode: str, seed: int, cfg: Config, plan: dict | None = None) -> dict:
+    """One training run: ``mode`` "bf16" (autocast, the baseline) or an FP8 recipe; ``plan``: the
+    check's FP8 plan (``fpanalysis.nn.fp8.FP8Plan`` as a dict), applied instead of the recipe's
+    defaults (as a user would, with ``apply_fp8_plan``)."""
     import contextlib
 
     import torch
@@ -253,7 +256,12 @@ def train(case: Case, data: Any, mode: str, seed: int, cfg: Config) -> dict:
 
     model = build(case, data, seed)
     opt = _optimizer(case, model.parameters())
-    if mode == "bf16":
+    if plan is not None:
+        from fpanalysis.nn.fp8 import apply_fp8_plan
+
+        outer = apply_fp8_plan(model, plan)
+        step_ctx = contextlib.nullcontext
+    elif mode == "bf16":
         outer = contextlib.nullcontext()
         step_ctx = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
     else:
@@ -299,7 +307,8 @@ def train(case: Case, data: Any, mode: str, seed: int, cfg: Config) -> dict:
         stats = stats_summary(fp8.stats) if fp8 is not None else None
     return {"mode": mode, "seed": seed, "status": status, "diverged_at": diverged_at, "steps": step,
             "eval_acc": eval_acc, "final_loss": losses[-1] if losses else math.nan,
-            "seconds": round(time.time() - t0, 2), **({"fp8_stats": stats} if stats is not None else {})}
+            "seconds": round(time.time() - t0, 2), "planned": plan is not None,
+            **({"fp8_stats": stats} if stats is not None else {})}
 
 
 # --- stages ----------------------------------------------------------------------------------
@@ -398,9 +407,10 @@ def stage_verdicts(cfg: Config, smoke: bool) -> dict:
             model = build(case, data, 0)
             t0 = time.time()
             try:
-                kw = {"warmup_steps": 20, "steps": 2} if smoke else {}
-                rep = check(model, (data.x_train, data.y_train), fmt="fp8", recipe=recipe, optimizer=case.optimizer,
-                            lr=case.lr, eps=case.eps, momentum=case.momentum, batch_size=cfg.batch_size, seed=0,
+                kw = {"steps": 4, "dry_run_steps": 4} if smoke else {}
+                rep = check(model, (data.x_train, data.y_train), fmt="fp8", recipe=recipe,
+                            history_len=case.history_len, margin=case.margin, optimizer=case.optimizer, lr=case.lr,
+                            eps=case.eps, momentum=case.momentum, batch_size=cfg.batch_size, seed=0,
                             model_name=case.name, **kw)
                 row = {"verdict": rep.verdict, "changes": rep.changes,
                        "findings": [{"check": f.check, "status": f.status, "message": f.message}
@@ -418,10 +428,44 @@ def stage_verdicts(cfg: Config, smoke: bool) -> dict:
     return store
 
 
+def stage_fixes(cfg: Config, smoke: bool) -> dict:
+    """Every SAFE WITH CHANGES verdict's verified plan applied in training (same seeds): does it
+    then train within ``gap_points`` of the baseline?"""
+    truth = _load(Path(cfg.out_dir) / "truth.json").get("cases", {})
+    verdicts = _load(Path(cfg.out_dir) / "verdicts.json").get("cases", {})
+    path = Path(cfg.out_dir) / "fixes.json"
+    store = _load(path)
+    rows = store.setdefault("cases", {})
+    for case in _cases(cfg, smoke):
+        t = truth.get(case.name)
+        if t is None or "baseline" not in t or not t.get("valid", False):
+            continue
+        data = None
+        for recipe in _recipes(cfg):
+            v = verdicts.get(case.name, {}).get(recipe, {})
+            if v.get("verdict") != "SAFE WITH CHANGES" or not v.get("plan"):
+                continue
+            done = rows.get(case.name, {}).get(recipe)
+            if done is not None and done.get("plan") == v["plan"] and done.get("key") == t["key"]:
+                continue
+            data = data if data is not None else load(case)
+            t0 = time.time()
+            runs = [train(case, data, recipe, s, cfg, plan=v["plan"]) for s in range(cfg.seeds)]
+            out, cause, gap = outcome(runs, t["baseline"], cfg.gap_points)
+            rows.setdefault(case.name, {})[recipe] = {"key": t["key"], "plan": v["plan"], "outcome_with_plan": out,
+                                                      "cause": cause, "gap_points": gap, "runs": runs,
+                                                      "changes": v.get("changes", [])}
+            print(f"{case.name:26s} {recipe:9s} with its plan: {out} ({cause}) ({time.time() - t0:.0f} s)", flush=True)
+            store.update(environment=environment())
+            write_json(path, store)
+    return store
+
+
 def stage_report(cfg: Config) -> dict:
     d = Path(cfg.out_dir)
     truth = _load(d / "truth.json").get("cases", {})
     verdicts = _load(d / "verdicts.json").get("cases", {})
+    fixes = _load(d / "fixes.json").get("cases", {})
     rows, skipped = [], []
     for name, t in truth.items():
         if not t.get("valid", False):
@@ -439,25 +483,30 @@ def stage_report(cfg: Config) -> dict:
                          "gap_points": r["gap_points"], "baseline_acc": base, "fp8_acc": fp8,
                          "diverged": sum(x["status"] == "diverged" for x in r["runs"]),
                          "changes": v.get("changes", []),
+                         "fix": fixes.get(name, {}).get(recipe, {}).get("outcome_with_plan"),
+                         "fix_gap_points": fixes.get(name, {}).get(recipe, {}).get("gap_points"),
                          "hit": v["verdict"] != "ERROR" and predicted(v["verdict"]) == r["outcome"]})
     sc = score(rows)
     by_recipe = {rc: score([r for r in rows if r["recipe"] == rc]) for rc in RECIPES
                  if any(r["recipe"] == rc for r in rows)}
     seconds = sum(x["seconds"] for t in truth.values() for x in t.get("baseline", []))
+    seconds += sum(x["seconds"] for f in fixes.values() for r in f.values() for x in r["runs"])
     seconds += sum(x["seconds"] for t in truth.values() for r in t.get("recipes", {}).values() for x in r["runs"])
     report = {"experiment": "fp8_validation", **sc, "by_recipe": {k: {kk: v[kk] for kk in ("n", "right", "confusion",
                                                                                          "false_safe")}
                                                                   for k, v in by_recipe.items()},
               "gap_threshold_points": cfg.gap_points, "baseline": "bf16 autocast (fp32 parameters)",
+              "fixes_tried": sum(r["fix"] is not None for r in rows),
+              "fix_success": sum(r["fix"] == "trains" for r in rows),
               "left_out_baseline_does_not_learn": skipped, "training_seconds": round(seconds, 1),
               "rows": rows, "environment": environment()}
     write_json(d / "report.json", report)
     print(f"{sc['right']}/{sc['n']} verdicts right, false SAFE: {len(sc['false_safe'])} {sc['false_safe']}; "
-          f"training wall time {seconds:.0f} s")
+          f"plans that trained: {report['fix_success']}/{report['fixes_tried']}; training wall time {seconds:.0f} s")
     for k, n in sc["confusion"].items():
         print(f"  {k:28s} {n}")
     for r in rows:
-        mark = "" if r["hit"] else "   <- miss"
+        mark = ("" if r["hit"] else "   <- miss") + (f"   with its plan: {r['fix']}" if r["fix"] else "")
         print(f"  {r['case']:26s} {r['recipe']:8s} {r['verdict']:18s} {r['outcome']:6s} gap {r['gap_points']:6.1f}{mark}")
     return report
 
@@ -468,17 +517,17 @@ def main(argv: list[str]) -> None:
     cfg = parse_overrides(Config(), [a for a in argv if a.startswith("--") and a != "--smoke"])
     if smoke:
         cfg = replace(cfg, seeds=1, epochs=1, out_dir=str(RESULTS / "_scratch" / "fp8_validation_smoke"))
-    valid = ("truth", "verdicts", "report", "all")
+    valid = ("truth", "verdicts", "fixes", "report", "all")
     if not stages or any(s not in valid for s in stages):
         raise SystemExit(f"name a stage: {', '.join(valid)}")
     _recipes(cfg)
     import torch
 
     torch.set_num_threads(max(1, cfg.threads))
-    for s in ("truth", "verdicts", "report"):
+    for s in ("truth", "verdicts", "fixes", "report"):
         if s in stages or "all" in stages:
             {"truth": lambda: stage_truth(cfg, smoke), "verdicts": lambda: stage_verdicts(cfg, smoke),
-             "report": lambda: stage_report(cfg)}[s]()
+             "fixes": lambda: stage_fixes(cfg, smoke), "report": lambda: stage_report(cfg)}[s]()
 
 
 if __name__ == "__main__":
