@@ -93,9 +93,10 @@ CASES: list[Case] = [
     _c("tk-mlp-digits", "tk:mlp", "digits", "toolkit MLP (64-64-64-10)", model_kw={"width": 64}, lr=0.1),
     _c("tk-lenet5-digits", "tk:lenet5", "digits-img", "toolkit LeNet-5 on 8x8 digits", optimizer="adam", lr=5e-3),
     # models from outside the toolkit
-    _c("tv-resnet", "tv-resnet", "digits-img", "torchvision-style ResNet (BasicBlocks, BatchNorm)", epochs=4,
-       **ADAM),
-    _c("hand-attention", "hand-attention", "tokens", "hand-written attention: q, k, v, fc are nn.Linear", lr=0.1),
+    _c("tv-resnet", "tv-resnet", "digits-img", "torchvision-style ResNet (BasicBlocks, BatchNorm), width 8",
+       model_kw={"width": 8}, epochs=3, **ADAM),
+    _c("hand-attention", "hand-attention", "tokens", "hand-written attention: q, k, v, fc are nn.Linear", lr=0.1,
+       epochs=3),
     _c("transformer", "transformer", "tokens",
        "nn.TransformerEncoderLayer (its feed-forward Linear layers; attention projections are functional)",
        optimizer="adam", lr=2e-3, epochs=3),
