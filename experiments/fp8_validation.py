@@ -360,6 +360,14 @@ def _case_key(case: Case, cfg: Config) -> str:
     return f"{asdict(case)}|{cfg.seeds}|{cfg.epochs}|{cfg.batch_size}"
 
 
+def _check_key(case: Case) -> dict:
+    """What the check of a case depends on (not the training length or the description), as it
+    reads back from JSON (tuples as lists)."""
+    import json
+
+    return json.loads(json.dumps({k: v for k, v in asdict(case).items() if k not in ("epochs", "why")}))
+
+
 def stage_truth(cfg: Config, smoke: bool) -> dict:
     path = Path(cfg.out_dir) / "truth.json"
     store = _load(path)
@@ -405,6 +413,8 @@ def stage_verdicts(cfg: Config, smoke: bool) -> dict:
         data = load(case)
         per = rows.setdefault(case.name, {})
         for recipe in _recipes(cfg):
+            if per.get(recipe, {}).get("case") == _check_key(case) and not smoke:
+                continue  # checked with this case's definition already
             model = build(case, data, 0)
             t0 = time.time()
             try:
@@ -421,6 +431,7 @@ def stage_verdicts(cfg: Config, smoke: bool) -> dict:
                 row = {"verdict": "ERROR", "error": f"{type(exc).__name__}: {exc}"[:500], "changes": [],
                        "findings": []}
             row["seconds"] = round(time.time() - t0, 1)
+            row["case"] = _check_key(case)
             per[recipe] = row
             print(f"{case.name:26s} {recipe:9s} {row['verdict']:18s} ({row['seconds']:.0f} s)"
                   + (f"  {row.get('error', '')[:160]}" if row["verdict"] == "ERROR" else ""), flush=True)
@@ -475,6 +486,10 @@ def stage_report(cfg: Config) -> dict:
         for recipe, r in t.get("recipes", {}).items():
             v = verdicts.get(name, {}).get(recipe)
             if v is None:
+                continue
+            if "case" in v and v["case"] != {k: x for k, x in t["case"].items() if k not in ("epochs", "why")}:
+                print(f"  {name}/{recipe}: the verdict is of another definition of the case; run the verdicts "
+                      f"stage again (left out)", file=sys.stderr)
                 continue
             base = [b["eval_acc"] for b in t["baseline"]]
             fp8 = [x["eval_acc"] for x in r["runs"]]

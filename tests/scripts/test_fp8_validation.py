@@ -159,3 +159,26 @@ def test_report_scores_valid_cases_only(tmp_path: Path) -> None:
     assert rep["training_seconds"] == pytest.approx(2 + 2 + 2 + 2 + 2)  # every run counted, left-out ones too
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert on_disk["confusion"]["SAFE / fails"] == 1
+
+
+def test_verdicts_stage_reuses_a_verdict_only_for_the_same_case_definition(tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("sklearn")
+    pytest.importorskip("torch")
+    import fpanalysis.check
+    from experiments._common import write_json
+
+    case = next(c for c in V.CASES if c.model_kw)  # tuples in the definition: compared as read back from JSON
+    calls = []
+
+    class Rep:
+        verdict, changes, findings, details = "UNSAFE", [], [], {}
+
+    monkeypatch.setattr(fpanalysis.check, "check", lambda *a, **k: calls.append(k["recipe"]) or Rep())
+    cached = {"verdict": "SAFE", "case": V._check_key(case)}
+    stale = {"verdict": "SAFE", "case": dict(V._check_key(case), lr=123.0)}
+    write_json(tmp_path / "verdicts.json", {"cases": {case.name: {"delayed": cached, "current": stale}}})
+    cfg = V.Config(out_dir=str(tmp_path), only=case.name, recipes=("delayed", "current"))
+    store = V.stage_verdicts(cfg, smoke=False)
+    assert calls == ["current"]  # the stale one is checked again, the cached one is not
+    assert store["cases"][case.name]["delayed"]["verdict"] == "SAFE"
+    assert store["cases"][case.name]["current"]["verdict"] == "UNSAFE"
