@@ -455,8 +455,8 @@ def stage_fixes(cfg: Config, smoke: bool) -> dict:
         data = None
         for recipe in _recipes(cfg):
             v = verdicts.get(case.name, {}).get(recipe, {})
-            if v.get("verdict") != "SAFE WITH CHANGES" or not v.get("plan"):
-                continue
+            if v.get("verdict") != "SAFE WITH CHANGES" or not v.get("plan") or recipe not in t["recipes"]:
+                continue  # no plan, or no outcome of the recipe as run to set it against
             done = rows.get(case.name, {}).get(recipe)
             if done is not None and done.get("plan") == v["plan"] and done.get("key") == t["key"]:
                 continue
