@@ -106,6 +106,9 @@ CASES: list[Case] = [
        "one first-layer weight of 2^17 on an input pixel that is always 0 (no effect, no gradient in any "
        "precision): a per-tensor scale leaves the other weights ~2^-20 of the amax, below E4M3's range; "
        "a 32-element block holds the outlier and 31 weights", weight_outlier=2.0**17),
+    _c("mlp-weight-outlier-2e14", "mlp", "digits",
+       "one first-layer weight of 2^14 on an always-0 pixel: per tensor, the other weights land on E4M3's "
+       "smallest subnormals (~1 bit left)", weight_outlier=2.0**14),
     _c("tk-mlp-weight-outlier-2e10", "tk:mlp", "digits",
        "one first-layer weight of 2^10 on an always-0 pixel: the others fall into E4M3's subnormals "
        "(~6 bits left)", weight_outlier=2.0**10, model_kw={"width": 64}, lr=0.1),
