@@ -343,7 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
         "check", help="will this model train in pure fp16? (verdict, reasons, fixes)",
         description="Measure a model in fp32 for a few training steps and judge it for pure low-precision "
         "training: activation and gradient ranges, underflow, optimizer epsilon, update stagnation, "
-        "certified inference agreement. Prints findings with the numbers behind them and a verdict.",
+        "certified inference agreement. Prints findings with the numbers behind them and a verdict. "
+        "With --format fp8 --recipe R: the FP8 / MX GEMM check instead (per-GEMM operand saturation and "
+        "underflow, output error, amax history needed, GEMMs to keep in bf16 verified in a dry run; "
+        "docs/scaled_formats.md).",
     )
     p.add_argument("model", nargs="?", help="built-in model name (mlp, lenet5, resnet20, vgg_small, vit_tiny) "
                    "or path/to/file.py:factory returning an nn.Module")

@@ -45,6 +45,7 @@ __all__ = [
     "GemmReport",
     "ScaledOperand",
     "block_scaling",
+    "block_scaling_rceil",
     "current_scaling",
     "delayed_saturating_steps",
     "gemm_report",
@@ -232,6 +233,49 @@ def block_scaling(
     xf = _as_f32(x)
     vals, q = quantize_dequantize(xf, fmt, axis, mode=mode, seed=seed, stream=stream, return_tensor=True)
     return ScaledOperand(vals, "block", q.fmt.name, None, q.saturated, q.underflow, q.n, _amax(xf))
+
+
+def block_scaling_rceil(x: Any, fmt: str = "mxfp8_e4m3", axis: int = -1) -> ScaledOperand:
+    """MX quantise-dequantise with the block scale rounded *up* (Transformer Engine's MXFP8
+    quantiser; the "RCEIL" scale of NVIDIA's cuBLAS and of torchao), not the OCP specification's
+    ``floor(log2(amax)) - emax_elem`` (:func:`block_scaling`).
+
+    Per block of 32 along ``axis`` (docs/scaled_formats.md): ``v = fp32(amax * fp32(1 / fmax))``
+    (``fmax`` the element format's largest value); the biased E8M0 exponent ``e`` is ``v``'s
+    fp32 exponent field, plus one when ``v`` is not a power of two (rounding up; the fp32
+    subnormal and all-ones-exponent cases as in Transformer Engine's ``float_to_e8m0``);
+    elements ``sat(round(fp32(x * 2**(127 - e))))`` (``x * 1`` when ``e == 0``), to nearest even;
+    values ``fp32(q * 2**(e - 127))``.  Since ``amax / 2**(e - 127) <= fmax`` (up to the
+    rounding of ``1 / fmax``) the block's largest element does not saturate; the price is up to
+    one binade less resolution than the specification's scale.  Blocks holding Inf or NaN give
+    NaN values.
+    """
+    from .scaled import _blocks, _check_input, get_scaled_format
+
+    f = get_scaled_format(fmt)
+    if f.scale != "e8m0":
+        raise ValueError(f"block_scaling_rceil takes an MX format (E8M0 scales), got {f.name!r}")
+    arr, ax = _check_input(x, axis)
+    xb, L = _blocks(np.asarray(arr, dtype=np.float32), ax, f.block_size)
+    ef = f.element_format
+    finite = np.isfinite(xb)
+    amax = np.where(finite, np.abs(xb), np.float32(0)).max(axis=-1) if xb.size else np.zeros(xb.shape[:-1], np.float32)
+    v = (amax.astype(np.float32) * np.float32(np.float32(1.0) / np.float32(ef.max))).astype(np.float32)
+    bits = v.view(np.uint32)
+    e = ((bits >> np.uint32(23)) & np.uint32(0xFF)).astype(np.int64)
+    m = bits & np.uint32(0x7FFFFF)
+    e = e + ((m > 0) & (e != 0xFE) & ~((e == 0) & (m <= 0x400000)))
+    inv = np.where(e == 0, np.float32(1.0), np.ldexp(np.float32(1.0), (127 - e).astype(np.int32))).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        xs = np.where(finite, xb, np.float32(0)) * inv[..., None]
+    q, st = round_to(xs, ef, return_stats=True)
+    vals = (np.asarray(q, dtype=np.float64) * np.ldexp(1.0, e - 127)[..., None]).astype(np.float32)
+    bad = ~finite.all(axis=-1)
+    if bad.any():
+        vals[bad] = np.nan
+    vals = np.moveaxis(vals.reshape(xb.shape[:-2] + (-1,))[..., :L], -1, ax)
+    return ScaledOperand(np.ascontiguousarray(vals), "block-rceil", f.name, None, st.overflow, st.flushed,
+                         arr.size, _amax(np.asarray(arr, dtype=np.float32)))
 
 
 # --- per-GEMM summaries (building blocks for the FP8/MX pre-flight check) -------------------

@@ -161,6 +161,8 @@ def _fp8_options(c: CheckConfig, set_: Any) -> bool:
     if recipe not in recipes:
         raise ValueError(f"unknown FP8 recipe {c.recipe!r}; valid recipes are: {', '.join(recipes)}")
     set_("recipe", recipe)
+    if c.history_len is not None and recipe != "delayed":
+        raise ValueError(f"history_len (--amax-history) is an option of the delayed recipe, not of {recipe}")
     set_("history_len", _positive_int("history_len (the amax history length)",
                                       16 if c.history_len is None else c.history_len))
     set_("margin", _positive_int("margin", 0 if c.margin is None else c.margin, minimum=0))

@@ -11,9 +11,11 @@ under the hybrid recipe; everything else in fp32).  It reports, per GEMM:
   scaling, over every call of the run;
 * the relative error of the GEMM's output against the fp32 product of the unquantised operands
   (``||Y_q - Y||_F / ||Y||_F``, averaged over the forward calls);
-* the shortest amax history with which delayed scaling would not have saturated the operand at
-  any call after the first (:func:`fpanalysis.recipes.min_history_len` on the operand's amax
-  sequence; the first call uses scale 1 whatever the history);
+* for the per-tensor recipes, the shortest amax history with which delayed scaling keeps the
+  saturated share of every call after the first at or below 0.1 % (:func:`history_needed`: the
+  operand's amax sequence sets the scales, its per-call tail magnitudes say what saturates;
+  without tails it is :func:`fpanalysis.recipes.min_history_len`; the first call uses scale 1
+  whatever the history), and the margin it needs;
 
 and judges the FP8 run against the fp32 run with the dry run's thresholds
 (:data:`fpanalysis.nn.shadow.DRY_RUN_THRESHOLDS`: divergence, loss gap, eval-mode accuracy gap).
@@ -49,13 +51,14 @@ from .._table import format_table
 from ..nn.fp8 import FP8Plan, apply_fp8_plan, gemm_modules, operand_formats
 from ..nn.observe import call_model, default_loss, logits_of
 from ..nn.shadow import DRY_RUN_THRESHOLDS, LOSS_FLOOR, judge_dry_run
-from ..recipes import delayed_saturating_steps, min_history_len, recipe_format
+from ..recipes import DelayedScaling, quantize_per_tensor, recipe_format
 from .config import CheckConfig
 from .findings import CheckReport, Finding, decide_verdict
 from .probe import make_optimizer
 
 __all__ = [
-    "FP8_THRESHOLDS", "FP8CheckReport", "compare_runs", "fp8_findings", "gemm_rows", "history_needed", "judge_fp8_run",
+    "FP8_THRESHOLDS", "FP8CheckReport", "compare_runs", "fp8_findings", "gemm_rows", "history_needed", "inconclusive",
+    "judge_fp8_run",
     "run_fp8_check",
 ]
 
@@ -70,6 +73,9 @@ FP8_THRESHOLDS: dict[str, float] = {
     # relative error of the GEMM output against the unquantised fp32 product (mean over calls)
     "gemm_error_warn": 0.10,
     "gemm_error_fail": 0.30,
+    # the dry run says something only when fp32 itself made progress: its loss (mean of the last
+    # quarter of the steps against the first quarter) must fall by this share
+    "dry_run_min_progress": 0.05,
 }
 
 #: Amax history lengths the check considers (Transformer Engine's default is 1024).
@@ -85,20 +91,43 @@ ROLES = ("activation", "weight", "gradient")
 # ------------------------------------------------------------------------------------------
 
 
-def history_needed(amaxes: list[float], fmt: str, margin: int = 0) -> tuple[int | None, int]:
-    """Shortest amax history (of :data:`HISTORY_CANDIDATES`) with which delayed scaling saturates
-    none of the calls after the first of this amax sequence (the first call's scale is 1 whatever
-    the history), and the margin it needs: ``margin`` itself when a history suffices, else the
-    smallest of ``margin + 1 .. margin + 3`` with which one does (an amax that grows from call to
-    call saturates every call whatever the history; a margin of ``k`` tolerates growth by
-    ``2**k``).  ``(None, margin)`` when none does."""
+def _saturating_calls(amaxes: list[float], tails: list[float], fmt: str, history_len: int, margin: int) -> int:
+    """Calls after the first at which delayed scaling with this history and margin saturates
+    the operand's tail (``fp32(tail * scale)`` rounds above the format's largest value); the
+    scale of each call comes from the amaxes of the calls before it."""
+    d = DelayedScaling(fmt, history_len, margin)
+    n = 0
+    for i, (a, t) in enumerate(zip(amaxes, tails)):
+        if i > 0 and math.isfinite(t):
+            n += quantize_per_tensor(np.array([t], dtype=np.float32), d.scale, fmt).saturated
+        d(np.array([a], dtype=np.float32))
+    return n
+
+
+def history_needed(amaxes: list[float], fmt: str, margin: int = 0,
+                   tails: list[float] | None = None) -> tuple[int | None, int]:
+    """Shortest amax history (of :data:`HISTORY_CANDIDATES`) with which delayed scaling keeps
+    the saturated share of every call after the first at or below
+    :data:`fpanalysis.nn.fp8.TAIL_SHARE` (the first call's scale is 1 whatever the history), and
+    the margin it needs.
+
+    ``tails[t]`` is call ``t``'s tail magnitude (at most ``TAIL_SHARE`` of its elements exceed
+    it): the share stays below the threshold exactly when the tail does not saturate.  Without
+    ``tails`` the amaxes stand in for them (no element may saturate:
+    :func:`fpanalysis.recipes.min_history_len` with the first call's saturation allowed).
+    The margin is ``margin`` itself when a history suffices, else the smallest of ``margin + 1
+    .. margin + 3`` with which one does (an amax that grows from call to call saturates every
+    call whatever the history; a margin of ``k`` tolerates growth by ``2**k``); ``(None,
+    margin)`` when none does."""
+    tails = list(amaxes) if tails is None else list(tails)
+    if len(tails) != len(amaxes):
+        raise ValueError(f"need one tail per amax, got {len(tails)} and {len(amaxes)}")
     for m in range(margin, margin + 4):
         if not amaxes:
             return 1, m
-        first = delayed_saturating_steps(amaxes[:1], 1, fmt, m)
-        h = min_history_len(amaxes, HISTORY_CANDIDATES, fmt, m, max_saturating=first)
-        if h is not None:
-            return h, m
+        for h in HISTORY_CANDIDATES:
+            if _saturating_calls(amaxes, tails, fmt, h, m) == 0:
+                return h, m
     return None, margin
 
 
@@ -119,7 +148,7 @@ def gemm_rows(stats: dict[str, dict[str, Any]], hybrid: bool = True, margin: int
                 "max_saturation": s["max_saturation"], "saturating_calls": s["saturating_calls"],
                 "amax_min": min(am) if am else math.nan, "amax_max": max(am) if am else math.nan,
                 **dict(zip(("history_needed", "margin_needed"),
-                           history_needed(s["amax"], recipe_format(role, hybrid), margin))),
+                           history_needed(s["amax"], recipe_format(role, hybrid), margin, s.get("tail")))),
                 "rel_error": float(np.mean(errs)) if errs and role == "activation" else math.nan,
                 "rel_error_max": float(np.max(errs)) if errs and role == "activation" else math.nan,
             })
@@ -130,15 +159,16 @@ def _level(v: float, warn: float, fail: float) -> str:
     return "fail" if v > fail else ("warn" if v > warn else "ok")
 
 
-def fp8_findings(rows: list[dict[str, Any]], label: str) -> list[Finding]:
+def fp8_findings(rows: list[dict[str, Any]], label: str, recipe: str = "delayed") -> list[Finding]:
     """Findings on the per-GEMM rows: saturation, underflow and output error (one finding per
     GEMM operand above a warn threshold, else one 'ok' finding per kind)."""
     T = FP8_THRESHOLDS
     out: list[Finding] = []
+    sat_fix = {"delayed": "keep {gemm} in bf16, or lengthen the amax history / add a margin",
+               "current": "keep {gemm} in bf16, or add a margin"}.get(recipe, "keep {gemm} in bf16")
     kinds = (
         ("FP8 saturation", "saturation", "saturation_warn", "saturation_fail",
-         "of the {op} elements saturate (clamped to the format's largest value) in {label}",
-         "keep {gemm} in bf16, or lengthen the amax history / add a margin (delayed scaling)"),
+         "of the {op} elements saturate (clamped to the format's largest value) in {label}", sat_fix),
         ("FP8 underflow", "underflow", "underflow_warn", "underflow_fail",
          "of the {op} elements are nonzero and become zero in {label}", "keep {gemm} in bf16"),
         ("GEMM output error", "rel_error", "gemm_error_warn", "gemm_error_fail",
@@ -239,8 +269,12 @@ def compare_runs(ref: _Run, run: _Run, steps: int) -> dict[str, Any]:
     n = min(len(ref.losses), len(run.losses))
     lr_, ls_ = _tail_mean(ref.losses[:n]), _tail_mean(run.losses[:n])
     gap = (ls_ - lr_) / max(abs(lr_), LOSS_FLOOR) if math.isfinite(ls_) and math.isfinite(lr_) else math.inf
+    k = max(1, len(ref.losses) // 4)
+    head = float(np.mean(ref.losses[:k])) if ref.losses else math.nan
+    progress = (head - lr_) / max(abs(head), LOSS_FLOOR) if math.isfinite(head) and math.isfinite(lr_) else math.nan
     m: dict[str, Any] = {"steps": steps, "diverged": {"fp32_step": ref.diverged_step, "shadow_step": run.diverged_step},
-                         "loss": {"fp32": lr_, "shadow": ls_, "gap": gap}, "accuracy": {}}
+                         "loss": {"fp32": lr_, "shadow": ls_, "gap": gap, "fp32_first": head,
+                                  "fp32_progress": progress}, "accuracy": {}}
     if ref.pred is not None:
         if run.pred is None:
             m["accuracy"]["eval"] = {"fp32": ref.accuracy, "shadow": 0.0, "gap": ref.accuracy, "agreement": 0.0}
@@ -276,8 +310,15 @@ def _dry_run_findings(m: dict[str, Any], label: str) -> list[Finding]:
     for p in problems:
         out.append(Finding(f"dry run: {p['check']}", p["status"], p["measured"], p["threshold"], ">", p["message"],
                            fix="keep GEMMs in bf16 or change the recipe settings (the changes tried are listed below)"))
-    if not problems:
-        loss = m["loss"]
+    loss = m["loss"]
+    if not any(p["status"] == "fail" for p in problems) and inconclusive(m):
+        out.append(Finding(
+            "dry run", "skipped", loss["fp32_progress"], FP8_THRESHOLDS["dry_run_min_progress"], "<",
+            f"not examined: inconclusive: fp32's loss fell by only {100 * loss['fp32_progress']:.1f}% in "
+            f"{m['steps']} steps ({loss['fp32_first']:.4g} -> {loss['fp32']:.4g}), too little for the {label} run to "
+            "fall behind; run more steps (--dry-run-steps), a larger learning rate, or start from a trained "
+            "checkpoint"))
+    elif not problems:
         acc = m["accuracy"].get("eval")
         msg = (f"{m['steps']} steps with {label} match fp32: loss {loss['shadow']:.4g} vs {loss['fp32']:.4g} "
                f"({100 * loss['gap']:+.1f}%)")
@@ -288,6 +329,24 @@ def _dry_run_findings(m: dict[str, Any], label: str) -> list[Finding]:
     return out
 
 
+def inconclusive(m: dict[str, Any]) -> bool:
+    """Whether fp32 made too little progress in the dry run for a comparison to mean anything
+    (:data:`FP8_THRESHOLDS` ``dry_run_min_progress``)."""
+    p = m.get("loss", {}).get("fp32_progress", math.nan)
+    return not (p >= FP8_THRESHOLDS["dry_run_min_progress"])
+
+
+def _operands_text(recipe: str) -> str:
+    f = operand_formats(recipe)
+    if recipe in ("current", "delayed"):
+        return f"E4M3 forward, {f['gradient'].upper()} gradients, per-tensor scales"
+    if recipe == "nvfp4":
+        return "NVFP4 (E2M1, E4M3 scale per 16, fp32 tensor scale) forward and backward"
+    el = lambda n: n.split("_")[1].upper()
+    return (f"{el(f['activation'])} forward, {el(f['gradient'])} gradients, E8M0 scale per 32 "
+            "(rounded up, as Transformer Engine)")
+
+
 def _label(plan: FP8Plan) -> str:
     return f"FP8 ({plan.describe()})"
 
@@ -296,9 +355,9 @@ def _candidates(plan: FP8Plan, rows: list[dict[str, Any]], static: list[Finding]
     """Changes to try, the smallest first: recipe settings (all GEMMs stay FP8), then GEMMs kept
     in bf16 (failing ones; first and last; both), then current instead of delayed scaling."""
     out: list[FP8Plan] = []
-    if plan.recipe == "delayed" and rows:
-        # the operands that saturate materially (warn or worse) set the history and margin to try
-        sat = [r for r in rows if r["saturation"] > FP8_THRESHOLDS["saturation_warn"]] or rows
+    # the operands that saturate materially (warn or worse) set the history and margin to try
+    sat = [r for r in rows if r["saturation"] > FP8_THRESHOLDS["saturation_warn"]]
+    if plan.recipe == "delayed" and sat:
         margin = max(r["margin_needed"] for r in sat)
         longest = max((r["history_needed"] or HISTORY_CANDIDATES[-1] for r in sat if r["margin_needed"] == margin),
                       default=1)
@@ -335,28 +394,32 @@ class FP8CheckReport(CheckReport):
         c = self.config
         lines[0] = (f"fpanalysis check: {c.get('model', 'model')} with FP8 GEMMs, recipe {c.get('recipe')}"
                     + (f" (amax history {c.get('history_len')}, margin {c.get('margin')})" if c.get("recipe") == "delayed"
-                       else "") + f"; E4M3 forward, {c.get('gradient_format')} gradients")
+                       else "") + f"; operands {c.get('operands')}")
         lines[1] = (f"  optimizer {c.get('optimizer')} lr={c.get('lr')}, {c.get('steps')} steps fp32 vs FP8 on "
                     f"{c.get('samples')} samples; Linear/Conv2d GEMMs quantised, the rest in fp32")
         rows = self.details.get("gemms") or []
         if rows:
+            per_tensor = c.get("recipe") in ("current", "delayed")
             shown = [{
                 "GEMM": r["gemm"], "operand": r["operand"], "saturated": f"{100 * r['saturation']:.3g}%",
                 "underflow": f"{100 * r['underflow']:.3g}%",
                 "amax": f"{r['amax_min']:.3g}..{r['amax_max']:.3g}",
-                "history needed": ("none" if r["history_needed"] is None else str(r["history_needed"]))
-                + (f" (margin {r['margin_needed']})" if r["margin_needed"] != self.config.get("margin", 0) else ""),
+                **({"history needed": ("none" if r["history_needed"] is None else str(r["history_needed"]))
+                    + (f" (margin {r['margin_needed']})" if r["margin_needed"] != c.get("margin", 0) else "")}
+                   if per_tensor else {}),
                 "output rel. error": "" if not math.isfinite(r["rel_error"]) else f"{r['rel_error']:.3g}",
             } for r in rows]
             table = format_table(shown, list(shown[0]))
             at = next((i for i, ln in enumerate(lines) if ln.startswith("verdict:")), len(lines))
-            head = ("per GEMM (shares over all calls; 'history needed': shortest amax history with no "
-                    "saturating call after the first, with the margin it needs):")
+            head = "per GEMM (shares over all calls" + ("; 'history needed': shortest amax history with which "
+                                                         "delayed scaling saturates at most 0.1% of the operand at every "
+                                                         "call after the first, and the margin it needs):"
+                                                         if per_tensor else "):")
             lines[at:at] = [head, *("  " + t for t in table.split("\n")), ""]
         plan = self.details.get("plan")
         if plan:
             lines.append(f"plan: {FP8Plan.from_dict(plan).describe()}"
-                         + (" (verified by the dry run)" if plan.get("verified") else ""))
+                         + (" (verified by the dry run)" if plan.get("verified") else " (not verified)"))
         return "\n".join(lines)
 
 
@@ -413,7 +476,7 @@ def run_fp8_check(model: nn.Module, X: Any, y: torch.Tensor, c: CheckConfig, *,
                 f"Linear/Conv2d modules whose forward never ran (called functionally): {', '.join(silent)}"
                 if silent else "") if x)))
     rows = gemm_rows(run.stats, True, c.margin)
-    static = fp8_findings(rows, label)
+    static = fp8_findings(rows, label, c.recipe)
     findings += static
     details: dict[str, Any] = {"gemms": rows, "losses": {"fp8": run.losses}, "formats": operand_formats(c.recipe)}
     verified: list[str] | None = None
@@ -442,8 +505,8 @@ def run_fp8_check(model: nn.Module, X: Any, y: torch.Tensor, c: CheckConfig, *,
                     r = _train(work, batches, ev, c, cand, tick(0, "verifying changes"))
                     mm = compare_runs(ref, r, steps)
                     probs = [p for p in judge_fp8_run(mm, _label(cand)) if p["status"] == "fail"]
-                    st_fail = [f for f in fp8_findings(gemm_rows(r.stats, True, cand.margin), _label(cand))
-                               if f.status == "fail"]
+                    st_fail = [f for f in fp8_findings(gemm_rows(r.stats, True, cand.margin), _label(cand),
+                                                       cand.recipe) if f.status == "fail"]
                     ok = not probs and not st_fail
                     problems = [{"check": p["check"], "status": "fail"} for p in probs] + [
                         {"check": f"{f.check} ({f.layer}, {f.op})" if f.op else f"{f.check} ({f.layer})", "status": "fail"}
@@ -456,7 +519,7 @@ def run_fp8_check(model: nn.Module, X: Any, y: torch.Tensor, c: CheckConfig, *,
                 details["fixes"] = results
             good = [r for r in results if r["verified"]]
             if not failing:
-                plan_out = replace(base, verified=True)
+                plan_out = replace(base, verified=not inconclusive(m))
                 verified = []
             else:
                 verified = [good[0]["description"]] if good else []
@@ -468,7 +531,7 @@ def run_fp8_check(model: nn.Module, X: Any, y: torch.Tensor, c: CheckConfig, *,
     config = {
         "model": c.model_name or type(model).__name__, "format": "fp8", "recipe": c.recipe,
         "history_len": c.history_len, "margin": c.margin, "hybrid": True,
-        "gradient_format": operand_formats(c.recipe)["gradient"].upper(),
+        "operands": _operands_text(c.recipe),
         "optimizer": c.optimizer, "lr": c.lr, "eps": c.eps, "momentum": c.momentum, "batch_size": c.batch_size,
         "steps": steps, "samples": _n_samples(X), "dry_run_steps": c.dry_run_steps, "seed": c.seed,
         "seconds": round(time.perf_counter() - t0, 2),

@@ -12,7 +12,10 @@ computes as a Transformer Engine FP8 GEMM does:
   comes from the unquantised ``dY`` (Transformer Engine's fused cast-transpose-dbias does the same).
 
 Everything else (norms, activations, attention's batched products, the loss, the optimizer)
-runs in the model's own dtype, untouched.
+runs in the model's own dtype, untouched.  Each call of a module is one step of its operands'
+scaling (a module called twice per training step, or an evaluation pass inside the context,
+records two calls and, under delayed scaling, two amax history entries).  Tensors on a GPU are
+quantised on the CPU (the quantisers are numpy/numba) and moved back.
 
 Recipes (:data:`FP8_RECIPES`; docs/scaled_formats.md gives the arithmetic and the sources):
 
@@ -26,8 +29,11 @@ Recipes (:data:`FP8_RECIPES`; docs/scaled_formats.md gives the arithmetic and th
     DelayedScaling`; the first call uses scale 1);
 ``"mxfp8"``, ``"mxfp6"``, ``"mxfp4"``
     OCP MX block scaling, an E8M0 scale per 32 elements along the GEMM's reduction axis
-    (MXFP8: E4M3 forward, E5M2 gradients under the hybrid recipe; MXFP6: E2M3 / E3M2; MXFP4:
-    E2M1 throughout; :func:`fpanalysis.recipes.block_scaling`);
+    (MXFP8: E4M3 forward, E5M2 gradients under the hybrid recipe -- Transformer Engine's
+    ``MXFP8BlockScaling`` defaults to E4M3 throughout, ``hybrid=False``; MXFP6: E2M3 / E3M2;
+    MXFP4: E2M1 throughout).  The block scale is rounded up as Transformer Engine does
+    (``mx_scale="rceil"``, :func:`fpanalysis.recipes.block_scaling_rceil`) or chosen as the OCP
+    specification says (``mx_scale="floor"``, :func:`fpanalysis.recipes.block_scaling`);
 ``"nvfp4"``
     NVFP4, E2M1 elements with an E4M3 scale per 16 elements and an fp32 tensor scale, for every
     operand (gradients included).
@@ -78,10 +84,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..recipes import DelayedScaling, block_scaling, current_scaling, recipe_format
+from ..recipes import DelayedScaling, block_scaling, block_scaling_rceil, current_scaling, recipe_format
 
 __all__ = [
-    "FP8_RECIPES", "FP8Plan", "FP8Training", "apply_fp8_plan", "fp8_training", "gemm_modules", "operand_formats",
+    "FP8_RECIPES", "MX_SCALES", "TAIL_SHARE", "FP8Plan", "FP8Training", "apply_fp8_plan", "fp8_training", "gemm_modules", "operand_formats",
     "quantize_tensor",
 ]
 
@@ -98,7 +104,16 @@ _RECIPE_FORMATS: dict[str, tuple[str, str, str]] = {
 #: The recipes :func:`fp8_training` accepts.
 FP8_RECIPES: tuple[str, ...] = tuple(_RECIPE_FORMATS)
 _PER_TENSOR = ("current", "delayed")
+#: How MX recipes choose the E8M0 block scale: ``"rceil"`` rounds it up so that the block's
+#: largest element fits (Transformer Engine's MXFP8 quantiser; :func:`fpanalysis.recipes.
+#: block_scaling_rceil`), ``"floor"`` is the OCP MX v1.0 specification's
+#: ``floor(log2(amax)) - emax_elem``, which can saturate a block's largest elements
+#: (:func:`fpanalysis.recipes.block_scaling`).
+MX_SCALES = ("rceil", "floor")
 _GEMM_TYPES = (nn.Linear, nn.Conv2d)
+#: With ``measure_error``, each call also records its operand's *tail*: the magnitude that at most
+#: this share of the elements exceed (the share the FP8 check calls material saturation).
+TAIL_SHARE = 1e-3
 
 
 def _check_recipe(recipe: Any) -> str:
@@ -138,19 +153,22 @@ def _to_torch(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:
 
 
 def quantize_tensor(t: torch.Tensor, fmt: str, axis: int = -1, *, margin: int = 0,
-                    scaler: DelayedScaling | None = None) -> tuple[torch.Tensor, Any]:
+                    scaler: DelayedScaling | None = None, mx_scale: str = "rceil") -> tuple[torch.Tensor, Any]:
     """Quantise-dequantise a torch tensor: float32 result on ``t``'s device, and the
     :class:`fpanalysis.recipes.ScaledOperand` (counts, amax, scale).
 
     ``fmt`` ``"e4m3"``/``"e5m2"``: per-tensor current scaling (or ``scaler``, a
     :class:`~fpanalysis.recipes.DelayedScaling`, when given); otherwise a block-scaled format
-    (:mod:`fpanalysis.scaled`) with blocks along ``axis``.
+    (:mod:`fpanalysis.scaled`) with blocks along ``axis``, MX scales chosen per ``mx_scale``
+    (:data:`MX_SCALES`).
     """
     x = _to_numpy(t)
     if scaler is not None:
         r = scaler(x)
     elif fmt in ("e4m3", "e5m2"):
         r = current_scaling(x, fmt, margin)
+    elif mx_scale == "rceil" and not fmt.startswith("nvfp4"):
+        r = block_scaling_rceil(x, fmt, axis)
     else:
         r = block_scaling(x, fmt, axis)
     return _to_torch(r.values, t), r
@@ -179,6 +197,7 @@ class _OperandStats:
     amax: list[float] = field(default_factory=list)
     saturation_per_call: list[float] = field(default_factory=list)
     scale: list[float] = field(default_factory=list)
+    tail: list[float] = field(default_factory=list)
 
     def add(self, r: Any) -> None:
         self.calls += 1
@@ -201,17 +220,21 @@ class _OperandStats:
         }
         if self.scale:
             out["scale"] = list(self.scale)
+        if self.tail:
+            out["tail"] = list(self.tail)
         return out
 
 
 class _GemmQuant:
     """The quantisers and statistics of one GEMM module."""
 
-    def __init__(self, recipe: str, hybrid: bool, history_len: int, margin: int, measure_error: bool) -> None:
+    def __init__(self, recipe: str, hybrid: bool, history_len: int, margin: int, measure_error: bool,
+                 mx_scale: str = "rceil") -> None:
         self.recipe = recipe
         self.block = recipe not in _PER_TENSOR
         self.formats = operand_formats(recipe, hybrid)
         self.margin = margin
+        self.mx_scale = mx_scale
         self.measure_error = measure_error
         self.scalers: dict[str, DelayedScaling] = {}
         if recipe == "delayed":
@@ -220,9 +243,12 @@ class _GemmQuant:
         self.rel_error: list[float] = []
 
     def quant(self, t: torch.Tensor, role: str, axis: int = -1, record: bool = True) -> torch.Tensor:
-        q, r = quantize_tensor(t, self.formats[role], axis, margin=self.margin, scaler=self.scalers.get(role))
+        q, r = quantize_tensor(t, self.formats[role], axis, margin=self.margin, scaler=self.scalers.get(role),
+                               mx_scale=self.mx_scale)
         if record:
             self.stats[role].add(r)
+            if self.measure_error:
+                self.stats[role].tail.append(_tail(t))
         return q
 
     def quant_tokens(self, t: torch.Tensor, role: str, feat: int) -> torch.Tensor:
@@ -232,6 +258,18 @@ class _GemmQuant:
         return _from_tokens_last(q, pshape, perm)
 
 
+def _tail(t: torch.Tensor) -> float:
+    """The magnitude that at most ``TAIL_SHARE`` of the finite elements of ``t`` exceed (the
+    ``floor(share * n) + 1``-th largest magnitude)."""
+    a = t.detach().abs().flatten().float()
+    a = a[torch.isfinite(a)]
+    n = a.numel()
+    if n == 0:
+        return 0.0
+    k = int(TAIL_SHARE * n)
+    return float(torch.kthvalue(a.cpu(), n - k).values)
+
+
 @contextlib.contextmanager
 def _exact_fp32(device: torch.device) -> Iterator[None]:
     """float32 products without TF32 on CUDA (cuDNN convolutions default to TF32)."""
@@ -239,12 +277,14 @@ def _exact_fp32(device: torch.device) -> Iterator[None]:
         yield
         return
     prec = torch.get_float32_matmul_precision()
+    conv_tf32 = torch.backends.cudnn.allow_tf32
     torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.allow_tf32 = False
     try:
-        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
-            yield
+        yield
     finally:
         torch.set_float32_matmul_precision(prec)
+        torch.backends.cudnn.allow_tf32 = conv_tf32
 
 
 def _rel_error(y: torch.Tensor, ref: torch.Tensor) -> float:
@@ -375,8 +415,11 @@ class FP8Training:
     """The context manager returned by :func:`fp8_training` (see there)."""
 
     def __init__(self, model: nn.Module, recipe: str = "delayed", *, keep: Iterable[str] = (), history_len: int = 16,
-                 margin: int = 0, hybrid: bool = True, measure_error: bool = False) -> None:
+                 margin: int = 0, hybrid: bool = True, measure_error: bool = False, mx_scale: str = "rceil") -> None:
         self.recipe = _check_recipe(recipe)
+        if mx_scale not in MX_SCALES:
+            raise ValueError(f"unknown MX scale rule {mx_scale!r}; valid choices are: {', '.join(MX_SCALES)}")
+        self.mx_scale = mx_scale
         if not isinstance(model, nn.Module):
             raise TypeError(f"fp8_training takes an nn.Module, got {type(model).__name__}")
         if isinstance(keep, str):
@@ -405,7 +448,7 @@ class FP8Training:
         self.modules = [n for n in gemm_modules(model)
                         if not any(n == k or n.startswith(k + ".") or k == "" for k in kept)]
         self.kept_modules = [n for n in gemm_modules(model) if n not in self.modules]
-        self._quant = {n: _GemmQuant(recipe, hybrid, self.history_len, self.margin, self.measure_error)
+        self._quant = {n: _GemmQuant(recipe, hybrid, self.history_len, self.margin, self.measure_error, mx_scale)
                        for n in self.modules}
         self._saved: dict[str, tuple[bool, Any]] = {}
         self.active = False
@@ -471,7 +514,7 @@ class FP8Training:
 
 
 def fp8_training(model: nn.Module, recipe: str = "delayed", *, keep: Iterable[str] = (), history_len: int = 16,
-                 margin: int = 0, hybrid: bool = True, measure_error: bool = False) -> FP8Training:
+                 margin: int = 0, hybrid: bool = True, measure_error: bool = False, mx_scale: str = "rceil") -> FP8Training:
     """Context manager: inside it, the model's ``nn.Linear`` and ``nn.Conv2d`` compute as FP8 GEMMs.
 
     Parameters
@@ -490,7 +533,11 @@ def fp8_training(model: nn.Module, recipe: str = "delayed", *, keep: Iterable[st
         E5M2 gradients (E4M3 forward); ``False``: E4M3 throughout (MX recipes likewise).
     measure_error : bool
         Also compute every forward GEMM from the unquantised operands and record the relative
-        error of the output (costs a second GEMM).
+        error of the output (costs a second GEMM), and each operand's tail magnitude per call
+        (``stats[module][operand]["tail"]``, see :data:`TAIL_SHARE`).
+    mx_scale : {"rceil", "floor"}
+        MX recipes' block scale: rounded up (Transformer Engine, default) or the OCP
+        specification's (:data:`MX_SCALES`).
 
     Returns
     -------
@@ -501,7 +548,7 @@ def fp8_training(model: nn.Module, recipe: str = "delayed", *, keep: Iterable[st
         object.
     """
     return FP8Training(model, recipe, keep=keep, history_len=history_len, margin=margin, hybrid=hybrid,
-                       measure_error=measure_error)
+                       measure_error=measure_error, mx_scale=mx_scale)
 
 
 @dataclass
@@ -522,6 +569,8 @@ class FP8Plan:
         Delayed scaling's amax history length; the per-tensor recipes' margin.
     hybrid : bool
         E4M3 forward, E5M2 gradients.
+    mx_scale : str
+        MX recipes' block-scale rule (:data:`MX_SCALES`).
     verified : bool
         Whether the check's dry run verified the plan (it then matched fp32).
 
@@ -537,11 +586,14 @@ class FP8Plan:
     history_len: int = 16
     margin: int = 0
     hybrid: bool = True
+    mx_scale: str = "rceil"
     verified: bool = False
     format: str = "fp8"
 
     def __post_init__(self) -> None:
         _check_recipe(self.recipe)
+        if self.mx_scale not in MX_SCALES:
+            raise ValueError(f"unknown MX scale rule {self.mx_scale!r}; valid choices are: {', '.join(MX_SCALES)}")
         if self.format != "fp8":
             raise ValueError(f"an FP8 plan has format 'fp8', got {self.format!r}")
 
@@ -581,6 +633,8 @@ class FP8Plan:
             opts.append(f"margin {self.margin}")
         if not self.hybrid:
             opts.append("E4M3 gradients")
+        if self.recipe.startswith("mx") and self.mx_scale != "rceil":
+            opts.append(f"{self.mx_scale} block scales")
         if self.keep:
             opts.append(f"keep {', '.join(self.keep)} in bf16")
         return ", ".join(opts)
@@ -604,4 +658,4 @@ def apply_fp8_plan(model: nn.Module, plan: FP8Plan | dict | str, *, measure_erro
     elif not isinstance(plan, FP8Plan):
         raise TypeError(f"plan must be an FP8Plan, a dict or JSON, got {type(plan).__name__}")
     return fp8_training(model, plan.recipe, keep=plan.keep, history_len=plan.history_len, margin=plan.margin,
-                        hybrid=plan.hybrid, measure_error=measure_error)
+                        hybrid=plan.hybrid, measure_error=measure_error, mx_scale=plan.mx_scale)

@@ -1,6 +1,8 @@
 """Scaling recipes (fpanalysis.recipes) against independent ml_dtypes computations."""
 from __future__ import annotations
 
+import math
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -139,3 +141,56 @@ def test_history_length_for_periodic_spikes() -> None:
     assert R.min_history_len(amaxes, max_saturating=0) is None
     # a margin of 3 bits absorbs the 8x spike at any history length
     assert R.min_history_len(amaxes, fmt="e4m3", margin=3, max_saturating=0) == 1
+
+
+# --- MX with the scale rounded up (Transformer Engine's MXFP8 quantiser) -----------------------
+
+
+def _rceil_oracle(x: np.ndarray, fmax: float, dt) -> np.ndarray:
+    """One block at a time, with Python floats and ml_dtypes: the smallest power of two 2**k with
+    v <= 2**k for v = fp32(amax * fp32(1/fmax)) (math.frexp), elements ml_dtypes(sat(x / 2**k))."""
+    out = np.empty_like(x)
+    rcp = np.float32(np.float32(1.0) / np.float32(fmax))
+    for i in range(x.shape[0]):
+        for j in range(0, x.shape[1], 32):
+            blk = x[i, j:j + 32]
+            v = float(np.float32(np.float32(np.abs(blk).max()) * rcp))
+            if v == 0.0:
+                k = -127
+            else:
+                mant, ex = math.frexp(v)  # v = mant * 2**ex, 0.5 <= mant < 1
+                k = ex - 1 if mant == 0.5 else ex
+            q = np.clip(blk.astype(np.float64) / 2.0**k, -fmax, fmax).astype(dt).astype(np.float64)
+            out[i, j:j + 32] = (q * 2.0**k).astype(np.float32)
+    return out
+
+
+@pytest.mark.parametrize("fmt,fmax,dt", [("mxfp8_e4m3", 448.0, ml_dtypes.float8_e4m3fn),
+                                         ("mxfp8_e5m2", 57344.0, ml_dtypes.float8_e5m2)])
+def test_block_scaling_rceil_against_ml_dtypes(fmt, fmax, dt):
+    from fpanalysis.recipes import block_scaling_rceil
+
+    g = np.random.default_rng(3)
+    x = (g.standard_normal((16, 96)) * np.exp(g.uniform(-20, 20, (16, 1)))).astype(np.float32)
+    # blocks whose amax is exactly fmax * 2**k (the scale's boundary) and an all-zero block
+    x[0, :32] = np.float32(fmax) * np.float32(2.0**-3) * g.uniform(-1, 1, 32).astype(np.float32)
+    x[0, 5] = np.float32(fmax * 2.0**-3)
+    x[1, 32:64] = 0.0
+    r = block_scaling_rceil(x, fmt, axis=-1)
+    want = _rceil_oracle(x, fmax, dt)
+    assert np.array_equal(r.values, want)
+    assert r.saturated == 0  # the block's largest element always fits
+    # along axis 0 it is the same function of the transposed array
+    r0 = block_scaling_rceil(x.T.copy(), fmt, axis=0)
+    assert np.array_equal(r0.values, want.T)
+    # and it differs from the specification's floor scale, which saturates some blocks' largest elements
+    from fpanalysis.recipes import block_scaling
+
+    assert block_scaling(x, fmt, axis=-1).saturated > 0 and not np.array_equal(block_scaling(x, fmt, axis=-1).values, want)
+
+
+def test_block_scaling_rceil_refuses_nvfp4():
+    from fpanalysis.recipes import block_scaling_rceil
+
+    with pytest.raises(ValueError, match="MX format"):
+        block_scaling_rceil(np.ones(32, dtype=np.float32), "nvfp4")

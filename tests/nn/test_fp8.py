@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fpanalysis.nn.fp8 import FP8_RECIPES, fp8_training, gemm_modules, operand_formats
-from fpanalysis.recipes import block_scaling
+from fpanalysis.recipes import block_scaling, block_scaling_rceil
 
 _ML = {"e4m3": (ml_dtypes.float8_e4m3fn, 448.0), "e5m2": (ml_dtypes.float8_e5m2, 57344.0)}
 
@@ -60,18 +60,24 @@ def test_current_forward_uses_e4m3_operands_bit_for_bit():
     assert not torch.equal(y, lin(x))
 
 
-@pytest.mark.parametrize("recipe,fmt", [("mxfp8", "mxfp8_e4m3"), ("nvfp4", "nvfp4"), ("mxfp4", "mxfp4_e2m1")])
-def test_block_forward_uses_scaled_quantiser_along_reduction_axis(recipe, fmt):
+@pytest.mark.parametrize("recipe,fmt,mx_scale", [
+    ("mxfp8", "mxfp8_e4m3", "floor"), ("mxfp8", "mxfp8_e4m3", "rceil"), ("nvfp4", "nvfp4", "rceil"),
+    ("mxfp4", "mxfp4_e2m1", "floor"), ("mxfp6", "mxfp6_e2m3", "rceil")])
+def test_block_forward_uses_scaled_quantiser_along_reduction_axis(recipe, fmt, mx_scale):
     lin = _linear(1)
-    x = torch.randn(5, 64) * torch.logspace(-3, 3, 64)  # blocks of very different magnitude
-    with fp8_training(lin, recipe):
+    x = torch.randn(5, 64) * torch.logspace(-8, 4, 64)  # blocks spanning more than E4M3's range
+    with fp8_training(lin, recipe, mx_scale=mx_scale):
         y = lin(x)
-    xq = block_scaling(_np(x), fmt, axis=-1).values
-    wq = block_scaling(_np(lin.weight), fmt, axis=-1).values
+    quant = block_scaling_rceil if mx_scale == "rceil" and recipe != "nvfp4" else block_scaling
+    xq = quant(_np(x), fmt, axis=-1).values
+    wq = quant(_np(lin.weight), fmt, axis=-1).values
     assert torch.equal(y, F.linear(_t(xq), _t(wq), lin.bias.detach()))
     # blocks along the other axis give another product
-    xq0 = block_scaling(_np(x), fmt, axis=0).values
+    xq0 = quant(_np(x), fmt, axis=0).values
     assert not torch.equal(y, F.linear(_t(xq0), _t(wq), lin.bias.detach()))
+    if recipe != "nvfp4":  # and the other scale rule another one
+        other = block_scaling if quant is block_scaling_rceil else block_scaling_rceil
+        assert not torch.equal(y, F.linear(_t(other(_np(x), fmt, axis=-1).values), _t(wq), lin.bias.detach()))
 
 
 def test_delayed_scaling_uses_history_of_earlier_calls():
@@ -134,7 +140,7 @@ def test_mxfp8_backward_blocks_along_each_gemms_reduction_axis():
     with fp8_training(lin, "mxfp8") as fp8:
         lin(x).backward(g)
     G, W, X = _np(g), _np(lin.weight), _np(x)
-    q = lambda a, f, ax: _t(block_scaling(a, f, axis=ax).values)
+    q = lambda a, f, ax: _t(block_scaling_rceil(a, f, axis=ax).values)
     assert torch.equal(x.grad, q(G, "mxfp8_e5m2", -1) @ q(W, "mxfp8_e4m3", 0))
     assert torch.equal(lin.weight.grad, q(G, "mxfp8_e5m2", 0).t() @ q(X, "mxfp8_e4m3", 0))
     assert not torch.equal(x.grad, q(G, "mxfp8_e4m3", -1) @ q(W, "mxfp8_e4m3", 0))
@@ -150,14 +156,14 @@ def test_conv2d_forward_and_backward():
         y = conv(x)
         y.backward(g)
     X, W, G = _np(x), _np(conv.weight), _np(g)
-    q = lambda a, f, ax: _t(block_scaling(a, f, axis=ax).values)
+    q = lambda a, f, ax: _t(block_scaling_rceil(a, f, axis=ax).values)
     assert torch.equal(y, F.conv2d(q(X, "mxfp8_e4m3", 1), q(W, "mxfp8_e4m3", 1), conv.bias.detach(), 2, 1))
     dx = torch.nn.grad.conv2d_input(x.shape, q(W, "mxfp8_e4m3", 0), q(G, "mxfp8_e5m2", 1), 2, 1)
     assert torch.equal(x.grad, dx)
     # dW: blocks along batch x spatial positions
     tok = lambda a: np.moveaxis(a, 1, 0).reshape(a.shape[1], -1)
-    gw = block_scaling(tok(G), "mxfp8_e5m2", axis=-1).values.reshape(36, 2, 4, 4).transpose(1, 0, 2, 3)
-    xw = block_scaling(tok(X), "mxfp8_e4m3", axis=-1).values.reshape(40, 2, 7, 7).transpose(1, 0, 2, 3)
+    gw = block_scaling_rceil(tok(G), "mxfp8_e5m2", axis=-1).values.reshape(36, 2, 4, 4).transpose(1, 0, 2, 3)
+    xw = block_scaling_rceil(tok(X), "mxfp8_e4m3", axis=-1).values.reshape(40, 2, 7, 7).transpose(1, 0, 2, 3)
     assert torch.equal(conv.weight.grad, torch.nn.grad.conv2d_weight(_t(xw), conv.weight.shape, _t(gw), 2, 1))
     assert torch.equal(conv.bias.grad, g.sum((0, 2, 3)))
 
@@ -232,6 +238,8 @@ def test_bad_arguments_refused():
         fp8_training(m, "delayed", history_len=0)
     with pytest.raises(ValueError, match="margin"):
         fp8_training(m, "mxfp8", margin=1)
+    with pytest.raises(ValueError, match="valid choices are: rceil, floor"):
+        fp8_training(m, "mxfp8", mx_scale="up")
     with pytest.raises(ValueError, match="delayed recipe only"):
         fp8_training(m, "current").history("", "activation")
     assert set(FP8_RECIPES) >= {"current", "delayed", "mxfp8", "nvfp4"}
