@@ -363,6 +363,24 @@ def _case_key(case: Case, cfg: Config) -> str:
     return f"{asdict(case)}|{cfg.seeds}|{cfg.epochs}|{cfg.batch_size}"
 
 
+#: the sources a verdict depends on (a change to any of them invalidates the cached verdicts)
+CHECK_SOURCES = ("fpanalysis/check", "fpanalysis/nn/fp8.py", "fpanalysis/nn/shadow.py", "fpanalysis/recipes.py",
+                 "fpanalysis/scaled.py")
+
+
+def check_code_hash() -> str:
+    """SHA-256 (first 16 hex digits) of the FP8 check's sources (:data:`CHECK_SOURCES`)."""
+    import hashlib
+
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for src in CHECK_SOURCES:
+        p = root / src
+        for f in sorted(p.rglob("*.py")) if p.is_dir() else [p]:
+            h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _check_key(case: Case) -> dict:
     """What the check of a case depends on (not the training length or the description), as it
     reads back from JSON (tuples as lists)."""
@@ -412,18 +430,23 @@ def stage_verdicts(cfg: Config, smoke: bool) -> dict:
     path = Path(cfg.out_dir) / "verdicts.json"
     store = _load(path)
     rows = store.setdefault("cases", {})
+    code = check_code_hash()
     for case in _cases(cfg, smoke):
         data = load(case)
         per = rows.setdefault(case.name, {})
         for recipe in _recipes(cfg):
-            if per.get(recipe, {}).get("case") == _check_key(case) and not smoke:
-                continue  # checked with this case's definition already
+            done = per.get(recipe, {})
+            if done.get("case") == _check_key(case) and done.get("code") == code and not smoke:
+                continue  # checked with this case's definition and this check already
             model = build(case, data, 0)
             t0 = time.time()
             try:
                 kw = {"steps": 4, "dry_run_steps": 4} if smoke else {}
-                rep = check(model, (data.x_train, data.y_train), fmt="fp8", recipe=recipe,
-                            history_len=case.history_len, margin=case.margin, optimizer=case.optimizer, lr=case.lr,
+                if recipe == "delayed":
+                    kw["history_len"] = case.history_len
+                if recipe in ("delayed", "current"):
+                    kw["margin"] = case.margin
+                rep = check(model, (data.x_train, data.y_train), fmt="fp8", recipe=recipe, optimizer=case.optimizer, lr=case.lr,
                             eps=case.eps, momentum=case.momentum, batch_size=cfg.batch_size, seed=0,
                             model_name=case.name, **kw)
                 row = {"verdict": rep.verdict, "changes": rep.changes,
@@ -435,6 +458,7 @@ def stage_verdicts(cfg: Config, smoke: bool) -> dict:
                        "findings": []}
             row["seconds"] = round(time.time() - t0, 1)
             row["case"] = _check_key(case)
+            row["code"] = code
             per[recipe] = row
             print(f"{case.name:26s} {recipe:9s} {row['verdict']:18s} ({row['seconds']:.0f} s)"
                   + (f"  {row.get('error', '')[:160]}" if row["verdict"] == "ERROR" else ""), flush=True)

@@ -173,12 +173,22 @@ def test_verdicts_stage_reuses_a_verdict_only_for_the_same_case_definition(tmp_p
     class Rep:
         verdict, changes, findings, details = "UNSAFE", [], [], {}
 
-    monkeypatch.setattr(fpanalysis.check, "check", lambda *a, **k: calls.append(k["recipe"]) or Rep())
-    cached = {"verdict": "SAFE", "case": V._check_key(case)}
-    stale = {"verdict": "SAFE", "case": dict(V._check_key(case), lr=123.0)}
-    write_json(tmp_path / "verdicts.json", {"cases": {case.name: {"delayed": cached, "current": stale}}})
-    cfg = V.Config(out_dir=str(tmp_path), only=case.name, recipes=("delayed", "current"))
+    def fake_check(*a, **k):
+        calls.append(k["recipe"])
+        # the FP8 options go to the recipes that take them (the check refuses the others)
+        assert ("history_len" in k) == (k["recipe"] == "delayed")
+        assert ("margin" in k) == (k["recipe"] in ("delayed", "current"))
+        return Rep()
+
+    monkeypatch.setattr(fpanalysis.check, "check", fake_check)
+    code = V.check_code_hash()
+    cached = {"verdict": "SAFE", "case": V._check_key(case), "code": code}
+    stale = {"verdict": "SAFE", "case": dict(V._check_key(case), lr=123.0), "code": code}
+    old_check = {"verdict": "SAFE", "case": V._check_key(case), "code": "0" * 16}
+    write_json(tmp_path / "verdicts.json", {"cases": {case.name: {"delayed": cached, "current": stale,
+                                                                  "mxfp8": old_check}}})
+    cfg = V.Config(out_dir=str(tmp_path), only=case.name, recipes=("delayed", "current", "mxfp8"))
     store = V.stage_verdicts(cfg, smoke=False)
-    assert calls == ["current"]  # the stale one is checked again, the cached one is not
+    assert calls == ["current", "mxfp8"]  # stale case or check: checked again; the cached one is not
     assert store["cases"][case.name]["delayed"]["verdict"] == "SAFE"
     assert store["cases"][case.name]["current"]["verdict"] == "UNSAFE"
