@@ -505,7 +505,8 @@ def stage_report(cfg: Config) -> dict:
     truth = _load(d / "truth.json").get("cases", {})
     verdicts = _load(d / "verdicts.json").get("cases", {})
     fixes = _load(d / "fixes.json").get("cases", {})
-    rows, skipped = [], []
+    code = check_code_hash()
+    rows, skipped, stale = [], [], []
     for name, t in truth.items():
         if not t.get("valid", False):
             skipped.append(name)
@@ -514,9 +515,9 @@ def stage_report(cfg: Config) -> dict:
             v = verdicts.get(name, {}).get(recipe)
             if v is None:
                 continue
-            if "case" in v and v["case"] != {k: x for k, x in t["case"].items() if k not in ("epochs", "why")}:
-                print(f"  {name}/{recipe}: the verdict is of another definition of the case; run the verdicts "
-                      f"stage again (left out)", file=sys.stderr)
+            if v.get("case") != {k: x for k, x in t["case"].items() if k not in ("epochs", "why")} \
+                    or v.get("code") != code:
+                stale.append(f"{name}/{recipe}")
                 continue
             base = [b["eval_acc"] for b in t["baseline"]]
             fp8 = [x["eval_acc"] for x in r["runs"]]
@@ -541,11 +542,15 @@ def stage_report(cfg: Config) -> dict:
               "gap_threshold_points": cfg.gap_points, "baseline": "bf16 autocast (fp32 parameters)",
               "fixes_tried": sum(r["fix"] is not None for r in rows),
               "fix_success": sum(r["fix"] == "trains" for r in rows),
-              "left_out_baseline_does_not_learn": skipped, "training_seconds": round(seconds, 1),
+              "left_out_baseline_does_not_learn": skipped, "check_code": code,
+              "left_out_verdict_of_another_check_or_case": stale, "training_seconds": round(seconds, 1),
               "rows": rows, "environment": environment()}
     write_json(d / "report.json", report)
     print(f"{sc['right']}/{sc['n']} verdicts right, false SAFE: {len(sc['false_safe'])} {sc['false_safe']}; "
           f"plans that trained: {report['fix_success']}/{report['fixes_tried']}; training wall time {seconds:.0f} s")
+    if stale:
+        print(f"  left out, verdict of another version of the check or case (run the verdicts stage): "
+              f"{', '.join(stale)}")
     for k, n in sc["confusion"].items():
         print(f"  {k:28s} {n}")
     for r in rows:

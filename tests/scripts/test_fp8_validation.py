@@ -143,20 +143,26 @@ def test_report_scores_valid_cases_only(tmp_path: Path) -> None:
     case = {"model": "tk:mlp", "why": "w"}
     truth = {"cases": {
         "good": {"valid": True, "case": case, "baseline": [ok(0.95), ok(0.95)], "recipes": {
+            "current": {"outcome": "trains", "cause": "c", "gap_points": 0.5, "runs": [ok(0.945), ok(0.945)]},
             "delayed": {"outcome": "trains", "cause": "c", "gap_points": 0.5, "runs": [ok(0.945), ok(0.945)]},
             "nvfp4": {"outcome": "fails", "cause": "c", "gap_points": 20.0, "runs": [ok(0.75), ok(0.75)]}}},
         "flat": {"valid": False, "case": case, "baseline": [ok(0.1), ok(0.1)], "recipes": {
             "delayed": {"outcome": "trains", "cause": "c", "gap_points": 0.0, "runs": [ok(0.1), ok(0.1)]}}},
     }}
-    verdicts = {"cases": {"good": {"delayed": {"verdict": "SAFE"}, "nvfp4": {"verdict": "SAFE"}},
-                          "flat": {"delayed": {"verdict": "UNSAFE"}}}}
+    key = {"model": "tk:mlp"}
+    code = V.check_code_hash()
+    verdicts = {"cases": {"good": {"delayed": {"verdict": "SAFE", "case": key, "code": code},
+                                   "nvfp4": {"verdict": "SAFE", "case": key, "code": code},
+                                   "current": {"verdict": "UNSAFE", "case": key, "code": "0" * 16}},
+                          "flat": {"delayed": {"verdict": "UNSAFE", "case": key, "code": code}}}}
     write_json(tmp_path / "truth.json", truth)
     write_json(tmp_path / "verdicts.json", verdicts)
     rep = V.stage_report(V.Config(out_dir=str(tmp_path)))
     assert rep["n"] == 2 and rep["right"] == 1
     assert rep["false_safe"] == ["good/nvfp4"]
     assert rep["left_out_baseline_does_not_learn"] == ["flat"]
-    assert rep["training_seconds"] == pytest.approx(2 + 2 + 2 + 2 + 2)  # every run counted, left-out ones too
+    assert rep["left_out_verdict_of_another_check_or_case"] == ["good/current"]  # an older check's verdict
+    assert rep["training_seconds"] == pytest.approx(2 * 6)  # every run counted, left-out ones too
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert on_disk["confusion"]["SAFE / fails"] == 1
 
