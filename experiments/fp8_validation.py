@@ -519,6 +519,9 @@ def stage_report(cfg: Config) -> dict:
                     or v.get("code") != code:
                 stale.append(f"{name}/{recipe}")
                 continue
+            fx = fixes.get(name, {}).get(recipe, {})
+            if fx.get("plan") != v.get("plan"):
+                fx = {}  # trained with another plan than this verdict's
             base = [b["eval_acc"] for b in t["baseline"]]
             fp8 = [x["eval_acc"] for x in r["runs"]]
             rows.append({"case": name, "recipe": recipe, "why": t["case"]["why"],
@@ -527,8 +530,7 @@ def stage_report(cfg: Config) -> dict:
                          "gap_points": r["gap_points"], "baseline_acc": base, "fp8_acc": fp8,
                          "diverged": sum(x["status"] == "diverged" for x in r["runs"]),
                          "changes": v.get("changes", []),
-                         "fix": fixes.get(name, {}).get(recipe, {}).get("outcome_with_plan"),
-                         "fix_gap_points": fixes.get(name, {}).get(recipe, {}).get("gap_points"),
+                         "fix": fx.get("outcome_with_plan"), "fix_gap_points": fx.get("gap_points"),
                          "hit": v["verdict"] != "ERROR" and predicted(v["verdict"]) == r["outcome"]})
     sc = score(rows)
     by_recipe = {rc: score([r for r in rows if r["recipe"] == rc]) for rc in RECIPES
