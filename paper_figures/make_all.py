@@ -33,6 +33,7 @@ FIGURES = [
     ("fig7", "paper_figures.fig7_stagnation"),
     ("fig8", "paper_figures.fig8_check_validation"),
     ("fig9", "paper_figures.fig9_emulator_speed"),
+    ("fig10", "paper_figures.fig10_fp8_validation"),
 ]
 
 

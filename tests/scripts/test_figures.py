@@ -28,12 +28,13 @@ FIGURES = {
     "fig7": "paper_figures.fig7_stagnation",
     "fig8": "paper_figures.fig8_check_validation",
     "fig9": "paper_figures.fig9_emulator_speed",
+    "fig10": "paper_figures.fig10_fp8_validation",
 }
 COMMANDS = {
     "fig1": "experiments.analysis_runs", "fig2": "experiments.error_growth", "fig3": "experiments.analysis_runs",
     "fig4": "experiments.analysis_runs", "fig5": "experiments.sweep", "fig6": "experiments.exponent_histograms",
     "fig7": "experiments.stagnation", "fig8": "experiments.check_zoo",
-    "fig9": "experiments.bench_emulator",
+    "fig9": "experiments.bench_emulator", "fig10": "experiments.fp8_validation",
 }
 
 
@@ -109,6 +110,16 @@ def _check_report(fmt: str, lo: int, hi: int) -> dict:
 
 
 STAGNATION = {"format": ["fp16", "bf16"], "lr": [1e-4, 1e-2, 1.0]}
+FP8_ROWS = [  # as experiments/fp8_validation.py's report writes them (made-up numbers)
+    {"case": "mlp", "recipe": "nvfp4", "verdict": "SAFE", "predicted": "trains", "outcome": "fails",
+     "gap_points": 12.5, "diverged": 0, "toolkit": True},
+    {"case": "mlp", "recipe": "delayed", "verdict": "SAFE", "predicted": "trains", "outcome": "trains",
+     "gap_points": 0.5, "diverged": 0, "toolkit": True},
+    {"case": "outlier", "recipe": "delayed", "verdict": "UNSAFE", "predicted": "fails", "outcome": "fails",
+     "gap_points": 80.0, "diverged": 2, "fix": "trains"},
+    {"case": "outlier", "recipe": "mxfp8", "verdict": "SAFE WITH CHANGES", "predicted": "fails", "outcome": "trains",
+     "gap_points": -1.25, "diverged": 0},
+]
 
 
 def write_synthetic(results: Path, seed: int = 0) -> None:
@@ -152,6 +163,7 @@ def write_synthetic(results: Path, seed: int = 0) -> None:
          "fix": "fails"},
         {"case": "e", "verdict": "SAFE", "predicted": "trains", "outcome": "fails", "cause": "z", "fix": None},
     ]})
+    _dump(results / "fp8_validation" / "report.json", {"gap_threshold_points": 3.0, "rows": FP8_ROWS})
     _dump(results / "bench_emulator.json", {"quick": True, "results": [
         {"benchmark": "round", "seconds": {"fpanalysis_rne": 0.01, "numpy_astype": 0.02}, "ratios": {"vs_numpy_astype": 2.0},
          "goals": {"vs_numpy_astype": 1.0}},
@@ -362,6 +374,42 @@ def test_fig6_bands_follow_the_format() -> None:
     assert fractions(hist, b) == {"zero": 1 / 6, "subnormal": 2 / 6, "overflow": 1 / 6}
     bb = bands(get_format("bf16"))  # bf16: emin -126, p 8
     assert fractions({-135: 1, -134: 1, -127: 1, -126: 1}, bb) == {"zero": 0.25, "subnormal": 0.5, "overflow": 0.0}
+
+
+def test_fig10_cells_are_the_gaps_given_and_the_matrix_counts_rows(synthetic: Path, tmp_path: Path) -> None:
+    from paper_figures import fig10_fp8_validation as F10
+    from paper_figures import style
+
+    cases, recipes, cells = F10.table(FP8_ROWS)
+    assert cases == ["mlp", "outlier"] and recipes == ["delayed", "mxfp8", "nvfp4"]  # the recipes' own order
+    figs = []
+    original = style.save_figure
+    try:
+        style.save_figure = lambda fig, name, out: figs.append(fig) or original(fig, name, out)
+        F10.make(synthetic, tmp_path)
+    finally:
+        style.save_figure = original
+    heat, matrix = [a for a in figs[0].get_axes() if a.images or a.patches][:2]
+    grid = np.ma.filled(heat.images[0].get_array().astype(float), np.nan)
+    want = np.full((2, 3), np.nan)
+    for r in FP8_ROWS:
+        want[cases.index(r["case"]), recipes.index(r["recipe"])] = min(r["gap_points"], F10.GAP_RANGE[1])
+    np.testing.assert_allclose(grid, want)  # 80 points clipped to the top of the colour scale; no mlp/mxfp8 row
+    framed = [p for p in heat.patches if not p.get_fill()]
+    assert len(framed) == 2  # the wrong verdicts: mlp/nvfp4 (false SAFE) and outlier/mxfp8 (false alarm)
+    counts = sorted(t.get_text() for t in matrix.texts if t.get_text().isdigit())
+    assert counts == ["1", "1", "1", "1"]
+    texts = " ".join(t.get_text() for t in heat.texts)
+    assert "+12.5" in texts and "(2 div.)" in texts and "\u2192ok" in texts
+
+
+def test_fig10_rejects_duplicate_and_unknown_rows() -> None:
+    from paper_figures import fig10_fp8_validation as F10
+
+    with pytest.raises(ValueError, match="appears twice"):
+        F10.table(FP8_ROWS + [FP8_ROWS[0]])
+    with pytest.raises(ValueError, match="valid verdicts are"):
+        F10.table([dict(FP8_ROWS[0], verdict="MAYBE")])
 
 
 # ---------------------------------------------------------------------------------------------
