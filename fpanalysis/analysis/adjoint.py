@@ -276,13 +276,11 @@ def _ieee_var(s: Step, z: torch.Tensor, Wh: torch.Tensor, bh: torch.Tensor | Non
     groups = int(a["groups"])
     O, cg, kh, kw = Wh.shape
     og = O // groups
-    pad = a["padding"]
-    if isinstance(pad, str):
-        raise ValueError(f"step {s.describe()}: string padding {pad!r} is not supported by the ieee predictor")
+    pad = a["padding"]  # a pair: the trace resolves padding='same' (fpanalysis.nn.trace)
     cols = F.unfold(z, (kh, kw), dilation=a["dilation"], padding=pad, stride=a["stride"])  # (B, C kh kw, L)
-    L = cols.shape[-1]
-    ref = F.conv2d(z[:1], Wh[:, :, :, :], None, a["stride"], a["padding"], a["dilation"], groups)
-    Ho, Wo = ref.shape[-2:]
+    (sh, sw), (ph, pw), (dh, dw) = _pair(a["stride"]), _pair(pad), _pair(a["dilation"])
+    Ho = (z.shape[-2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    Wo = (z.shape[-1] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     parts = []
     for g in range(groups):
         Xg = cols[:, g * cg * kh * kw:(g + 1) * cg * kh * kw, :].transpose(1, 2)  # (B, L, Kc)
