@@ -10,6 +10,7 @@ the fp32 logits on ``n`` test inputs: ``delta = max_i |z16_i - z32_i|`` over the
     python -m experiments.predictor_calibration                      # digits MLP, LeNet-5/MNIST, 256 images
     python -m experiments.predictor_calibration --models=mlp --n=64 --profiles=ieee
     python -m experiments.predictor_calibration --models=vgg_small --n=128
+    python -m experiments.predictor_calibration --profiles=ieee --order=pairwise   # or blocked (block 32)
 
 For profiles other than ``fp32-accumulate`` the predictor that counts one rounding per layer
 output (the model before the ieee accumulation roundings were added) is reported as well, as
@@ -27,7 +28,7 @@ DATA = HERE.parent.parent / "shared" / "data"
 
 
 def _args(argv: list[str]) -> dict:
-    cfg = {"models": "mlp,lenet5", "profiles": "fp32-accumulate,ieee", "n": "256", "fmt": "fp16",
+    cfg = {"models": "mlp,lenet5", "profiles": "fp32-accumulate,ieee", "n": "256", "fmt": "fp16", "order": "sequential",
            "out": str(HERE / "results" / "_scratch" / "predictor_calibration.json")}
     for a in argv:
         if not a.startswith("--") or "=" not in a or a[2:].split("=", 1)[0] not in cfg:
@@ -83,7 +84,7 @@ def main(argv: list[str]) -> dict:
 
     from fpanalysis.analysis.adjoint import adjoint_certificate
     from fpanalysis.analysis.network_bounds import BoundConfig
-    from fpanalysis.nn.execute import run_model
+    from fpanalysis.nn.execute import LayerEmulator, run_model
     from fpanalysis.nn.trace import trace_model
 
     cfg = _args(argv)
@@ -95,12 +96,14 @@ def main(argv: list[str]) -> dict:
         tr = trace_model(m)
         for prof in cfg["profiles"].split(","):
             t0 = time.perf_counter()
-            out = run_model(tr, x, cfg["fmt"], prof, backends=("float32", "emulator"))
+            order = cfg["order"] if prof == "ieee" else None  # fp32-accumulate: the emulator default (blas)
+            emu = LayerEmulator(cfg["fmt"], prof, **({"order": order} if order else {}))
+            out = run_model(tr, x, emulator=emu, backends=("float32", "emulator"))
             z32 = out["float32"][tr.output].double().numpy()
             z16 = out["emulator"][tr.output].double().numpy()
-            res = adjoint_certificate(tr, x, BoundConfig.make(cfg["fmt"], prof))
+            res = adjoint_certificate(tr, x, BoundConfig.make(cfg["fmt"], prof, order=order))
             delta = np.abs(z16 - z32).max(1)
-            row = {"model": name, "profile": prof, "n": int(x.shape[0])} | calibration(delta, res.predicted) | {
+            row = {"model": name, "profile": prof, "order": order, "n": int(x.shape[0])} | calibration(delta, res.predicted) | {
                 "median_delta": float(np.median(delta)), "seconds": time.perf_counter() - t0}
             if prof != "fp32-accumulate":
                 # the output-rounding-only predictor (one rounding per layer output, as before the
