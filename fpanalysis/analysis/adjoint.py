@@ -181,10 +181,9 @@ def _ulp_var(z: torch.Tensor, fmt: Any) -> torch.Tensor:
 def _ulp2(v: torch.Tensor, fmt: Any) -> torch.Tensor:
     """``ulp(v)^2`` in ``fmt`` (subnormal-aware: the ulp is ``2**(emin - p + 1)`` below the normal
     range), 0 where ``v == 0`` (an exact zero is not a rounding)."""
-    a = v.abs()
-    e = torch.floor(torch.log2(torch.where(a > 0, a, torch.ones_like(a))))
-    ulp = torch.exp2(torch.clamp(e, min=fmt.emin) - (fmt.p - 1))
-    return torch.where(a > 0, ulp * ulp, torch.zeros_like(a))
+    _, e = torch.frexp(v)  # |v| = m 2**e, m in [0.5, 1): the exponent of v is e - 1
+    e = torch.clamp(e - 1, min=fmt.emin) - (fmt.p - 1)
+    return torch.where(v != 0, torch.ldexp(torch.ones_like(v), 2 * e), torch.zeros_like(v))
 
 
 def _sequential_ulp2(t: torch.Tensor, fmt: Any) -> torch.Tensor:
