@@ -181,9 +181,10 @@ def _ulp_var(z: torch.Tensor, fmt: Any) -> torch.Tensor:
 def _ulp2(v: torch.Tensor, fmt: Any) -> torch.Tensor:
     """``ulp(v)^2`` in ``fmt`` (subnormal-aware: the ulp is ``2**(emin - p + 1)`` below the normal
     range), 0 where ``v == 0`` (an exact zero is not a rounding)."""
-    _, e = torch.frexp(v)  # |v| = m 2**e, m in [0.5, 1): the exponent of v is e - 1
-    e = torch.clamp(e - 1, min=fmt.emin) - (fmt.p - 1)
-    return torch.where(v != 0, torch.ldexp(torch.ones_like(v), 2 * e), torch.zeros_like(v))
+    v = v.double()
+    e = ((v.view(torch.int64) >> 52) & 0x7FF) - 1023  # binary64 exponent field (a subnormal: -1023)
+    e2 = torch.clamp(2 * (torch.clamp(e, min=fmt.emin) - (fmt.p - 1)), -1022, 1023)
+    return torch.where(v != 0, ((e2 + 1023) << 52).view(torch.float64), torch.zeros_like(v))
 
 
 def _sequential_ulp2(t: torch.Tensor, fmt: Any) -> torch.Tensor:
@@ -276,13 +277,15 @@ def _ieee_var(s: Step, z: torch.Tensor, Wh: torch.Tensor, bh: torch.Tensor | Non
     O, cg, kh, kw = Wh.shape
     og = O // groups
     pad = a["padding"]  # a pair: the trace resolves padding='same' (fpanalysis.nn.trace)
-    cols = F.unfold(z, (kh, kw), dilation=a["dilation"], padding=pad, stride=a["stride"])  # (B, C kh kw, L)
     (sh, sw), (ph, pw), (dh, dw) = _pair(a["stride"]), _pair(pad), _pair(a["dilation"])
-    Ho = (z.shape[-2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    Wo = (z.shape[-1] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    zp = F.pad(z, (pw, pw, ph, ph)) if ph or pw else z
+    # windows as a strided view (torch's float64 im2col is slow): (B, C, Ho, Wo, kh, kw)
+    win = zp.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)[..., ::dh, ::dw]
+    Ho, Wo = win.shape[2], win.shape[3]
     parts = []
     for g in range(groups):
-        Xg = cols[:, g * cg * kh * kw:(g + 1) * cg * kh * kw, :].transpose(1, 2)  # (B, L, Kc)
+        # (B, L, Kc) in the emulator's (c, kh, kw) order
+        Xg = win[:, g * cg:(g + 1) * cg].permute(0, 2, 3, 1, 4, 5).reshape(B, Ho * Wo, cg * kh * kw)
         Wg = Wh[g * og:(g + 1) * og].reshape(og, -1)
         parts.append(terms_var(Xg, Wg, None if bh is None else bh[g * og:(g + 1) * og]))
     return torch.cat(parts, 1).reshape(B, O, Ho, Wo)

@@ -139,26 +139,30 @@ def test_ieee_predictor_calibrated_where_output_rounding_alone_is_not() -> None:
     assert np.all(new >= old)  # more rounding sources, never less variance
 
 
-def test_ieee_conv_variance_matches_direct_loop() -> None:
-    """A convolution's terms (padding, stride, groups, bias last) match an explicit window loop."""
+@pytest.mark.parametrize("stride,dilation", [(2, 1), (1, 2)])
+def test_ieee_conv_variance_matches_direct_loop(stride: int, dilation: int) -> None:
+    """A convolution's terms (padding, stride, dilation, groups, bias last) match an explicit window loop."""
     from fpanalysis.analysis.adjoint import _ieee_var
     from fpanalysis.nn.trace import Step
 
     torch.manual_seed(5)
-    conv = nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2)
-    x = torch.randn(2, 4, 5, 5)
+    conv = nn.Conv2d(4, 6, 3, stride=stride, padding=1, dilation=dilation, groups=2)
+    x = torch.randn(2, 4, 6, 5)
     Wh = torch.from_numpy(np.asarray(round_to(conv.weight.detach().double().numpy(), "fp16"), dtype=np.float64))
     bh = torch.from_numpy(np.asarray(round_to(conv.bias.detach().double().numpy(), "fp16"), dtype=np.float64))
-    step = Step("c", "conv2d", ("x",), {"stride": (2, 2), "padding": (1, 1), "dilation": (1, 1), "groups": 2})
+    step = Step("c", "conv2d", ("x",), {"stride": (stride, stride), "padding": (1, 1),
+                                        "dilation": (dilation, dilation), "groups": 2})
     got = _ieee_var(step, x.double(), Wh, bh, BoundConfig.make("fp16", "ieee")).numpy()
+    with torch.no_grad():
+        assert got.shape == tuple(conv(x).shape)
     xp = np.pad(x.double().numpy(), ((0, 0), (0, 0), (1, 1), (1, 1)))
-    want = np.zeros((2, 6, 3, 3))
+    want = np.zeros(got.shape)
     for n in range(2):
         for o in range(6):
             g = o // 3
-            for i in range(3):
-                for j in range(3):
-                    prods = [float(Wh[o, c, a, b] * xp[n, 2 * g + c, 2 * i + a, 2 * j + b])
+            for i in range(got.shape[2]):
+                for j in range(got.shape[3]):
+                    prods = [float(Wh[o, c, a, b] * xp[n, 2 * g + c, stride * i + dilation * a, stride * j + dilation * b])
                              for c in range(2) for a in range(3) for b in range(3)]
                     want[n, o, i, j] = (sum(_ulp2(p) for p in prods) + _seq(prods + [float(bh[o])])[1]) / 12
     np.testing.assert_allclose(got, want, rtol=1e-12)
