@@ -67,7 +67,11 @@ The predictor (NOT sound).  Modelling each rounding error as independent, zero-m
 over one ulp of the result (Higham & Mary, "A New Approach to Probabilistic Rounding Error
 Analysis", SISC 41(5), 2019), ``z16_i - z32_i`` has mean ``mu_i`` and standard deviation
 ``sigma_i``, ``sigma_i^2 = sum_s g_{i,s}^2 ulp(y_s)^2 / 12``; ``delta_pred = max_i (|mu_i| + sigma_i)``.
-It is a calibrated estimate, labelled as such, never used to certify.
+Under the ``ieee`` profile, where every product and every addition of a dot product is rounded
+to the format, a linear / conv output's variance ``ulp(y_s)^2 / 12`` becomes the sum over those
+roundings in the profile's summation tree (:func:`_ieee_var`, :func:`partial_sum_ulp2`); the
+other profiles round the output once.  It is a calibrated estimate, labelled as such, never
+used to certify (docs/theory.md section 2.3a).
 
 Smooth layers (layer norm, softmax, GELU, tanh, sigmoid, SiLU, products of activations such as
 ``Q K^T``) are not certified by the adjoint method: :func:`unsupported_steps` lists them and
@@ -112,7 +116,8 @@ from .network_bounds import (
     reduction_length,
 )
 
-__all__ = ["ADJOINT_KINDS", "RADII", "AdjointResult", "adjoint_certificate", "adjoint_radii", "unsupported_steps"]
+__all__ = ["ADJOINT_KINDS", "RADII", "AdjointResult", "adjoint_certificate", "adjoint_radii", "partial_sum_ulp2",
+           "unsupported_steps"]
 
 #: Step kinds the adjoint certificate covers (piecewise-linear networks).
 ADJOINT_KINDS = frozenset({"input", "output", "size", "identity", "shape", "cat", "linear", "conv2d", "batchnorm",
@@ -171,6 +176,119 @@ def _ulp_var(z: torch.Tensor, fmt: Any) -> torch.Tensor:
     e = torch.clamp(e, min=fmt.emin)
     ulp = torch.exp2(e - (fmt.p - 1))
     return ulp * ulp / 12.0
+
+
+def _ulp2(v: torch.Tensor, fmt: Any) -> torch.Tensor:
+    """``ulp(v)^2`` in ``fmt`` (subnormal-aware: the ulp is ``2**(emin - p + 1)`` below the normal
+    range), 0 where ``v == 0`` (an exact zero is not a rounding)."""
+    v = v.double()
+    e = ((v.view(torch.int64) >> 52) & 0x7FF) - 1023  # binary64 exponent field (a subnormal: -1023)
+    e2 = torch.clamp(2 * (torch.clamp(e, min=fmt.emin) - (fmt.p - 1)), -1022, 1023)
+    return torch.where(v != 0, ((e2 + 1023) << 52).view(torch.float64), torch.zeros_like(v))
+
+
+def _sequential_ulp2(t: torch.Tensor, fmt: Any) -> torch.Tensor:
+    """``sum_{k >= 2} ulp(s_k)^2`` over the partial sums ``s_k = t_1 + ... + t_k`` of a sum started at
+    +0 (its first addition, ``0 + t_1``, is exact), counting a rounding only where both operands
+    ``s_{k-1}`` and ``t_k`` are nonzero (else the addition is exact)."""
+    if t.shape[-1] < 2:
+        return torch.zeros(t.shape[:-1], dtype=t.dtype)
+    s = torch.cumsum(t, -1)
+    live = (t[..., 1:] != 0) & (s[..., :-1] != 0)
+    return (_ulp2(s[..., 1:], fmt) * live).sum(-1)
+
+
+def partial_sum_ulp2(t: torch.Tensor, fmt: Any, order: str = "sequential", block: int = 32) -> torch.Tensor:
+    """``sum ulp(p)^2`` over the rounded additions ``p = a + b`` of summing ``t`` (last axis) in ``order``.
+
+    The additions are those of the ``ieee`` profile's summation trees (docs/semantics.md section
+    1.1; :mod:`fpanalysis.linalg`): ``sequential`` from +0, ``blocked`` (blocks of ``block`` terms
+    summed sequentially from +0, then the block sums sequentially from +0) and ``pairwise``
+    (adjacent pairs, an odd last value moving up a level unchanged).  Each partial sum is taken
+    exactly (float64 of the given terms, not the rounded run's values: this serves the predictor,
+    which is not sound) and an addition with a zero operand is exact and not counted.  ``ulp`` is
+    that of ``fmt``, subnormal-aware.  The result, over 12, is the variance the additions add to
+    the sum when each rounding error is uniform over one ulp (Higham & Mary, SISC 41(5), 2019).
+    """
+    t = t.double()
+    if order == "sequential":
+        return _sequential_ulp2(t, fmt)
+    if order == "blocked":
+        K = t.shape[-1]
+        nb = -(-K // block)
+        tp = F.pad(t, (0, nb * block - K))
+        tb = tp.reshape(t.shape[:-1] + (nb, block))
+        return _sequential_ulp2(tb, fmt).sum(-1) + _sequential_ulp2(tb.sum(-1), fmt)
+    if order == "pairwise":
+        tot = torch.zeros(t.shape[:-1], dtype=t.dtype)
+        v = t
+        while v.shape[-1] > 1:
+            m = v.shape[-1] // 2
+            a, b = v[..., 0:2 * m:2], v[..., 1:2 * m:2]
+            p = a + b
+            tot = tot + (_ulp2(p, fmt) * ((a != 0) & (b != 0))).sum(-1)
+            v = torch.cat([p, v[..., 2 * m:]], -1)
+        return tot
+    raise ValueError(f"unknown summation order {order!r}; valid orders are: sequential, pairwise, blocked")
+
+
+#: Elements of the per-chunk term tensors of :func:`_ieee_var` (float64; about 128 MiB).
+_TERMS_CHUNK = 1 << 24
+
+
+def _ieee_var(s: Step, z: torch.Tensor, Wh: torch.Tensor, bh: torch.Tensor | None, cfg: BoundConfig) -> torch.Tensor:
+    """Predictor variance of a linear / conv output under the ``ieee`` profile (not sound).
+
+    Every product ``w_jk x_k`` and every addition of the dot product is rounded to the format
+    (docs/semantics.md section 1.1), the bias being one more term at the end (weight ``b_j``,
+    input 1: its product is exact), as the emulator computes it (:func:`fpanalysis.linalg.conv2d`,
+    ``fpanalysis.nn.execute``).  Each rounding error is modelled as uniform over one ulp of its
+    result and enters ``y_j`` with coefficient 1, so ``var(y_j) = (sum_k ulp(w_jk x_k)^2 +
+    sum_adds ulp(partial sum)^2) / 12``, in the profile's summation order
+    (:func:`partial_sum_ulp2`); the last addition is the rounding of ``y_j`` itself.  Terms are
+    the rounded weights times the fp32 run's inputs; a convolution's terms come from an unfold of
+    its input in the emulator's ``(c, kh, kw)`` order, so the tree is the emulator's own.
+    """
+    f = cfg.fmt
+    B = z.shape[0]
+
+    def terms_var(X: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        # X (B, L, Kc), W (O, Kc), b (O,) or None -> (B, O, L)
+        O = W.shape[0]
+        Bx, L, Kc = X.shape
+        step = max(1, _TERMS_CHUNK // max(1, Bx * L * (Kc + 1)))
+        out = []
+        for o in range(0, O, step):
+            T = X[:, None, :, :] * W[None, o:o + step, None, :]  # (B, o, L, Kc)
+            pv = _ulp2(T, f).sum(-1)
+            if b is not None:
+                T = torch.cat([T, b[o:o + step].reshape(1, -1, 1, 1).expand(Bx, -1, L, 1)], -1)
+            out.append(pv + partial_sum_ulp2(T, f, cfg.order, cfg.block))
+            del T
+        return torch.cat(out, 1) / 12.0
+
+    if s.kind == "linear":
+        lead = z.shape[:-1]
+        X = z.reshape(-1, 1, z.shape[-1])
+        v = terms_var(X, Wh, bh)  # (B', O, 1)
+        return v.reshape(*lead, Wh.shape[0])
+    a = s.attrs
+    groups = int(a["groups"])
+    O, cg, kh, kw = Wh.shape
+    og = O // groups
+    pad = a["padding"]  # a pair: the trace resolves padding='same' (fpanalysis.nn.trace)
+    (sh, sw), (ph, pw), (dh, dw) = _pair(a["stride"]), _pair(pad), _pair(a["dilation"])
+    zp = F.pad(z, (pw, pw, ph, ph)) if ph or pw else z
+    # windows as a strided view (torch's float64 im2col is slow): (B, C, Ho, Wo, kh, kw)
+    win = zp.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)[..., ::dh, ::dw]
+    Ho, Wo = win.shape[2], win.shape[3]
+    parts = []
+    for g in range(groups):
+        # (B, L, Kc) in the emulator's (c, kh, kw) order
+        Xg = win[:, g * cg:(g + 1) * cg].permute(0, 2, 3, 1, 4, 5).reshape(B, Ho * Wo, cg * kh * kw)
+        Wg = Wh[g * og:(g + 1) * og].reshape(og, -1)
+        parts.append(terms_var(Xg, Wg, None if bh is None else bh[g * og:(g + 1) * og]))
+    return torch.cat(parts, 1).reshape(B, O, Ho, Wo)
 
 
 def _chan(v: np.ndarray, nd: int) -> torch.Tensor:
@@ -620,8 +738,12 @@ def _linear(s: Step, x: _Rec, r: _Rec, cfg: BoundConfig, cache: ParamCache) -> N
     loc0 = accumulation_bounds(WX + bias("bh"), _fix(out32.abs() + acc32 + DX + bias("db")), nt, cfg,
                                probabilistic=False)[0]
     r.w0 = _fix(loc0 + acc32 + kslack)
-    r.var = _ulp_var(r.z, cfg.fmt)
     Wh, dWs, dbs = _signed_weights(s, cfg, cache)
+    if cfg.profile == "ieee":
+        bias_h = None if dbs is None else s.attrs["bias"].detach().double() + dbs
+        r.var = _ieee_var(s, z, Wh, bias_h, cfg)  # every product and partial sum rounded
+    else:
+        r.var = _ulp_var(r.z, cfg.fmt)  # one rounding of the output (fp32 or wider accumulation)
     kk = _op(s, z, dWs) + (0.0 if dbs is None else _bshape(s, dbs))
     r.lin = Wh
     r.mu = _op(s, x.mu, Wh) + kk
@@ -788,7 +910,8 @@ def summarize_adjoint(res: AdjointResult, fp32: Any, interval_bound: Any, runs: 
         "certified": int((res.certified | interval).sum()),
         "median_bound": float(np.median(rowb)), "median_limit": float(np.median(res.limit)),
         "median_switching": float(np.median(res.switching)), "median_predicted": float(np.median(res.predicted)),
-        "predictor": "not sound: delta_pred = max_i (|mu_i| + sigma_i), sigma_i^2 = sum_s g_is^2 ulp(y_s)^2 / 12",
+        "predictor": ("not sound: delta_pred = max_i (|mu_i| + sigma_i), sigma_i^2 = sum_s g_is^2 ulp(y_s)^2 / 12 "
+                      "(ieee profile: y_s's variance sums every product and partial-sum rounding)"),
         "runs": {},
     }
     for name, o in runs.items():
