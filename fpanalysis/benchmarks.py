@@ -206,7 +206,9 @@ def gemm_methods(n: int = 512, seed: int = 0) -> dict[str, Callable[[], Any]]:
     }
 
 
-GEMM_GOALS = {"ieee_sequential": 0.1, "fp32acc_sequential": 0.5, "fp32acc_blas": 0.5, "tensorcore_hopper": 0.25}
+#: speed goals as ratios to numpy float32 BLAS at 512^3 on one CPU without native fp16 arithmetic:
+#: the reliability issue's (ieee >= 0.25, fp32-accumulate >= 0.85) and the tensor-core issue's (>= 0.25)
+GEMM_GOALS = {"ieee_sequential": 0.25, "fp32acc_sequential": 0.85, "fp32acc_blas": 0.85, "tensorcore_hopper": 0.25}
 
 
 def bench_gemm(n: int = 512, rounds: int = 7, seed: int = 0) -> dict[str, Any]:
