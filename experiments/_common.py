@@ -30,7 +30,7 @@ def environment() -> dict[str, Any]:
     return env
 
 
-def write_json(path: "str | os.PathLike[str]", payload: Any) -> Path:
+def write_json(path: str | os.PathLike[str], payload: Any) -> Path:
     """Write ``payload`` as standard JSON so that ``path`` holds either the old file or the
     complete new one (temporary file in the same folder, fsync, rename).  numpy scalars become
     numbers; non-finite numbers the strings ``"nan"``, ``"inf"``, ``"-inf"``, as in the
@@ -70,3 +70,28 @@ def parse_overrides(cfg: Any, argv: list[str]) -> Any:
         else:
             changes[key] = t(val)
     return replace(cfg, **changes)
+
+
+def relative_to_repo(folder: str) -> str:
+    """``folder`` relative to the repository when inside it (result files carry no machine paths)."""
+    try:
+        return str(Path(folder).resolve().relative_to(Path(__file__).resolve().parent.parent))
+    except ValueError:
+        return folder
+
+
+def read_stage(path: Path) -> dict:
+    """A cached stage's JSON results ({} when the file is missing; an unreadable file is said and
+    started again).  :func:`write_json` stores non-finite numbers as "nan"/"inf"/"-inf" strings;
+    they come back as floats."""
+    import json
+
+    from fpanalysis._json import restore_nonfinite
+
+    if not path.exists():
+        return {}
+    try:
+        return restore_nonfinite(json.loads(path.read_text()))
+    except ValueError:
+        print(f"{path}: unreadable, starting it again", file=sys.stderr)
+        return {}

@@ -33,7 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from experiments._common import RESULTS, environment, parse_overrides, write_json
+from experiments._common import (
+    RESULTS,
+    environment,
+    parse_overrides,
+    read_stage,
+    relative_to_repo,
+    write_json,
+)
 
 OUT = RESULTS / "check_zoo"
 
@@ -274,33 +281,11 @@ def _cases(cfg: Config, smoke: bool) -> list[Case]:
     return cases
 
 
-def _relative(folder: str) -> str:
-    """``folder`` relative to the repository when inside it (result files carry no machine paths)."""
-    try:
-        return str(Path(folder).resolve().relative_to(RESULTS.parent.parent))
-    except ValueError:
-        return folder
-
-
-def _load(path: Path) -> dict:
-    import json
-
-    from fpanalysis._json import restore_nonfinite
-
-    if not path.exists():
-        return {}
-    try:  # write_json stores non-finite numbers as "nan" / "inf" / "-inf" strings
-        return restore_nonfinite(json.loads(path.read_text()))
-    except ValueError:
-        print(f"{path}: unreadable, starting it again", file=sys.stderr)
-        return {}
-
-
 def stage_truth(cfg: Config, smoke: bool) -> dict:
     from experiments.zoo_models import load_data
 
     path = Path(cfg.out_dir) / "truth.json"
-    store = _load(path)
+    store = read_stage(path)
     rows = store.setdefault("cases", {})
     stale = set(rows) - {c.name for c in CASES}  # cases renamed or removed since
     for name in stale:
@@ -321,7 +306,7 @@ def stage_truth(cfg: Config, smoke: bool) -> dict:
                            "fp32_eval_acc": fp32_acc, "runs": runs, "seconds": round(time.time() - t0, 1)}
         print(f"{case.name:28s} {out:6s} {cause}{'' if valid else '  [fp32 does not learn: left out]'}"
               f" ({time.time() - t0:.0f} s)", flush=True)
-        store.update(config={**asdict(cfg), "out_dir": _relative(cfg.out_dir)}, environment=environment())
+        store.update(config={**asdict(cfg), "out_dir": relative_to_repo(cfg.out_dir)}, environment=environment())
         write_json(path, store)
     return store
 
@@ -331,7 +316,7 @@ def stage_verdicts(cfg: Config, smoke: bool) -> dict:
     from fpanalysis.check import check
 
     path = Path(cfg.out_dir) / "verdicts.json"
-    store = _load(path)
+    store = read_stage(path)
     rows = store.setdefault("cases", {})
     for case in _cases(cfg, smoke):
         data = load_data(case.data, case.scale)
@@ -361,10 +346,10 @@ def stage_fixes(cfg: Config, smoke: bool) -> dict:
     """Pure fp16 with the plan of every SAFE WITH CHANGES verdict applied, 3 seeds: does it train?"""
     from experiments.zoo_models import load_data
 
-    truth = _load(Path(cfg.out_dir) / "truth.json").get("cases", {})
-    verdicts = _load(Path(cfg.out_dir) / "verdicts.json").get("cases", {})
+    truth = read_stage(Path(cfg.out_dir) / "truth.json").get("cases", {})
+    verdicts = read_stage(Path(cfg.out_dir) / "verdicts.json").get("cases", {})
     path = Path(cfg.out_dir) / "fixes.json"
-    store = _load(path)
+    store = read_stage(path)
     rows = store.setdefault("cases", {})
     for case in _cases(cfg, smoke):
         v = verdicts.get(case.name, {})
@@ -394,9 +379,9 @@ def _same_plan(fix_row: dict | None, verdict_row: dict) -> bool:
 
 def stage_report(cfg: Config) -> dict:
     d = Path(cfg.out_dir)
-    truth = _load(d / "truth.json").get("cases", {})
-    verdicts = _load(d / "verdicts.json").get("cases", {})
-    fixes = _load(d / "fixes.json").get("cases", {})
+    truth = read_stage(d / "truth.json").get("cases", {})
+    verdicts = read_stage(d / "verdicts.json").get("cases", {})
+    fixes = read_stage(d / "fixes.json").get("cases", {})
     rows, skipped = [], []
     for name, t in truth.items():
         if name not in verdicts:

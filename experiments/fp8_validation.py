@@ -39,7 +39,14 @@ from typing import Any
 
 import numpy as np
 
-from experiments._common import RESULTS, environment, parse_overrides, write_json
+from experiments._common import (
+    RESULTS,
+    environment,
+    parse_overrides,
+    read_stage,
+    relative_to_repo,
+    write_json,
+)
 
 OUT = RESULTS / "fp8_validation"
 RECIPES = ("delayed", "current", "mxfp8", "nvfp4")
@@ -267,7 +274,7 @@ def train(case: Case, data: Any, mode: str, seed: int, cfg: Config, plan: dict |
         step_ctx = contextlib.nullcontext
     elif mode == "bf16":
         outer = contextlib.nullcontext()
-        step_ctx = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+        step_ctx = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
     else:
         from fpanalysis.nn.fp8 import fp8_training
 
@@ -338,27 +345,6 @@ def _recipes(cfg: Config) -> tuple[str, ...]:
     return tuple(cfg.recipes)
 
 
-def _relative(folder: str) -> str:
-    try:
-        return str(Path(folder).resolve().relative_to(RESULTS.parent.parent))
-    except ValueError:
-        return folder
-
-
-def _load(path: Path) -> dict:
-    import json
-
-    from fpanalysis._json import restore_nonfinite
-
-    if not path.exists():
-        return {}
-    try:
-        return restore_nonfinite(json.loads(path.read_text()))
-    except ValueError:
-        print(f"{path}: unreadable, starting it again", file=sys.stderr)
-        return {}
-
-
 def _case_key(case: Case, cfg: Config) -> str:
     return f"{asdict(case)}|{cfg.seeds}|{cfg.epochs}|{cfg.batch_size}"
 
@@ -391,7 +377,7 @@ def _check_key(case: Case) -> dict:
 
 def stage_truth(cfg: Config, smoke: bool) -> dict:
     path = Path(cfg.out_dir) / "truth.json"
-    store = _load(path)
+    store = read_stage(path)
     rows = store.setdefault("cases", {})
     for name in set(rows) - {c.name for c in CASES}:  # cases renamed or removed since
         del rows[name]
@@ -419,7 +405,7 @@ def stage_truth(cfg: Config, smoke: bool) -> dict:
             row["recipes"][recipe] = {"outcome": out, "cause": cause, "gap_points": gap, "runs": runs,
                                       "seconds": round(time.time() - t0, 1)}
             print(f"{case.name:26s} {recipe:9s} {out:6s} {cause} ({time.time() - t0:.0f} s)", flush=True)
-            store.update(config={**asdict(cfg), "out_dir": _relative(cfg.out_dir)}, environment=environment())
+            store.update(config={**asdict(cfg), "out_dir": relative_to_repo(cfg.out_dir)}, environment=environment())
             write_json(path, store)
     return store
 
@@ -428,7 +414,7 @@ def stage_verdicts(cfg: Config, smoke: bool) -> dict:
     from fpanalysis.check import check
 
     path = Path(cfg.out_dir) / "verdicts.json"
-    store = _load(path)
+    store = read_stage(path)
     rows = store.setdefault("cases", {})
     code = check_code_hash()
     for case in _cases(cfg, smoke):
@@ -470,10 +456,10 @@ def stage_verdicts(cfg: Config, smoke: bool) -> dict:
 def stage_fixes(cfg: Config, smoke: bool) -> dict:
     """Every SAFE WITH CHANGES verdict's verified plan applied in training (same seeds): does it
     then train within ``gap_points`` of the baseline?"""
-    truth = _load(Path(cfg.out_dir) / "truth.json").get("cases", {})
-    verdicts = _load(Path(cfg.out_dir) / "verdicts.json").get("cases", {})
+    truth = read_stage(Path(cfg.out_dir) / "truth.json").get("cases", {})
+    verdicts = read_stage(Path(cfg.out_dir) / "verdicts.json").get("cases", {})
     path = Path(cfg.out_dir) / "fixes.json"
-    store = _load(path)
+    store = read_stage(path)
     rows = store.setdefault("cases", {})
     for case in _cases(cfg, smoke):
         t = truth.get(case.name)
@@ -502,9 +488,9 @@ def stage_fixes(cfg: Config, smoke: bool) -> dict:
 
 def stage_report(cfg: Config) -> dict:
     d = Path(cfg.out_dir)
-    truth = _load(d / "truth.json").get("cases", {})
-    verdicts = _load(d / "verdicts.json").get("cases", {})
-    fixes = _load(d / "fixes.json").get("cases", {})
+    truth = read_stage(d / "truth.json").get("cases", {})
+    verdicts = read_stage(d / "verdicts.json").get("cases", {})
+    fixes = read_stage(d / "fixes.json").get("cases", {})
     code = check_code_hash()
     rows, skipped, stale = [], [], []
     for name, t in truth.items():
