@@ -382,7 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="arithmetic profile of the fp16 run: fp32-accumulate, ieee, exact, or a tensor core "
                         "(volta, turing, ampere, ada, hopper, blackwell; h100, a100, ...)")
     p.add_argument("--dry-run-steps", type=int, default=16,
-                   help="steps of the shadow low-precision dry run that also verifies each fix (default 16; 0 skips it)")
+                   help="steps of the shadow low-precision dry run that also verifies each fix (default 16; 0 "
+                        "skips it); the fp16 check adds a second segment from the warmed-up model, the FP8 check "
+                        "doubles the length (up to 8 times) until fp32's loss has fallen by 5%%")
     p.add_argument("--plan", metavar="PATH", help="write the verified precision plan as JSON "
                    "(apply it with fpanalysis.nn.shadow.apply_precision_plan; with --format fp8 an FP8 plan: "
                    "recipe, options and GEMMs kept in bf16, applied with fpanalysis.nn.fp8.apply_fp8_plan)")
