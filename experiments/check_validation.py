@@ -1,4 +1,8 @@
-"""Does `fpanalysis check` predict what really happens in pure fp16 training?
+"""Does `fpanalysis check` predict what really happens in pure fp16 training? (the built-in models)
+
+This is the quick validation on the toolkit's own models (minutes).  The validation that judges
+the check — 45 models written outside the toolkit, every failure mechanism, ground truth from real
+training with 3 seeds, verified plans trained for real, figure 8 — is ``experiments/check_zoo.py``.
 
 For each configuration below: run the check (fp32 measurements only), then train the same model
 from the same initialisation in pure fp16 and in fp32 with experiments/train.py, and compare the
