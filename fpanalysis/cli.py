@@ -435,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "not the tensor-core suite, see --tc-blocks)")
     p.add_argument("--tc-blocks", type=int, default=None, metavar="N",
                    help="random blocks per tensor-core check (model x case) against mmasim (default: 2000, "
-                        "seconds; 10^5 with --exhaustive, the full verification, much longer)")
+                        "seconds; 10^5 with --exhaustive, the full verification: about a minute on two idle cores)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="also write the table as JSON")
     p.set_defaults(func=_cmd_verify)
