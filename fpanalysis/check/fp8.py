@@ -560,7 +560,7 @@ def run_fp8_check(model: nn.Module, X: Any, y: torch.Tensor, c: CheckConfig, *,
                                 "emulation quantises)"))
     others = [n for n, m in work.named_modules()
               if isinstance(m, (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
-                                nn.MultiheadAttention, nn.Bilinear))]
+                                nn.MultiheadAttention, nn.Bilinear, nn.RNNBase))]
     ref = None
     if c.dry_run_steps > 0:
         # fp32 first: the dry run lasts until fp32 learns measurably (docs/scaled_formats.md)

@@ -347,3 +347,23 @@ def test_gaps_a_change_of_batch_order_also_produces_are_not_attributed_to_fp8():
     # a gap well beyond the noise still fails
     big = dict(m, accuracy={"eval": dict(m["accuracy"]["eval"], shadow=0.30, gap=0.28)})
     assert any(p["check"] == "accuracy gap (eval mode)" and p["status"] == "fail" for p in judge_fp8_run(big, "FP8", noise))
+
+
+class _GRUClassifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(4, 8, batch_first=True)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.head(self.rnn(x.view(x.shape[0], 2, 4))[0][:, -1])
+
+
+def test_recurrent_layers_are_reported_not_examined():
+    g = torch.Generator().manual_seed(2)
+    X = torch.randn(128, 8, generator=g)
+    y = (X[:, 0] > 0).long()
+    torch.manual_seed(0)
+    rep = _run(_GRUClassifier(), (X, y), recipe="current", dry_run_steps=0)
+    skipped = [f for f in rep.findings if f.check == "GEMMs not examined"]
+    assert len(skipped) == 1 and "rnn" in skipped[0].message and "head" not in skipped[0].message
