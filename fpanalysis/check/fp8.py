@@ -52,6 +52,7 @@ from ..nn.fp8 import FP8Plan, apply_fp8_plan, gemm_modules, operand_formats
 from ..nn.observe import call_model, default_loss, logits_of
 from ..nn.shadow import DRY_RUN_THRESHOLDS, LOSS_FLOOR, judge_dry_run
 from ..recipes import DelayedScaling, quantize_per_tensor, recipe_format
+from .batches import n_samples, sample_batches, take_samples
 from .config import CheckConfig
 from .findings import CheckReport, Finding, decide_verdict
 from .probe import make_optimizer
@@ -500,13 +501,11 @@ def _reference_run(work: nn.Module, X: Any, y: torch.Tensor, ev: tuple[Any, torc
     initial weights, the same batches extended), at most :data:`MAX_EXTENSIONS` times; the FP8
     runs then take the length fp32 needed.  The cost is at most 15 fp32 runs of ``steps`` steps
     before the FP8 runs; a run still inconclusive after that is reported as such."""
-    from .run import _batches
-
     n = steps
     for k in range(MAX_EXTENSIONS + 1):
         log(f"FP8 check: {n} steps in fp32 ...")
         total[0] += n
-        ref = _train(work, _batches(X, y, c.batch_size, n, c.seed + 3), ev, c, None, tick(0, "fp32 run"))
+        ref = _train(work, sample_batches(X, y, c.batch_size, n, c.seed + 3), ev, c, None, tick(0, "fp32 run"))
         if ref.diverged_step is not None or k == MAX_EXTENSIONS:
             break
         head, tail = _head_mean(ref.losses), _tail_mean(ref.losses)
@@ -523,19 +522,17 @@ def run_fp8_check(model: nn.Module, X: Any, y: torch.Tensor, c: CheckConfig, *,
                   log: Callable[[str], None] | None = None) -> FP8CheckReport:
     """The FP8 / MX check of ``model`` on ``(X, y)`` (validated tensors, see
     :func:`fpanalysis.check.run.run_check`) under ``c.recipe``; see the module docstring."""
-    from .run import _batches, _n_samples, _take
-
     log = log or (lambda line: None)
     t0 = time.perf_counter()
     steps = c.dry_run_steps if c.dry_run_steps > 0 else c.steps
 
     def batches_for(n: int) -> list:
-        return _batches(X, y, c.batch_size, n, c.seed + 3)
+        return sample_batches(X, y, c.batch_size, n, c.seed + 3)
 
     batches = batches_for(steps)
     g = torch.Generator().manual_seed(c.seed + 4)
-    idx = torch.randperm(_n_samples(X), generator=g)[:EVAL_SAMPLES]
-    ev = (_take(X, idx), y[idx])
+    idx = torch.randperm(n_samples(X), generator=g)[:EVAL_SAMPLES]
+    ev = (take_samples(X, idx), y[idx])
     torch.manual_seed(c.seed)
     work = copy.deepcopy(model).float()
     gemms = gemm_modules(work)
@@ -601,7 +598,7 @@ def run_fp8_check(model: nn.Module, X: Any, y: torch.Tensor, c: CheckConfig, *,
             m = compare_runs(ref, run, steps)
             log("FP8 check: fp32 on another batch order (how much a change of path alone moves the results) ...")
             total[0] += steps
-            alt = _train(work, _batches(X, y, c.batch_size, steps, c.seed + 5), ev, c, None, tick(0, "fp32 run"))
+            alt = _train(work, sample_batches(X, y, c.batch_size, steps, c.seed + 5), ev, c, None, tick(0, "fp32 run"))
             if alt.diverged_step is None:
                 m["noise"] = compare_runs(ref, alt, steps)
             details["dry_run"] = m
@@ -644,7 +641,7 @@ def run_fp8_check(model: nn.Module, X: Any, y: torch.Tensor, c: CheckConfig, *,
         "history_len": c.history_len, "margin": c.margin, "hybrid": True,
         "operands": _operands_text(c.recipe),
         "optimizer": c.optimizer, "lr": c.lr, "eps": c.eps, "momentum": c.momentum, "batch_size": c.batch_size,
-        "steps": steps, "samples": _n_samples(X), "dry_run_steps": c.dry_run_steps, "seed": c.seed,
+        "steps": steps, "samples": n_samples(X), "dry_run_steps": c.dry_run_steps, "seed": c.seed,
         "seconds": round(time.perf_counter() - t0, 2),
     }
     return FP8CheckReport(verdict, findings, changes, config, details)

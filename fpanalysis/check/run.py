@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..nn.observe import Observation, call_model, default_loss, float_inputs, logits_of
+from .batches import n_samples, sample_batches, take_samples
 from .config import CheckConfig
 from .findings import (
     CheckReport,
@@ -105,32 +106,6 @@ def as_tensors(data: Any) -> tuple[Any, torch.Tensor]:
     return X, y.to(torch.int64)
 
 
-def _take(X: Any, idx: Any) -> Any:
-    if isinstance(X, dict):
-        return {k: v[idx] for k, v in X.items()}
-    if isinstance(X, tuple):
-        return tuple(v[idx] for v in X)
-    return X[idx]
-
-
-def _n_samples(X: Any) -> int:
-    if isinstance(X, dict):
-        return int(next(iter(X.values())).shape[0])
-    if isinstance(X, tuple):
-        return int(X[0].shape[0])
-    return int(X.shape[0])
-
-
-def _batches(X: Any, y: torch.Tensor, batch_size: int, steps: int, seed: int) -> list[tuple[Any, torch.Tensor]]:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    n = _n_samples(X)
-    for _ in range(steps):
-        idx = torch.randperm(n, generator=g)[: min(batch_size, n)]
-        out.append((_take(X, idx), y[idx]))
-    return out
-
-
 def _shape_text(X: Any) -> str:
     if isinstance(X, dict):
         return "{" + ", ".join(f"{k!r}: {tuple(v.shape[1:])}" for k, v in X.items()) + "}"
@@ -142,7 +117,7 @@ def _shape_text(X: Any) -> str:
 def _check_forward_shape(model: nn.Module, X: Any, y: torch.Tensor) -> int:
     try:
         with torch.no_grad():
-            out = logits_of(call_model(model.eval(), float_inputs(_take(X, slice(0, 2)))))
+            out = logits_of(call_model(model.eval(), float_inputs(take_samples(X, slice(0, 2)))))
     except Exception as exc:  # the user's model rejected the data: say so plainly
         raise ValueError(
             f"the model cannot run on inputs of shape {_shape_text(X)} (per sample): "
@@ -196,7 +171,7 @@ def run_check(
         if progress is not None:
             progress(done, total, what)
 
-    cert_batches = -(-min(c.certify_samples, _n_samples(X)) // CERTIFY_BATCH) if certify else 0
+    cert_batches = -(-min(c.certify_samples, n_samples(X)) // CERTIFY_BATCH) if certify else 0
     late = c.dry_run_steps > 0 and c.dry_run_late and c.dry_run_start == "initial" and certify and warmup_steps > 0
     total_steps = steps + (warmup_steps if certify else 0) + cert_batches + 2 * c.dry_run_steps * (2 if late else 1)
     diverged_at = None  # (fp32 step, its loss) where training diverged (_diverged)
@@ -206,7 +181,7 @@ def run_check(
         opt = make_optimizer(work.parameters(), c.optimizer, c.lr, c.eps, c.momentum, c.betas)
         work.train()
         try:
-            for i, (xb, yb) in enumerate(_batches(X, y, batch_size, warmup_steps, seed + 1)):
+            for i, (xb, yb) in enumerate(sample_batches(X, y, batch_size, warmup_steps, seed + 1)):
                 opt.zero_grad(set_to_none=True)
                 loss = default_loss(call_model(work, xb), yb)
                 value = loss.item()
@@ -224,12 +199,12 @@ def run_check(
         return _diverged_report(model, X, c, *diverged_at, [], t0)
     try:
         probe = probe_model(
-            work, _batches(X, y, batch_size, steps, seed + 2), f, optimizer=optimizer, lr=lr, eps=eps,
+            work, sample_batches(X, y, batch_size, steps, seed + 2), f, optimizer=optimizer, lr=lr, eps=eps,
             momentum=momentum, betas=betas,
             progress=lambda d, t: report((warmup_steps if certify else 0) + d, total_steps, "measuring"),
         )
     except Exception as exc:  # a model the probe cannot run is an error with a reason, not a traceback
-        raise ValueError(_probe_failure(work, _batches(X, y, batch_size, 1, seed + 2)[0], exc)) from None
+        raise ValueError(_probe_failure(work, sample_batches(X, y, batch_size, 1, seed + 2)[0], exc)) from None
     first_loss = probe.losses[0] if first_loss is None and probe.losses else first_loss
     bad = [k for k, v in enumerate(probe.losses) if _diverged(v, first_loss)]
     if bad:
@@ -307,7 +282,7 @@ def run_check(
     config = {
         "model": c.model_name or type(model).__name__, "format": f.name, "optimizer": optimizer, "lr": lr,
         "eps": eps, "momentum": momentum, "batch_size": batch_size, "steps": steps,
-        "warmup_steps": warmup_steps if certify else 0, "samples": _n_samples(X), "profile": c.profile,
+        "warmup_steps": warmup_steps if certify else 0, "samples": n_samples(X), "profile": c.profile,
         "dry_run_steps": c.dry_run_steps, "dry_run_late": late,
         "seed": seed, "seconds": round(time.perf_counter() - t0, 2),
     }
@@ -339,7 +314,7 @@ def _diverged_report(model: nn.Module, X: torch.Tensor, c: CheckConfig, step: in
     config = {
         "model": c.model_name or type(model).__name__, "format": c.format.name, "optimizer": c.optimizer,
         "lr": c.lr, "eps": c.eps, "momentum": c.momentum, "batch_size": c.batch_size, "steps": c.steps,
-        "warmup_steps": c.warmup_steps if c.certify else 0, "samples": _n_samples(X), "profile": c.profile,
+        "warmup_steps": c.warmup_steps if c.certify else 0, "samples": n_samples(X), "profile": c.profile,
         "seed": c.seed, "seconds": round(time.perf_counter() - t0, 2), "fp32_diverged_at_step": step,
     }
     return CheckReport(verdict, [finding], changes, config, {"losses": losses})
@@ -480,7 +455,7 @@ def _warm_start(initial: nn.Module, plan: Any, c: CheckConfig, X: torch.Tensor, 
     opt = make_optimizer(m.parameters(), c.optimizer, c.lr, float(plan.optimizer.get("eps", c.eps)), c.momentum,
                          c.betas)
     s_in = float(plan.input_scale)
-    for xb, yb in _batches(X, y, c.batch_size, c.warmup_steps, c.seed + 1):
+    for xb, yb in sample_batches(X, y, c.batch_size, c.warmup_steps, c.seed + 1):
         opt.zero_grad(set_to_none=True)
         xin = xb.float() * s_in if xb.is_floating_point() and s_in != 1.0 else xb
         default_loss(call_model(m, xin), yb).backward()
@@ -507,7 +482,7 @@ def _dry_run_findings(work: nn.Module, X: torch.Tensor, y: torch.Tensor, c: Chec
 
     f = c.format
     n = c.dry_run_steps
-    batches = _batches(X, y, c.batch_size, n, c.seed + 3)
+    batches = sample_batches(X, y, c.batch_size, n, c.seed + 3)
     g = torch.Generator().manual_seed(c.seed + 4)
     idx = torch.randperm(X.shape[0], generator=g)[:DRY_RUN_EVAL]
     ev = (X[idx], y[idx])
@@ -520,7 +495,7 @@ def _dry_run_findings(work: nn.Module, X: torch.Tensor, y: torch.Tensor, c: Chec
     late = None
     late_where = f"from the fp32 model after {c.warmup_steps} warm-up steps"
     if warmed is not None:
-        late_batches = _batches(X, y, c.batch_size, n, c.seed + 5)
+        late_batches = sample_batches(X, y, c.batch_size, n, c.seed + 5)
         log(f"dry run (late): {n} steps {late_where} ...")
         late = dry_run(warmed, late_batches, ev, fmt=f, profile=c.profile, seed=c.seed, segment="late",
                        progress=lambda d, t: progress(t + d, 2 * t), **kw)
