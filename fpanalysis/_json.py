@@ -95,3 +95,12 @@ def check_schema_version(d: Any, what: str) -> None:
     if version > SCHEMA_VERSION:
         raise ValueError(f"{what}: schema_version {version} is newer than this fpanalysis reads "
                          f"(up to {SCHEMA_VERSION}); upgrade fpanalysis to read it")
+
+
+def plan_json(d: dict[str, Any], path: str | Path | None = None) -> str:
+    """A precision plan's dictionary as indented JSON, also written to ``path`` when given (the
+    ``to_json`` of :class:`fpanalysis.nn.shadow.PrecisionPlan` and :class:`fpanalysis.nn.fp8.FP8Plan`)."""
+    text = json.dumps(d, indent=2)
+    if path is not None:
+        Path(path).write_text(text + "\n")
+    return text

@@ -71,7 +71,7 @@ def make(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
         toolkit = {str(r["case"]) for r in rows if r.get("toolkit")}
     import matplotlib.pyplot as plt
     import numpy as np
-    from matplotlib.colors import TwoSlopeNorm, to_rgba
+    from matplotlib.colors import TwoSlopeNorm
 
     with style.context():
         fig = plt.figure(figsize=(style.DOUBLE, 1.3 + 0.27 * len(cases)), layout="constrained")
@@ -110,26 +110,8 @@ def make(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
                      "framed: the verdict was wrong; \u2192ok / \u2192no: trained with the check's plan",
                      fontsize=7)
 
-        for i, p in enumerate(CLASSES):
-            for j, o in enumerate(CLASSES):
-                n = counts[p, o]
-                good = p == o
-                danger = p == "trains" and o == "fails"
-                col = "#009E73" if good else ("#D55E00" if danger else "#E69F00")
-                ax2.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor=to_rgba(col, 0.15 + 0.6 * (n > 0)),
-                                            edgecolor="white", linewidth=2))
-                ax2.text(j, i, f"{n}", ha="center", va="center", fontsize=14, fontweight="bold")
-                tag = "correct" if good else ("missed failure" if danger else "false alarm")
-                ax2.text(j, i + 0.3, tag, ha="center", va="center", fontsize=6.5, color="0.2")
-        ax2.set_xlim(-0.5, 1.5)
-        ax2.set_ylim(1.5, -0.5)
-        ax2.set_xticks([0, 1])
-        ax2.set_xticklabels([f"FP8 {o}" for o in CLASSES])
-        ax2.set_yticks([0, 1])
-        ax2.set_yticklabels(["SAFE", "CHANGES /\nUNSAFE"])
-        ax2.set_xlabel("outcome (emulated FP8 vs bf16)")
-        ax2.set_ylabel("check's prediction (as run)")
-        ax2.grid(False)
+        style.draw_confusion(ax2, counts, CLASSES, "FP8", ["SAFE", "CHANGES /\nUNSAFE"],
+                             "outcome (emulated FP8 vs bf16)", "check's prediction (as run)")
         where = "GPU" if device.startswith("cuda") else "CPU"
         extra = f", {errors} errors" if errors else ""
         ax2.set_title(f"{len(rows)} case-recipe pairs ({where}){extra}")

@@ -50,26 +50,8 @@ def make(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
         else:
             ax = fig.subplots()
         total = sum(counts.values())
-        for i, p in enumerate(CLASSES):
-            for j, o in enumerate(CLASSES):
-                n = counts[p, o]
-                good = p == o
-                danger = p == "trains" and o == "fails"
-                col = "#009E73" if good else ("#D55E00" if danger else "#E69F00")
-                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor=to_rgba(col, 0.15 + 0.6 * (n > 0)),
-                                           edgecolor="white", linewidth=2))
-                ax.text(j, i, f"{n}", ha="center", va="center", fontsize=14, fontweight="bold")
-                tag = "correct" if good else ("missed failure" if danger else "false alarm")
-                ax.text(j, i + 0.3, tag, ha="center", va="center", fontsize=6.5, color="0.2")
-        ax.set_xlim(-0.5, 1.5)
-        ax.set_ylim(1.5, -0.5)
-        ax.set_xticks([0, 1])
-        ax.set_xticklabels([f"fp16 {o}" for o in CLASSES])
-        ax.set_yticks([0, 1])
-        ax.set_yticklabels(["SAFE\n(trains)", "SAFE WITH CHANGES\nor UNSAFE (fails)"])
-        ax.set_xlabel("real pure-fp16 training (vs fp32)")
-        ax.set_ylabel("check's prediction")
-        ax.grid(False)
+        style.draw_confusion(ax, counts, CLASSES, "fp16", ["SAFE\n(trains)", "SAFE WITH CHANGES\nor UNSAFE (fails)"],
+                             "real pure-fp16 training (vs fp32)", "check's prediction")
         right = counts["trains", "trains"] + counts["fails", "fails"] - errors
         ax.set_title(f"{total} configurations: {right} right ({100 * right / max(total, 1):.0f}%),\n"
                      f"false SAFE {counts['trains', 'fails']}; verified plans that trained: {fix_ok}/{len(fixed)}")

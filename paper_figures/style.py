@@ -140,3 +140,32 @@ def save_figure(fig: Any, name: str, out_dir: str | Path) -> list[Path]:
     fig.savefig(paths[1], dpi=DPI, metadata={"Software": None})
     plt.close(fig)
     return paths
+
+
+def draw_confusion(ax: Any, counts: Any, classes: tuple[str, str], outcome_label: str,
+                   prediction_labels: list[str], xlabel: str, ylabel: str) -> None:
+    """A 2 x 2 prediction-vs-outcome matrix on ``ax``: ``counts[p, o]`` for prediction ``p`` and
+    outcome ``o`` in ``classes`` (("trains", "fails")), cells coloured correct / false alarm /
+    missed failure (the dangerous one: predicted to train, failed)."""
+    from matplotlib.colors import to_rgba
+
+    for i, p in enumerate(classes):
+        for j, o in enumerate(classes):
+            n = counts[p, o]
+            good = p == o
+            danger = p == classes[0] and o == classes[1]
+            col = "#009E73" if good else ("#D55E00" if danger else "#E69F00")
+            ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor=to_rgba(col, 0.15 + 0.6 * (n > 0)),
+                                       edgecolor="white", linewidth=2))
+            ax.text(j, i, f"{n}", ha="center", va="center", fontsize=14, fontweight="bold")
+            tag = "correct" if good else ("missed failure" if danger else "false alarm")
+            ax.text(j, i + 0.3, tag, ha="center", va="center", fontsize=6.5, color="0.2")
+    ax.set_xlim(-0.5, 1.5)
+    ax.set_ylim(1.5, -0.5)
+    ax.set_xticks([0, 1])
+    ax.set_xticklabels([f"{outcome_label} {o}" for o in classes])
+    ax.set_yticks([0, 1])
+    ax.set_yticklabels(prediction_labels)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(False)

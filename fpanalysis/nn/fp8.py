@@ -84,6 +84,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._json import plan_json
 from ..recipes import DelayedScaling, block_scaling, block_scaling_rceil, current_scaling, recipe_format
 
 __all__ = [
@@ -601,11 +602,7 @@ class FP8Plan:
         return asdict(self)
 
     def to_json(self, path: str | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2)
-        if path is not None:
-            with open(path, "w") as fh:
-                fh.write(text + "\n")
-        return text
+        return plan_json(self.to_dict(), path)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FP8Plan:

@@ -55,6 +55,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .._json import plan_json
 from ..formats import BF16, FP16, FloatFormat, Overflow, get_format
 from ..rounding import fits_float32, round_to
 
@@ -174,11 +175,7 @@ class PrecisionPlan:
         return asdict(self)
 
     def to_json(self, path: str | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2)
-        if path is not None:
-            with open(path, "w") as fh:
-                fh.write(text + "\n")
-        return text
+        return plan_json(self.to_dict(), path)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PrecisionPlan:
