@@ -100,6 +100,7 @@ from typing import Any
 
 import numpy as np
 
+from ._kernels.workspace import scratch
 from .formats import FloatFormat, Overflow, get_format
 from .rounding import RoundingMode, _wide_ints, fits_float32, kernel_args, native_byte_order, round_to
 
@@ -251,11 +252,12 @@ def _prepare(x: ArrayLike, f: FloatFormat, name: str, round_inputs: bool) -> np.
     return arr
 
 
-def _h16_as_f32(a: np.ndarray) -> np.ndarray:
-    """float16 -> float32 with the vectorised kernel (numpy's astype is slow)."""
+def _h16_as_f32(a: np.ndarray, work: str | None = None) -> np.ndarray:
+    """float16 -> float32 with the vectorised kernel (numpy's astype is slow); into the
+    workspace array ``work`` (:mod:`._kernels.workspace`) if named, else a fresh array."""
 
     flat = np.ascontiguousarray(a).reshape(-1)
-    out = np.empty(flat.shape, dtype=np.float32)
+    out = np.empty(flat.shape, dtype=np.float32) if work is None else scratch(work, flat.shape, np.float32)
     _elementwise("h16_to_f32", flat.size)(flat.view(np.uint16), out)
     return out.reshape(a.shape)
 
@@ -274,11 +276,12 @@ def _elementwise(name: str, n: int) -> Any:
     return _kernel(name, n, gemm.SERIAL_ELEMENTS)
 
 
-def _as(a: np.ndarray, dtype: type) -> np.ndarray:
+def _as(a: np.ndarray, dtype: type, work: str | None = None) -> np.ndarray:
     """``a`` (float16/32/64 values of the format) as a C-contiguous, writeable array of
-    ``dtype`` (numba compiles read-only arrays separately)."""
+    ``dtype`` (numba compiles read-only arrays separately).  ``work``: a float16 ``a`` is
+    converted into that workspace array (for operands that are not returned)."""
     if a.dtype == np.float16 and dtype != np.uint16:
-        a = _h16_as_f32(a)
+        a = _h16_as_f32(a, work)
     if dtype == np.uint16:
         return np.require(a, np.float16, ["C_CONTIGUOUS", "WRITEABLE"]).view(np.uint16)
     return np.require(a, dtype, ["C_CONTIGUOUS", "WRITEABLE"])
@@ -362,13 +365,13 @@ def _matmul2d(A: np.ndarray, B: np.ndarray, spec: _Spec, offset: int, dtype: typ
         acc = tc_matmul2d(_as(A, np.float64), _as(B, np.float64), spec.tensor_core)
         return _round_final(acc.astype(np.float32), spec, offset, dtype)
     if prof is Profile.FP32_ACCUMULATE:
-        A32, B32 = _as(A, np.float32), _as(B, np.float32)
+        A32, B32 = _as(A, np.float32, "linalg.A"), _as(B, np.float32, "linalg.B")
         exact_prod = _products_exact_in_fp32(f)
         if order is Order.BLAS:
             with np.errstate(invalid="ignore", over="ignore"):  # inf/nan follow IEEE rules, silently
                 acc = A32 @ B32
         else:
-            acc = np.empty((M, N), dtype=np.float32)
+            acc = scratch("linalg.acc", (M, N), np.float32)  # rounded into a fresh array below
             fused = exact_prod or spec.fma  # exact products: an FMA gives the same bits
             # the tiled kernel packs B and pads rows to tiles of gemm.MR: worth it from gemm.MR rows
             tiled = _FAST_PATHS and M >= gemm.MR
@@ -389,7 +392,7 @@ def _matmul2d(A: np.ndarray, B: np.ndarray, spec: _Spec, offset: int, dtype: typ
             # register-tiled, binary16 values in float32 with vector conversions (same bits)
             C32 = np.empty((M, N), dtype=np.float32)
             blk = spec.block if order is Order.BLOCKED else 0
-            kern("h16_tiled")(_as(A, np.float32), _as(B, np.float32), C32, blk)
+            kern("h16_tiled")(_as(A, np.float32, "linalg.A"), _as(B, np.float32, "linalg.B"), C32, blk)
             return C32.astype(dtype, copy=False)
         A16, B16 = _as(A, np.uint16), _as(B, np.uint16)
         C16 = np.empty((M, N), dtype=np.uint16)

@@ -5,7 +5,7 @@ oracle (in the module that calls it, or in the tests).  ``bits``: binary16/float
 manipulation and the target's features; ``rng``: the counter-based generator of stochastic
 rounding; ``round``: rounding to a format; ``ops``: correctly rounded arithmetic; ``gemm``: dot
 products and matrix products per profile; ``exact``: the Kulisch-style exact accumulator;
-``stats``: per-layer statistics of the analysis; ``scaled``: block-scaled (MX, NVFP4) quantisation.
+``stats``: per-layer statistics of the analysis; ``scaled``: block-scaled (MX, NVFP4) quantisation; ``workspace``: reused scratch arrays.
 """
 from __future__ import annotations
 

@@ -45,6 +45,7 @@ from .bits import EXP64, NATIVE_HALF, U64, counter_random, f64_to_u64, target_fe
 from .bits import f32_to_h16 as _f32_to_h16
 from .bits import h16_to_f32 as _h16_to_f32
 from .round import RD, RNA, RNE, RTO, RU, RZ, SR, SRK, round_scalar
+from .workspace import scratch
 
 SEQUENTIAL, PAIRWISE, BLOCKED = 0, 1, 2
 # Kinds of rounding, for the counters of stochastic rounding (index = (entry*K + k)*4 + kind).
@@ -296,7 +297,7 @@ def _vector_lanes() -> int:
 VL = _vector_lanes()
 NV = 2  # vectors per tile row
 NR = NV * VL  # columns of a tile (and of a packed panel of B)
-MR = 12 if VL == 16 else 6  # rows of a tile: MR*NV accumulators + NV loads + 1 broadcast fit
+MR = 8 if VL == 16 else 6  # rows of a tile: MR*NV accumulators + NV loads + 1 broadcast (+ temporaries) fit
 # in the 32 (AVX-512) or 16 (AVX2) vector registers
 
 # The ieee profile for binary16 with round to nearest even through the register tile: only
@@ -812,12 +813,11 @@ def h16_pairwise_serial(A, B, C):  # type: ignore[no-untyped-def]
 
 
 @njit(parallel=True, cache=True)
-def _tiled(A, B, C, kind, block):  # type: ignore[no-untyped-def]
-    """:func:`_tiled_rows` over all rows (C's rows contiguous), packing B and running row
-    blocks in parallel."""
+def _tiled(A, B, Bp, C, kind, block):  # type: ignore[no-untyped-def]
+    """:func:`_tiled_rows` over all rows (C's rows contiguous), packing B into ``Bp`` (see
+    :func:`_panels`) and running row blocks in parallel."""
     M, K = A.shape
-    P = (B.shape[1] + NR - 1) // NR
-    Bp = np.empty((P, K, NR), dtype=np.float32)
+    P = Bp.shape[0]
     for p in prange(P):
         _pack_b(B, Bp, p, p + 1)
     for ib in prange((M + MR - 1) // MR):
@@ -825,24 +825,30 @@ def _tiled(A, B, C, kind, block):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _tiled_serial(A, B, C, kind, block):  # type: ignore[no-untyped-def]
+def _tiled_serial(A, B, Bp, C, kind, block):  # type: ignore[no-untyped-def]
     """:func:`_tiled` on one thread (small products)."""
     M, K = A.shape
-    P = (B.shape[1] + NR - 1) // NR
-    Bp = np.empty((P, K, NR), dtype=np.float32)
+    P = Bp.shape[0]
     _pack_b(B, Bp, 0, P)
     _tiled_rows(A, Bp, C, kind, block, 0, (M + MR - 1) // MR)
+
+
+def _panels(B):  # type: ignore[no-untyped-def]
+    """The packed panels of ``B`` for :func:`_tiled`: a reused, 64-byte-aligned workspace array
+    (:mod:`.workspace`; fresh arrays of this size cost a page fault per 4 KiB on every call)."""
+    K, N = B.shape
+    return scratch("gemm.panels", ((N + NR - 1) // NR, K, NR), np.float32)
 
 
 def f32_tiled(A, B, C, fused, block):  # type: ignore[no-untyped-def]
     """The fp32-accumulate profile, sequential (``block == 0``) or blocked order, with the
     register-tiled kernel: float32 ``A``, ``B``, ``C`` (C-contiguous); FMA steps if ``fused``."""
-    _tiled(A, B, C, _FMA if fused else _MUL_ADD, block)
+    _tiled(A, B, _panels(B), C, _FMA if fused else _MUL_ADD, block)
 
 
 def f32_tiled_serial(A, B, C, fused, block):  # type: ignore[no-untyped-def]
     """:func:`f32_tiled` on one thread (small products)."""
-    _tiled_serial(A, B, C, _FMA if fused else _MUL_ADD, block)
+    _tiled_serial(A, B, _panels(B), C, _FMA if fused else _MUL_ADD, block)
 
 
 def h16_tiled(A, B, C, block):  # type: ignore[no-untyped-def]
@@ -850,12 +856,12 @@ def h16_tiled(A, B, C, block):  # type: ignore[no-untyped-def]
     blocked order, with the register-tiled kernel: ``A``, ``B`` binary16 numbers in float32
     (C-contiguous); ``C`` (float32, C-contiguous) receives the binary16 results.  The same
     operations in the same order as :func:`h16_sequential` / :func:`h16_blocked` (its twins)."""
-    _tiled(A, B, C, _H16, block)
+    _tiled(A, B, _panels(B), C, _H16, block)
 
 
 def h16_tiled_serial(A, B, C, block):  # type: ignore[no-untyped-def]
     """:func:`h16_tiled` on one thread (small products)."""
-    _tiled_serial(A, B, C, _H16, block)
+    _tiled_serial(A, B, _panels(B), C, _H16, block)
 
 
 @njit(parallel=True, cache=True)
