@@ -119,28 +119,34 @@ from .network_bounds import (
 __all__ = ["ADJOINT_KINDS", "RADII", "AdjointResult", "adjoint_certificate", "adjoint_radii", "partial_sum_ulp2",
            "unsupported_steps"]
 
-#: Step kinds the adjoint certificate covers (piecewise-linear networks).
+#: Step kinds the adjoint certificate covers: piecewise-linear steps (exact linearisation with a
+#: switching slack) and the smooth steps GELU (erf form), layer norm, softmax and the product of two
+#: activations ``matmul`` (first-order linearisation with a rigorous second-order remainder), and
+#: constant tensors ``param`` (their rounding is a known part, like a bias's).
 ADJOINT_KINDS = frozenset({"input", "output", "size", "identity", "shape", "cat", "linear", "conv2d", "batchnorm",
                            "relu", "maxpool2d", "avgpool2d", "adaptive_avgpool2d", "mean", "sum", "add", "sub",
-                           "affine"})
+                           "affine", "param", "gelu", "layernorm", "softmax", "matmul"})
 
 _U64 = 2.0**-53
 _PAD = 1.0 + 2.0**-40
 
 
 def unsupported_steps(traced: TracedModel) -> list[Step]:
-    """Steps the adjoint method does not cover (smooth or bilinear layers: not certified by it)."""
+    """Steps the adjoint method does not cover (not certified by it): kinds outside :data:`ADJOINT_KINDS`,
+    max pooling with ``ceil_mode`` and GELU's tanh approximation."""
     out = []
     for s in traced.steps:
-        if s.kind not in ADJOINT_KINDS or s.kind == "maxpool2d" and s.attrs.get("ceil_mode"):
+        if (s.kind not in ADJOINT_KINDS or s.kind == "maxpool2d" and s.attrs.get("ceil_mode")
+                or s.kind == "gelu" and s.attrs.get("approximate", "none") != "none"):
             out.append(s)
     return out
 
 
 def _unsupported_message(bad: list[Step]) -> str:
     names = ", ".join(f"{s.describe()} [{s.kind}]" for s in bad[:5])
-    return (f"the adjoint certificate covers piecewise-linear networks only (linear, conv, batch norm, ReLU, "
-            f"max/average pooling, additions, reshapes); not certified by the adjoint method: {names}"
+    return (f"the adjoint certificate covers linear, conv, batch norm, ReLU, max/average pooling, additions, "
+            f"reshapes, constant tensors, GELU (erf form), layer norm, softmax and products of activations; "
+            f"not certified by the adjoint method: {names}"
             f"{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}")
 
 
@@ -156,15 +162,15 @@ class AdjointResult:
     mu: np.ndarray             # (N, K) known part J k (input and parameter roundings)
     sigma: np.ndarray          # (N, K) predictor's standard deviation
     predicted: np.ndarray      # (N,) delta_pred = max_i (|mu_i| + sigma_i)  (NOT sound)
-    switching: np.ndarray      # (N,) max_i sum_s |g_is| eta_s (ReLU / max-pool switching slack)
+    switching: np.ndarray      # (N,) max_i sum_s |g_is| (eta_s + rho_s): switching slack and second-order remainders
     stats: dict[str, Any] = field(default_factory=dict)
 
 
 class _Rec:
-    __slots__ = ("Ak", "Aw", "G", "gam", "is_eta", "lin", "mu", "var", "w", "w0", "z")
+    __slots__ = ("Ak", "Aw", "G", "gam", "is_eta", "lin", "mu", "rho", "var", "w", "w0", "z")
 
     def __init__(self) -> None:
-        self.z = self.G = self.mu = self.Ak = self.Aw = self.lin = self.w = self.w0 = self.var = None
+        self.z = self.G = self.mu = self.Ak = self.Aw = self.lin = self.w = self.w0 = self.var = self.rho = None
         self.is_eta = False
         self.gam = _SLACK
 
@@ -360,7 +366,9 @@ def _gamma64(traced: TracedModel, shapes: dict) -> float:
     n = 0
     widest = 1
     for s in traced.steps:
-        n += (reduction_length(s, shapes.get(s.name, [])) or 1) + 4
+        m = reduction_length(s, shapes.get(s.name, [])) or 1
+        # layer norm's linearisation nests two means (centring, then the projection on c^): 2 n
+        n += (2 * m if s.kind == "layernorm" else m) + 4
         for shp in shapes.get(s.name, []):
             widest = max(widest, int(np.prod(shp[1:])))
     n += widest
@@ -376,7 +384,7 @@ def _forward_sweep(traced: TracedModel, x: torch.Tensor, cfg: BoundConfig, cache
     exact_at = set()
     if radii == "exact":
         for s in traced.steps:
-            if s.kind in ("relu", "maxpool2d"):
+            if s.kind in _EXACT_AT:
                 exact_at.update(n for n in s.inputs)
     sizes: dict[str, Any] = {}
     in_shapes: dict[str, list] = {}
@@ -406,15 +414,17 @@ def _forward_sweep(traced: TracedModel, x: torch.Tensor, cfg: BoundConfig, cache
                 continue
             r = R[s.name]
             r.gam = gam
-            if s.kind == "input":
-                xh = torch.from_numpy(np.asarray(_round(x, f), dtype=np.float64)).reshape(x.shape)
-                k = xh - x.double()  # exact: both are binary32 numbers of close magnitude
+            if s.kind in ("input", "param"):
+                # the input or a constant tensor (a position embedding): its rounding is known
+                v = x if s.kind == "input" else r.z
+                xh = torch.from_numpy(np.asarray(_round(v, f), dtype=np.float64)).reshape(v.shape)
+                k = xh - v.double()  # exact: both are binary32 numbers of close magnitude
                 r.G = k.abs()
                 r.mu, r.Ak, r.Aw = k, k.abs(), torch.zeros_like(k)
                 continue
             ins = [R[n] for n in s.inputs if n in R]
             _forward(s, ins, r, cfg, cache, sizes)
-            if s.name in exact_at:
+            if s.name in exact_at and r.z.is_floating_point() and r.z.ndim >= 1 and s.kind != "param":
                 r.G = torch.minimum(r.G, _exact_rows(traced, R, s.name, sizes, cache, row_chunk))
     return R, sizes, in_shapes
 
@@ -467,7 +477,7 @@ def _exact_rows(traced: TracedModel, R: dict[str, _Rec], upto: str, sizes: dict,
                 r = R[s.name]
                 if r.w is not None:
                     part += _dot(g.reshape(S, B, -1).abs(), r.w, B)
-                if s.kind == "input":
+                if s.kind in ("input", "param"):
                     continue
                 for name, gi in _backward(s, g, r, [R[m] for m in s.inputs if m in R], S, B, cache, sizes):
                     grads[name] = grads[name] + gi if name in grads else gi
@@ -531,9 +541,11 @@ def _chunk(traced: TracedModel, x: torch.Tensor, cfg: BoundConfig, cache: ParamC
                 del ga
                 gc = gf[cls, ar]  # (B, n): the seed of the fp32 class
                 Mabs += _dot((gc.unsqueeze(0) - gf).abs_(), r.w, B)
+                if r.rho is not None:
+                    Seta += _dot(gf.abs(), r.rho, B)
             if r.var is not None:
                 Var += _dot(gf * gf, r.var, B)
-            if s.kind == "input":
+            if s.kind in ("input", "param"):
                 continue
             for name, gi in _backward(s, g, r, [R[n] for n in s.inputs if n in R], K, B, cache, sizes):
                 if name in grads:
@@ -586,6 +598,18 @@ def _forward(s: Step, ins: list[_Rec], r: _Rec, cfg: BoundConfig, cache: ParamCa
         return
     if k in ("linear", "conv2d"):
         _linear(s, x, r, cfg, cache)
+        return
+    if k == "gelu":
+        _gelu(x, r, cfg)
+        return
+    if k == "softmax":
+        _softmax(s, x, r, cfg)
+        return
+    if k == "layernorm":
+        _layernorm(s, x, r, cfg, cache)
+        return
+    if k == "matmul":
+        _matmul(ins[0], ins[1], r, cfg)
         return
     if k == "batchnorm":
         _batchnorm(s, x, r, cfg, cache)
@@ -824,6 +848,334 @@ def _batchnorm(s: Step, x: _Rec, r: _Rec, cfg: BoundConfig, cache: ParamCache) -
     r.G = torch.minimum(_fix(loc + par + alpha * x.G + own32), _radius(r))
 
 
+# ------------------------------------------------------------------------------------------
+# smooth steps: first-order linearisation at the fp32 value plus a rigorous second-order remainder
+# ------------------------------------------------------------------------------------------
+#: Steps at whose inputs tier-B radii take the exact Jacobian rows: where a radius enters a
+#: switching slack (ReLU, max pooling) or a second-order remainder (the smooth steps).
+_EXACT_AT = ("relu", "maxpool2d", "gelu", "layernorm", "softmax", "matmul")
+
+#: Relative slack of the remainder bounds' own float64 evaluation (sums of a few nonnegative
+#: terms, exp and sqrt of float64 values: a few hundred u64 at most).
+_RPAD = 1.0 + 2.0**-30
+
+
+def _gelu2(t: np.ndarray) -> np.ndarray:
+    """``GELU''(t) = phi(t) (2 - t^2)`` (phi the standard normal density)."""
+    return np.exp(-0.5 * t * t) / math.sqrt(2.0 * math.pi) * (2.0 - t * t)
+
+
+#: Points between which ``|GELU''|`` is monotone: its extrema (0, +-2: ``GELU''' = phi(t) t (t^2 - 4)``)
+#: and zeros (+-sqrt 2).
+_GELU2_POINTS = (-2.0, -math.sqrt(2.0), 0.0, math.sqrt(2.0), 2.0)
+
+
+def gelu_second_sup(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """``sup |GELU''|`` over ``[lo, hi]`` (elementwise; at most ``2 phi(0) = 0.798``), padded for float64.
+
+    >>> round(float(gelu_second_sup(np.array(-1.0), np.array(1.0))), 4), round(float(gelu_second_sup(np.array(3.0), np.array(4.0))), 4)
+    (0.7979, 0.0311)
+    """
+    lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+    out = np.maximum(np.abs(_gelu2(lo)), np.abs(_gelu2(hi)))
+    for c in _GELU2_POINTS:
+        out = np.where((lo <= c) & (c <= hi), np.maximum(out, abs(float(_gelu2(np.float64(c))))), out)
+    return out * _RPAD + 2.0**-1000
+
+
+def _gelu(x: _Rec, r: _Rec, cfg: BoundConfig) -> None:
+    """GELU (erf form) linearised at the fp32 value: ``d = GELU'(x~) d_in + rho + e``.
+
+    Taylor with Lagrange remainder: ``|rho| <= sup_box |GELU''| R^2 / 2`` over ``|x - x~| <= R``
+    (:func:`gelu_second_sup`), plus ``2**-40 R`` for the float64 value of ``GELU'(x~)`` (an absolute
+    error of a few u64: its two terms are at most 1 and 0.25 in magnitude).  ``e``: the local
+    bound of :func:`fpanalysis.bounds.layers.activation_local_bound` on the box plus fp32's own.
+    """
+    f = cfg.fmt
+    z = x.z.double()
+    zn = _np(z)
+    shape = z.shape
+    R = x.G
+    rn = _np(torch.nan_to_num(R, posinf=0.0))
+    with np.errstate(all="ignore"):
+        loc = _t(LB.activation_local_bound("gelu", zn, f, radius=rn, mode=cfg.mode).value, shape)
+        loc0 = _t(LB.activation_local_bound("gelu", zn, f, mode=cfg.mode).value, shape)
+        own32 = _t(LB.activation_local_bound("gelu", zn, "fp32").value, shape)
+        slope = _t(LB.activation_slope("gelu", zn, radius=rn), shape)
+        d2 = _t(gelu_second_sup(zn - rn, zn + rn), shape)
+        J = _t(LB.activation_derivative("gelu", zn), shape)
+    bad = ~torch.isfinite(R)
+    rho = _fix(0.5 * d2 * R * R * _RPAD + 2.0**-40 * R)
+    loc = torch.where(bad, torch.full_like(loc, math.inf), loc)
+    r.rho = rho
+    r.w = _fix(loc + own32 + rho)
+    r.w0 = _fix(loc0 + own32)
+    r.var = _ulp_var(r.z, f)
+    r.lin = J
+    r.mu = J * x.mu
+    Ja = J.abs()
+    r.Ak = Ja * x.Ak
+    r.Aw = Ja * x.Aw + r.w
+    r.G = torch.minimum(_fix(loc + slope * R + own32), _radius(r))
+
+
+def softmax_remainder(y: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+    """Bound on ``|s(x~ + d) - s(x~) - J d|`` for ``|d| <= R`` (softmax along the last axis, ``y = s(x~)``).
+
+    With ``H_i`` the Hessian of ``s_i``, ``d^T H_i d = s_i ((d_i - dbar)^2 - V)``, where ``dbar = s.d``
+    and ``V = sum_j s_j (d_j - dbar)^2 >= 0`` (all at the Lagrange point ``xi`` of the segment), so
+    ``|d^T H_i d| <= s_i(xi) max((d_i - dbar)^2, V) <= s_i(xi) (R_i + max R)^2``; and
+    ``s_i(xi) <= min(1, y_i exp(R_i + max R))`` because ``log s_i`` changes by at most
+    ``|d_i| + max |d|`` (logsumexp is 1-Lipschitz in the max-norm).  Hence
+    ``rho_i <= min(1, y_i exp(R_i + max R)) (R_i + max R)^2 / 2``.  ``inf`` on a row with an
+    infinite radius.
+    """
+    Rm = R.max(-1, keepdim=True).values
+    Ri = R + Rm
+    with np.errstate(over="ignore"):
+        yup = torch.clamp(y * torch.exp(Ri) * _RPAD, max=1.0)
+    return _fix(0.5 * yup * Ri * Ri * _RPAD)
+
+
+def _softmax(s: Step, x: _Rec, r: _Rec, cfg: BoundConfig) -> None:
+    """Softmax along ``dim`` linearised at the fp32 value: ``J = diag(y) - y y^T`` per row.
+
+    ``rho``: :func:`softmax_remainder` plus the float64 Jacobian's own error: the computed
+    ``y'`` has relative error ``t <= 8 (n + 8) u64`` (exp within a few ulps, a sum of ``n``
+    positive terms, a division), and ``|(J - J')d|_i <= 3 t y_i (R_i + max R)``, bounded by
+    ``4 t y'_i (R_i + max R)``.  The absolute pass uses ``y_i (v_i + sum_j y_j v_j) >= (|J| v)_i``.
+    """
+    f = cfg.fmt
+    d = s.attrs["dim"] % x.z.ndim
+    zm = x.z.double().movedim(d, -1).contiguous()
+    Rm = x.G.movedim(d, -1).contiguous()
+    n = int(zm.shape[-1])
+    shape = zm.shape
+    y = torch.softmax(zm, -1)
+    rowbad = (~torch.isfinite(Rm)).any(-1, keepdim=True).expand(shape)
+    zn = _np(zm)
+    rn = np.ascontiguousarray(_np(torch.nan_to_num(Rm, posinf=0.0)))
+    with np.errstate(all="ignore"):
+        loc = _t(LB.softmax_local_bound(zn, f, radius=rn, mode=cfg.mode).value, shape)
+        loc0 = _t(LB.softmax_local_bound(zn, f, mode=cfg.mode).value, shape)
+        own32 = _t(LB.softmax_local_bound(zn, "fp32").value, shape)
+        prop = _t(LB.propagate_softmax(rn, _np(y)).value, shape)
+    inf = torch.full_like(loc, math.inf)
+    loc = torch.where(rowbad, inf, loc)
+    t = 8 * (n + 8) * _U64
+    Rc = torch.where(rowbad, torch.zeros_like(Rm), Rm)
+    rho = softmax_remainder(y, Rc) + 4 * t * y * (Rc + Rc.max(-1, keepdim=True).values) * _RPAD
+    rho = torch.where(rowbad, inf, rho)
+    cap = 1.0 + 4 * cfg.u  # both results lie in [0, 1]
+    tierA = torch.clamp(_fix(loc + prop + own32), max=cap)
+    tierA = torch.where(rowbad, torch.full_like(tierA, cap), tierA)
+
+    def back(v: torch.Tensor) -> torch.Tensor:
+        return v.movedim(-1, d)
+
+    def fwd(v: torch.Tensor) -> torch.Tensor:
+        vm = v.expand(x.z.shape).movedim(d, -1)
+        return back(y * (vm - (y * vm).sum(-1, keepdim=True)))
+
+    def fwd_abs(v: torch.Tensor) -> torch.Tensor:
+        vm = v.expand(x.z.shape).movedim(d, -1)
+        return back(y * (vm + (y * vm).sum(-1, keepdim=True)))
+
+    r.rho = back(rho)
+    r.w = back(_fix(loc + own32 + rho))
+    r.w0 = back(_fix(loc0 + own32))
+    r.var = _ulp_var(r.z, f)
+    r.lin = (y, d)
+    r.mu = fwd(x.mu)
+    r.Ak = fwd_abs(x.Ak)
+    r.Aw = fwd_abs(x.Aw) + r.w
+    r.G = torch.minimum(back(tierA), _radius(r))
+
+
+def layernorm_remainder(c: torch.Tensor, R: torch.Tensor, gamma: torch.Tensor, eps: float,
+                        sd_lo: torch.Tensor) -> torch.Tensor:
+    """Bound on ``|LN(x~ + d) - LN(x~) - J d|`` for ``|d| <= R`` (last axis normalised, ``n`` long).
+
+    ``LN(x) = gamma n(P x) + beta`` with ``P`` the centring projection and ``n(c) = c / s(c)``,
+    ``s(c) = sqrt(|c|^2 / n + eps)``.  The Hessian of ``n_i`` gives, with ``delta = P d`` and
+    ``c^ = xi / s(xi)`` at the Lagrange point ``xi`` of the segment::
+
+        delta^T H_i delta = (-2 delta_i (c^.delta)/n - c^_i |delta|^2/n + 3 c^_i (c^.delta)^2/n^2) / s(xi)^2
+
+    and ``|c^.delta| / n <= rho := rms(R)`` (``|c^|_2 <= sqrt n``, ``|P d|_2 <= |d|_2``), ``|delta_i| <=
+    q_i := R_i + mean R``, ``|c^_i| <= min(sqrt n, (|c_i| + q_i) / s_lo)`` and ``s(xi) >= s_lo :=
+    sqrt((sd - rho)_+^2 + eps)`` (``sqrt(|c|^2/n)`` is 1-Lipschitz in ``rms``).  So
+    ``|rho_i| <= |gamma_i| (q_i rho + 2 min(sqrt n, (|c_i| + q_i) / s_lo) rho^2) / s_lo^2``; ``inf`` when
+    ``s_lo = 0`` (``eps = 0`` and the box reaches a constant row).  ``c`` (the centred fp32 value,
+    ``|c_i|`` may be an upper bound) and ``sd_lo <= sqrt(var)``: arrays over the last axis / per row.
+    """
+    n = int(c.shape[-1])
+    rho = torch.sqrt((R * R).mean(-1, keepdim=True)) * _RPAD
+    q = R + R.mean(-1, keepdim=True) * _RPAD
+    gap = torch.clamp(sd_lo - rho, min=0.0)
+    s2 = gap * gap / _RPAD + eps / _RPAD
+    s_lo = torch.sqrt(s2) / _RPAD
+    with np.errstate(divide="ignore", invalid="ignore"):
+        chat = torch.minimum(torch.full_like(c, math.sqrt(n) * _RPAD), (c.abs() + q) / s_lo * _RPAD)
+        val = gamma.abs() * (q * rho + 2 * chat * rho * rho) / s2 * _RPAD * _RPAD
+    val = torch.where(s2 > 0, val, torch.full_like(val, math.inf))
+    return _fix(val)
+
+
+def _layernorm(s: Step, x: _Rec, r: _Rec, cfg: BoundConfig, cache: ParamCache) -> None:
+    """Layer norm with the rounded affine parameters, linearised at the fp32 value.
+
+    ``J = diag(gamma^ / sigma) (I - c^ c^T / n) P`` (``c^ = (x~ - mean) / sigma``, ``sigma =
+    sqrt(var + eps)``); ``k = (gamma^ - gamma) c^ + (beta^ - beta)``; ``rho``:
+    :func:`layernorm_remainder` plus the error of the float64 Jacobian data: with ``A = max |x~|``
+    of the row, the computed mean, centred values and ``sigma'`` obey ``|c' - c| <= dc := 6 (n + 2)
+    u64 A`` and ``|sigma' - sigma| <= t sigma'``, ``t = dc / sigma' + 2 (n + 4) u64``; then
+    ``|c^' - c^| <= t (1 + 2 |c^'|)`` and ``|(J - J')d|_i <= 12 t |gamma^_i| / sigma' U_i (q_i + mean(U q))``
+    with ``U = 1 + |c^'| + t (1 + 2 |c^'|)``, ``q = R + mean R`` (inf if ``t > 0.01``).  ``e``: the
+    local bound of :func:`fpanalysis.bounds.layers.layernorm_local_bound` on the box plus fp32's own.
+    """
+    f = cfg.fmt
+    a = s.attrs
+    nd = len(a["normalized_shape"])
+    eps = float(a["eps"])
+    z = x.z.double()
+    shape = z.shape
+    flat = shape[:len(shape) - nd] + (-1,)
+    zn = _np(z)
+
+    def params() -> dict[str, Any]:
+        out = {}
+        for key in ("weight", "bias"):
+            v = a.get(key)
+            out[key] = None if v is None else v.detach().double().numpy()
+            out[key + "_h"] = None if v is None else np.asarray(round_to(out[key], f, "nearest-even"),
+                                                                dtype=np.float64)
+        return out
+
+    p = cache.memo((s.name, "ln_params", f), params)
+    R = x.G
+    rn = _np(torch.nan_to_num(R, posinf=0.0))
+    with np.errstate(all="ignore"):
+        loc = _t(LB.layernorm_local_bound(zn, p["weight_h"], p["bias_h"], eps, f, normalized_ndim=nd, radius=rn,
+                                          mode=cfg.mode).value, shape)
+        loc0 = _t(LB.layernorm_local_bound(zn, p["weight_h"], p["bias_h"], eps, f, normalized_ndim=nd,
+                                           mode=cfg.mode).value, shape)
+        own32 = _t(LB.layernorm_local_bound(zn, p["weight"], p["bias"], eps, "fp32", normalized_ndim=nd).value, shape)
+        # tier A as the interval certificate: parameter rounding over the box + exact propagation
+        axes = tuple(range(-nd, 0))
+        c0 = zn - zn.mean(axis=axes, keepdims=True)
+        s0 = np.sqrt((c0 * c0).mean(axis=axes, keepdims=True) + eps)
+        nbound = np.abs(c0) / s0 * _PAD + LB.propagate_layernorm(rn, zn, None, eps, normalized_ndim=nd).value
+        par = np.zeros(shape)
+        if p["weight"] is not None:
+            par = par + np.abs(p["weight_h"] - p["weight"]) * nbound
+        if p["bias"] is not None:
+            par = par + np.abs(p["bias_h"] - p["bias"])
+        prop = _t(LB.propagate_layernorm(rn, zn, p["weight"], eps, normalized_ndim=nd).value, shape)
+    rowbad = (~torch.isfinite(R)).reshape(flat).any(-1, keepdim=True)
+    # linearisation data (float64) on rows flattened over the normalised axes
+    zf = z.reshape(flat)
+    n = int(zf.shape[-1])
+    mean = zf.mean(-1, keepdim=True)
+    c = zf - mean
+    var = (c * c).mean(-1, keepdim=True)
+    sig = torch.sqrt(var + eps)
+    ch = c / sig
+
+    def vec(key: str, default: float) -> torch.Tensor:
+        v = p[key]
+        return torch.full((n,), default, dtype=torch.float64) if v is None else torch.from_numpy(
+            np.asarray(v, dtype=np.float64).reshape(-1))
+
+    gh = vec("weight_h", 1.0)
+    dg, db = gh - vec("weight", 1.0), vec("bias_h", 0.0) - vec("bias", 0.0)
+    gs = gh / sig
+    Amax = zf.abs().max(-1, keepdim=True).values
+    dc = 6 * (n + 2) * _U64 * Amax
+    t = dc / sig + 2 * (n + 4) * _U64
+    Rf = torch.where(rowbad, torch.zeros_like(zf), R.reshape(flat))
+    q = Rf + Rf.mean(-1, keepdim=True)
+    chu = ch.abs() + t * (1 + 2 * ch.abs())
+    U = 1 + chu
+    rhoJ = 12 * t * gh.abs() / sig * U * (q + (U * q).mean(-1, keepdim=True)) * _RPAD
+    sd_lo = torch.clamp(torch.sqrt(var) * (1 - 2 * (n + 4) * _U64) - dc, min=0.0)
+    rho = layernorm_remainder(c.abs() + dc, Rf, gh, eps, sd_lo) + rhoJ
+    rho = torch.where(rowbad | (t > 0.01), torch.full_like(rho, math.inf), rho)
+    kk = dg * ch + db
+    kerr = dg.abs() * (t * (1 + 2 * ch.abs()) + 2 * _U64 * ch.abs()) + 2 * _U64 * kk.abs()
+    kerr = torch.where(t > 0.01, torch.full_like(kerr, math.inf), kerr)
+    rho, kk, kerr = rho.reshape(shape), kk.reshape(shape), kerr.reshape(shape)
+    rowbad_full = rowbad.expand(zf.shape).reshape(shape)
+    loc = torch.where(rowbad_full, torch.full_like(loc, math.inf), loc)
+
+    def fwd(v: torch.Tensor) -> torch.Tensor:
+        vf = v.expand(shape).reshape(flat)
+        Pv = vf - vf.mean(-1, keepdim=True)
+        return (gs * (Pv - ch * (ch * Pv).mean(-1, keepdim=True))).reshape(shape)
+
+    gsa, cha = gs.abs(), ch.abs()
+
+    def fwd_abs(v: torch.Tensor) -> torch.Tensor:
+        vf = v.expand(shape).reshape(flat)
+        Pv = vf + vf.mean(-1, keepdim=True)
+        return (gsa * (Pv + cha * (cha * Pv).mean(-1, keepdim=True))).reshape(shape)
+
+    r.rho = rho
+    r.w = _fix(loc + own32 + kerr + rho)
+    r.w0 = _fix(loc0 + own32 + kerr)
+    r.var = _ulp_var(r.z, f)
+    r.lin = (gs, ch, nd)
+    r.mu = fwd(x.mu) + kk
+    r.Ak = fwd_abs(x.Ak) + kk.abs()
+    r.Aw = fwd_abs(x.Aw) + r.w
+    r.G = torch.minimum(_fix(loc + _t(par, shape) + prop + own32), _radius(r))
+
+
+def _matmul(a: _Rec, b: _Rec, r: _Rec, cfg: BoundConfig) -> None:
+    """Product of two activations: ``(A + dA)(B + dB) - A B = dA B + A dB + dA dB`` (exact).
+
+    ``L``: ``(dA, dB) -> dA B~ + A~ dB`` with the fp32 operands (exact binary32 values); ``rho = dA dB``,
+    ``|rho| <= R_A R_B``; no parameters, so ``k = 0``.  ``e``: the accumulation bound of the
+    profile for ``fl(A^ B^)`` with ``|A^||B^| <= (|A~| + R_A)(|B~| + R_B)`` and ``|A^ B^| <= |y~| + own32
+    + R_A |B~| + (|A~| + R_A) R_B``, plus fp32's own error (``ieee`` binary32 accumulation, any order).
+    Every float64 product of nonnegative matrices is inflated by ``1 + 2 (k + 2) u64``.
+    """
+    A, Bm = a.z.double(), b.z.double()
+    if A.ndim < 2 or Bm.ndim < 2:
+        raise ValueError("the adjoint certificate covers matmul of operands with 2 or more axes only")
+    k = int(A.shape[-1])
+    c = 1.0 + 2.0 * (k + 2) * _U64
+    Aa, Ba = A.abs(), Bm.abs()
+    RA, RB = a.G.expand(A.shape), b.G.expand(Bm.shape)
+    AU, BU = _fix(Aa + RA), _fix(Ba + RB)
+    out = r.z.double()
+    AB = torch.matmul(Aa, Ba) * c
+    own32 = accumulation_bounds(AB, torch.zeros(()), k, cfg, fmt="fp32", profile="ieee", probabilistic=False)[0]
+    P = _fix((torch.matmul(RA, Ba) + torch.matmul(AU, RB)) * c)
+    Aabs = _fix(torch.matmul(AU, BU) * c)
+    loc = accumulation_bounds(Aabs, _fix(out.abs() + own32 + P), k, cfg, probabilistic=False)[0]
+    loc0 = accumulation_bounds(AB, _fix(out.abs() + own32), k, cfg, probabilistic=False)[0]
+    rho = _fix(torch.matmul(RA, RB) * c)
+    r.rho = rho
+    r.w = _fix(loc + own32 + rho)
+    r.w0 = _fix(loc0 + own32)
+    r.var = _ulp_var(r.z, cfg.fmt)
+    r.lin = (A, Bm)
+    r.mu = torch.matmul(a.mu, Bm) + torch.matmul(A, b.mu)
+    r.Ak = torch.matmul(a.Ak, Ba) + torch.matmul(Aa, b.Ak)
+    r.Aw = torch.matmul(a.Aw, Ba) + torch.matmul(Aa, b.Aw) + r.w
+    r.G = torch.minimum(_fix(loc + P + own32), _radius(r))
+
+
+def _unbroadcast(g: torch.Tensor, shape: tuple, K: int) -> torch.Tensor:
+    """Sum ``g`` (K, ...) over the axes an input of ``shape`` was broadcast along (transpose of the
+    broadcast), as (K, *shape)."""
+    if tuple(g.shape[1:]) == shape:
+        return g
+    pad = (1,) * (g.ndim - 1 - len(shape)) + shape
+    return g.sum_to_size((K,) + pad).reshape((K,) + shape)
+
+
 def _backward(s: Step, g: torch.Tensor, r: _Rec, ins: list[_Rec], K: int, B: int, cache: ParamCache,
               sizes: dict) -> list[tuple[str, torch.Tensor]]:
     """Transpose of the step's linearisation applied to g (K, B, ...)."""
@@ -841,10 +1193,28 @@ def _backward(s: Step, g: torch.Tensor, r: _Rec, ins: list[_Rec], K: int, B: int
         out = []
         for j, (n, i) in enumerate(zip(names, ins)):
             gi = g if (j == 0 or k == "add") else -g
-            gi = gi.reshape(K * B, *gi.shape[2:]).sum_to_size(K * B, *i.z.shape[1:]) if tuple(i.z.shape) != tuple(
-                r.z.shape) else gi
-            out.append((n, gi.reshape(K, *i.z.shape)))
+            out.append((n, _unbroadcast(gi, tuple(i.z.shape), K)))
         return out
+    if k == "gelu":
+        return [(names[0], g * r.lin)]
+    if k == "softmax":
+        y, d = r.lin
+        gm = g.movedim(d + 1, -1)
+        gi = y * (gm - (gm * y).sum(-1, keepdim=True))
+        return [(names[0], gi.movedim(-1, d + 1))]
+    if k == "layernorm":
+        gs, ch, nd = r.lin
+        gf = g.reshape(g.shape[:g.ndim - nd] + (-1,))
+        h = gf * gs
+        h = h - ch * (ch * h).mean(-1, keepdim=True)
+        h = h - h.mean(-1, keepdim=True)
+        return [(names[0], h.reshape(g.shape))]
+    if k == "matmul":
+        A, Bm = r.lin
+        ga = torch.matmul(g, Bm.transpose(-1, -2))
+        gb = torch.matmul(A.transpose(-1, -2), g)
+        return [(names[0], _unbroadcast(ga, tuple(ins[0].z.shape), K)),
+                (names[1], _unbroadcast(gb, tuple(ins[1].z.shape), K))]
     if k == "linear":
         return [(names[0], g @ r.lin)]
     if k == "conv2d":
