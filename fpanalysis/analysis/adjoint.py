@@ -887,8 +887,10 @@ def _gelu(x: _Rec, r: _Rec, cfg: BoundConfig) -> None:
     """GELU (erf form) linearised at the fp32 value: ``d = GELU'(x~) d_in + rho + e``.
 
     Taylor with Lagrange remainder: ``|rho| <= sup_box |GELU''| R^2 / 2`` over ``|x - x~| <= R``
-    (:func:`gelu_second_sup`), plus ``2**-40 R`` for the float64 value of ``GELU'(x~)`` (an absolute
-    error of a few u64: its two terms are at most 1 and 0.25 in magnitude).  ``e``: the local
+    (:func:`gelu_second_sup`), or where smaller ``(sup_box |GELU'| + |GELU'(x~)|) R`` (the triangle
+    inequality: the first-order slope over the box bounds the change), plus ``2**-40 R`` for the
+    float64 value of ``GELU'(x~)`` (an absolute error of a few u64: its two terms are at most 1 and
+    0.25 in magnitude).  ``e``: the local
     bound of :func:`fpanalysis.bounds.layers.activation_local_bound` on the box plus fp32's own.
     """
     f = cfg.fmt
@@ -905,7 +907,9 @@ def _gelu(x: _Rec, r: _Rec, cfg: BoundConfig) -> None:
         d2 = _t(gelu_second_sup(zn - rn, zn + rn), shape)
         J = _t(LB.activation_derivative("gelu", zn), shape)
     bad = ~torch.isfinite(R)
-    rho = _fix(0.5 * d2 * R * R * _RPAD + 2.0**-40 * R)
+    # the quadratic bound, or (large radii) the triangle inequality |GELU(x~+d) - GELU(x~)| + |J d|
+    quad = torch.minimum(0.5 * d2 * R * R * _RPAD, (slope + J.abs()) * R * _RPAD)
+    rho = _fix(quad + 2.0**-40 * R)
     loc = torch.where(bad, torch.full_like(loc, math.inf), loc)
     r.rho = rho
     r.w = _fix(loc + own32 + rho)
@@ -940,7 +944,9 @@ def softmax_remainder(y: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
 def _softmax(s: Step, x: _Rec, r: _Rec, cfg: BoundConfig) -> None:
     """Softmax along ``dim`` linearised at the fp32 value: ``J = diag(y) - y y^T`` per row.
 
-    ``rho``: :func:`softmax_remainder` plus the float64 Jacobian's own error: the computed
+    ``rho``: :func:`softmax_remainder` (or where smaller, the triangle inequality: the exact change
+    ``min(1, y_i expm1(R_i + max R))`` of :func:`fpanalysis.bounds.layers.propagate_softmax` plus
+    ``|J d|_i <= y_i (R_i + sum_j y_j R_j)``) plus the float64 Jacobian's own error: the computed
     ``y'`` has relative error ``t <= 8 (n + 8) u64`` (exp within a few ulps, a sum of ``n``
     positive terms, a division), and ``|(J - J')d|_i <= 3 t y_i (R_i + max R)``, bounded by
     ``4 t y'_i (R_i + max R)``.  The absolute pass uses ``y_i (v_i + sum_j y_j v_j) >= (|J| v)_i``.
@@ -964,7 +970,10 @@ def _softmax(s: Step, x: _Rec, r: _Rec, cfg: BoundConfig) -> None:
     loc = torch.where(rowbad, inf, loc)
     t = 8 * (n + 8) * _U64
     Rc = torch.where(rowbad, torch.zeros_like(Rm), Rm)
-    rho = softmax_remainder(y, Rc) + 4 * t * y * (Rc + Rc.max(-1, keepdim=True).values) * _RPAD
+    # the quadratic bound, or (large radii) |s(x~+d) - s(x~)| + |J d| (propagate_softmax, y (R + y.R))
+    cap1 = (prop + y * (Rc + (y * Rc).sum(-1, keepdim=True))) * _RPAD
+    rho = (torch.minimum(softmax_remainder(y, Rc), cap1)
+           + 4 * t * y * (Rc + Rc.max(-1, keepdim=True).values) * _RPAD)
     rho = torch.where(rowbad, inf, rho)
     cap = 1.0 + 4 * cfg.u  # both results lie in [0, 1]
     tierA = torch.clamp(_fix(loc + prop + own32), max=cap)
@@ -1005,7 +1014,9 @@ def layernorm_remainder(c: torch.Tensor, R: torch.Tensor, gamma: torch.Tensor, e
     and ``|c^.delta| / n <= rho := rms(R)`` (``|c^|_2 <= sqrt n``, ``|P d|_2 <= |d|_2``), ``|delta_i| <=
     q_i := R_i + mean R``, ``|c^_i| <= min(sqrt n, (|c_i| + q_i) / s_lo)`` and ``s(xi) >= s_lo :=
     sqrt((sd - rho)_+^2 + eps)`` (``sqrt(|c|^2/n)`` is 1-Lipschitz in ``rms``).  So
-    ``|rho_i| <= |gamma_i| (q_i rho + 2 min(sqrt n, (|c_i| + q_i) / s_lo) rho^2) / s_lo^2``; ``inf`` when
+    ``-c^_i |delta|^2/n + 3 c^_i (c^.delta)^2/n^2 = c^_i (3 (c^.delta/n)^2 - rho_d^2)`` lies between
+    ``-|c^_i| rho^2`` and ``2 |c^_i| rho^2``, so
+    ``|rho_i| <= |gamma_i| (q_i rho + min(sqrt n, (|c_i| + q_i) / s_lo) rho^2) / s_lo^2``; ``inf`` when
     ``s_lo = 0`` (``eps = 0`` and the box reaches a constant row).  ``c`` (the centred fp32 value,
     ``|c_i|`` may be an upper bound) and ``sd_lo <= sqrt(var)``: arrays over the last axis / per row.
     """
@@ -1017,7 +1028,7 @@ def layernorm_remainder(c: torch.Tensor, R: torch.Tensor, gamma: torch.Tensor, e
     s_lo = torch.sqrt(s2) / _RPAD
     with np.errstate(divide="ignore", invalid="ignore"):
         chat = torch.minimum(torch.full_like(c, math.sqrt(n) * _RPAD), (c.abs() + q) / s_lo * _RPAD)
-        val = gamma.abs() * (q * rho + 2 * chat * rho * rho) / s2 * _RPAD * _RPAD
+        val = gamma.abs() * (q * rho + chat * rho * rho) / s2 * _RPAD * _RPAD
     val = torch.where(s2 > 0, val, torch.full_like(val, math.inf))
     return _fix(val)
 
@@ -1027,7 +1038,9 @@ def _layernorm(s: Step, x: _Rec, r: _Rec, cfg: BoundConfig, cache: ParamCache) -
 
     ``J = diag(gamma^ / sigma) (I - c^ c^T / n) P`` (``c^ = (x~ - mean) / sigma``, ``sigma =
     sqrt(var + eps)``); ``k = (gamma^ - gamma) c^ + (beta^ - beta)``; ``rho``:
-    :func:`layernorm_remainder` plus the error of the float64 Jacobian data: with ``A = max |x~|``
+    :func:`layernorm_remainder` (or where smaller, the triangle inequality: the exact change of
+    :func:`fpanalysis.bounds.layers.propagate_layernorm` with ``gamma^`` plus ``|J| R``) plus the
+    error of the float64 Jacobian data: with ``A = max |x~|``
     of the row, the computed mean, centred values and ``sigma'`` obey ``|c' - c| <= dc := 6 (n + 2)
     u64 A`` and ``|sigma' - sigma| <= t sigma'``, ``t = dc / sigma' + 2 (n + 4) u64``; then
     ``|c^' - c^| <= t (1 + 2 |c^'|)`` and ``|(J - J')d|_i <= 12 t |gamma^_i| / sigma' U_i (q_i + mean(U q))``
@@ -1099,7 +1112,13 @@ def _layernorm(s: Step, x: _Rec, r: _Rec, cfg: BoundConfig, cache: ParamCache) -
     U = 1 + chu
     rhoJ = 12 * t * gh.abs() / sig * U * (q + (U * q).mean(-1, keepdim=True)) * _RPAD
     sd_lo = torch.clamp(torch.sqrt(var) * (1 - 2 * (n + 4) * _U64) - dc, min=0.0)
-    rho = layernorm_remainder(c.abs() + dc, Rf, gh, eps, sd_lo) + rhoJ
+    # the quadratic bound, or (large radii) |LN(x~+d) - LN(x~)| (propagate_layernorm, rounded weight)
+    # + |J d| (the absolute pass on R)
+    with np.errstate(all="ignore"):
+        lip = _t(LB.propagate_layernorm(rn, zn, p["weight_h"], eps, normalized_ndim=nd).value, shape).reshape(flat)
+    Pq = Rf + Rf.mean(-1, keepdim=True)
+    cap1 = _fix((lip + gs.abs() * (Pq + ch.abs() * (ch.abs() * Pq).mean(-1, keepdim=True))) * _RPAD)
+    rho = torch.minimum(layernorm_remainder(c.abs() + dc, Rf, gh, eps, sd_lo), cap1) + rhoJ
     rho = torch.where(rowbad | (t > 0.01), torch.full_like(rho, math.inf), rho)
     kk = dg * ch + db
     kerr = dg.abs() * (t * (1 + 2 * ch.abs()) + 2 * _U64 * ch.abs()) + 2 * _U64 * kk.abs()
