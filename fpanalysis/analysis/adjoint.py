@@ -928,17 +928,20 @@ def softmax_remainder(y: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
 
     With ``H_i`` the Hessian of ``s_i``, ``d^T H_i d = s_i ((d_i - dbar)^2 - V)``, where ``dbar = s.d``
     and ``V = sum_j s_j (d_j - dbar)^2 >= 0`` (all at the Lagrange point ``xi`` of the segment), so
-    ``|d^T H_i d| <= s_i(xi) max((d_i - dbar)^2, V) <= s_i(xi) (R_i + max R)^2``; and
-    ``s_i(xi) <= min(1, y_i exp(R_i + max R))`` because ``log s_i`` changes by at most
-    ``|d_i| + max |d|`` (logsumexp is 1-Lipschitz in the max-norm).  Hence
-    ``rho_i <= min(1, y_i exp(R_i + max R)) (R_i + max R)^2 / 2``.  ``inf`` on a row with an
+    ``|d^T H_i d| <= s_i(xi) max((d_i - dbar)^2, V)``.  ``s_j(xi) <= y^_j := min(1, y_j exp(R_j + max R))``
+    because ``log s_j`` changes by at most ``|d_j| + max |d|`` (logsumexp is 1-Lipschitz in the
+    max-norm); so ``|dbar| <= m := min(max R, sum_j y^_j R_j)`` and ``V <= sum_j s_j d_j^2 <=
+    min(max R^2, sum_j y^_j R_j^2)``.  Hence
+    ``rho_i <= y^_i max((R_i + m)^2, min(max R^2, sum_j y^_j R_j^2)) / 2``.  ``inf`` on a row with an
     infinite radius.
     """
     Rm = R.max(-1, keepdim=True).values
-    Ri = R + Rm
     with np.errstate(over="ignore"):
-        yup = torch.clamp(y * torch.exp(Ri) * _RPAD, max=1.0)
-    return _fix(0.5 * yup * Ri * Ri * _RPAD)
+        yup = torch.clamp(y * torch.exp(R + Rm) * _RPAD, max=1.0)
+    m = torch.minimum(Rm, (yup * R).sum(-1, keepdim=True) * _RPAD)
+    V = torch.minimum(Rm * Rm, (yup * R * R).sum(-1, keepdim=True) * _RPAD)
+    Ri = R + m
+    return _fix(0.5 * yup * torch.maximum(Ri * Ri, V) * _RPAD)
 
 
 def _softmax(s: Step, x: _Rec, r: _Rec, cfg: BoundConfig) -> None:
