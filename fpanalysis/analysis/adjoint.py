@@ -932,18 +932,32 @@ def softmax_remainder(y: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
     and ``V = sum_j s_j (d_j - dbar)^2 >= 0`` (all at the Lagrange point ``xi`` of the segment), so
     ``|d^T H_i d| <= s_i(xi) max((d_i - dbar)^2, V)``.  ``s_j(xi) <= y^_j := min(1, y_j exp(R_j + max R))``
     because ``log s_j`` changes by at most ``|d_j| + max |d|`` (logsumexp is 1-Lipschitz in the
-    max-norm); so ``|dbar| <= m := min(max R, sum_j y^_j R_j)`` and ``V <= sum_j s_j d_j^2 <=
-    min(max R^2, sum_j y^_j R_j^2)``.  Hence
-    ``rho_i <= y^_i max((R_i + m)^2, min(max R^2, sum_j y^_j R_j^2)) / 2``.  ``inf`` on a row with an
-    infinite radius.
+    max-norm), refined once to ``y_j exp(R_j + sum_k y^_k R_k)`` (the change of logsumexp along the
+    segment is ``sum_k s_k(xi') theta d_k``, at most ``sum_k y^_k R_k``).  Two bounds on each part: ``|d_i - dbar| = |sum_{j != i} s_j (d_i - d_j)|`` is at most
+    ``R_i + min(max R, sum_j y^_j R_j)`` and at most ``T_i := sum_{j != i} y^_j (R_i + R_j)`` (small for
+    the peak of a peaked row); ``V = min_c sum_j s_j (d_j - c)^2`` is at most ``sum_j s_j d_j^2 <=
+    min(max R^2, sum_j y^_j R_j^2)`` and, with ``c = d_p`` (``p`` the row's largest ``y``), at most
+    ``sum_{j != p} y^_j (R_j + R_p)^2``.  Hence ``rho_i <= y^_i max(D_i^2, V^) / 2`` with ``D_i`` and ``V^``
+    the smaller bounds.  ``inf`` on a row with an infinite radius.
     """
     Rm = R.max(-1, keepdim=True).values
     with np.errstate(over="ignore"):
         yup = torch.clamp(y * torch.exp(R + Rm) * _RPAD, max=1.0)
-    m = torch.minimum(Rm, (yup * R).sum(-1, keepdim=True) * _RPAD)
-    V = torch.minimum(Rm * Rm, (yup * R * R).sum(-1, keepdim=True) * _RPAD)
-    Ri = R + m
-    return _fix(0.5 * yup * torch.maximum(Ri * Ri, V) * _RPAD)
+        # refined: logsumexp changes by sum_j s_j(xi') theta d_j on the segment, at most sum_j y^_j R_j
+        yup = torch.minimum(yup, y * torch.exp(R + (yup * R).sum(-1, keepdim=True) * _RPAD) * _RPAD)
+    S1 = (yup * R).sum(-1, keepdim=True) * _RPAD
+    Sy = yup.sum(-1, keepdim=True) * _RPAD
+    m = torch.minimum(Rm, S1)
+    # T_i by subtraction from the row sums: each difference is padded by its operands' magnitude
+    T = (torch.clamp(R * (Sy - yup), min=0.0) + torch.clamp(S1 - yup * R, min=0.0)) * _RPAD \
+        + 2.0**-44 * (R * Sy + S1)
+    D = torch.minimum(R + m, T)
+    p = y.argmax(-1, keepdim=True)
+    Rp = R.gather(-1, p)
+    others = torch.ones_like(R).scatter_(-1, p, 0.0)
+    V = torch.minimum(torch.minimum(Rm * Rm, (yup * R * R).sum(-1, keepdim=True) * _RPAD),
+                      (others * yup * (R + Rp) ** 2).sum(-1, keepdim=True) * _RPAD)
+    return _fix(0.5 * yup * torch.maximum(D * D, V) * _RPAD)
 
 
 def _softmax(s: Step, x: _Rec, r: _Rec, cfg: BoundConfig) -> None:
