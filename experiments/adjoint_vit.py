@@ -29,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 @dataclass
 class Config:
     epochs: int = 2
+    depth: int = 2
     n: int = 256
     n_exact: int = 32
     batch: int = 32
@@ -55,9 +56,9 @@ def train(ds, cfg: Config):
 
     from fpanalysis.nn.models import build_model
 
-    cache = HERE / "results" / "_scratch" / f"adjoint_vit-e{cfg.epochs}-s{cfg.seed}.pt"
+    cache = HERE / "results" / "_scratch" / f"adjoint_vit-d{cfg.depth}-e{cfg.epochs}-s{cfg.seed}.pt"
     torch.manual_seed(cfg.seed)
-    model = build_model("vit_tiny", input_shape=ds.input_shape, num_classes=ds.num_classes)
+    model = build_model("vit_tiny", input_shape=ds.input_shape, num_classes=ds.num_classes, depth=cfg.depth)
     t0 = time.perf_counter()
     if cache.is_file():
         model.load_state_dict(torch.load(cache, weights_only=True))
@@ -79,7 +80,7 @@ def train(ds, cfg: Config):
     with torch.no_grad():
         acc = float((model(torch.from_numpy(ds.x_test)).argmax(1) == torch.from_numpy(ds.y_test).long())
                     .double().mean())
-    return model, {"optimizer": "adam", "lr": 1e-3, "batch_size": 32, "epochs": cfg.epochs, "seed": cfg.seed,
+    return model, {"depth": cfg.depth, "optimizer": "adam", "lr": 1e-3, "batch_size": 32, "epochs": cfg.epochs, "seed": cfg.seed,
                    "fp32_test_acc": acc, "train_or_load_s": time.perf_counter() - t0}
 
 
@@ -141,7 +142,7 @@ def main(argv: list[str]) -> dict:
                    | {"within_0.25_2": float(np.mean((ratio >= 0.25) & (ratio <= 2.0)))}}
         out["tiers"][tier] = row
         print(f"[{tier}] {row}", flush=True)
-    path = Path(cfg.out or HERE / "results" / "adjoint_vit.json")
+    path = Path(cfg.out or HERE / "results" / ("adjoint_vit.json" if cfg.depth == 2 else f"adjoint_vit-depth{cfg.depth}.json"))
     write_json(path, out)
     print(f"wrote {path}")
     return out

@@ -1,4 +1,4 @@
-"""Adjoint (first-order exact) certificates of fp16-vs-fp32 agreement for piecewise-linear networks.
+"""Adjoint (first-order exact) certificates of fp16-vs-fp32 agreement: piecewise-linear and smooth networks.
 
 The interval certificate (:mod:`.network_bounds`) propagates a componentwise bound through
 ``|W|`` and so ignores the sign cancellations that keep the real error near one local
@@ -8,9 +8,10 @@ module bounds the error at the logits through the network's Jacobian instead.
 Decomposition (exact, not first order).  Let ``x~_s`` be the fp32 run's value of step ``s``,
 ``x^_s`` the low-precision run's value, ``d_s = x^_s - x~_s``.  Every supported step is, with the
 rounded parameters, affine (linear, conv, batch norm in eval, pooling by averaging, residual
-add, reshapes) or piecewise linear (ReLU, max pooling), and each is split as::
+add, reshapes) or piecewise linear (ReLU, max pooling), or smooth (GELU, layer norm, softmax, the
+product of two activations), and each is split as::
 
-    d_s = L_s d_in + k_s + e_s + eta_s
+    d_s = L_s d_in + k_s + e_s + eta_s        (+ rho_s for a smooth step)
 
 * ``L_s``: the step's linear map with the ROUNDED parameters (``W^``, ``alpha^ = w^/sqrt(v^+eps)``),
   and for ReLU / max pooling the selection made by the fp32 run (the fp32 activation pattern);
@@ -23,22 +24,35 @@ add, reshapes) or piecewise linear (ReLU, max pooling), and each is split as::
 * ``eta_s``: the switching slack.  ReLU: ``relu(z + d) - relu(z) - [z > 0] d`` lies between 0
   and ``-(|d| - |z|)_+`` (z > 0) or ``(|d| - |z|)_+`` (z <= 0), so ``|eta| <= (R - |z|)_+`` for
   ``|d| <= R``.  Max pooling with the fp32 winner ``i*``: ``max_i(z_i + d_i) - z_i* - d_i*``
-  lies in ``[0, max_{i != i*} (R_i + R_i* - (z_i* - z_i))_+]``.
+  lies in ``[0, max_{i != i*} (R_i + R_i* - (z_i* - z_i))_+]``;
+* ``rho_s`` (smooth steps): ``L_s`` is the Jacobian at the fp32 value ``x~`` (with the rounded
+  parameters) and ``rho_s = f(x~ + d) - f(x~) - J d`` the second-order remainder, bounded rigorously
+  over the box ``|d| <= R_in`` by Taylor's theorem with the Lagrange remainder,
+  ``|rho_i| <= sup_box |d^T H_i d| / 2``: GELU ``sup |GELU''| R^2 / 2`` (``|GELU''| <= 2 phi(0)``,
+  :func:`gelu_second_sup`); softmax through ``d^T H_i d = s_i ((d_i - dbar)^2 - Var_s(d))`` and
+  ``s_i <= y_i exp(R_i + max R)`` on the box (:func:`softmax_remainder`); layer norm through the
+  Hessian of ``c / sqrt(|c|^2/n + eps)`` and ``sqrt(var) >= sqrt(var~) - rms(R)`` on the box (infinite
+  when the box reaches zero variance without ``eps``; :func:`layernorm_remainder`); the product of
+  two activations ``(A~ + dA)(B~ + dB) - A~ B~ = dA B~ + A~ dB + dA dB`` exactly, ``|dA dB| <= R_A R_B``.
+  Each is also capped by the triangle inequality (exact change plus ``|J| R``) where that is
+  smaller, and carries the error of the float64 Jacobian data.  ``rho`` is an unknown slack like
+  ``eta``: it enters the margin bound (``sum |g| rho_bar``) and the radii of later steps.  A constant
+  tensor (``param``, a position embedding) contributes its rounding as a known part ``k``.
 
 Unrolling over the steps, the logit difference is exactly ``d_L = sum_s J_{L<-s}(k_s + e_s + eta_s)``
 with ``J`` the product of the ``L_s``.  So ``mu = J k`` (one forward pass of the linear
 network: a JVP) and, for any vector ``c``, ``|c^T d_L - c^T mu| <= sum_s |g_s| (e_bar_s + eta_bar_s)``
 with ``g_s = J_{L<-s}^T c`` (one backward pass: a VJP).  The certificate takes ``c = e_c - e_j``
 (``c`` the fp32 class): the margin ``m_j = z_c - z_j`` cannot change sign when
-``m_j > |mu_c - mu_j| + sum_s |g_{j,s}| (e_bar_s + eta_bar_s)`` for every ``j != c``; ``c = e_i``
+``m_j > |mu_c - mu_j| + sum_s |g_{j,s}| (e_bar_s + eta_bar_s + rho_bar_s)`` for every ``j != c``; ``c = e_i``
 gives the componentwise bound on ``|z16_i - z32_i|`` that is compared with the observed delta.
 This is the first-order term of FPTaylor (Solovyev, Baranowski, Briggs, Jacobsen, Rakamaric,
 Gopalakrishnan, "Rigorous Estimation of Floating-Point Round-Off Errors with Symbolic Taylor
-Expansions", TOPLAS 41(1), 2018), made exact for piecewise-linear maps by the switching slack,
-i.e. the small-perturbation case of the linear relaxations of CROWN / auto_LiRPA (Zhang et al.,
+Expansions", TOPLAS 41(1), 2018), made exact for piecewise-linear maps by the switching slack and
+for smooth maps by the remainder, i.e. the small-perturbation case of the linear relaxations of CROWN / auto_LiRPA (Zhang et al.,
 NeurIPS 2018; Xu et al., NeurIPS 2020) with the rounding errors as perturbations.
 
-Radii.  ``R_s >= |d_s|`` is needed at every ReLU / max-pool input and for the local bounds:
+Radii.  ``R_s >= |d_s|`` is needed at every ReLU / max-pool / smooth-step input and for the local bounds:
 ``R_s = min(G_s, |mu_s| + |J| (e_bar + eta_bar))`` where ``G_s`` is the interval bound of
 :mod:`.network_bounds` ("tier A", recomputed here step by step from the smaller radius) and the
 second term is the same linear network propagated with absolute values; both are sound, so is
@@ -52,7 +66,10 @@ radius add ``gamma A`` with ``gamma = 4 N u64 / (1 - 4 N u64)`` (``N`` also coun
 per-step sum; computed from the network's shapes before any radius, required ``<= 2**-30``) and
 pad every sum by ``1 + 2**-40``.  ``A`` is a product of absolute values and grows like the
 interval bound on deep networks, so this allowance must be the network's own ``gamma_N``, not a
-fixed one: on ResNet-20 a fixed ``2**-30`` alone exceeded the logit margins.  ``k`` is
+fixed one: on ResNet-20 a fixed ``2**-30`` alone exceeded the logit margins.  Smooth steps use
+upper forms of ``|J|`` in the absolute pass (softmax ``y_i (v_i + sum_j y_j v_j)``, layer norm
+``|gamma|/sigma (v + mean v + |c^| mean(|c^| (v + mean v)))``), which are the absolute values of their
+float64 evaluations, and a layer norm counts ``2 n`` in ``N`` (two nested means).  ``k`` is
 computed in float64 from the exact rounded parameters (its error, ``2 (n + 2) u64 |W^ - W| |x~|``,
 is added to ``e_bar``).  If any ``e_bar`` or ``eta_bar`` of an input is infinite (possible
 overflow), that input is not certified and its bounds are infinite.
@@ -73,9 +90,12 @@ roundings in the profile's summation tree (:func:`_ieee_var`, :func:`partial_sum
 other profiles round the output once.  It is a calibrated estimate, labelled as such, never
 used to certify (docs/theory.md section 2.3a).
 
-Smooth layers (layer norm, softmax, GELU, tanh, sigmoid, SiLU, products of activations such as
-``Q K^T``) are not certified by the adjoint method: :func:`unsupported_steps` lists them and
-:func:`fpanalysis.analysis.analyze` falls back to the interval certificate, saying so.
+Smooth layers other than those above (tanh, sigmoid, SiLU, GELU's tanh approximation) are not
+certified by the adjoint method: :func:`unsupported_steps` lists them and
+:func:`fpanalysis.analysis.analyze` falls back to the interval certificate, saying so.  On the
+tiny ViT the remainders are quadratic in radii that are worst-case sums (~50-100x the observed
+error after one block), so they compound through the second block's attention and layer norms
+and the logit bound of ``experiments/adjoint_vit.py`` can stay infinite.
 See docs/theory.md (sections 2.3a and 3.3) for the certificate and the interval bounds it builds on.
 
 >>> import torch
