@@ -6,8 +6,8 @@ over tokens, linear head) is trained in fp32 with the recipe of :mod:`experiment
 (Adam, lr 1e-3, batch 32, seed 0) for ``epochs`` epochs on MNIST, then
 :func:`fpanalysis.analysis.adjoint.adjoint_certificate` runs on the first ``n`` test images with
 ``radii="interval"`` (tier A) and ``radii="exact"`` (tier B; on the first ``n_exact`` images, it
-costs one backward pass per neuron at every smooth-step input).  Observed: the emulator's fp16 run
-against fp32 -- bound violations (``|z16_i - z32_i| > bound_i``), margin violations and certified
+costs one backward pass per neuron at every smooth-step input).  Observed: the emulator's and torch's
+CPU half kernels' fp16 runs against fp32 -- bound violations (``|z16_i - z32_i| > bound_i``), margin violations and certified
 inputs whose class flips (all must be 0), medians of bound / delta and limit / delta, and the
 predictor's delta / delta_pred quantiles.
 
@@ -104,42 +104,40 @@ def main(argv: list[str]) -> dict:
     tr = trace_model(model)
     bc = BoundConfig.make("fp16", cfg.profile)
     X = torch.from_numpy(ds.x_test[:cfg.n])
-    obs = run_model(tr, X, "fp16", backends=("float32", "emulator"))
+    obs = run_model(tr, X, "fp16", backends=("float32", "emulator", "half"))
     z_all = obs["float32"][tr.output].double().numpy()
-    o_all = obs["emulator"][tr.output].double().numpy()
     out: dict = {"config": asdict(cfg), "training": record, "environment": environment(), "tiers": {}}
     for tier, n in (("interval", cfg.n), ("exact", min(cfg.n, cfg.n_exact))):
         if n <= 0:
             continue
-        z, o = z_all[:n], o_all[:n]
+        z = z_all[:n]
         c = z.argmax(1)
         ar = np.arange(n)
         t0 = time.perf_counter()
         res = adjoint_certificate(tr, X[:n], bc, batch_size=cfg.batch, radii=tier, row_chunk=cfg.row_chunk)
         sec = time.perf_counter() - t0
-        d = o - z
-        dm = np.abs(d[ar, c][:, None] - d)
-        delta = np.abs(d).max(1)
-        fin = delta > 0
         rowb = res.bound.max(1)
-        ratio = delta[fin] / res.predicted[fin]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            row = {"n": n, "seconds": sec, "certified": int(res.certified.sum()),
-                   "certified_fraction": float(res.certified.mean()),
-                   "finite_bounds": int(np.isfinite(rowb).sum()),
-                   "bound_violations": int((np.abs(d) > res.bound).any(1).sum()),
-                   "margin_violations": int((dm > res.margin_bound).any(1).sum()),
-                   "certified_flips": int(((o.argmax(1) != c) & res.certified).sum()),
-                   "flips": int((o.argmax(1) != c).sum()),
-                   "median_delta": float(np.median(delta)),
-                   "median_bound": float(np.median(rowb)), "median_limit": float(np.median(res.limit)),
-                   "median_switching_and_remainders": float(np.median(res.switching)),
-                   "median_margin": float(np.median(np.sort(res.margin, 1)[:, 1])),
-                   "median_bound_over_delta": float(np.median(rowb[fin] / delta[fin])),
-                   "median_limit_over_delta": float(np.median(res.limit[fin] / delta[fin])),
-                   "delta_over_pred": {f"q{round(100 * q):02d}": _quantile(ratio, q)
-                                       for q in (0.05, 0.25, 0.5, 0.75, 0.95)}
-                   | {"within_0.25_2": float(np.mean((ratio >= 0.25) & (ratio <= 2.0)))}}
+        row = {"n": n, "seconds": sec, "certified": int(res.certified.sum()),
+               "certified_fraction": float(res.certified.mean()), "finite_bounds": int(np.isfinite(rowb).sum()),
+               "median_bound": float(np.median(rowb)), "median_limit": float(np.median(res.limit)),
+               "median_switching_and_remainders": float(np.median(res.switching)),
+               "median_margin": float(np.median(np.sort(res.margin, 1)[:, 1])), "runs": {}}
+        for be in ("emulator", "half"):
+            o = obs[be][tr.output].double().numpy()[:n]
+            d = o - z
+            dm = np.abs(d[ar, c][:, None] - d)
+            delta = np.abs(d).max(1)
+            fin = delta > 0
+            ratio = delta[fin] / res.predicted[fin]
+            row["runs"][be] = {
+                "bound_violations": int((np.abs(d) > res.bound).any(1).sum()),
+                "margin_violations": int((dm > res.margin_bound).any(1).sum()),
+                "certified_flips": int(((o.argmax(1) != c) & res.certified).sum()),
+                "flips": int((o.argmax(1) != c).sum()), "median_delta": float(np.median(delta)),
+                "median_bound_over_delta": float(np.median(rowb[fin] / delta[fin])),
+                "median_limit_over_delta": float(np.median(res.limit[fin] / delta[fin])),
+                "delta_over_pred": {f"q{round(100 * q):02d}": _quantile(ratio, q) for q in (0.05, 0.25, 0.5, 0.75, 0.95)}
+                | {"within_0.25_2": float(np.mean((ratio >= 0.25) & (ratio <= 2.0)))}}
         out["tiers"][tier] = row
         print(f"[{tier}] {row}", flush=True)
     path = Path(cfg.out or HERE / "results" / ("adjoint_vit.json" if cfg.depth == 2 else f"adjoint_vit-depth{cfg.depth}.json"))

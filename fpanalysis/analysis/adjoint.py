@@ -905,13 +905,50 @@ def gelu_second_sup(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return out * _RPAD + 2.0**-1000
 
 
+def _gelu1_range(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(inf, sup) of ``GELU'`` over ``[lo, hi]`` (its extrema are at ``+-sqrt 2``, the zeros of ``GELU''``),
+    widened by ``2**-40`` for the float64 evaluation."""
+    d = LB.activation_derivative
+    a, b = d("gelu", lo), d("gelu", hi)
+    mn, mx = np.minimum(a, b), np.maximum(a, b)
+    for c in (-math.sqrt(2.0), math.sqrt(2.0)):
+        inside = (lo <= c) & (c <= hi)
+        v = float(d("gelu", np.float64(c)))
+        mn, mx = np.where(inside, np.minimum(mn, v), mn), np.where(inside, np.maximum(mx, v), mx)
+    return mn - 2.0**-40, mx + 2.0**-40
+
+
+def gelu_remainder(x: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """Bound on ``|GELU(x + d) - GELU(x) - GELU'(x) d|`` for ``|d| <= R`` (elementwise, float64).
+
+    ``r(d) = int_0^d (GELU'(x + t) - GELU'(x)) dt`` and the integrand is at most ``L |t|`` (``L`` the
+    sup of ``|GELU''|`` on the side's segment, :func:`gelu_second_sup`) and at most ``D``, the largest
+    deviation of ``GELU'`` from ``GELU'(x)`` on it; so ``|r| <= int_0^R min(L t, D) dt``, which is
+    ``L R^2 / 2`` when ``L R <= D`` and ``D R - D^2 / (2 L)`` otherwise (the Lagrange bound for small
+    radii, nearly ``D R`` for large ones).  The larger of the two sides ``[x - R, x]``, ``[x, x + R]``.
+
+    >>> float(gelu_remainder(np.array(0.0), np.array(1e-3))) <= 0.5 * 0.7979 * 1e-6 * 1.0001
+    True
+    """
+    x, R = np.asarray(x, dtype=np.float64), np.asarray(R, dtype=np.float64)
+    J = LB.activation_derivative("gelu", x)
+    out = np.zeros(np.broadcast_shapes(x.shape, R.shape))
+    with np.errstate(all="ignore"):
+        for lo, hi in ((x - R, x), (x, x + R)):
+            L = gelu_second_sup(lo, hi)
+            mn, mx = _gelu1_range(lo, hi)
+            D = np.maximum(mx - J, J - mn) * _RPAD
+            F = np.where(L * R <= D, 0.5 * L * R * R, D * R - D * D / (2 * L))
+            out = np.maximum(out, F * _RPAD * _RPAD)
+    return np.where(np.isfinite(R), out, np.inf)
+
+
 def _gelu(x: _Rec, r: _Rec, cfg: BoundConfig) -> None:
     """GELU (erf form) linearised at the fp32 value: ``d = GELU'(x~) d_in + rho + e``.
 
-    Taylor with Lagrange remainder: ``|rho| <= sup_box |GELU''| R^2 / 2`` over ``|x - x~| <= R``
-    (:func:`gelu_second_sup`), or where smaller ``(sup_box |GELU'| + |GELU'(x~)|) R`` (the triangle
-    inequality: the first-order slope over the box bounds the change), plus ``2**-40 R`` for the
-    float64 value of ``GELU'(x~)`` (an absolute error of a few u64: its two terms are at most 1 and
+    ``|rho| <= int_0^R min(L t, D) dt`` (:func:`gelu_remainder`: Taylor with the Lagrange remainder
+    ``sup |GELU''| R^2 / 2`` for small radii, the range of ``GELU'`` on the box for large ones), plus
+    ``2**-40 R`` for the float64 value of ``GELU'(x~)`` (an absolute error of a few u64: its two terms are at most 1 and
     0.25 in magnitude).  ``e``: the local
     bound of :func:`fpanalysis.bounds.layers.activation_local_bound` on the box plus fp32's own.
     """
@@ -926,12 +963,9 @@ def _gelu(x: _Rec, r: _Rec, cfg: BoundConfig) -> None:
         loc0 = _t(LB.activation_local_bound("gelu", zn, f, mode=cfg.mode).value, shape)
         own32 = _t(LB.activation_local_bound("gelu", zn, "fp32").value, shape)
         slope = _t(LB.activation_slope("gelu", zn, radius=rn), shape)
-        d2 = _t(gelu_second_sup(zn - rn, zn + rn), shape)
         J = _t(LB.activation_derivative("gelu", zn), shape)
     bad = ~torch.isfinite(R)
-    # the quadratic bound, or (large radii) the triangle inequality |GELU(x~+d) - GELU(x~)| + |J d|
-    quad = torch.minimum(0.5 * d2 * R * R * _RPAD, (slope + J.abs()) * R * _RPAD)
-    rho = _fix(quad + 2.0**-40 * R)
+    rho = _fix(_t(gelu_remainder(zn, _np(R)), shape) + 2.0**-40 * R)
     loc = torch.where(bad, torch.full_like(loc, math.inf), loc)
     r.rho = rho
     r.w = _fix(loc + own32 + rho)
