@@ -187,10 +187,11 @@ class AdjointResult:
 
 
 class _Rec:
-    __slots__ = ("Ak", "Aw", "G", "gam", "is_eta", "lin", "mu", "rho", "var", "w", "w0", "z")
+    __slots__ = ("Ak", "Aw", "G", "gam", "is_eta", "lin", "mu", "phi", "rho", "var", "w", "w0", "z")
 
     def __init__(self) -> None:
         self.z = self.G = self.mu = self.Ak = self.Aw = self.lin = self.w = self.w0 = self.var = self.rho = None
+        self.phi = None
         self.is_eta = False
         self.gam = _SLACK
 
@@ -443,6 +444,8 @@ def _forward_sweep(traced: TracedModel, x: torch.Tensor, cfg: BoundConfig, cache
                 r.mu, r.Ak, r.Aw = k, k.abs(), torch.zeros_like(k)
                 continue
             ins = [R[n] for n in s.inputs if n in R]
+            if radii == "exact" and s.kind == "layernorm":
+                r.phi = _ln_phi(traced, R, s, sizes, cache)
             _forward(s, ins, r, cfg, cache, sizes)
             if s.name in exact_at and r.z.is_floating_point() and r.z.ndim >= 1 and s.kind != "param":
                 r.G = torch.minimum(r.G, _exact_rows(traced, R, s.name, sizes, cache, row_chunk))
@@ -488,23 +491,76 @@ def _exact_rows(traced: TracedModel, R: dict[str, _Rec], upto: str, sizes: dict,
             S = min(int(row_chunk), n - start)
             seed = torch.zeros(S, B, n, dtype=torch.float64)
             seed[torch.arange(S), :, start + torch.arange(S)] = 1.0
-            grads = {upto: seed.reshape((S, B) + shape)}
-            part = torch.zeros(S, B, dtype=torch.float64)
-            for s in reversed(prefix):
-                if s.kind == "size" or s.name not in grads:
-                    continue
-                g = grads.pop(s.name)
-                r = R[s.name]
-                if r.w is not None:
-                    part += _dot(g.reshape(S, B, -1).abs(), r.w, B)
-                if s.kind in ("input", "param"):
-                    continue
-                for name, gi in _backward(s, g, r, [R[m] for m in s.inputs if m in R], S, B, cache, sizes):
-                    grads[name] = grads[name] + gi if name in grads else gi
+            part = _prefix_abs(prefix, R, upto, seed.reshape((S, B) + shape), sizes, cache)
             acc[:, start:start + S] = part.T
     acc = acc.reshape((B,) + shape)
     rad = _fix((r_t.mu.abs() + acc * _PAD + r_t.gam * (r_t.Ak + r_t.Aw)) * _PAD)
     return torch.where(finite.reshape((B,) + (1,) * len(shape)), rad, torch.full_like(rad, math.inf))
+
+
+def _prefix_abs(prefix: list[Step], R: dict[str, _Rec], upto: str, seed: torch.Tensor, sizes: dict,
+                cache: ParamCache) -> torch.Tensor:
+    """``sum_{s <= upto} |J_{upto<-s}^T v| w_s`` (S, B) for the S seeds ``v`` (S, B, *shape of upto):
+    one backward pass of the linearisation through ``prefix`` (the steps up to ``upto``)."""
+    S, B = int(seed.shape[0]), int(seed.shape[1])
+    grads = {upto: seed}
+    part = torch.zeros(S, B, dtype=torch.float64)
+    for s in reversed(prefix):
+        if s.kind == "size" or s.name not in grads:
+            continue
+        g = grads.pop(s.name)
+        r = R[s.name]
+        if s.kind in ("input", "param"):
+            continue
+        if r.w is not None:
+            part += _dot(g.reshape(S, B, -1).abs(), r.w, B)
+        for name, gi in _backward(s, g, r, [R[m] for m in s.inputs if m in R], S, B, cache, sizes):
+            grads[name] = grads[name] + gi if name in grads else gi
+    return part
+
+
+def _ln_phi(traced: TracedModel, R: dict[str, _Rec], s: Step, sizes: dict, cache: ParamCache) -> torch.Tensor:
+    """Tier B at a layer norm: a sound bound on ``|c^ . d| / n`` per normalised row of its input.
+
+    ``c^ = (x~ - mean) / sigma`` (centred, so ``c^ . P d = c^ . d``) is one linear functional of the
+    input's perturbation ``d``; as for an exact row (:func:`_exact_rows`),
+    ``|c^ . d| <= |c^ . mu| + sum_s |J^T c^| w_s`` with one backward pass per row, plus the float64
+    allowance ``gamma sum |c^| (Ak + Aw)`` and the error of the computed ``c^'`` (``|c^ - c^'| <=
+    t (1 + 2 |c^'|)``, :func:`_layernorm`) times ``R``.  Used by :func:`layernorm_remainder` in place
+    of the Cauchy-Schwarz bound ``rms(R)``: the worst case of one functional is far below the
+    worst case over all sign patterns.  Returns (B, *lead, 1); inf where any bound is infinite.
+    """
+    x = R[s.inputs[0]]
+    nd = len(s.attrs["normalized_shape"])
+    eps = float(s.attrs["eps"])
+    z = x.z.double()
+    B = int(z.shape[0])
+    flat = tuple(z.shape[:z.ndim - nd]) + (-1,)
+    zf = z.reshape(flat)
+    n = int(zf.shape[-1])
+    c = zf - zf.mean(-1, keepdim=True)
+    sig = torch.sqrt((c * c).mean(-1, keepdim=True) + eps)
+    ch = c / sig
+    t = 6 * (n + 2) * _U64 * zf.abs().max(-1, keepdim=True).values / sig + 2 * (n + 4) * _U64
+    rows = int(np.prod(zf.shape[1:-1])) if zf.ndim > 2 else 1
+    chr_ = ch.reshape(B, rows, n)
+    seed = torch.zeros(rows, B, rows, n, dtype=torch.float64)
+    for i in range(rows):
+        seed[i, :, i, :] = chr_[:, i, :] / n
+    prefix = []
+    for st in traced.steps:
+        prefix.append(st)
+        if st.name == s.inputs[0]:
+            break
+    part = _prefix_abs(prefix, R, s.inputs[0], seed.reshape((rows,) + tuple(z.shape)), sizes, cache).T  # (B, rows)
+    v = ch.abs().reshape(B, rows, n) / n
+    mu = (chr_ * x.mu.expand(z.shape).reshape(B, rows, n)).sum(-1).abs() / n
+    allow = x.gam * (v * (x.Ak + x.Aw).expand(z.shape).reshape(B, rows, n)).sum(-1)
+    Rf = x.G.reshape(B, rows, n)
+    dch = ((t.reshape(B, rows, 1) * (1 + 2 * ch.abs().reshape(B, rows, n))) * Rf).sum(-1) / n
+    phi = _fix((mu + part * _PAD + allow + dch) * _PAD)
+    phi = torch.where(t.reshape(B, rows) > 0.01, torch.full_like(phi, math.inf), phi)
+    return phi.reshape(tuple(z.shape[:z.ndim - nd]) + (1,))
 
 
 def adjoint_radii(traced: TracedModel, x: torch.Tensor, cfg: BoundConfig, cache: ParamCache | None = None, *,
@@ -1075,7 +1131,7 @@ def _softmax(s: Step, x: _Rec, r: _Rec, cfg: BoundConfig) -> None:
 
 
 def layernorm_remainder(c: torch.Tensor, R: torch.Tensor, gamma: torch.Tensor, eps: float,
-                        sd_lo: torch.Tensor) -> torch.Tensor:
+                        sd_lo: torch.Tensor, phi: torch.Tensor | None = None) -> torch.Tensor:
     """Bound on ``|LN(x~ + d) - LN(x~) - J d|`` for ``|d| <= R`` (last axis normalised, ``n`` long).
 
     ``LN(x) = gamma n(P x) + beta`` with ``P`` the centring projection and ``n(c) = c / s(c)``,
@@ -1101,7 +1157,13 @@ def layernorm_remainder(c: torch.Tensor, R: torch.Tensor, gamma: torch.Tensor, e
     s_lo = torch.sqrt(s2) / _RPAD
     with np.errstate(divide="ignore", invalid="ignore"):
         chat = torch.minimum(torch.full_like(c, math.sqrt(n) * _RPAD), (c.abs() + q) / s_lo * _RPAD)
-        val = gamma.abs() * (q * rho + chat * rho * rho) / s2 * _RPAD * _RPAD
+        # |t| = |c^(xi) . delta| / n: Cauchy-Schwarz rho, or mean(c^max R) (c^(xi) centred), or the
+        # exact functional phi at x~ plus the turn of c^ along the segment, rho^2 / s_lo
+        tb = torch.minimum(rho, (chat * R).mean(-1, keepdim=True) * _RPAD)
+        if phi is not None:
+            tb = torch.minimum(tb, (phi + rho * rho / s_lo) * _RPAD)
+        cterm = 0.5 * torch.maximum(rho * rho, torch.minimum(3 * tb * tb, 2 * rho * rho))
+        val = gamma.abs() * (q * tb + chat * cterm) / s2 * _RPAD * _RPAD
     val = torch.where(s2 > 0, val, torch.full_like(val, math.inf))
     return _fix(val)
 
@@ -1124,6 +1186,7 @@ def _layernorm(s: Step, x: _Rec, r: _Rec, cfg: BoundConfig, cache: ParamCache) -
     a = s.attrs
     nd = len(a["normalized_shape"])
     eps = float(a["eps"])
+    x_phi = r.phi
     z = x.z.double()
     shape = z.shape
     flat = shape[:len(shape) - nd] + (-1,)
@@ -1191,7 +1254,8 @@ def _layernorm(s: Step, x: _Rec, r: _Rec, cfg: BoundConfig, cache: ParamCache) -
         lip = _t(LB.propagate_layernorm(rn, zn, p["weight_h"], eps, normalized_ndim=nd).value, shape).reshape(flat)
     Pq = Rf + Rf.mean(-1, keepdim=True)
     cap1 = _fix((lip + gs.abs() * (Pq + ch.abs() * (ch.abs() * Pq).mean(-1, keepdim=True))) * _RPAD)
-    rho = torch.minimum(layernorm_remainder(c.abs() + dc, Rf, gh, eps, sd_lo), cap1) + rhoJ
+    phi = None if x_phi is None else x_phi.reshape(flat[:-1] + (1,))
+    rho = torch.minimum(layernorm_remainder(c.abs() + dc, Rf, gh, eps, sd_lo, phi), cap1) + rhoJ
     rho = torch.where(rowbad | (t > 0.01), torch.full_like(rho, math.inf), rho)
     kk = dg * ch + db
     kerr = dg.abs() * (t * (1 + 2 * ch.abs()) + 2 * _U64 * ch.abs()) + 2 * _U64 * kk.abs()
