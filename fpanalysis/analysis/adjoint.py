@@ -1131,7 +1131,8 @@ def _softmax(s: Step, x: _Rec, r: _Rec, cfg: BoundConfig) -> None:
 
 
 def layernorm_remainder(c: torch.Tensor, R: torch.Tensor, gamma: torch.Tensor, eps: float,
-                        sd_lo: torch.Tensor, phi: torch.Tensor | None = None) -> torch.Tensor:
+                        sd_lo: torch.Tensor, phi: torch.Tensor | None = None,
+                        sig_hi: torch.Tensor | None = None) -> torch.Tensor:
     """Bound on ``|LN(x~ + d) - LN(x~) - J d|`` for ``|d| <= R`` (last axis normalised, ``n`` long).
 
     ``LN(x) = gamma n(P x) + beta`` with ``P`` the centring projection and ``n(c) = c / s(c)``,
@@ -1153,7 +1154,13 @@ def layernorm_remainder(c: torch.Tensor, R: torch.Tensor, gamma: torch.Tensor, e
     rho = torch.sqrt((R * R).mean(-1, keepdim=True)) * _RPAD
     q = R + R.mean(-1, keepdim=True) * _RPAD
     gap = torch.clamp(sd_lo - rho, min=0.0)
-    s2 = gap * gap / _RPAD + eps / _RPAD
+    # |xi|^2/n = var + 2 theta c.delta/n + theta^2 |delta|^2/n >= var - 2 |c.d|/n (c centred), and
+    # |c.d|/n <= mean(|c| R), or sigma phi with the exact functional phi >= |c^.d|/n
+    cd = (c.abs() * R).mean(-1, keepdim=True) * _RPAD
+    if phi is not None and sig_hi is not None:
+        cd = torch.minimum(cd, sig_hi * phi * _RPAD)
+    g2 = torch.maximum(gap * gap, sd_lo * sd_lo / _RPAD - 2 * cd)
+    s2 = torch.clamp(g2, min=0.0) / _RPAD + eps / _RPAD
     s_lo = torch.sqrt(s2) / _RPAD
     with np.errstate(divide="ignore", invalid="ignore"):
         chat = torch.minimum(torch.full_like(c, math.sqrt(n) * _RPAD), (c.abs() + q) / s_lo * _RPAD)
@@ -1255,7 +1262,8 @@ def _layernorm(s: Step, x: _Rec, r: _Rec, cfg: BoundConfig, cache: ParamCache) -
     Pq = Rf + Rf.mean(-1, keepdim=True)
     cap1 = _fix((lip + gs.abs() * (Pq + ch.abs() * (ch.abs() * Pq).mean(-1, keepdim=True))) * _RPAD)
     phi = None if x_phi is None else x_phi.reshape(flat[:-1] + (1,))
-    rho = torch.minimum(layernorm_remainder(c.abs() + dc, Rf, gh, eps, sd_lo, phi), cap1) + rhoJ
+    sig_hi = sig * (1 + t) * _RPAD
+    rho = torch.minimum(layernorm_remainder(c.abs() + dc, Rf, gh, eps, sd_lo, phi, sig_hi), cap1) + rhoJ
     rho = torch.where(rowbad | (t > 0.01), torch.full_like(rho, math.inf), rho)
     kk = dg * ch + db
     kerr = dg.abs() * (t * (1 + 2 * ch.abs()) + 2 * _U64 * ch.abs()) + 2 * _U64 * kk.abs()

@@ -136,6 +136,34 @@ def test_layernorm_remainder_brute_force(scale: float) -> None:
             assert bool((rem <= bound + 1e-13).all()), (sd, eps, float((rem - bound).max()))
 
 
+@pytest.mark.parametrize("scale", [0.05, 0.3, 1.0])
+def test_layernorm_remainder_with_functional_bound(scale: float) -> None:
+    """Tier B passes phi >= |c^ . d| / n (c^ = centred x~ over sqrt(var + eps)): the bound must hold for
+    every d in the box that satisfies it; brute force over box points filtered by that constraint."""
+    gen = torch.Generator().manual_seed(6)
+    n = 16
+    for sd in (0.3, 1.0):
+        x = torch.randn(3, n, generator=gen, dtype=torch.float64) * sd
+        g = torch.randn(n, generator=gen, dtype=torch.float64)
+        R = torch.rand(3, n, generator=gen, dtype=torch.float64) * scale * sd
+        eps = 1e-5
+        c = x - x.mean(-1, keepdim=True)
+        var = (c * c).mean(-1, keepdim=True)
+        sig = torch.sqrt(var + eps)
+        ch = c / sig
+        worst = (ch.abs() * R).mean(-1, keepdim=True)
+        for frac in (0.15, 0.4):
+            phi = worst * frac
+            bound = layernorm_remainder(c.abs(), R, g, eps, torch.sqrt(var), phi, sig * (1 + 1e-12))
+            assert bool((bound <= _ln_bound(x, R, g, eps) * (1 + 1e-9)).all())  # never above tier A's
+            d = _box_points(R, 4000, gen)
+            keep = ((ch * d).mean(-1, keepdim=True).abs() <= phi).all(-1).all(-1)
+            d = d[keep]
+            assert d.shape[0] >= 20
+            rem = (_ln(x + d, g, eps) - _ln(x, g, eps) - _ln_jvp(x, g, eps, d)).abs()
+            assert bool((rem <= bound + 1e-13).all()), (sd, frac, float((rem - bound).max()))
+
+
 def test_layernorm_box_reaching_zero_variance() -> None:
     """A row whose box contains a constant row: without eps the bound is infinite (not a wrong
     finite number); with eps it is finite and still holds at points next to the constant row."""
