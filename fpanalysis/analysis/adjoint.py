@@ -339,15 +339,16 @@ def _pair(v: Any) -> tuple[int, int]:
 
 #: Radius tiers: "interval" (tier A: min of the interval bound and |mu| + |J| w propagated with
 #: absolute values, cheap) and "exact" (tier B: also the exact rows of the Jacobian at every ReLU /
-#: max-pool input, one backward pass per neuron: costly, see :func:`_exact_rows`).
+#: max-pool / smooth-step input, one backward pass per neuron, and one per layer-norm row for
+#: :func:`_ln_phi`: costly, see :func:`_exact_rows`).
 RADII = ("interval", "exact")
 
 
 def _check_radii(radii: str) -> None:
     if radii not in RADII:
         raise ValueError(f"unknown radii {radii!r}; valid choices are: {', '.join(RADII)} "
-                         f"('interval': tier A, cheap; 'exact': tier B, exact Jacobian rows at ReLU / max-pool "
-                         f"inputs, one backward pass per neuron)")
+                         f"('interval': tier A, cheap; 'exact': tier B, exact Jacobian rows at ReLU / max-pool / "
+                         f"smooth-step inputs, one backward pass per neuron)")
 
 
 def adjoint_certificate(traced: TracedModel, X: torch.Tensor, cfg: BoundConfig, *, batch_size: int = 64,
@@ -356,7 +357,8 @@ def adjoint_certificate(traced: TracedModel, X: torch.Tensor, cfg: BoundConfig, 
     """Sound per-input certificates by adjoint error propagation (see the module docstring).
 
     ``radii``: ``"interval"`` (tier A, default) or ``"exact"`` (tier B: exact Jacobian rows at
-    every ReLU / max-pool input, :func:`_exact_rows`; ``row_chunk`` neurons per backward pass).
+    every ReLU / max-pool / smooth-step input, :func:`_exact_rows`, and the layer-norm functional
+    bound :func:`_ln_phi`; ``row_chunk`` neurons per backward pass).
     """
     _check_radii(radii)
     bad = unsupported_steps(traced)
@@ -1141,14 +1143,19 @@ def layernorm_remainder(c: torch.Tensor, R: torch.Tensor, gamma: torch.Tensor, e
 
         delta^T H_i delta = (-2 delta_i (c^.delta)/n - c^_i |delta|^2/n + 3 c^_i (c^.delta)^2/n^2) / s(xi)^2
 
-    and ``|c^.delta| / n <= rho := rms(R)`` (``|c^|_2 <= sqrt n``, ``|P d|_2 <= |d|_2``), ``|delta_i| <=
-    q_i := R_i + mean R``, ``|c^_i| <= min(sqrt n, (|c_i| + q_i) / s_lo)`` and ``s(xi) >= s_lo :=
-    sqrt((sd - rho)_+^2 + eps)`` (``sqrt(|c|^2/n)`` is 1-Lipschitz in ``rms``).  So
-    ``-c^_i |delta|^2/n + 3 c^_i (c^.delta)^2/n^2 = c^_i (3 (c^.delta/n)^2 - rho_d^2)`` lies between
-    ``-|c^_i| rho^2`` and ``2 |c^_i| rho^2``, so
-    ``|rho_i| <= |gamma_i| (q_i rho + min(sqrt n, (|c_i| + q_i) / s_lo) rho^2) / s_lo^2``; ``inf`` when
+    With ``t = c^.delta / n`` and ``rho_d^2 = |delta|^2 / n``: ``|t| <= rho_d <= rho := rms(R)``
+    (``|c^|_2 <= sqrt n``, ``|P d|_2 <= |d|_2``); also ``|t| <= mean(c^max R)`` (``c^(xi)`` is centred, so
+    ``c^.P d = c^.d``) and, given ``phi >= |c^(x~).d| / n`` (tier B, :func:`_ln_phi`), ``|t| <= phi +
+    rho^2 / s_lo`` (``c^`` turns by at most ``|delta|_2 / s_lo`` along the segment: ``|Dn| <= 1/s``);
+    ``tb`` is the smallest.  ``|delta_i| <= q_i := R_i + mean R``, ``|c^_i| <= c^max_i := min(sqrt n,
+    (|c_i| + q_i) / s_lo)``, and ``s(xi)^2 >= s_lo^2 := max((sd - rho)_+^2, var - 2 |c.d|/n) + eps``
+    (``sqrt(|c|^2/n)`` is 1-Lipschitz in ``rms``; ``|xi|^2/n = var + 2 theta c.delta/n + theta^2
+    rho_d^2``; ``|c.d|/n <= mean(|c| R)``, or ``<= sigma phi``).  ``c^_i (3 t^2 - rho_d^2)`` lies between
+    ``-|c^_i| rho^2`` and ``|c^_i| min(3 tb^2, 2 rho^2)``, so
+    ``|rho_i| <= |gamma_i| (q_i tb + c^max_i max(rho^2, min(3 tb^2, 2 rho^2)) / 2) / s_lo^2``; ``inf`` when
     ``s_lo = 0`` (``eps = 0`` and the box reaches a constant row).  ``c`` (the centred fp32 value,
-    ``|c_i|`` may be an upper bound) and ``sd_lo <= sqrt(var)``: arrays over the last axis / per row.
+    ``|c_i|`` may be an upper bound), ``sd_lo <= sqrt(var)``, ``phi`` and ``sig_hi >= sqrt(var + eps)``:
+    arrays over the last axis / per row.
     """
     n = int(c.shape[-1])
     rho = torch.sqrt((R * R).mean(-1, keepdim=True)) * _RPAD

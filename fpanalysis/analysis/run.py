@@ -139,8 +139,9 @@ class AnalysisConfig:
 
 
 #: Certificates :func:`analyze` can use: the adjoint one (:mod:`.adjoint`, piecewise-linear
-#: networks, falling back to the interval one elsewhere), the same with tier-B (exact-row) radii
-#: (costly: one backward pass per neuron at every ReLU / max-pool input) and the interval one alone.
+#: networks and GELU / layer norm / softmax / attention products, falling back to the interval one
+#: elsewhere), the same with tier-B (exact-row) radii (costly: one backward pass per neuron at every
+#: ReLU / max-pool / smooth-step input) and the interval one alone.
 CERTIFICATES = ("adjoint", "adjoint-exact", "interval")
 
 
@@ -232,10 +233,11 @@ def analyze(
         (error propagated through the network's Jacobian, margins against each class) combined
         with the interval one (either suffices; the logit bound is the smaller of the two), plus
         its limit and the calibrated, NOT sound, predictor ``delta_pred`` with the quantiles of
-        ``delta / delta_pred`` (``report.certificate``).  Networks with smooth layers (layer
-        norm, softmax, GELU, ...) are not certified by the adjoint method: the report says so and
-        uses the interval certificate.  ``"adjoint-exact"``: the same with tier-B radii (exact
-        Jacobian rows at every ReLU / max-pool input, docs/theory.md section 2.3a): certifies deep
+        ``delta / delta_pred`` (``report.certificate``).  Networks with layers it does not cover
+        (tanh, sigmoid, SiLU, GELU's tanh form, ...) are not certified by the adjoint method: the
+        report says so and uses the interval certificate.  ``"adjoint-exact"``: the same with
+        tier-B radii (exact Jacobian rows at every ReLU / max-pool / smooth-step input,
+        docs/theory.md section 2.3a): certifies deep
         CNNs that tier A cannot, at the cost of one backward pass per neuron (hundreds of times
         the tier-A time).  ``"interval"``: the interval certificate
         ``Gamma > 2 B`` alone (:mod:`fpanalysis.analysis.network_bounds`).
