@@ -94,8 +94,10 @@ Smooth layers other than those above (tanh, sigmoid, SiLU, GELU's tanh approxima
 certified by the adjoint method: :func:`unsupported_steps` lists them and
 :func:`fpanalysis.analysis.analyze` falls back to the interval certificate, saying so.  On the
 tiny ViT the remainders are quadratic in radii that are worst-case sums (~50-100x the observed
-error after one block), so they compound through the second block's attention and layer norms
-and the logit bound of ``experiments/adjoint_vit.py`` can stay infinite.
+error after one block), so they compound through the second block's attention and layer norms:
+with tier-A radii no logit bound is finite; with tier-B radii (and the layer-norm functional
+bound :func:`_ln_phi`) 71 of 256 MNIST test images are certified (``experiments/adjoint_vit.py``,
+docs/theory.md section 2.3a).
 See docs/theory.md (sections 2.3a and 3.3) for the certificate and the interval bounds it builds on.
 
 >>> import torch
