@@ -6,15 +6,16 @@ over tokens, linear head) is trained in fp32 with the recipe of :mod:`experiment
 (Adam, lr 1e-3, batch 32, seed 0) for ``epochs`` epochs on MNIST, then
 :func:`fpanalysis.analysis.adjoint.adjoint_certificate` runs on the first ``n`` test images with
 ``radii="interval"`` (tier A) and ``radii="exact"`` (tier B; on the first ``n_exact`` images, it
-costs one backward pass per neuron at every smooth-step input).  Observed: the emulator's and torch's
-CPU half kernels' fp16 runs against fp32 -- bound violations (``|z16_i - z32_i| > bound_i``), margin violations and certified
-inputs whose class flips (all must be 0), medians of bound / delta and limit / delta, and the
-predictor's delta / delta_pred quantiles.
+costs one backward pass per neuron at every smooth-step input).  Observed: the emulator's and
+torch's CPU half kernels' fp16 runs against fp32 -- bound violations (``|z16_i - z32_i| > bound_i``),
+margin violations and certified inputs whose class flips (all must be 0), medians of bound / delta
+and limit / delta, and the predictor's delta / delta_pred quantiles.
 
-    python -m experiments.adjoint_vit --epochs=2 --n=256 --n_exact=32
+    python -m experiments.adjoint_vit --depth=2 --epochs=2 --n=256 --n_exact=256 --batch=8   # ~25 min
+    python -m experiments.adjoint_vit --depth=1 --epochs=2 --n=256 --n_exact=64 --batch=8
 
-Writes ``experiments/results/adjoint_vit.json``; the trained weights are cached under
-``experiments/results/_scratch/`` (not committed).
+Writes ``experiments/results/adjoint_vit.json`` (``adjoint_vit-depth1.json`` for one block); the
+trained weights are cached under ``experiments/results/_scratch/`` (not committed).
 """
 from __future__ import annotations
 
