@@ -102,6 +102,7 @@ from ..bounds import layers as LB
 from ..nn.execute import ParamCache, torch_step
 from ..nn.trace import Step, TracedModel
 from ..rounding import round_to
+from . import rows
 from .network_bounds import (
     BoundConfig,
     _bn_params,
@@ -452,9 +453,10 @@ def _exact_rows(traced: TracedModel, R: dict[str, _Rec], upto: str, sizes: dict,
         w = R[s.name].w if s.name in R else None
         if w is not None:
             finite &= torch.isfinite(w.reshape(B, -1)).all(1)
-    acc = torch.zeros(B, n, dtype=torch.float64)
+    colored = _colored_rows(traced, R, upto, prefix, sizes, cache, row_chunk)
+    acc = torch.zeros(B, n, dtype=torch.float64) if colored is None else colored
     with torch.no_grad():
-        for start in range(0, n, int(row_chunk)):
+        for start in range(0, n if colored is None else 0, int(row_chunk)):
             S = min(int(row_chunk), n - start)
             seed = torch.zeros(S, B, n, dtype=torch.float64)
             seed[torch.arange(S), :, start + torch.arange(S)] = 1.0
@@ -475,6 +477,64 @@ def _exact_rows(traced: TracedModel, R: dict[str, _Rec], upto: str, sizes: dict,
     acc = acc.reshape((B,) + shape)
     rad = _fix((r_t.mu.abs() + acc * _PAD + r_t.gam * (r_t.Ak + r_t.Aw)) * _PAD)
     return torch.where(finite.reshape((B,) + (1,) * len(shape)), rad, torch.full_like(rad, math.inf))
+
+
+def _colored_rows(traced: TracedModel, R: dict[str, _Rec], upto: str, prefix: list[Step], sizes: dict,
+                  cache: ParamCache, row_chunk: int) -> torch.Tensor | None:
+    """``sum_{s <= t} |row_n(J_{t<-s})| w_s`` (B, n) for every neuron ``n`` of step ``t = upto``, with
+    the neurons whose receptive fields never overlap sharing a backward pass (:mod:`.rows`); ``None``
+    when the prefix is not a convolutional one (or no pass would be saved).  Each entry of a
+    shared pass's gradient belongs to the one seed whose box holds it; an entry outside every box
+    must be zero, and a nonzero one there raises (the geometry would be wrong)."""
+    r_t = R[upto]
+    shape = tuple(r_t.z.shape[1:])
+    if len(shape) != 3:
+        return None
+    shapes = {name: tuple(rec.z.shape) for name, rec in R.items() if rec.z is not None}
+    bx = rows.boxes(traced, upto, shapes)
+    if bx is None:
+        return None
+    C, H, W = shape
+    per = rows.periods(bx, (H, W))
+    nh, nw = rows.counts(per, (H, W))
+    colors = [(c, a, b) for c in range(C) for a in range(per[0]) for b in range(per[1])]
+    if len(colors) >= C * H * W:
+        return None
+    B = int(r_t.z.shape[0])
+    acc = torch.zeros(B, C, H, W, dtype=torch.float64)
+    slot = nh * nw
+    with torch.no_grad():
+        for start in range(0, len(colors), int(row_chunk)):
+            chunk = colors[start:start + int(row_chunk)]
+            S = len(chunk)
+            seed = torch.zeros((S, B) + shape, dtype=torch.float64)
+            for k, (c, a, b) in enumerate(chunk):
+                seed[k, :, c, a::per[0], b::per[1]] = 1.0
+            offsets = torch.tensor([[a, b] for _, a, b in chunk], dtype=torch.int64)
+            grads = {upto: seed}
+            part = torch.zeros(S, B, slot + 1, dtype=torch.float64)
+            for s in reversed(prefix):
+                if s.kind == "size" or s.name not in grads:
+                    continue
+                g = grads.pop(s.name)
+                r = R[s.name]
+                if r.w is not None:
+                    Hs, Ws = g.shape[-2:]
+                    wf = torch.nan_to_num(r.w.reshape(B, -1, Hs, Ws), nan=0.0, posinf=0.0)
+                    contrib = (g.abs() * wf.unsqueeze(0)).sum(2).reshape(S, B, Hs * Ws)
+                    own = rows.owners(bx[s.name], (Hs, Ws), offsets, per, (H, W)).reshape(S, 1, Hs * Ws)
+                    part.scatter_add_(2, own.expand(S, B, Hs * Ws), contrib)
+                if s.kind == "input":
+                    continue
+                for name, gi in _backward(s, g, r, [R[m] for m in s.inputs if m in R], S, B, cache, sizes):
+                    grads[name] = grads[name] + gi if name in grads else gi
+            if bool((part[:, :, slot] != 0).any()):
+                raise RuntimeError(f"internal error: the rows of {upto!r} reach outside their receptive boxes")
+            for k, (c, a, b) in enumerate(chunk):
+                hi, wi = len(range(a, H, per[0])), len(range(b, W, per[1]))
+                vals = part[k, :, :slot].reshape(B, nh, nw)[:, :hi, :wi]
+                acc[:, c, a::per[0], b::per[1]] = vals
+    return acc.reshape(B, -1)
 
 
 def adjoint_radii(traced: TracedModel, x: torch.Tensor, cfg: BoundConfig, cache: ParamCache | None = None, *,
