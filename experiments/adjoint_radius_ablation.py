@@ -18,6 +18,7 @@ test images:
     python -m experiments.adjoint_radius_ablation --weights=experiments/results/_scratch/resnet20_cifar.pt
     python -m experiments.adjoint_radius_ablation --weights=... --n=64 --tierb_steps=2
     python -m experiments.adjoint_radius_ablation --weights=... --n=0 --tierb_images=4   # sound tier B, whole
+    python -m experiments.adjoint_radius_ablation --weights=... --n=0 --tierb_images=16 --tierb_radii=windowed
 
 ``tierb_images=K``: the whole sound tier-B certificate (``radii="exact"``) on the first ``K`` images,
 one at a time: certified or not, seconds, and its bounds against the emulator's and torch's half
@@ -45,6 +46,7 @@ class Config:
     factors: str = "1,3,10,30"
     tierb_steps: int = 0
     tierb_images: int = 0
+    tierb_radii: str = "exact"  # or "windowed"
     out: str = str(HERE / "results" / "adjoint_radius_ablation.json")
 
 
@@ -159,7 +161,7 @@ def main(argv: list[str]) -> dict:
             z = o["float32"][tr.output].double().numpy()[0]
             c = int(z.argmax())
             t0 = time.perf_counter()
-            r = A.adjoint_certificate(tr, x, bc, batch_size=1, radii="exact", row_chunk=1024)
+            r = A.adjoint_certificate(tr, x, bc, batch_size=1, radii=cfg.tierb_radii, row_chunk=1024)
             row = {"image": i, "seconds": time.perf_counter() - t0, "certified": bool(r.certified[0]),
                    "min_margin_over_bound": float(np.min(np.delete(r.margin[0] / r.margin_bound[0], c))),
                    "limit": float(r.limit[0]), "switching": float(r.switching[0])}
@@ -170,6 +172,7 @@ def main(argv: list[str]) -> dict:
                            "certified_flip": bool(r.certified[0] and int(np.argmax(z + d)) != c)}
             rows.append(row)
             print(f"[tier B] {row}", flush=True)
+        out["tierB_radii"] = cfg.tierb_radii
         out["tierB_images"] = rows
         out["tierB_certified"] = f"{sum(r['certified'] for r in rows)}/{len(rows)}"
     keys = [k for k in ("certified_fraction", "median_limit_over_delta", "delta_over_pred_quantiles", "seconds",

@@ -162,10 +162,11 @@ class AdjointResult:
 
 
 class _Rec:
-    __slots__ = ("Ak", "Aw", "G", "gam", "is_eta", "lin", "mu", "var", "w", "w0", "z")
+    __slots__ = ("Ak", "Aw", "D", "G", "gam", "is_eta", "lin", "mu", "var", "w", "w0", "z")
 
     def __init__(self) -> None:
         self.z = self.G = self.mu = self.Ak = self.Aw = self.lin = self.w = self.w0 = self.var = None
+        self.D = None  # tier B: bound on |d - mu| from exact rows (the windowed radii start from it)
         self.is_eta = False
         self.gam = _SLACK
 
@@ -314,14 +315,16 @@ def _pair(v: Any) -> tuple[int, int]:
 #: Radius tiers: "interval" (tier A: min of the interval bound and |mu| + |J| w propagated with
 #: absolute values, cheap) and "exact" (tier B: also the exact rows of the Jacobian at every ReLU /
 #: max-pool input, one backward pass per neuron: costly, see :func:`_exact_rows`).
-RADII = ("interval", "exact")
+RADII = ("interval", "exact", "windowed")
 
 
 def _check_radii(radii: str) -> None:
     if radii not in RADII:
         raise ValueError(f"unknown radii {radii!r}; valid choices are: {', '.join(RADII)} "
                          f"('interval': tier A, cheap; 'exact': tier B, exact Jacobian rows at ReLU / max-pool "
-                         f"inputs, one backward pass per neuron)")
+                         f"inputs, one backward pass per neuron or per group of neurons whose receptive fields "
+                         f"never overlap; 'windowed': tier B with the rows stopped at the last change of "
+                         f"resolution, cheaper and looser)")
 
 
 def adjoint_certificate(traced: TracedModel, X: torch.Tensor, cfg: BoundConfig, *, batch_size: int = 64,
@@ -375,7 +378,8 @@ def _forward_sweep(traced: TracedModel, x: torch.Tensor, cfg: BoundConfig, cache
     f = cfg.fmt
     R: dict[str, _Rec] = {}
     exact_at = set()
-    if radii == "exact":
+    dom = rows.dominators(traced) if radii == "windowed" else {}
+    if radii in ("exact", "windowed"):
         for s in traced.steps:
             if s.kind in ("relu", "maxpool2d"):
                 exact_at.update(n for n in s.inputs)
@@ -416,12 +420,31 @@ def _forward_sweep(traced: TracedModel, x: torch.Tensor, cfg: BoundConfig, cache
             ins = [R[n] for n in s.inputs if n in R]
             _forward(s, ins, r, cfg, cache, sizes)
             if s.name in exact_at:
-                r.G = torch.minimum(r.G, _exact_rows(traced, R, s.name, sizes, cache, row_chunk))
+                cut = _window_cut(s.name, dom, R) if dom else None
+                r.G = torch.minimum(r.G, _exact_rows(traced, R, s.name, sizes, cache, row_chunk, cut))
     return R, sizes, in_shapes
 
 
+def _window_cut(upto: str, dom: dict[str, set[str]], R: dict[str, _Rec]) -> str | None:
+    """The cut of the windowed radii for step ``upto``: the latest step that every path to it passes
+    through, whose exact-row bound ``D`` is known and whose spatial size is larger (the rows stop
+    at the last change of resolution); ``None``: rows over the whole prefix."""
+    size = R[upto].z.shape[2:].numel() if R[upto].z.ndim == 4 else None
+    if size is None:
+        return None
+    best, best_pos = None, -1
+    order = {n: i for i, n in enumerate(R)}
+    for a in dom[upto] - {upto}:
+        r = R.get(a)
+        if r is None or r.D is None or r.z.ndim != 4 or r.z.shape[2:].numel() <= size:
+            continue
+        if order[a] > best_pos:
+            best, best_pos = a, order[a]
+    return best
+
+
 def _exact_rows(traced: TracedModel, R: dict[str, _Rec], upto: str, sizes: dict, cache: ParamCache,
-                row_chunk: int) -> torch.Tensor:
+                row_chunk: int, cut: str | None = None) -> torch.Tensor:
     """Tier-B radius of step ``upto``: ``|mu_t| + sum_{s <= t} |J_{t<-s}| (e_bar_s + eta_bar_s)``, exact rows.
 
     Soundness.  The decomposition of the module docstring, stopped at step ``t`` instead of the
@@ -438,6 +461,13 @@ def _exact_rows(traced: TracedModel, R: dict[str, _Rec], upto: str, sizes: dict,
     backward pass through the prefix per ``row_chunk`` neurons of ``t`` (CROWN's per-neuron
     backward bounds, Zhang et al., NeurIPS 2018, have the same cost); see docs/theory.md
     section 2.3a.
+
+    Windowed (``cut``, a step every path to ``t`` passes through, with ``D_a >= |d_a - mu_a|``
+    known): ``d_t - mu_t = J_{t<-a} (d_a - mu_a) + sum_{a < s <= t} J_{t<-s} (e_s + eta_s)`` (the
+    known parts propagate linearly, ``mu_t = J_{t<-a} mu_a + sum_{a < s <= t} J_{t<-s} k_s``), so
+    the rows stop at ``a`` and take ``|row(J_{t<-a})| D_a`` there: sound, looser by the triangle
+    inequality at one step, and the passes no longer run through the prefix before ``a``.
+    The bound on ``|d_t - mu_t|`` is kept as ``D`` of step ``t`` for later windows.
     """
     r_t = R[upto]
     B = int(r_t.z.shape[0])
@@ -453,7 +483,7 @@ def _exact_rows(traced: TracedModel, R: dict[str, _Rec], upto: str, sizes: dict,
         w = R[s.name].w if s.name in R else None
         if w is not None:
             finite &= torch.isfinite(w.reshape(B, -1)).all(1)
-    colored = _colored_rows(traced, R, upto, prefix, sizes, cache, row_chunk)
+    colored = _colored_rows(traced, R, upto, prefix, sizes, cache, row_chunk, cut)
     acc = torch.zeros(B, n, dtype=torch.float64) if colored is None else colored
     with torch.no_grad():
         for start in range(0, n if colored is None else 0, int(row_chunk)):
@@ -467,6 +497,9 @@ def _exact_rows(traced: TracedModel, R: dict[str, _Rec], upto: str, sizes: dict,
                     continue
                 g = grads.pop(s.name)
                 r = R[s.name]
+                if s.name == cut:
+                    part += _dot(g.reshape(S, B, -1).abs(), r.D, B)
+                    continue
                 if r.w is not None:
                     part += _dot(g.reshape(S, B, -1).abs(), r.w, B)
                 if s.kind == "input":
@@ -475,12 +508,17 @@ def _exact_rows(traced: TracedModel, R: dict[str, _Rec], upto: str, sizes: dict,
                     grads[name] = grads[name] + gi if name in grads else gi
             acc[:, start:start + S] = part.T
     acc = acc.reshape((B,) + shape)
+    if cut is not None:
+        finite &= torch.isfinite(R[cut].D.reshape(B, -1)).all(1)
+    fin = finite.reshape((B,) + (1,) * len(shape))
+    dev = _fix((acc * _PAD + r_t.gam * (r_t.Ak + r_t.Aw)) * _PAD)
+    r_t.D = torch.where(fin, dev, torch.full_like(dev, math.inf))
     rad = _fix((r_t.mu.abs() + acc * _PAD + r_t.gam * (r_t.Ak + r_t.Aw)) * _PAD)
-    return torch.where(finite.reshape((B,) + (1,) * len(shape)), rad, torch.full_like(rad, math.inf))
+    return torch.where(fin, rad, torch.full_like(rad, math.inf))
 
 
 def _colored_rows(traced: TracedModel, R: dict[str, _Rec], upto: str, prefix: list[Step], sizes: dict,
-                  cache: ParamCache, row_chunk: int) -> torch.Tensor | None:
+                  cache: ParamCache, row_chunk: int, cut: str | None = None) -> torch.Tensor | None:
     """``sum_{s <= t} |row_n(J_{t<-s})| w_s`` (B, n) for every neuron ``n`` of step ``t = upto``, with
     the neurons whose receptive fields never overlap sharing a backward pass (:mod:`.rows`); ``None``
     when the prefix is not a convolutional one (or no pass would be saved).  Each entry of a
@@ -491,7 +529,7 @@ def _colored_rows(traced: TracedModel, R: dict[str, _Rec], upto: str, prefix: li
     if len(shape) != 3:
         return None
     shapes = {name: tuple(rec.z.shape) for name, rec in R.items() if rec.z is not None}
-    bx = rows.boxes(traced, upto, shapes)
+    bx = rows.boxes(traced, upto, shapes, stop=cut)
     if bx is None:
         return None
     C, H, W = shape
@@ -518,13 +556,14 @@ def _colored_rows(traced: TracedModel, R: dict[str, _Rec], upto: str, prefix: li
                     continue
                 g = grads.pop(s.name)
                 r = R[s.name]
-                if r.w is not None:
+                w = r.D if s.name == cut else r.w
+                if w is not None:
                     Hs, Ws = g.shape[-2:]
-                    wf = torch.nan_to_num(r.w.reshape(B, -1, Hs, Ws), nan=0.0, posinf=0.0)
+                    wf = torch.nan_to_num(w.reshape(B, -1, Hs, Ws), nan=0.0, posinf=0.0)
                     contrib = (g.abs() * wf.unsqueeze(0)).sum(2).reshape(S, B, Hs * Ws)
                     own = rows.owners(bx[s.name], (Hs, Ws), offsets, per, (H, W)).reshape(S, 1, Hs * Ws)
                     part.scatter_add_(2, own.expand(S, B, Hs * Ws), contrib)
-                if s.kind == "input":
+                if s.kind == "input" or s.name == cut:
                     continue
                 for name, gi in _backward(s, g, r, [R[m] for m in s.inputs if m in R], S, B, cache, sizes):
                     grads[name] = grads[name] + gi if name in grads else gi

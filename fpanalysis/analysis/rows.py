@@ -33,7 +33,7 @@ import torch
 
 from ..nn.trace import Step, TracedModel
 
-__all__ = ["Box", "boxes", "counts", "owners", "periods"]
+__all__ = ["Box", "boxes", "counts", "dominators", "owners", "periods"]
 
 # steps that keep a neuron's box (elementwise, or additions of tensors of one shape)
 _SAME_BOX = frozenset({"batchnorm", "relu", "identity", "affine", "add", "sub", "output"})
@@ -78,10 +78,13 @@ def _through(s: Step, box: Box) -> Box | None:
     return Box(out[0], out[1])
 
 
-def boxes(traced: TracedModel, upto: str, shapes: dict[str, tuple[int, ...]]) -> dict[str, Box] | None:
+def boxes(traced: TracedModel, upto: str, shapes: dict[str, tuple[int, ...]],
+          stop: str | None = None) -> dict[str, Box] | None:
     """The box of every step of the prefix that reaches ``upto`` (whose rows can be nonzero), or
     ``None`` when the prefix holds a step the geometry does not cover or a tensor that is not
-    (batch, channels, height, width).  ``shapes``: each step's output shape (with the batch)."""
+    (batch, channels, height, width).  ``shapes``: each step's output shape (with the batch).
+    ``stop``: a step the rows are not followed beyond (a cut of the windowed radii; it gets its
+    box, the steps before it none)."""
     prefix: list[Step] = []
     for s in traced.steps:
         prefix.append(s)
@@ -95,7 +98,7 @@ def boxes(traced: TracedModel, upto: str, shapes: dict[str, tuple[int, ...]]) ->
             continue
         if len(shapes.get(s.name, ())) != 4:
             return None
-        if s.kind in _SOURCES:
+        if s.kind in _SOURCES or s.name == stop:
             continue
         box = _through(s, out[s.name])
         if box is None:
@@ -151,3 +154,16 @@ def owners(box: Box, shape: tuple[int, int], offsets: torch.Tensor, per: tuple[i
     flat = ih[:, :, None] * n[1] + iw[:, None, :]
     ok = okh[:, :, None] & okw[:, None, :]
     return torch.where(ok, flat, torch.full_like(flat, n[0] * n[1]))
+
+
+def dominators(traced: TracedModel) -> dict[str, set[str]]:
+    """For every step, the steps every path from a source (the input, constant tensors) to it
+    passes through, itself included (``dom(s) = {s} | intersection of dom(p) over its inputs``).
+    A constant tensor is a source of its own, so a step fed by one and by the input is dominated
+    by neither path's steps."""
+    dom: dict[str, set[str]] = {}
+    for s in traced.steps:
+        ins = [dom[n] for n in s.inputs if n in dom]
+        common = set.intersection(*ins) if ins else set()
+        dom[s.name] = common | {s.name}
+    return dom

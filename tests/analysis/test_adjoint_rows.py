@@ -146,3 +146,52 @@ def test_no_colouring_through_dense_layers() -> None:
     relus = [s.inputs[0] for s in tr.steps if s.kind == "relu"]
     assert rows.boxes(tr, relus[0], shapes) is not None
     assert rows.boxes(tr, relus[1], shapes) is None
+
+
+def test_windowed_radii_sound_and_not_below_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windowed tier B: rows stopped at the last change of resolution.  Never below the exact
+    radii (it bounds the same error with one more triangle inequality), never below the error
+    of the emulator or torch's half kernels, and the windows are really used (some radius looser)."""
+    m = _net(3)
+    torch.manual_seed(5)
+    x = torch.randn(3, 2, 16, 16)
+    tr = trace_model(m)
+    cuts = []
+    orig = AD._window_cut
+
+    def spy(upto, dom, R):
+        c = orig(upto, dom, R)
+        cuts.append(c)
+        if c is not None:  # a cut is passed by every path: it dominates, and has a larger resolution
+            assert c in dom[upto] and R[c].z.shape[2:].numel() > R[upto].z.shape[2:].numel()
+        return c
+
+    monkeypatch.setattr(AD, "_window_cut", spy)
+    rw = AD.adjoint_radii(tr, x, CFG, radii="windowed", row_chunk=64)
+    re = AD.adjoint_radii(tr, x, CFG, radii="exact", row_chunk=64)
+    assert any(c is not None for c in cuts) and any(c is None for c in cuts)
+    out = run_model(tr, x, "fp16", backends=("float32", "emulator", "half"))
+    looser = 0
+    for name, r in re.items():
+        assert bool((rw[name] >= r * (1 - 1e-12)).all()), name
+        looser += int((rw[name] > r * (1 + 1e-9)).sum())
+        for be in ("emulator", "half"):
+            d = (out[be][name].double() - out["float32"][name].double()).abs()
+            assert bool((d <= rw[name]).all()), (name, be)
+    assert looser > 0
+
+
+def test_windowed_certificate_sound() -> None:
+    m = _net(4)
+    torch.manual_seed(6)
+    x = torch.randn(8, 2, 16, 16)
+    tr = trace_model(m)
+    res = AD.adjoint_certificate(tr, x, CFG, radii="windowed", row_chunk=64)
+    ex = AD.adjoint_certificate(tr, x, CFG, radii="exact", row_chunk=64)
+    out = run_model(tr, x, "fp16", backends=("float32", "emulator", "half"))
+    z = out["float32"][tr.output].double().numpy()
+    for be in ("emulator", "half"):
+        o = out[be][tr.output].double().numpy()
+        assert (abs(o - z) <= res.bound).all(), be
+        assert not ((o.argmax(1) != z.argmax(1)) & res.certified).any()
+    assert (res.bound >= ex.bound * (1 - 1e-12)).all()
