@@ -19,6 +19,11 @@ test images:
     python -m experiments.adjoint_radius_ablation --weights=... --n=64 --tierb_steps=2
     python -m experiments.adjoint_radius_ablation --weights=... --n=0 --tierb_images=4   # sound tier B, whole
     python -m experiments.adjoint_radius_ablation --weights=... --n=0 --tierb_images=16 --tierb_radii=windowed
+    python -m experiments.adjoint_radius_ablation --weights=... --n=0 --growth=exact   # where radii run away
+
+``growth``: for the first image, at every step, the median of (sound radius / observed error of
+the emulator) and at every ReLU the fraction of inputs whose radius reaches the pre-activation
+(``may_switch``: their switching slack is nonzero) and the largest slack.
 
 ``tierb_images=K``: the whole sound tier-B certificate (``radii="exact"``) on the first ``K`` images,
 one at a time: certified or not, seconds, and its bounds against the emulator's and torch's half
@@ -47,6 +52,7 @@ class Config:
     tierb_steps: int = 0
     tierb_images: int = 0
     tierb_radii: str = "exact"  # or "windowed"
+    growth: str = ""  # "exact" or "windowed": per-step radii of image 0 against the observed error
     out: str = str(HERE / "results" / "adjoint_radius_ablation.json")
 
 
@@ -111,7 +117,7 @@ def main(argv: list[str]) -> dict:
         preds.append(res.predicted)
         limits.append(res.limit)
         for f in factors:
-            def fake(traced, R, upto, sizes, cache, row_chunk, f=f, obs=obs_all):  # NOT SOUND: diagnostic
+            def fake(traced, R, upto, sizes, cache, row_chunk, cut=None, f=f, obs=obs_all):  # NOT SOUND: diagnostic
                 return f * obs[upto] * (1 + 2.0**-20) + 1e-30
             A._exact_rows = fake
             try:
@@ -133,11 +139,11 @@ def main(argv: list[str]) -> dict:
     if cfg.tierb_steps > 0:
         calls: list = []
 
-        def timed(traced, R, upto, sizes, cache, row_chunk):
+        def timed(traced, R, upto, sizes, cache, row_chunk, cut=None):
             if len(calls) >= cfg.tierb_steps:
                 raise StopIteration
             t0 = time.perf_counter()
-            r = orig(traced, R, upto, sizes, cache, row_chunk)
+            r = orig(traced, R, upto, sizes, cache, row_chunk, cut)
             dt = time.perf_counter() - t0
             depth = [s.name for s in traced.steps].index(upto)
             calls.append({"step": upto, "prefix_steps": depth, "neurons": int(r[0].numel()), "seconds": dt,
@@ -175,6 +181,30 @@ def main(argv: list[str]) -> dict:
         out["tierB_radii"] = cfg.tierb_radii
         out["tierB_images"] = rows
         out["tierB_certified"] = f"{sum(r['certified'] for r in rows)}/{len(rows)}"
+    if cfg.growth:
+        x = X[:1] if cfg.n > 0 else torch.from_numpy(ds.x_test[:1])
+        o = run_model(tr, x, "fp16", backends=("float32", "emulator"))
+        t0 = time.perf_counter()
+        R, _, _ = A._forward_sweep(tr, x.float(), bc, ParamCache(), cfg.growth, 1024)
+        table = []
+        for s in tr.steps:
+            r = R.get(s.name)
+            if r is None or r.z is None or not r.z.is_floating_point():
+                continue
+            obs = (o["emulator"][s.name].double() - o["float32"][s.name].double()).abs()
+            row = {"step": s.name, "kind": s.kind,
+                   "radius_over_observed_median": float((r.G / obs.clamp_min(1e-9)).median()),
+                   "radius_max": float(r.G.max()), "observed_max": float(obs.max())}
+            if s.kind == "relu":
+                z, Gi = R[s.inputs[0]].z.double(), R[s.inputs[0]].G
+                row["may_switch"] = float((Gi >= z.abs()).double().mean())
+                row["slack_max"] = float((Gi - z.abs()).clamp_min(0).max())
+            table.append(row)
+        out["growth"] = {"radii": cfg.growth, "seconds": time.perf_counter() - t0, "steps": table}
+        for row in table:
+            if row["kind"] == "relu":
+                print(f"[growth] {row['step']:18s} radius/observed {row['radius_over_observed_median']:10.3g} "
+                      f"may switch {row['may_switch']:.4f}", flush=True)
     keys = [k for k in ("certified_fraction", "median_limit_over_delta", "delta_over_pred_quantiles", "seconds",
                         "tierB_certified") if k in out]
     print(json.dumps({k: out[k] for k in keys}, indent=1))
