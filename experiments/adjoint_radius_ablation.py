@@ -17,6 +17,17 @@ test images:
 
     python -m experiments.adjoint_radius_ablation --weights=experiments/results/_scratch/resnet20_cifar.pt
     python -m experiments.adjoint_radius_ablation --weights=... --n=64 --tierb_steps=2
+    python -m experiments.adjoint_radius_ablation --weights=... --n=0 --tierb_images=4   # sound tier B, whole
+    python -m experiments.adjoint_radius_ablation --weights=... --n=0 --tierb_images=16 --tierb_radii=windowed
+    python -m experiments.adjoint_radius_ablation --weights=... --n=0 --growth=exact   # where radii run away
+
+``growth``: for the first image, at every step, the median of (sound radius / observed error of
+the emulator) and at every ReLU the fraction of inputs whose radius reaches the pre-activation
+(``may_switch``: their switching slack is nonzero) and the largest slack.
+
+``tierb_images=K``: the whole sound tier-B certificate (``radii="exact"``) on the first ``K`` images,
+one at a time: certified or not, seconds, and its bounds against the emulator's and torch's half
+kernels' logits (violations must be 0).
 
 Writes ``experiments/results/adjoint_radius_ablation.json``.
 """
@@ -39,6 +50,9 @@ class Config:
     chunk: int = 16
     factors: str = "1,3,10,30"
     tierb_steps: int = 0
+    tierb_images: int = 0
+    tierb_radii: str = "exact"  # or "windowed"
+    growth: str = ""  # "exact" or "windowed": per-step radii of image 0 against the observed error
     out: str = str(HERE / "results" / "adjoint_radius_ablation.json")
 
 
@@ -103,7 +117,7 @@ def main(argv: list[str]) -> dict:
         preds.append(res.predicted)
         limits.append(res.limit)
         for f in factors:
-            def fake(traced, R, upto, sizes, cache, row_chunk, f=f, obs=obs_all):  # NOT SOUND: diagnostic
+            def fake(traced, R, upto, sizes, cache, row_chunk, cut=None, f=f, obs=obs_all):  # NOT SOUND: diagnostic
                 return f * obs[upto] * (1 + 2.0**-20) + 1e-30
             A._exact_rows = fake
             try:
@@ -114,21 +128,22 @@ def main(argv: list[str]) -> dict:
                 A._exact_rows = orig
             results[f"observed_x{f:g}"].append(r2.certified)
         print(f"[ablation] {i + len(x)}/{cfg.n} inputs", flush=True)
-    delta, pred, lim = np.concatenate(deltas), np.concatenate(preds), np.concatenate(limits)
-    out["certified_fraction"] = {k: float(np.concatenate(v).mean()) for k, v in results.items()}
-    out["seconds"] = times
-    fin = delta > 0
-    out["median_limit_over_delta"] = float(np.median(lim[fin] / delta[fin]))
-    ratio = delta[fin] / pred[fin]
-    out["delta_over_pred_quantiles"] = {q: float(np.quantile(ratio, float(q))) for q in ("0.05", "0.5", "0.95")}
+    if cfg.n > 0:
+        delta, pred, lim = np.concatenate(deltas), np.concatenate(preds), np.concatenate(limits)
+        out["certified_fraction"] = {k: float(np.concatenate(v).mean()) for k, v in results.items()}
+        out["seconds"] = times
+        fin = delta > 0
+        out["median_limit_over_delta"] = float(np.median(lim[fin] / delta[fin]))
+        ratio = delta[fin] / pred[fin]
+        out["delta_over_pred_quantiles"] = {q: float(np.quantile(ratio, float(q))) for q in ("0.05", "0.5", "0.95")}
     if cfg.tierb_steps > 0:
         calls: list = []
 
-        def timed(traced, R, upto, sizes, cache, row_chunk):
+        def timed(traced, R, upto, sizes, cache, row_chunk, cut=None):
             if len(calls) >= cfg.tierb_steps:
                 raise StopIteration
             t0 = time.perf_counter()
-            r = orig(traced, R, upto, sizes, cache, row_chunk)
+            r = orig(traced, R, upto, sizes, cache, row_chunk, cut)
             dt = time.perf_counter() - t0
             depth = [s.name for s in traced.steps].index(upto)
             calls.append({"step": upto, "prefix_steps": depth, "neurons": int(r[0].numel()), "seconds": dt,
@@ -144,8 +159,55 @@ def main(argv: list[str]) -> dict:
         finally:
             A._exact_rows = orig
         out["tierB_one_image"] = calls
-    print(json.dumps({k: out[k] for k in ("certified_fraction", "median_limit_over_delta",
-                                          "delta_over_pred_quantiles", "seconds")}, indent=1))
+    if cfg.tierb_images > 0:
+        rows = []
+        for i in range(cfg.tierb_images):
+            x = X[i:i + 1] if i < cfg.n else torch.from_numpy(ds.x_test[i:i + 1])
+            o = run_model(tr, x, "fp16", backends=("float32", "emulator", "half"))
+            z = o["float32"][tr.output].double().numpy()[0]
+            c = int(z.argmax())
+            t0 = time.perf_counter()
+            r = A.adjoint_certificate(tr, x, bc, batch_size=1, radii=cfg.tierb_radii, row_chunk=1024)
+            row = {"image": i, "seconds": time.perf_counter() - t0, "certified": bool(r.certified[0]),
+                   "min_margin_over_bound": float(np.min(np.delete(r.margin[0] / r.margin_bound[0], c))),
+                   "limit": float(r.limit[0]), "switching": float(r.switching[0])}
+            for be in ("emulator", "half"):
+                d = o[be][tr.output].double().numpy()[0] - z
+                row[be] = {"delta": float(np.abs(d).max()), "bound_violations": int((np.abs(d) > r.bound[0]).sum()),
+                           "margin_violations": int((np.abs(d[c] - d) > r.margin_bound[0]).sum()),
+                           "certified_flip": bool(r.certified[0] and int(np.argmax(z + d)) != c)}
+            rows.append(row)
+            print(f"[tier B] {row}", flush=True)
+        out["tierB_radii"] = cfg.tierb_radii
+        out["tierB_images"] = rows
+        out["tierB_certified"] = f"{sum(r['certified'] for r in rows)}/{len(rows)}"
+    if cfg.growth:
+        x = X[:1] if cfg.n > 0 else torch.from_numpy(ds.x_test[:1])
+        o = run_model(tr, x, "fp16", backends=("float32", "emulator"))
+        t0 = time.perf_counter()
+        R, _, _ = A._forward_sweep(tr, x.float(), bc, ParamCache(), cfg.growth, 1024)
+        table = []
+        for s in tr.steps:
+            r = R.get(s.name)
+            if r is None or r.z is None or not r.z.is_floating_point():
+                continue
+            obs = (o["emulator"][s.name].double() - o["float32"][s.name].double()).abs()
+            row = {"step": s.name, "kind": s.kind,
+                   "radius_over_observed_median": float((r.G / obs.clamp_min(1e-9)).median()),
+                   "radius_max": float(r.G.max()), "observed_max": float(obs.max())}
+            if s.kind == "relu":
+                z, Gi = R[s.inputs[0]].z.double(), R[s.inputs[0]].G
+                row["may_switch"] = float((Gi >= z.abs()).double().mean())
+                row["slack_max"] = float((Gi - z.abs()).clamp_min(0).max())
+            table.append(row)
+        out["growth"] = {"radii": cfg.growth, "seconds": time.perf_counter() - t0, "steps": table}
+        for row in table:
+            if row["kind"] == "relu":
+                print(f"[growth] {row['step']:18s} radius/observed {row['radius_over_observed_median']:10.3g} "
+                      f"may switch {row['may_switch']:.4f}", flush=True)
+    keys = [k for k in ("certified_fraction", "median_limit_over_delta", "delta_over_pred_quantiles", "seconds",
+                        "tierB_certified") if k in out]
+    print(json.dumps({k: out[k] for k in keys}, indent=1))
     Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
     Path(cfg.out).write_text(json.dumps(out, indent=1))
     print(f"wrote {cfg.out}")

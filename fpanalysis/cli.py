@@ -415,9 +415,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="nearest-even")
     p.add_argument("--failure-prob", type=float, default=1e-6, help="of the probabilistic bound, per input")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--certificate", default="adjoint", choices=("adjoint", "adjoint-exact", "interval"),
-                   help="adjoint (default; piecewise-linear networks, else the interval one), adjoint-exact "
-                        "(tier-B exact-row radii: deep CNNs, costly) or interval (Gamma > 2B)")
+    p.add_argument("--certificate", default="adjoint",
+                   choices=("adjoint", "adjoint-exact", "adjoint-windowed", "interval"),
+                   help="adjoint (default; piecewise-linear networks and GELU / layer norm / softmax / "
+                        "attention, else the interval one), adjoint-exact (tier-B exact-row radii: deep "
+                        "CNNs and ViTs, costly), adjoint-windowed (tier B with rows "
+                        "stopped at each change of resolution: cheaper, looser) or interval (Gamma > 2B)")
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--plots", metavar="DIR", help="write layer_errors.png and exponents.png there")
     p.set_defaults(func=_cmd_analyze)

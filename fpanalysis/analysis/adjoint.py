@@ -124,6 +124,7 @@ from ..bounds import layers as LB
 from ..nn.execute import ParamCache, torch_step
 from ..nn.trace import Step, TracedModel
 from ..rounding import round_to
+from . import rows
 from .network_bounds import (
     BoundConfig,
     _bn_params,
@@ -189,11 +190,12 @@ class AdjointResult:
 
 
 class _Rec:
-    __slots__ = ("Ak", "Aw", "G", "gam", "is_eta", "lin", "mu", "phi", "rho", "var", "w", "w0", "z")
+    __slots__ = ("Ak", "Aw", "D", "G", "gam", "is_eta", "lin", "mu", "phi", "rho", "var", "w", "w0", "z")
 
     def __init__(self) -> None:
         self.z = self.G = self.mu = self.Ak = self.Aw = self.lin = self.w = self.w0 = self.var = self.rho = None
         self.phi = None
+        self.D = None  # tier B: bound on |d - mu| from exact rows (the windowed radii start from it)
         self.is_eta = False
         self.gam = _SLACK
 
@@ -342,15 +344,18 @@ def _pair(v: Any) -> tuple[int, int]:
 #: Radius tiers: "interval" (tier A: min of the interval bound and |mu| + |J| w propagated with
 #: absolute values, cheap) and "exact" (tier B: also the exact rows of the Jacobian at every ReLU /
 #: max-pool / smooth-step input, one backward pass per neuron, and one per layer-norm row for
-#: :func:`_ln_phi`: costly, see :func:`_exact_rows`).
-RADII = ("interval", "exact")
+#: :func:`_ln_phi`: costly, see :func:`_exact_rows`; "windowed": tier B with the rows stopped at the
+#: last change of resolution).
+RADII = ("interval", "exact", "windowed")
 
 
 def _check_radii(radii: str) -> None:
     if radii not in RADII:
         raise ValueError(f"unknown radii {radii!r}; valid choices are: {', '.join(RADII)} "
                          f"('interval': tier A, cheap; 'exact': tier B, exact Jacobian rows at ReLU / max-pool / "
-                         f"smooth-step inputs, one backward pass per neuron)")
+                         f"smooth-step inputs, one backward pass per neuron or per group of neurons whose receptive "
+                         f"fields never overlap; 'windowed': tier B with the rows stopped at the last change of "
+                         f"resolution, cheaper and looser)")
 
 
 def adjoint_certificate(traced: TracedModel, X: torch.Tensor, cfg: BoundConfig, *, batch_size: int = 64,
@@ -407,7 +412,8 @@ def _forward_sweep(traced: TracedModel, x: torch.Tensor, cfg: BoundConfig, cache
     f = cfg.fmt
     R: dict[str, _Rec] = {}
     exact_at = set()
-    if radii == "exact":
+    dom = rows.dominators(traced) if radii == "windowed" else {}
+    if radii in ("exact", "windowed"):
         for s in traced.steps:
             if s.kind in _EXACT_AT:
                 exact_at.update(n for n in s.inputs)
@@ -448,16 +454,35 @@ def _forward_sweep(traced: TracedModel, x: torch.Tensor, cfg: BoundConfig, cache
                 r.mu, r.Ak, r.Aw = k, k.abs(), torch.zeros_like(k)
                 continue
             ins = [R[n] for n in s.inputs if n in R]
-            if radii == "exact" and s.kind == "layernorm":
+            if radii in ("exact", "windowed") and s.kind == "layernorm":
                 r.phi = _ln_phi(traced, R, s, sizes, cache)
             _forward(s, ins, r, cfg, cache, sizes)
             if s.name in exact_at and r.z.is_floating_point() and r.z.ndim >= 1 and s.kind != "param":
-                r.G = torch.minimum(r.G, _exact_rows(traced, R, s.name, sizes, cache, row_chunk))
+                cut = _window_cut(s.name, dom, R) if dom else None
+                r.G = torch.minimum(r.G, _exact_rows(traced, R, s.name, sizes, cache, row_chunk, cut))
     return R, sizes, in_shapes
 
 
+def _window_cut(upto: str, dom: dict[str, set[str]], R: dict[str, _Rec]) -> str | None:
+    """The cut of the windowed radii for step ``upto``: the latest step that every path to it passes
+    through, whose exact-row bound ``D`` is known and whose spatial size is larger (the rows stop
+    at the last change of resolution); ``None``: rows over the whole prefix."""
+    size = R[upto].z.shape[2:].numel() if R[upto].z.ndim == 4 else None
+    if size is None:
+        return None
+    best, best_pos = None, -1
+    order = {n: i for i, n in enumerate(R)}
+    for a in dom[upto] - {upto}:
+        r = R.get(a)
+        if r is None or r.D is None or r.z.ndim != 4 or r.z.shape[2:].numel() <= size:
+            continue
+        if order[a] > best_pos:
+            best, best_pos = a, order[a]
+    return best
+
+
 def _exact_rows(traced: TracedModel, R: dict[str, _Rec], upto: str, sizes: dict, cache: ParamCache,
-                row_chunk: int) -> torch.Tensor:
+                row_chunk: int, cut: str | None = None) -> torch.Tensor:
     """Tier-B radius of step ``upto``: ``|mu_t| + sum_{s <= t} |J_{t<-s}| (e_bar_s + eta_bar_s)``, exact rows.
 
     Soundness.  The decomposition of the module docstring, stopped at step ``t`` instead of the
@@ -474,6 +499,13 @@ def _exact_rows(traced: TracedModel, R: dict[str, _Rec], upto: str, sizes: dict,
     backward pass through the prefix per ``row_chunk`` neurons of ``t`` (CROWN's per-neuron
     backward bounds, Zhang et al., NeurIPS 2018, have the same cost); see docs/theory.md
     section 2.3a.
+
+    Windowed (``cut``, a step every path to ``t`` passes through, with ``D_a >= |d_a - mu_a|``
+    known): ``d_t - mu_t = J_{t<-a} (d_a - mu_a) + sum_{a < s <= t} J_{t<-s} (e_s + eta_s)`` (the
+    known parts propagate linearly, ``mu_t = J_{t<-a} mu_a + sum_{a < s <= t} J_{t<-s} k_s``), so
+    the rows stop at ``a`` and take ``|row(J_{t<-a})| D_a`` there: sound, looser by the triangle
+    inequality at one step, and the passes no longer run through the prefix before ``a``.
+    The bound on ``|d_t - mu_t|`` is kept as ``D`` of step ``t`` for later windows.
     """
     r_t = R[upto]
     B = int(r_t.z.shape[0])
@@ -489,23 +521,89 @@ def _exact_rows(traced: TracedModel, R: dict[str, _Rec], upto: str, sizes: dict,
         w = R[s.name].w if s.name in R else None
         if w is not None:
             finite &= torch.isfinite(w.reshape(B, -1)).all(1)
-    acc = torch.zeros(B, n, dtype=torch.float64)
+    colored = _colored_rows(traced, R, upto, prefix, sizes, cache, row_chunk, cut)
+    acc = torch.zeros(B, n, dtype=torch.float64) if colored is None else colored
     with torch.no_grad():
-        for start in range(0, n, int(row_chunk)):
+        for start in range(0, n if colored is None else 0, int(row_chunk)):
             S = min(int(row_chunk), n - start)
             seed = torch.zeros(S, B, n, dtype=torch.float64)
             seed[torch.arange(S), :, start + torch.arange(S)] = 1.0
-            part = _prefix_abs(prefix, R, upto, seed.reshape((S, B) + shape), sizes, cache)
+            part = _prefix_abs(prefix, R, upto, seed.reshape((S, B) + shape), sizes, cache, cut)
             acc[:, start:start + S] = part.T
     acc = acc.reshape((B,) + shape)
+    if cut is not None:
+        finite &= torch.isfinite(R[cut].D.reshape(B, -1)).all(1)
+    fin = finite.reshape((B,) + (1,) * len(shape))
+    dev = _fix((acc * _PAD + r_t.gam * (r_t.Ak + r_t.Aw)) * _PAD)
+    r_t.D = torch.where(fin, dev, torch.full_like(dev, math.inf))
     rad = _fix((r_t.mu.abs() + acc * _PAD + r_t.gam * (r_t.Ak + r_t.Aw)) * _PAD)
-    return torch.where(finite.reshape((B,) + (1,) * len(shape)), rad, torch.full_like(rad, math.inf))
+    return torch.where(fin, rad, torch.full_like(rad, math.inf))
+
+
+def _colored_rows(traced: TracedModel, R: dict[str, _Rec], upto: str, prefix: list[Step], sizes: dict,
+                  cache: ParamCache, row_chunk: int, cut: str | None = None) -> torch.Tensor | None:
+    """``sum_{s <= t} |row_n(J_{t<-s})| w_s`` (B, n) for every neuron ``n`` of step ``t = upto``, with
+    the neurons whose receptive fields never overlap sharing a backward pass (:mod:`.rows`); ``None``
+    when the prefix is not a convolutional one (or no pass would be saved).  Each entry of a
+    shared pass's gradient belongs to the one seed whose box holds it; an entry outside every box
+    must be zero, and a nonzero one there raises (the geometry would be wrong)."""
+    r_t = R[upto]
+    shape = tuple(r_t.z.shape[1:])
+    if len(shape) != 3:
+        return None
+    shapes = {name: tuple(rec.z.shape) for name, rec in R.items() if rec.z is not None}
+    bx = rows.boxes(traced, upto, shapes, stop=cut)
+    if bx is None:
+        return None
+    C, H, W = shape
+    per = rows.periods(bx, (H, W))
+    nh, nw = rows.counts(per, (H, W))
+    colors = [(c, a, b) for c in range(C) for a in range(per[0]) for b in range(per[1])]
+    if len(colors) >= C * H * W:
+        return None
+    B = int(r_t.z.shape[0])
+    acc = torch.zeros(B, C, H, W, dtype=torch.float64)
+    slot = nh * nw
+    with torch.no_grad():
+        for start in range(0, len(colors), int(row_chunk)):
+            chunk = colors[start:start + int(row_chunk)]
+            S = len(chunk)
+            seed = torch.zeros((S, B) + shape, dtype=torch.float64)
+            for k, (c, a, b) in enumerate(chunk):
+                seed[k, :, c, a::per[0], b::per[1]] = 1.0
+            offsets = torch.tensor([[a, b] for _, a, b in chunk], dtype=torch.int64)
+            grads = {upto: seed}
+            part = torch.zeros(S, B, slot + 1, dtype=torch.float64)
+            for s in reversed(prefix):
+                if s.kind == "size" or s.name not in grads:
+                    continue
+                g = grads.pop(s.name)
+                r = R[s.name]
+                w = r.D if s.name == cut else r.w
+                if w is not None:
+                    Hs, Ws = g.shape[-2:]
+                    wf = torch.nan_to_num(w.reshape(B, -1, Hs, Ws), nan=0.0, posinf=0.0)
+                    contrib = (g.abs() * wf.unsqueeze(0)).sum(2).reshape(S, B, Hs * Ws)
+                    own = rows.owners(bx[s.name], (Hs, Ws), offsets, per, (H, W)).reshape(S, 1, Hs * Ws)
+                    part.scatter_add_(2, own.expand(S, B, Hs * Ws), contrib)
+                if s.kind == "input" or s.name == cut:
+                    continue
+                for name, gi in _backward(s, g, r, [R[m] for m in s.inputs if m in R], S, B, cache, sizes):
+                    grads[name] = grads[name] + gi if name in grads else gi
+            if bool((part[:, :, slot] != 0).any()):
+                raise RuntimeError(f"internal error: the rows of {upto!r} reach outside their receptive boxes")
+            for k, (c, a, b) in enumerate(chunk):
+                hi, wi = len(range(a, H, per[0])), len(range(b, W, per[1]))
+                vals = part[k, :, :slot].reshape(B, nh, nw)[:, :hi, :wi]
+                acc[:, c, a::per[0], b::per[1]] = vals
+    return acc.reshape(B, -1)
 
 
 def _prefix_abs(prefix: list[Step], R: dict[str, _Rec], upto: str, seed: torch.Tensor, sizes: dict,
-                cache: ParamCache) -> torch.Tensor:
+                cache: ParamCache, cut: str | None = None) -> torch.Tensor:
     """``sum_{s <= upto} |J_{upto<-s}^T v| w_s`` (S, B) for the S seeds ``v`` (S, B, *shape of upto):
-    one backward pass of the linearisation through ``prefix`` (the steps up to ``upto``)."""
+    one backward pass of the linearisation through ``prefix`` (the steps up to ``upto``); windowed
+    (``cut``): the pass stops at ``cut`` and takes ``|J_{upto<-cut}^T v| D_cut`` there."""
     S, B = int(seed.shape[0]), int(seed.shape[1])
     grads = {upto: seed}
     part = torch.zeros(S, B, dtype=torch.float64)
@@ -515,6 +613,9 @@ def _prefix_abs(prefix: list[Step], R: dict[str, _Rec], upto: str, seed: torch.T
         g = grads.pop(s.name)
         r = R[s.name]
         if s.kind in ("input", "param"):
+            continue
+        if s.name == cut:
+            part += _dot(g.reshape(S, B, -1).abs(), r.D, B)
             continue
         if r.w is not None:
             part += _dot(g.reshape(S, B, -1).abs(), r.w, B)
@@ -1354,6 +1455,8 @@ def _backward(s: Step, g: torch.Tensor, r: _Rec, ins: list[_Rec], K: int, B: int
     """Transpose of the step's linearisation applied to g (K, B, ...)."""
     k = s.kind
     names = [n for n in s.inputs if n not in sizes]
+    if k in ("input", "param"):
+        return []
     if k in ("output", "identity"):
         return [(names[0], g)]
     if k == "relu":

@@ -141,8 +141,10 @@ class AnalysisConfig:
 #: Certificates :func:`analyze` can use: the adjoint one (:mod:`.adjoint`, piecewise-linear
 #: networks and GELU / layer norm / softmax / attention products, falling back to the interval one
 #: elsewhere), the same with tier-B (exact-row) radii (costly: one backward pass per neuron at every
-#: ReLU / max-pool / smooth-step input) and the interval one alone.
-CERTIFICATES = ("adjoint", "adjoint-exact", "interval")
+#: ReLU / max-pool / smooth-step input), the windowed tier B and the interval one alone.
+CERTIFICATES = ("adjoint", "adjoint-exact", "adjoint-windowed", "interval")
+#: the adjoint certificates and their radii (docs/theory.md section 2.3a)
+_RADII = {"adjoint": "interval", "adjoint-exact": "exact", "adjoint-windowed": "windowed"}
 
 
 def _as_tensor(torch: Any, x: Any) -> Any:
@@ -228,7 +230,7 @@ def analyze(
         Keep per-input certificates (Gamma, B, delta, classes) in the report.
     name : str, optional
         Model name for the report.
-    certificate : {"adjoint", "adjoint-exact", "interval"}
+    certificate : {"adjoint", "adjoint-exact", "adjoint-windowed", "interval"}
         ``"adjoint"`` (default): the per-input certificate of :mod:`fpanalysis.analysis.adjoint`
         (error propagated through the network's Jacobian, margins against each class) combined
         with the interval one (either suffices; the logit bound is the smaller of the two), plus
@@ -238,8 +240,11 @@ def analyze(
         report says so and uses the interval certificate.  ``"adjoint-exact"``: the same with
         tier-B radii (exact Jacobian rows at every ReLU / max-pool / smooth-step input,
         docs/theory.md section 2.3a): certifies deep
-        CNNs that tier A cannot, at the cost of one backward pass per neuron (hundreds of times
-        the tier-A time).  ``"interval"``: the interval certificate
+        CNNs that tier A cannot, at the cost of one backward pass per neuron or per group of
+        neurons whose receptive fields never overlap (tens to hundreds of times the tier-A
+        time).  ``"adjoint-windowed"``: tier B with the rows stopped at the last change of
+        resolution before each step (sound, looser, several times cheaper on networks with
+        strided stages).  ``"interval"``: the interval certificate
         ``Gamma > 2 B`` alone (:mod:`fpanalysis.analysis.network_bounds`).
 
     Returns
@@ -326,7 +331,7 @@ def _analyze(torch: Any, model: Any, inputs: Any, labels: Any, c: AnalysisConfig
     probability = max(0.0, 1.0 - fail)
     t0 = time.perf_counter()
     G, Gp, cert_extra, adj, cert_info = arrs["G"], arrs["Gp"], None, None, {"method": "interval"}
-    if c.certificate in ("adjoint", "adjoint-exact"):
+    if c.certificate in _RADII:
         from .adjoint import _unsupported_message as unsupported_message
         from .adjoint import adjoint_certificate, unsupported_steps
 
@@ -335,11 +340,11 @@ def _analyze(torch: Any, model: Any, inputs: Any, labels: Any, c: AnalysisConfig
             cert_info["note"] = unsupported_message(bad) + "; the interval certificate is used"
         else:
             adj = adjoint_certificate(traced, X, cfg0, batch_size=min(bs, 64),
-                                      radii="exact" if c.certificate == "adjoint-exact" else "interval")
+                                      radii=_RADII[c.certificate])
             G, Gp = np.minimum(G, adj.bound), np.minimum(Gp, adj.bound)  # both bounds are sound
             cert_extra = adj.certified
             cert_info["method"] = "adjoint"
-            cert_info["radii"] = "exact" if c.certificate == "adjoint-exact" else "interval"
+            cert_info["radii"] = _RADII[c.certificate]
     timings["adjoint"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     tol, per = {}, {}

@@ -229,7 +229,7 @@ def test_analyze_uses_adjoint_by_default_and_reports_it() -> None:
     assert "adjoint:" in rep.summary() and "delta/delta_pred" in rep.summary()
     assert AnalysisReport.from_json(rep.to_json()).certificate["certified_adjoint"] == info["certified_adjoint"]
     assert len(rep.per_input["adjoint"]["limit"]) == 24
-    with pytest.raises(ValueError, match="valid certificates are: adjoint, adjoint-exact, interval"):
+    with pytest.raises(ValueError, match="valid certificates are: adjoint, adjoint-exact, adjoint-windowed, interval"):
         analyze(m, x, certificate="lipschitz", progress=False)
     exact = analyze(m, x, "fp16", progress=False, local=False, reference=False, certificate="adjoint-exact")
     assert exact.certificate["method"] == "adjoint" and exact.certificate["radii"] == "exact"

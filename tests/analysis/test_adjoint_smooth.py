@@ -330,7 +330,7 @@ def test_layernorm_gelu_softmax_network_sound_and_certifies(seed: int) -> None:
     assert (res.switching > 0).all()  # the remainders are counted
 
 
-@pytest.mark.parametrize("radii", ["interval", "exact"])
+@pytest.mark.parametrize("radii", ["interval", "exact", "windowed"])
 def test_attention_network_sound(radii: str) -> None:
     torch.manual_seed(30)
     x = torch.randn(10, 5, 4)
