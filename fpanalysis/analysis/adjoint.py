@@ -139,8 +139,8 @@ from .network_bounds import (
     reduction_length,
 )
 
-__all__ = ["ADJOINT_KINDS", "RADII", "AdjointResult", "adjoint_certificate", "adjoint_radii", "partial_sum_ulp2",
-           "unsupported_steps"]
+__all__ = ["ADJOINT_KINDS", "RADII", "AdjointResult", "NotCovered", "adjoint_certificate", "adjoint_radii",
+           "partial_sum_ulp2", "unsupported_steps"]
 
 #: Step kinds the adjoint certificate covers: piecewise-linear steps (exact linearisation with a
 #: switching slack) and the smooth steps GELU (erf form), layer norm, softmax and the product of two
@@ -152,6 +152,11 @@ ADJOINT_KINDS = frozenset({"input", "output", "size", "identity", "shape", "cat"
 
 _U64 = 2.0**-53
 _PAD = 1.0 + 2.0**-40
+
+
+class NotCovered(ValueError):
+    """A step the adjoint method does not cover, found only once shapes are known (a matmul with a
+    1-D operand); :func:`fpanalysis.analysis.analyze` then uses the interval certificate."""
 
 
 def unsupported_steps(traced: TracedModel) -> list[Step]:
@@ -1416,7 +1421,8 @@ def _matmul(a: _Rec, b: _Rec, r: _Rec, cfg: BoundConfig) -> None:
     """
     A, Bm = a.z.double(), b.z.double()
     if A.ndim < 2 or Bm.ndim < 2:
-        raise ValueError("the adjoint certificate covers matmul of operands with 2 or more axes only")
+        raise NotCovered("the adjoint certificate covers matmul of operands with 2 or more axes only (a 1-D "
+                         "operand is not certified by the adjoint method)")
     k = int(A.shape[-1])
     c = 1.0 + 2.0 * (k + 2) * _U64
     Aa, Ba = A.abs(), Bm.abs()

@@ -333,14 +333,18 @@ def _analyze(torch: Any, model: Any, inputs: Any, labels: Any, c: AnalysisConfig
     G, Gp, cert_extra, adj, cert_info = arrs["G"], arrs["Gp"], None, None, {"method": "interval"}
     if c.certificate in _RADII:
         from .adjoint import _unsupported_message as unsupported_message
-        from .adjoint import adjoint_certificate, unsupported_steps
+        from .adjoint import NotCovered, adjoint_certificate, unsupported_steps
 
         bad = unsupported_steps(traced)
         if bad:
             cert_info["note"] = unsupported_message(bad) + "; the interval certificate is used"
         else:
-            adj = adjoint_certificate(traced, X, cfg0, batch_size=min(bs, 64),
-                                      radii=_RADII[c.certificate])
+            try:
+                adj = adjoint_certificate(traced, X, cfg0, batch_size=min(bs, 64),
+                                          radii=_RADII[c.certificate])
+            except NotCovered as e:
+                cert_info["note"] = f"{e}; the interval certificate is used"
+        if adj is not None:
             G, Gp = np.minimum(G, adj.bound), np.minimum(Gp, adj.bound)  # both bounds are sound
             cert_extra = adj.certified
             cert_info["method"] = "adjoint"

@@ -397,3 +397,31 @@ def test_exact_tie_not_certified_and_sound() -> None:
     assert tie.any() and (~tie).any()
     assert not res.certified[tie].any()
     assert res.certified[~tie].any()
+
+
+class _Vec(nn.Module):
+    """A matmul with a 1-D operand (a constant vector): not covered by the adjoint method."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(60)
+        self.lin = nn.Linear(4, 6)
+        self.vec = nn.Parameter(torch.randn(6, 3))
+        self.v1 = nn.Parameter(torch.randn(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.matmul(self.lin(x), self.vec)  # (B, 3)
+        return h + torch.matmul(h, self.v1).unsqueeze(1)  # (B, 3) @ (3,): a 1-D operand
+
+
+def test_one_dimensional_matmul_is_refused_clearly() -> None:
+    """Found only once shapes are known: NotCovered (a ValueError), which analyze turns into the
+    interval certificate with a note (the interval bounds of a 1-D matmul are not there either)."""
+    from fpanalysis.analysis.adjoint import NotCovered
+
+    m = _Vec().eval()
+    x = torch.randn(5, 4)
+    tr = trace_model(m)
+    assert unsupported_steps(tr) == []  # shapes are needed to see it
+    with pytest.raises(NotCovered, match="2 or more axes"):
+        adjoint_certificate(tr, x, CFG)
