@@ -332,8 +332,8 @@ def _analyze(torch: Any, model: Any, inputs: Any, labels: Any, c: AnalysisConfig
     t0 = time.perf_counter()
     G, Gp, cert_extra, adj, cert_info = arrs["G"], arrs["Gp"], None, None, {"method": "interval"}
     if c.certificate in _RADII:
-        from .adjoint import _unsupported_message as unsupported_message
         from .adjoint import NotCovered, adjoint_certificate, unsupported_steps
+        from .adjoint import _unsupported_message as unsupported_message
 
         bad = unsupported_steps(traced)
         if bad:
