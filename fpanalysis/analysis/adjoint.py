@@ -56,7 +56,11 @@ Radii.  ``R_s >= |d_s|`` is needed at every ReLU / max-pool / smooth-step input 
 ``R_s = min(G_s, |mu_s| + |J| (e_bar + eta_bar))`` where ``G_s`` is the interval bound of
 :mod:`.network_bounds` ("tier A", recomputed here step by step from the smaller radius) and the
 second term is the same linear network propagated with absolute values; both are sound, so is
-their minimum.
+their minimum.  Tier B (``radii="exact"``, :func:`_exact_rows`) adds exact Jacobian rows at those
+inputs, neurons with disjoint receptive fields sharing a backward pass (:mod:`.rows`);
+``radii="windowed"`` stops the rows at the last change of resolution (:func:`_window_cut`).
+On deep ReLU networks even exact radii can run away through the switching slack
+(docs/theory.md section 2.3a, measured on ResNet-20).
 
 Soundness of the arithmetic.  ``mu``, ``g`` and the magnitudes are computed in float64.  Each is
 a sum of at most ``N`` products along any path (``N`` = the sum of the reduction lengths), so
