@@ -59,21 +59,30 @@ def stage1(ds, planned_epochs: int = 15, run_epochs: int = 2, threads: int = 2):
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.1, total_steps=planned_epochs * (len(Y) // bs))
     g = torch.Generator().manual_seed(0)
     for ep in range(run_epochs):
-        m.train()
-        perm = torch.randperm(len(Y), generator=g)
-        for i in range(0, len(Y) - bs + 1, bs):
-            idx = perm[i:i + bs]
-            xb = X[idx]
-            flip = torch.rand(bs, generator=g) < 0.5
-            xb = torch.where(flip[:, None, None, None], xb.flip(3), xb)
-            dx, dy = torch.randint(-4, 5, (2,), generator=g).tolist()
-            xb = torch.roll(torch.nn.functional.pad(xb, (4, 4, 4, 4)), (dy, dx), (2, 3))[:, :, 4:36, 4:36]
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(m(xb), Y[idx]).backward()
-            opt.step()
-            sched.step()
+        _epoch(m, X, Y, bs, opt, sched, g, shifts=True)
         print(f"stage 1 epoch {ep + 1}: test acc {_acc(m, ds):.4f}", flush=True)
     return m
+
+
+def _epoch(m, X, Y, bs: int, opt, sched, g, shifts: bool) -> None:
+    """One epoch of SGD steps in a random order: random horizontal flips and, with ``shifts``,
+    one random shift of up to 4 pixels per batch (zero padding)."""
+    import torch
+
+    m.train()
+    perm = torch.randperm(len(Y), generator=g)
+    for i in range(0, len(Y) - bs + 1, bs):
+        idx = perm[i:i + bs]
+        xb = X[idx]
+        flip = torch.rand(bs, generator=g) < 0.5
+        xb = torch.where(flip[:, None, None, None], xb.flip(3), xb)
+        if shifts:
+            dx, dy = torch.randint(-4, 5, (2,), generator=g).tolist()
+            xb = torch.roll(torch.nn.functional.pad(xb, (4, 4, 4, 4)), (dy, dx), (2, 3))[:, :, 4:36, 4:36]
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(m(xb), Y[idx]).backward()
+        opt.step()
+        sched.step()
 
 
 def stage2(m, ds, epochs: int = 2):
@@ -86,17 +95,7 @@ def stage2(m, ds, epochs: int = 2):
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * (len(Y) // bs))
     g = torch.Generator().manual_seed(1)
     for ep in range(epochs):
-        m.train()
-        perm = torch.randperm(len(Y), generator=g)
-        for i in range(0, len(Y) - bs + 1, bs):
-            idx = perm[i:i + bs]
-            xb = X[idx]
-            flip = torch.rand(bs, generator=g) < 0.5
-            xb = torch.where(flip[:, None, None, None], xb.flip(3), xb)
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(m(xb), Y[idx]).backward()
-            opt.step()
-            sched.step()
+        _epoch(m, X, Y, bs, opt, sched, g, shifts=False)
         print(f"stage 2 epoch {ep + 1}: test acc {_acc(m, ds):.4f}", flush=True)
     return m
 
