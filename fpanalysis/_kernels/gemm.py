@@ -816,7 +816,7 @@ def h16_pairwise_serial(A, B, C):  # type: ignore[no-untyped-def]
 def _tiled(A, B, Bp, C, kind, block):  # type: ignore[no-untyped-def]
     """:func:`_tiled_rows` over all rows (C's rows contiguous), packing B into ``Bp`` (see
     :func:`_panels`) and running row blocks in parallel."""
-    M, K = A.shape
+    M = A.shape[0]
     P = Bp.shape[0]
     for p in prange(P):
         _pack_b(B, Bp, p, p + 1)
@@ -827,7 +827,7 @@ def _tiled(A, B, Bp, C, kind, block):  # type: ignore[no-untyped-def]
 @njit(cache=True)
 def _tiled_serial(A, B, Bp, C, kind, block):  # type: ignore[no-untyped-def]
     """:func:`_tiled` on one thread (small products)."""
-    M, K = A.shape
+    M = A.shape[0]
     P = Bp.shape[0]
     _pack_b(B, Bp, 0, P)
     _tiled_rows(A, Bp, C, kind, block, 0, (M + MR - 1) // MR)
