@@ -199,13 +199,14 @@ class AdjointResult:
 
 
 class _Rec:
-    __slots__ = ("Ak", "Aw", "D", "G", "gam", "is_eta", "lin", "mu", "phi", "rho", "var", "w", "w0", "z")
+    __slots__ = ("Ak", "Aw", "D", "G", "gam", "is_eta", "lin", "mu", "off", "phi", "rho", "var", "w", "w0", "z")
 
     def __init__(self) -> None:
         self.z = self.G = self.mu = self.Ak = self.Aw = self.lin = self.w = self.w0 = self.var = self.rho = None
         self.phi = None
         self.D = None  # tier B: bound on |d - mu| from exact rows (the windowed radii start from it)
         self.is_eta = False
+        self.off = None  # ReLU: the known offset of the chord relaxation (inside mu; not a rounding)
         self.gam = _SLACK
 
 
@@ -711,6 +712,7 @@ def _chunk(traced: TracedModel, x: torch.Tensor, cfg: BoundConfig, cache: ParamC
     Slim = torch.zeros(K, B, dtype=torch.float64)   # sum |g_i| e_bar(radius 0)
     Mabs = torch.zeros(K, B, dtype=torch.float64)   # sum |g_c - g_j| w
     Var = torch.zeros(K, B, dtype=torch.float64)
+    Off = torch.zeros(K, B, dtype=torch.float64)    # the relaxation offsets' share of mu (J c)
     grads: dict[str, torch.Tensor] = {traced.output: torch.eye(K, dtype=torch.float64)[:, None, :].expand(K, B, K)}
     ar = torch.arange(B)
     with torch.no_grad():
@@ -737,6 +739,8 @@ def _chunk(traced: TracedModel, x: torch.Tensor, cfg: BoundConfig, cache: ParamC
                     Seta += _dot(gf.abs(), r.rho, B)
             if r.var is not None:
                 Var += _dot(gf * gf, r.var, B)
+            if r.off is not None:
+                Off += torch.einsum("kbn,bn->kb", gf, r.off.reshape(B, -1))
             if s.kind in ("input", "param"):
                 continue
             for name, gi in _backward(s, g, r, [R[n] for n in s.inputs if n in R], K, B, cache, sizes):
@@ -744,6 +748,10 @@ def _chunk(traced: TracedModel, x: torch.Tensor, cfg: BoundConfig, cache: ParamC
                     grads[name] = grads[name] + gi
                 else:
                     grads[name] = gi
+    if any(r.off is not None for r in R.values()):
+        # the chord relaxation changed the slopes of unstable ReLUs: the predictor and the limit
+        # describe the fp32 activation pattern, so they take their own pass with slopes [z > 0]
+        Var, Slim = _pattern_sweep(traced, R, K, B, cache, sizes)
     mu = out.mu
     Ak, Aw = out.Ak, out.Aw
     slack = gam * (Ak + Aw)
@@ -762,10 +770,43 @@ def _chunk(traced: TracedModel, x: torch.Tensor, cfg: BoundConfig, cache: ParamC
     mb = torch.where(finite[:, None], mb, torch.full_like(mb, math.inf))
     lim = Slim.T * _PAD
     sig = Var.T.sqrt()
-    pred = (mu.abs() + sig).max(1).values
+    known = mu - Off.T  # the roundings' part of mu: what the predictor and the report call mu
+    pred = (known.abs() + sig).max(1).values
     return {"bound": bound.numpy(), "margin_bound": mb.numpy(), "margin": margin.numpy(), "certified": cert.numpy(),
-            "limit": lim.max(1).values.numpy(), "mu": mu.numpy(), "sigma": sig.numpy(), "predicted": pred.numpy(),
+            "limit": lim.max(1).values.numpy(), "mu": known.numpy(), "sigma": sig.numpy(), "predicted": pred.numpy(),
             "switching": Seta.T.max(1).values.numpy(), "stats": {"gamma64": gam}}
+
+
+def _pattern_sweep(traced: TracedModel, R: dict[str, _Rec], K: int, B: int, cache: ParamCache,
+                   sizes: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The predictor's variance and the limit's ``sum |g| e_bar(radius 0)`` (both (K, B)) with the
+    gradients of the fp32 activation pattern (ReLU slopes ``[z > 0]``, not the chord slopes)."""
+    Var = torch.zeros(K, B, dtype=torch.float64)
+    Slim = torch.zeros(K, B, dtype=torch.float64)
+    grads: dict[str, torch.Tensor] = {traced.output: torch.eye(K, dtype=torch.float64)[:, None, :].expand(K, B, K)}
+    with torch.no_grad():
+        for s in reversed(traced.steps):
+            if s.kind == "size" or s.name not in grads:
+                continue
+            g = grads.pop(s.name)
+            if s.kind == "param":
+                continue
+            r = R[s.name]
+            gf = g.reshape(K, B, -1)
+            if r.w is not None and not r.is_eta:
+                Slim += _dot(gf.abs(), r.w0, B)
+            if r.var is not None:
+                Var += _dot(gf * gf, r.var, B)
+            if s.kind == "input":
+                continue
+            ins = [R[n] for n in s.inputs if n in R]
+            if s.kind == "relu":
+                back = [(n, g * (R[n].z > 0)) for n in s.inputs if n not in sizes]
+            else:
+                back = _backward(s, g, r, ins, K, B, cache, sizes)
+            for name, gi in back:
+                grads[name] = grads[name] + gi if name in grads else gi
+    return Var, Slim
 
 
 def _round(x: torch.Tensor, f: Any) -> np.ndarray:
@@ -807,19 +848,7 @@ def _forward(s: Step, ins: list[_Rec], r: _Rec, cfg: BoundConfig, cache: ParamCa
         _batchnorm(s, x, r, cfg, cache)
         return
     if k == "relu":
-        z = x.z.double()
-        D = (z > 0)
-        Rin = x.G
-        eta = torch.clamp(Rin - z.abs(), min=0.0)
-        eta = torch.where(torch.isnan(eta), torch.full_like(eta, math.inf), eta)
-        Df = D.double()
-        r.lin = D
-        r.w, r.is_eta = eta, True
-        r.mu = Df * x.mu
-        r.Ak = Df * x.Ak
-        r.Aw = Df * x.Aw + eta
-        tierA = torch.where(z + Rin > 0, Rin, torch.zeros_like(Rin))
-        r.G = torch.minimum(tierA, _radius(r))
+        _relu(x, r)
         return
     if k == "maxpool2d":
         z = x.z.double()
@@ -916,6 +945,38 @@ def _forward(s: Step, ins: list[_Rec], r: _Rec, cfg: BoundConfig, cache: ParamCa
 
 #: Relative float64 slack of the running magnitudes (checked against gamma64 of the network per chunk).
 _SLACK = 2.0**-30
+
+
+def _relu(x: _Rec, r: _Rec) -> None:
+    """ReLU at the fp32 pre-activation ``z`` with ``|d| <= R``.  Stable neurons (``|z| >= R``) keep
+    slope ``[z > 0]`` and no slack.  An unstable one (``|z| < R``, finite ``R``) is relaxed by the
+    chord of ``relu`` over ``[z - R, z + R]`` (the triangle relaxation of CROWN, Zhang et al.,
+    NeurIPS 2018): with ``a = (z + R) / (2R)``, ``relu(x) = a x + a (R - z) / 2 + eps``,
+    ``|eps| <= a (R - z) / 2`` for every ``x`` in the interval, so exactly
+    ``relu(z + d) - relu(z) = a d + c + eps`` with the known offset
+    ``c = (z + R)^2 / (4R) - relu(z)`` (a known part, propagated with ``mu``) and the slack
+    ``|eps| <= (R^2 - z^2) / (4R)``: a quarter of the former ``(R - |z|)_+`` at ``z = 0``, at most
+    half of it anywhere, and ``|c| + (R^2 - z^2)/(4R) = (R - |z|) / 2``.  The float64 evaluation of
+    ``a`` and ``c`` is covered by padding the slack with ``2**-40 (R + |z|)``.  An infinite radius
+    keeps the slack infinite (the input is not certified)."""
+    z = x.z.double()
+    Rin = x.G
+    fin = torch.isfinite(Rin)
+    U = (z.abs() < Rin) & fin & (Rin > 0)
+    Rs = torch.where(U, Rin, torch.ones_like(Rin))
+    a = torch.where(U, (z + Rs) / (2 * Rs), (z > 0).double())
+    c = torch.where(U, (z + Rs) ** 2 / (4 * Rs) - torch.clamp(z, min=0.0), torch.zeros_like(z))
+    hw = torch.where(U, (Rs * Rs - z * z) / (4 * Rs) * _PAD + 2.0**-40 * (Rs + z.abs()), torch.zeros_like(z))
+    eta = torch.where(fin, hw, torch.full_like(hw, math.inf))
+    r.lin = a
+    r.w, r.is_eta = eta, True
+    r.off = c if bool(U.any()) else None
+    r.mu = a * x.mu + c
+    r.Ak = a * x.Ak + c.abs()
+    r.Aw = a * x.Aw + eta
+    # directly: |relu(z + d) - relu(z)| <= |d| <= R, and <= (z + R)_+ where z <= 0
+    tierA = torch.where(z > 0, Rin, torch.clamp(z + Rin, min=0.0))
+    r.G = torch.minimum(tierA, _radius(r))
 
 
 def _radius(r: _Rec) -> torch.Tensor:
