@@ -195,3 +195,41 @@ def test_windowed_certificate_sound() -> None:
         assert (abs(o - z) <= res.bound).all(), be
         assert not ((o.argmax(1) != z.argmax(1)) & res.certified).any()
     assert (res.bound >= ex.bound * (1 - 1e-12)).all()
+
+
+def test_relu_chord_relaxation_brute_force() -> None:
+    """relu(z + d) - relu(z) = a d + c + eps with |eps| <= the slack, for every |d| <= R (a fine
+    grid including the ends and the kink), and the slack is attained (so 0.9 x it would fail)."""
+    torch.manual_seed(0)
+    n = 400
+    z = torch.randn(1, n, dtype=torch.float64)
+    R = torch.rand(1, n, dtype=torch.float64) * 2.0
+    R[0, :5] = torch.tensor([0.0, 1.0, 1.0, float("inf"), 0.5], dtype=torch.float64)
+    z[0, :5] = torch.tensor([0.3, 0.0, -1.0, 0.1, 0.5], dtype=torch.float64)
+    x = AD._Rec()
+    x.z, x.G = z.float(), R
+    x.mu = torch.zeros_like(R)
+    x.Ak = torch.zeros_like(R)
+    x.Aw = torch.zeros_like(R)
+    r = AD._Rec()
+    r.gam = 0.0
+    AD._relu(x, r)
+    zz = x.z.double()
+    a, c, hw = r.lin, (r.off if r.off is not None else torch.zeros_like(R)), r.w
+    t = torch.linspace(-1.0, 1.0, 2001, dtype=torch.float64)[:, None]
+    fin = torch.isfinite(R)[0]
+    d = t * R[:, fin]
+    kink = (-zz[:, fin]).clamp(-R[:, fin], R[:, fin])
+    d = torch.cat([d, kink], 0)
+    zf, af, cf, hf = zz[:, fin], a[:, fin], c[:, fin], hw[:, fin]
+    eps = torch.relu(zf + d) - torch.relu(zf) - af * d - cf
+    tol = 4 * 2.0**-53 * (zf.abs() + R[:, fin])  # this test's own float64 evaluation of eps
+    assert bool((eps.abs() <= hf + tol).all())
+    unstable = (zf.abs() < R[:, fin])[0]
+    assert bool(unstable.any()) and bool((~unstable).any())
+    worst = eps.abs().max(0).values[unstable]
+    assert bool((worst >= 0.9 * hf[0, unstable]).all())  # attained: a smaller slack would be wrong
+    assert bool((hf[0, ~unstable] == 0).all())
+    assert not bool(torch.isfinite(hw[0, 3]))  # an infinite radius keeps the slack infinite
+    # the relu output radius: at most R, and (z + R)_+ where z <= 0
+    assert bool((r.G <= R).all()) and float(r.G[0, 2]) == 0.0
