@@ -21,9 +21,10 @@ product of two activations), and each is split as::
   on its actual input minus the fp32 run's own error, ``|e_s| <= e_bar_s`` by the local bounds of
   :mod:`fpanalysis.bounds.layers` / :mod:`fpanalysis.bounds.accumulation` evaluated on the interval
   ``|x^| <= |x~| + R_in`` (this is the "growth of the local error with the incoming radius");
-* ``eta_s``: the switching slack.  ReLU: ``relu(z + d) - relu(z) - [z > 0] d`` lies between 0
-  and ``-(|d| - |z|)_+`` (z > 0) or ``(|d| - |z|)_+`` (z <= 0), so ``|eta| <= (R - |z|)_+`` for
-  ``|d| <= R``.  Max pooling with the fp32 winner ``i*``: ``max_i(z_i + d_i) - z_i* - d_i*``
+* ``eta_s``: the switching slack.  ReLU: a neuron with ``|z| >= R`` cannot switch (slope
+  ``[z > 0]``, no slack); one with ``|z| < R`` may, and is relaxed by the chord of ``relu`` over
+  ``[z - R, z + R]`` (:func:`_relu`): slope ``(z + R) / 2R``, a known offset (part of ``mu``) and
+  ``|eta| <= (R^2 - z^2) / 4R`` for ``|d| <= R``.  Max pooling with the fp32 winner ``i*``: ``max_i(z_i + d_i) - z_i* - d_i*``
   lies in ``[0, max_{i != i*} (R_i + R_i* - (z_i* - z_i))_+]``;
 * ``rho_s`` (smooth steps): ``L_s`` is the Jacobian at the fp32 value ``x~`` (with the rounded
   parameters) and ``rho_s = f(x~ + d) - f(x~) - J d`` the second-order remainder, bounded rigorously
