@@ -22,8 +22,9 @@ product of two activations), and each is split as::
   :mod:`fpanalysis.bounds.layers` / :mod:`fpanalysis.bounds.accumulation` evaluated on the interval
   ``|x^| <= |x~| + R_in`` (this is the "growth of the local error with the incoming radius");
 * ``eta_s``: the switching slack.  ReLU: a neuron with ``|z| >= R`` cannot switch (slope
-  ``[z > 0]``, no slack); one with ``|z| < R`` may, and is relaxed by the chord of ``relu`` over
-  ``[z - R, z + R]`` (:func:`_relu`): slope ``(z + R) / 2R``, a known offset (part of ``mu``) and
+  ``[z > 0]``, no slack); one with ``|z| < R`` may: tier A keeps slope ``[z > 0]`` with
+  ``|eta| <= (R - |z|)_+``, tier B relaxes it by the chord of ``relu`` over ``[z - R, z + R]``
+  (:func:`_relu`): slope ``(z + R) / 2R``, a known offset (part of ``mu``) and
   ``|eta| <= (R^2 - z^2) / 4R`` for ``|d| <= R``.  Max pooling with the fp32 winner ``i*``: ``max_i(z_i + d_i) - z_i* - d_i*``
   lies in ``[0, max_{i != i*} (R_i + R_i* - (z_i* - z_i))_+]``;
 * ``rho_s`` (smooth steps): ``L_s`` is the Jacobian at the fp32 value ``x~`` (with the rounded
@@ -467,7 +468,7 @@ def _forward_sweep(traced: TracedModel, x: torch.Tensor, cfg: BoundConfig, cache
             ins = [R[n] for n in s.inputs if n in R]
             if radii in ("exact", "windowed") and s.kind == "layernorm":
                 r.phi = _ln_phi(traced, R, s, sizes, cache)
-            _forward(s, ins, r, cfg, cache, sizes)
+            _forward(s, ins, r, cfg, cache, sizes, chord=radii != "interval")
             if s.name in exact_at and r.z.is_floating_point() and r.z.ndim >= 1 and s.kind != "param":
                 cut = _window_cut(s.name, dom, R) if dom else None
                 r.G = torch.minimum(r.G, _exact_rows(traced, R, s.name, sizes, cache, row_chunk, cut))
@@ -814,8 +815,10 @@ def _round(x: torch.Tensor, f: Any) -> np.ndarray:
     return round_to(x.detach().double().numpy(), f, "nearest-even")
 
 
-def _forward(s: Step, ins: list[_Rec], r: _Rec, cfg: BoundConfig, cache: ParamCache, sizes: dict) -> None:
-    """Tier-A radius G, known part mu = J k, magnitudes Ak = |J| |k|, Aw = |J| w, local bounds w."""
+def _forward(s: Step, ins: list[_Rec], r: _Rec, cfg: BoundConfig, cache: ParamCache, sizes: dict,
+             chord: bool = False) -> None:
+    """Tier-A radius G, known part mu = J k, magnitudes Ak = |J| |k|, Aw = |J| w, local bounds w.
+    ``chord``: relax unstable ReLUs by their chord (tier B; see :func:`_relu`)."""
     k = s.kind
     x = ins[0] if ins else None
     f = cfg.fmt
@@ -849,7 +852,7 @@ def _forward(s: Step, ins: list[_Rec], r: _Rec, cfg: BoundConfig, cache: ParamCa
         _batchnorm(s, x, r, cfg, cache)
         return
     if k == "relu":
-        _relu(x, r)
+        _relu(x, r, chord)
         return
     if k == "maxpool2d":
         z = x.z.double()
@@ -948,7 +951,7 @@ def _forward(s: Step, ins: list[_Rec], r: _Rec, cfg: BoundConfig, cache: ParamCa
 _SLACK = 2.0**-30
 
 
-def _relu(x: _Rec, r: _Rec) -> None:
+def _relu(x: _Rec, r: _Rec, chord: bool = True) -> None:
     """ReLU at the fp32 pre-activation ``z`` with ``|d| <= R``.  Stable neurons (``|z| >= R``) keep
     slope ``[z > 0]`` and no slack.  An unstable one (``|z| < R``, finite ``R``) is relaxed by the
     chord of ``relu`` over ``[z - R, z + R]`` (the triangle relaxation of CROWN, Zhang et al.,
@@ -959,10 +962,22 @@ def _relu(x: _Rec, r: _Rec) -> None:
     ``|eps| <= (R^2 - z^2) / (4R)``: a quarter of the former ``(R - |z|)_+`` at ``z = 0``, at most
     half of it anywhere, and ``|c| + (R^2 - z^2)/(4R) = (R - |z|) / 2``.  The float64 evaluation of
     ``a`` and ``c`` is covered by padding the slack with ``2**-40 (R + |z|)``.  An infinite radius
-    keeps the slack infinite (the input is not certified)."""
+    keeps the slack infinite (the input is not certified).
+
+    ``chord=False`` (tier A, where the radii are too wide for the relaxation to matter and its
+    extra backward pass for the predictor would cost ~20% of the certificate): slope ``[z > 0]``
+    and slack ``(R - |z|)_+`` for every neuron."""
     z = x.z.double()
     Rin = x.G
     fin = torch.isfinite(Rin)
+    if not chord:
+        D = (z > 0).double()
+        eta = torch.clamp(Rin - z.abs(), min=0.0)
+        eta = torch.where(torch.isnan(eta), torch.full_like(eta, math.inf), eta)
+        r.lin, r.w, r.is_eta = D, eta, True
+        r.mu, r.Ak, r.Aw = D * x.mu, D * x.Ak, D * x.Aw + eta
+        r.G = torch.minimum(torch.where(z > 0, Rin, torch.clamp(z + Rin, min=0.0)), _radius(r))
+        return
     U = (z.abs() < Rin) & fin & (Rin > 0)
     Rs = torch.where(U, Rin, torch.ones_like(Rin))
     a = torch.where(U, (z + Rs) / (2 * Rs), (z > 0).double())
