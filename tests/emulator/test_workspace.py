@@ -32,16 +32,18 @@ def test_large_requests_are_not_kept():
 
 def test_threads_get_their_own_buffers():
     seen = {}
+    both = threading.Barrier(2)
 
     def grab(k):
-        seen[k] = workspace.scratch("t.thread", (64,), np.float32).ctypes.data
+        seen[k] = workspace.scratch("t.thread", (64,), np.float32)
+        both.wait()  # both threads alive, each holding its buffer, before either ends
 
     ts = [threading.Thread(target=grab, args=(k,)) for k in range(2)]
     for t in ts:
         t.start()
     for t in ts:
         t.join()
-    assert seen[0] != seen[1]
+    assert not np.shares_memory(seen[0], seen[1])
 
 
 @pytest.mark.parametrize("profile,order", [("fp32-accumulate", "sequential"), ("fp32-accumulate", "blocked"),
