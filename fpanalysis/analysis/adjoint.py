@@ -584,13 +584,8 @@ def _colored_rows(traced: TracedModel, R: dict[str, _Rec], upto: str, prefix: li
             for k, (c, a, b) in enumerate(chunk):
                 seed[k, :, c, a::per[0], b::per[1]] = 1.0
             offsets = torch.tensor([[a, b] for _, a, b in chunk], dtype=torch.int64)
-            grads = {upto: seed}
             part = torch.zeros(S, B, slot + 1, dtype=torch.float64)
-            for s in reversed(prefix):
-                if s.kind == "size" or s.name not in grads:
-                    continue
-                g = grads.pop(s.name)
-                r = R[s.name]
+            for s, r, g in _walk_back(prefix, R, upto, seed, S, B, sizes, cache, cut):
                 w = r.D if s.name == cut else r.w
                 if w is not None:
                     Hs, Ws = g.shape[-2:]
@@ -598,10 +593,6 @@ def _colored_rows(traced: TracedModel, R: dict[str, _Rec], upto: str, prefix: li
                     contrib = (g.abs() * wf.unsqueeze(0)).sum(2).reshape(S, B, Hs * Ws)
                     own = rows.owners(bx[s.name], (Hs, Ws), offsets, per, (H, W)).reshape(S, 1, Hs * Ws)
                     part.scatter_add_(2, own.expand(S, B, Hs * Ws), contrib)
-                if s.kind == "input" or s.name == cut:
-                    continue
-                for name, gi in _backward(s, g, r, [R[m] for m in s.inputs if m in R], S, B, cache, sizes):
-                    grads[name] = grads[name] + gi if name in grads else gi
             if bool((part[:, :, slot] != 0).any()):
                 raise RuntimeError(f"internal error: the rows of {upto!r} reach outside their receptive boxes")
             for k, (c, a, b) in enumerate(chunk):
@@ -611,28 +602,43 @@ def _colored_rows(traced: TracedModel, R: dict[str, _Rec], upto: str, prefix: li
     return acc.reshape(B, -1)
 
 
+def _walk_back(steps: list[Step], R: dict[str, _Rec], start: str, seed: torch.Tensor, K: int, B: int,
+               sizes: dict, cache: ParamCache, cut: str | None = None, pattern: bool = False):
+    """One backward pass of the linearisation from step ``start`` (seeds ``(K, B, *shape)``) through
+    ``steps``: yields ``(step, record, gradient)`` at every step it reaches, in reverse order, then
+    carries the gradient to the step's inputs -- except at the input (a source), at ``cut`` (the
+    pass stops there) and past constant tensors (never yielded).  ``pattern``: ReLUs take the fp32
+    activation pattern ``[z > 0]`` as slope instead of their recorded linearisation."""
+    grads = {start: seed}
+    for s in reversed(steps):
+        if s.kind == "size" or s.name not in grads:
+            continue
+        g = grads.pop(s.name)
+        if s.kind == "param":  # a constant: its rounding is in mu, nothing to inject or carry
+            continue
+        r = R[s.name]
+        yield s, r, g
+        if s.kind == "input" or s.name == cut:
+            continue
+        if pattern and s.kind == "relu":
+            back = [(n, g * (R[n].z > 0)) for n in s.inputs if n not in sizes]
+        else:
+            back = _backward(s, g, r, [R[m] for m in s.inputs if m in R], K, B, cache, sizes)
+        for name, gi in back:
+            grads[name] = grads[name] + gi if name in grads else gi
+
+
 def _prefix_abs(prefix: list[Step], R: dict[str, _Rec], upto: str, seed: torch.Tensor, sizes: dict,
                 cache: ParamCache, cut: str | None = None) -> torch.Tensor:
     """``sum_{s <= upto} |J_{upto<-s}^T v| w_s`` (S, B) for the S seeds ``v`` (S, B, *shape of upto):
     one backward pass of the linearisation through ``prefix`` (the steps up to ``upto``); windowed
     (``cut``): the pass stops at ``cut`` and takes ``|J_{upto<-cut}^T v| D_cut`` there."""
     S, B = int(seed.shape[0]), int(seed.shape[1])
-    grads = {upto: seed}
     part = torch.zeros(S, B, dtype=torch.float64)
-    for s in reversed(prefix):
-        if s.kind == "size" or s.name not in grads:
-            continue
-        g = grads.pop(s.name)
-        r = R[s.name]
-        if s.kind in ("input", "param"):
-            continue
-        if s.name == cut:
-            part += _dot(g.reshape(S, B, -1).abs(), r.D, B)
-            continue
-        if r.w is not None:
-            part += _dot(g.reshape(S, B, -1).abs(), r.w, B)
-        for name, gi in _backward(s, g, r, [R[m] for m in s.inputs if m in R], S, B, cache, sizes):
-            grads[name] = grads[name] + gi if name in grads else gi
+    for s, r, g in _walk_back(prefix, R, upto, seed, S, B, sizes, cache, cut):
+        w = r.D if s.name == cut else (None if s.kind == "input" else r.w)
+        if w is not None:
+            part += _dot(g.reshape(S, B, -1).abs(), w, B)
     return part
 
 
@@ -715,16 +721,13 @@ def _chunk(traced: TracedModel, x: torch.Tensor, cfg: BoundConfig, cache: ParamC
     Mabs = torch.zeros(K, B, dtype=torch.float64)   # sum |g_c - g_j| w
     Var = torch.zeros(K, B, dtype=torch.float64)
     Off = torch.zeros(K, B, dtype=torch.float64)    # the relaxation offsets' share of mu (J c)
-    grads: dict[str, torch.Tensor] = {traced.output: torch.eye(K, dtype=torch.float64)[:, None, :].expand(K, B, K)}
+    # the chord relaxation (tier B) changes the slopes of unstable ReLUs; the predictor and the limit
+    # describe the fp32 activation pattern and then take their own pass with slopes [z > 0]
+    chord = any(r.off is not None for r in R.values())
+    seed = torch.eye(K, dtype=torch.float64)[:, None, :].expand(K, B, K)
     ar = torch.arange(B)
     with torch.no_grad():
-        for s in reversed(traced.steps):
-            if s.kind == "size" or s.name not in grads:
-                continue
-            g = grads.pop(s.name)
-            if s.kind == "param":  # a constant: its rounding is in mu, nothing to inject
-                continue
-            r = R[s.name]
+        for _s, r, g in _walk_back(traced.steps, R, traced.output, seed, K, B, sizes, cache):
             gf = g.reshape(K, B, -1)
             if r.w is not None:
                 ga = gf.abs()
@@ -732,27 +735,18 @@ def _chunk(traced: TracedModel, x: torch.Tensor, cfg: BoundConfig, cache: ParamC
                 Sabs += contrib
                 if r.is_eta:
                     Seta += contrib
-                else:
+                elif not chord:
                     Slim += _dot(ga, r.w0, B)
                 del ga
                 gc = gf[cls, ar]  # (B, n): the seed of the fp32 class
                 Mabs += _dot((gc.unsqueeze(0) - gf).abs_(), r.w, B)
                 if r.rho is not None:
                     Seta += _dot(gf.abs(), r.rho, B)
-            if r.var is not None:
+            if r.var is not None and not chord:
                 Var += _dot(gf * gf, r.var, B)
             if r.off is not None:
                 Off += torch.einsum("kbn,bn->kb", gf, r.off.reshape(B, -1))
-            if s.kind in ("input", "param"):
-                continue
-            for name, gi in _backward(s, g, r, [R[n] for n in s.inputs if n in R], K, B, cache, sizes):
-                if name in grads:
-                    grads[name] = grads[name] + gi
-                else:
-                    grads[name] = gi
-    if any(r.off is not None for r in R.values()):
-        # the chord relaxation changed the slopes of unstable ReLUs: the predictor and the limit
-        # describe the fp32 activation pattern, so they take their own pass with slopes [z > 0]
+    if chord:
         Var, Slim = _pattern_sweep(traced, R, K, B, cache, sizes)
     mu = out.mu
     Ak, Aw = out.Ak, out.Aw
@@ -785,29 +779,14 @@ def _pattern_sweep(traced: TracedModel, R: dict[str, _Rec], K: int, B: int, cach
     gradients of the fp32 activation pattern (ReLU slopes ``[z > 0]``, not the chord slopes)."""
     Var = torch.zeros(K, B, dtype=torch.float64)
     Slim = torch.zeros(K, B, dtype=torch.float64)
-    grads: dict[str, torch.Tensor] = {traced.output: torch.eye(K, dtype=torch.float64)[:, None, :].expand(K, B, K)}
+    seed = torch.eye(K, dtype=torch.float64)[:, None, :].expand(K, B, K)
     with torch.no_grad():
-        for s in reversed(traced.steps):
-            if s.kind == "size" or s.name not in grads:
-                continue
-            g = grads.pop(s.name)
-            if s.kind == "param":
-                continue
-            r = R[s.name]
+        for _s, r, g in _walk_back(traced.steps, R, traced.output, seed, K, B, sizes, cache, pattern=True):
             gf = g.reshape(K, B, -1)
             if r.w is not None and not r.is_eta:
                 Slim += _dot(gf.abs(), r.w0, B)
             if r.var is not None:
                 Var += _dot(gf * gf, r.var, B)
-            if s.kind == "input":
-                continue
-            ins = [R[n] for n in s.inputs if n in R]
-            if s.kind == "relu":
-                back = [(n, g * (R[n].z > 0)) for n in s.inputs if n not in sizes]
-            else:
-                back = _backward(s, g, r, ins, K, B, cache, sizes)
-            for name, gi in back:
-                grads[name] = grads[name] + gi if name in grads else gi
     return Var, Slim
 
 

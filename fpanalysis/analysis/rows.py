@@ -63,6 +63,8 @@ def _through(s: Step, box: Box) -> Box | None:
     if s.kind not in _WINDOWED:
         return None
     a = s.attrs
+    if isinstance(a.get("padding"), str):  # "same" / "valid": not followed (no colouring)
+        return None
     if s.kind == "conv2d":
         k = tuple(int(v) for v in a["weight"].shape[-2:])
         dil = _pair(a["dilation"])
@@ -70,8 +72,6 @@ def _through(s: Step, box: Box) -> Box | None:
         k = _pair(a["kernel_size"])
         dil = _pair(a.get("dilation", 1))
     st, pad = _pair(a["stride"]), _pair(a["padding"])
-    if isinstance(a.get("padding"), str):
-        return None
     out = []
     for ax, (sig, lo, hi) in enumerate((box.h, box.w)):
         out.append((sig * st[ax], lo * st[ax] - pad[ax], hi * st[ax] - pad[ax] + dil[ax] * (k[ax] - 1)))
