@@ -213,6 +213,14 @@ def test_well_scaled_model_is_safe_with_every_recipe():
         assert errs and all(0 < e < 0.1 for e in errs)
 
 
+def _sign_task(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """128 Gaussian inputs of 8 features labelled by the sign of the first; torch seeded for the model."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(128, 8, generator=g)
+    torch.manual_seed(0)
+    return X, (X[:, 0] > 0).long()
+
+
 def test_modules_the_emulation_does_not_quantise_are_not_examined():
     class M(nn.Module):
         def __init__(self):
@@ -224,11 +232,8 @@ def test_modules_the_emulation_does_not_quantise_are_not_examined():
         def forward(self, x):
             return self.fc(torch.relu(self.conv(x.unsqueeze(1))).flatten(1))
 
-    g = torch.Generator().manual_seed(2)
-    X = torch.randn(128, 8, generator=g)
-    y = (X[:, 0] > 0).long()
-    torch.manual_seed(0)
-    rep = _run(M(), (X, y), recipe="current", dry_run_steps=4)
+    data = _sign_task(2)  # seeds torch before the model is built
+    rep = _run(M(), data, recipe="current", dry_run_steps=4)
     skipped = [f for f in rep.findings if f.status == "skipped" and f.check == "GEMMs not examined"]
     assert len(skipped) == 1 and "conv" in skipped[0].message and "unused" in skipped[0].message
     assert "not examined" in rep.render()
@@ -318,11 +323,8 @@ class _HandAttention(nn.Module):
 
 
 def test_matrix_products_outside_linear_modules_are_reported_not_examined():
-    g = torch.Generator().manual_seed(1)
-    X = torch.randn(128, 8, generator=g)
-    y = (X[:, 0] > 0).long()
-    torch.manual_seed(0)
-    rep = _run(_HandAttention(), (X, y), recipe="current", dry_run_steps=0)
+    data = _sign_task(1)  # seeds torch before the model is built
+    rep = _run(_HandAttention(), data, recipe="current", dry_run_steps=0)
     skipped = [f for f in rep.findings if f.check == "GEMMs not examined"]
     assert len(skipped) == 1 and skipped[0].status == "skipped"
     assert "matrix products outside Linear/Conv2d modules" in skipped[0].message
@@ -360,10 +362,7 @@ class _GRUClassifier(nn.Module):
 
 
 def test_recurrent_layers_are_reported_not_examined():
-    g = torch.Generator().manual_seed(2)
-    X = torch.randn(128, 8, generator=g)
-    y = (X[:, 0] > 0).long()
-    torch.manual_seed(0)
-    rep = _run(_GRUClassifier(), (X, y), recipe="current", dry_run_steps=0)
+    data = _sign_task(2)  # seeds torch before the model is built
+    rep = _run(_GRUClassifier(), data, recipe="current", dry_run_steps=0)
     skipped = [f for f in rep.findings if f.check == "GEMMs not examined"]
     assert len(skipped) == 1 and "rnn" in skipped[0].message and "head" not in skipped[0].message
